@@ -1,0 +1,3 @@
+from raybuild.cli import main
+
+main()

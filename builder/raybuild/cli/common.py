@@ -1,0 +1,64 @@
+"""What every command shares: the state object, the --json option, config loading and error output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from raybuild.config import LoadedConfig, load_config
+from raybuild.errors import EngineError, RaybuildError
+
+
+@dataclass
+class State:
+    config_path: str
+    debug: bool = False
+    _config: LoadedConfig | None = None
+
+    def config(self) -> LoadedConfig:
+        if self._config is None:
+            self._config = load_config(Path(self.config_path))
+        return self._config
+
+
+pass_state = click.make_pass_decorator(State)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+apps_argument = click.argument("apps", nargs=-1, metavar="[APP]...")
+
+
+def emit_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr so that --json output on stdout stays clean."""
+    click.secho(f"==> {message}", err=True, fg="cyan")
+
+
+def render_error(exc: RaybuildError) -> None:
+    click.secho(f"error: {exc.message}", err=True, fg="red")
+    if isinstance(exc, EngineError) and exc.output_tail:
+        for line in exc.output_tail.rstrip().splitlines()[-15:]:
+            click.echo(f"  | {line}", err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> None:
+    """A plain aligned table (readable in CI logs, where rich's box drawing is noise)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    click.echo(line.rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def is_tty() -> bool:
+    return sys.stdout.isatty()

@@ -1,0 +1,380 @@
+"""The project config, ``raybuild.toml``: typed, frozen, and validated once at the edge.
+
+Every validation error is turned into one line that names the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raybuild.errors import ConfigError
+
+CONFIG_NAME = "raybuild.toml"
+DEFAULT_RAY_VERSION = "2.60.0"
+DEFAULT_PYTHON = "3.11"
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+_APP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class BaseImage(_Model):
+    """Where a device's base image comes from."""
+
+    source: Literal["bootstrap", "image"] = "bootstrap"
+    image: str = "debian:bookworm-slim"
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    snapshot: str | None = None
+    cuda_runtime_image: str | None = None
+
+    @field_validator("snapshot")
+    @classmethod
+    def _snapshot_format(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{8}T\d{6}Z", value):
+            raise ValueError("must look like 20261101T000000Z (a snapshot.debian.org timestamp)")
+        return value
+
+
+class Bases(_Model):
+    cpu: BaseImage = BaseImage()
+    gpu: BaseImage = BaseImage()
+
+
+class Autoscaling(_Model):
+    min_replicas: int = Field(ge=0)
+    max_replicas: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class ActorOptions(_Model):
+    num_cpus: float | None = Field(default=None, ge=0)
+    num_gpus: float | None = Field(default=None, ge=0)
+    memory: int | None = Field(default=None, ge=0, description="bytes")
+
+    @field_validator("num_cpus", "num_gpus", mode="before")
+    @classmethod
+    def _int_is_float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Deployment(_Model):
+    name: str = Field(min_length=1)
+    num_replicas: int | None = Field(default=None, ge=1)
+    autoscaling: Autoscaling | None = None
+    ray_actor_options: ActorOptions = ActorOptions()
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> Deployment:
+        if self.num_replicas is not None and self.autoscaling is not None:
+            raise ValueError("set num_replicas or autoscaling, not both")
+        return self
+
+
+class Workers(_Model):
+    """The KubeRay worker group that runs an app's image."""
+
+    replicas: int = Field(default=1, ge=0)
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=3, ge=1)
+    cpu: str = "2"
+    memory: str = "4Gi"
+    gpu: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Workers:
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError("need min_replicas <= replicas <= max_replicas")
+        return self
+
+
+class Prune(_Model):
+    """Extra paths (globs relative to site-packages) to remove, and default rules to keep."""
+
+    remove: list[str] = Field(default_factory=list)
+    keep: list[str] = Field(default_factory=list)
+
+
+class Gate(_Model):
+    max_size_growth: float | None = Field(default=None, ge=0)
+    max_startup_growth: float | None = Field(default=None, ge=0)
+
+    @field_validator("max_size_growth", "max_startup_growth", mode="before")
+    @classmethod
+    def _int_is_float(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class App(_Model):
+    name: str
+    path: str
+    requirements: str
+    device: Literal["cpu", "gpu"] = "cpu"
+    import_path: str
+    route_prefix: str
+    deployments: list[Deployment] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    prune: Prune = Prune()
+    workers: Workers = Workers()
+    gate: Gate = Gate()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _APP_NAME.match(value):
+            raise ValueError("must be lowercase letters, digits and '-', starting with a letter, at most 32")
+        return value
+
+    @field_validator("import_path")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        if not _IMPORT_PATH.match(value):
+            raise ValueError(f"{value!r} is not of the form module:attr (for example 'hello.app:app')")
+        return value
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _route_prefix(cls, value: str) -> str:
+        if not value.startswith("/") or (len(value) > 1 and value.endswith("/")):
+            raise ValueError(f"{value!r} must start with '/' and not end with '/'")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
+
+    @property
+    def num_gpus(self) -> float:
+        return sum(d.ray_actor_options.num_gpus or 0.0 for d in self.deployments)
+
+
+class Head(_Model):
+    cpu: str = "2"
+    memory: str = "4Gi"
+
+
+class Gcs(_Model):
+    """External GCS storage, so the head pod can restart without an outage."""
+
+    enabled: bool = True
+    store: Literal["redis", "dragonfly"] = "redis"
+    redis_address: str = "raybuild-gcs:6379"
+    password_secret: str = "raybuild-gcs"
+    password_key: str = "password"
+
+
+class Cluster(_Model):
+    name: str = "raybuild-serve"
+    namespace: str = "default"
+    priority_class: str = "raybuild-critical"
+    head: Head = Head()
+    gcs: Gcs = Gcs()
+
+
+class Project(_Model):
+    name: str = "raybuild-project"
+    ray_version: str = DEFAULT_RAY_VERSION
+    python: str = DEFAULT_PYTHON
+    registry: str = "127.0.0.1:5000/raybuild"
+    resolver: Literal["uv", "pip-tools"] = "uv"
+    lock_dir: str = "lockfiles"
+    platform: str = "x86_64-manylinux_2_36"
+    index_url: str | None = None
+    torch_backend: str = "cpu"
+    gpu_torch_backend: str = "cu128"
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str) -> str:
+        if not re.fullmatch(r"3\.\d{1,2}", value):
+            raise ValueError(f"{value!r} must be a minor version such as '3.11'")
+        return value
+
+    @field_validator("ray_version")
+    @classmethod
+    def _ray(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+\.\d+\.\d+", value):
+            raise ValueError(f"{value!r} must be an exact version such as '2.60.0'")
+        return value
+
+
+class RaybuildConfig(_Model):
+    project: Project = Project()
+    base: Bases = Bases()
+    cluster: Cluster = Cluster()
+    gate: Gate = Gate()
+    apps: list[App] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RaybuildConfig:
+        for key in ("name", "route_prefix"):
+            seen: dict[str, int] = {}
+            for index, app in enumerate(self.apps):
+                value = getattr(app, key)
+                if value in seen:
+                    raise ValueError(
+                        f"key 'apps[{index}].{key}': duplicate {key} {value!r} (also apps[{seen[value]}]); "
+                        "each app needs its own"
+                    )
+                seen[value] = index
+        return self
+
+
+class LoadedConfig:
+    """A validated config together with the directory it was read from."""
+
+    def __init__(self, config: RaybuildConfig, root: Path, path: Path) -> None:
+        self.config = config
+        self.root = root
+        self.path = path
+
+    @property
+    def apps(self) -> tuple[App, ...]:
+        return tuple(self.config.apps)
+
+    @property
+    def project(self) -> Project:
+        return self.config.project
+
+    def app_dir(self, app: App) -> Path:
+        return self.root / app.path
+
+    def requirements_file(self, app: App) -> Path:
+        return self.root / app.requirements
+
+    def lock_dir(self) -> Path:
+        return self.root / self.project.lock_dir
+
+    def lockfile(self, app: App) -> Path:
+        return self.lock_dir() / f"{app.name}.txt"
+
+    def ray_lockfile(self) -> Path:
+        return self.lock_dir() / "ray.txt"
+
+    def image_name(self, app: App) -> str:
+        return f"{self.project.registry}/{app.name}"
+
+    def with_resolver(self, resolver: str) -> LoadedConfig:
+        project = self.project.model_copy(update={"resolver": resolver})
+        return LoadedConfig(self.config.model_copy(update={"project": project}), self.root, self.path)
+
+    def select(self, names: tuple[str, ...] | list[str]) -> tuple[App, ...]:
+        """The apps named on the command line, in config order; all apps when none are named."""
+        if not names:
+            return self.apps
+        known = {app.name for app in self.apps}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            from raybuild.errors import UsageError
+
+            raise UsageError(
+                f"unknown app {', '.join(repr(n) for n in unknown)} in {self.path.name}",
+                hint="known apps: " + ", ".join(sorted(known)),
+            )
+        return tuple(app for app in self.apps if app.name in names)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed at the table that holds ``loc``'s last key."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        current = nested[0]
+    return sorted(current.model_fields) if isinstance(current, type) else []
+
+
+def _message(error: Any, path: Path) -> ConfigError:
+    loc = tuple(error["loc"])
+    key = _format_loc(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(RaybuildConfig, loc)
+        return ConfigError(
+            f"{path.name}: unknown key '{key}'",
+            hint=f"allowed keys here: {', '.join(allowed)}" if allowed else None,
+        )
+    if kind == "missing":
+        return ConfigError(f"{path.name}: missing required key '{key}'")
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    got = error.get("input")
+    if kind.endswith("_type") or kind in ("literal_error", "enum"):
+        shown = repr(got)
+        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    where = f" key '{key}':" if key else ""
+    return ConfigError(f"{path.name}:{where} {message}")
+
+
+def parse_config(data: dict[str, Any], path: Path) -> RaybuildConfig:
+    try:
+        return RaybuildConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _message(first, path) from exc
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read, validate and check the files that ``path`` refers to."""
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such file", hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml"
+        )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path.name}: not valid TOML: {exc}") from exc
+    config = parse_config(data, path)
+    root = path.parent.resolve()
+    for index, app in enumerate(config.apps):
+        if not (root / app.path).is_dir():
+            raise ConfigError(
+                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} does not exist",
+                hint="create it or fix the path (relative to raybuild.toml)",
+            )
+        if not (root / app.requirements).is_file():
+            raise ConfigError(
+                f"{path.name}: key 'apps[{index}].requirements': app {app.name!r} requirements file "
+                f"{app.requirements!r} does not exist",
+                hint="create it (it may be empty) or fix the path",
+            )
+    return LoadedConfig(config, root, path.resolve())

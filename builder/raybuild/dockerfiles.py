@@ -1,0 +1,63 @@
+"""From config and lockfiles to image specs and generated Dockerfiles."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from raybuild import bases
+from raybuild.config import App, LoadedConfig
+from raybuild.fsutil import atomic_write
+from raybuild.lock import check_cuda, normalize, parse_pins
+from raybuild.render import APP_SITE, ImageSpec, render_dockerfile, template_dir
+
+
+def lock_hash(config: LoadedConfig, app: App) -> str:
+    path = config.lockfile(app)
+    if not path.is_file():
+        return "unlocked"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def nvidia_library_dirs(lock_text: str) -> tuple[str, ...]:
+    """LD_LIBRARY_PATH entries for the NVIDIA wheels in a lock: nvidia-cuda-runtime-cu12 -> nvidia/cuda_runtime/lib."""
+    dirs = []
+    for name in sorted(parse_pins(lock_text)):
+        if name.startswith("nvidia-") and "-cu" in name:
+            component = normalize(name).removeprefix("nvidia-").rsplit("-cu", 1)[0].replace("-", "_")
+            dirs.append(f"{APP_SITE}/nvidia/{component}/lib")
+    return tuple(dirs)
+
+
+def image_spec_for(config: LoadedConfig, app: App) -> ImageSpec:
+    lockfile = config.lockfile(app)
+    lock_text = lockfile.read_text(encoding="utf-8") if lockfile.is_file() else ""
+    gpu = app.device == "gpu"
+    return ImageSpec(
+        app=app.name,
+        device=app.device,
+        python=config.project.python,
+        ray_version=config.project.ray_version,
+        base_image=bases.base_ref(config, app.device),
+        builder_image=bases.builder_ref(config),
+        lock_hash=lock_hash(config, app),
+        env=tuple(sorted(app.env.items())),
+        index_url=config.project.index_url,
+        ld_library_path=nvidia_library_dirs(lock_text) if gpu else (),
+        cuda=check_cuda(config, app) if gpu else None,
+    )
+
+
+def default_out_dir(config: LoadedConfig) -> Path:
+    return config.root / ".raybuild" / "dockerfiles"
+
+
+def generate_all(config: LoadedConfig, apps: tuple[App, ...], out_dir: Path | None = None) -> dict[str, Path]:
+    out = out_dir or default_out_dir(config)
+    written = {}
+    for app in apps:
+        text = render_dockerfile(image_spec_for(config, app), template_dir(config.root))
+        path = out / f"{app.name}.Dockerfile"
+        atomic_write(path, text)
+        written[app.name] = path
+    return written

@@ -1,0 +1,80 @@
+"""One error hierarchy. The CLI renders each as a single line plus a hint, never a traceback."""
+
+from __future__ import annotations
+
+
+class RaybuildError(Exception):
+    """A failure the user can act on. ``hint`` says what to do next."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(RaybuildError):
+    """raybuild.toml (or another input file) is missing or invalid."""
+
+
+class UsageError(RaybuildError):
+    """The command line names something that does not exist, such as an unknown app."""
+
+    exit_code = 2
+
+
+class LockError(RaybuildError):
+    """Resolving or checking a lockfile failed."""
+
+
+class StaleLockError(LockError):
+    """One or more lockfiles are missing or out of date."""
+
+    def __init__(self, stale: list[str]) -> None:
+        super().__init__(
+            "stale or missing lockfiles: " + ", ".join(stale),
+            hint="run `raybuild lock` and commit the result",
+        )
+        self.stale = stale
+
+
+class EngineError(RaybuildError):
+    """A docker (or other external) command failed. Carries the command, exit code and output tail."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: list[str] | None = None,
+        returncode: int | None = None,
+        output_tail: str = "",
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.command = command or []
+        self.returncode = returncode
+        self.output_tail = output_tail
+
+
+class BuildError(EngineError):
+    """An image build failed."""
+
+
+class SmokeTestError(RaybuildError):
+    """A built image did not come up or did not answer the way KubeRay expects."""
+
+
+class GateError(RaybuildError):
+    """A measurement file is malformed."""
+
+
+class PublishError(RaybuildError):
+    """Pushing to the registry failed."""
+
+
+class ManifestError(RaybuildError):
+    """A rendered Kubernetes manifest is invalid."""
