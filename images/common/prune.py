@@ -64,13 +64,20 @@ def is_elf(path: Path) -> bool:
 
 
 def strip_binaries(root: Path, keep: list[str], site: Path) -> int:
-    """Strip debug symbols from shared objects and executables; CUDA wheels' libraries are left alone."""
+    """Strip debug symbols from shared objects and executables.
+
+    Libraries that auditwheel vendored into ``<pkg>.libs/`` were rewritten by patchelf, and strip corrupts
+    them ("ELF load command address/offset not page-aligned"), so they are left alone, as are the CUDA
+    wheels' libraries.
+    """
     if shutil.which("strip") is None:
         print("prune: strip not found, skipping strip-debug-symbols", file=sys.stderr)
         return 0
     saved = 0
     for path in root.rglob("*"):
         if path.is_symlink() or not path.is_file() or "/nvidia/" in path.as_posix():
+            continue
+        if any(part.endswith(".libs") for part in path.parts):
             continue
         if path.is_relative_to(site) and kept(path, site, keep):
             continue

@@ -31,9 +31,9 @@ def cli(ctx: click.Context, config_path: str, debug: bool) -> None:
 
 
 def _register() -> None:
-    from raybuild.cli import project
+    from raybuild.cli import deploy, images, measure_cli, project
 
-    for module in (project,):
+    for module in (project, images, measure_cli, deploy):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -1,0 +1,247 @@
+"""Building app images: a staged build context, a BuildKit build, then content-addressed tags.
+
+The context holds only what the Dockerfile reads (the generated Dockerfile, the shared Ray lock, the app's
+extra packages, the prune script and rules, and the app code), so unrelated repository changes never
+invalidate a layer. The tag is a hash of that context: an unchanged app is a no-op, and a changed one gets
+a new tag only after its build succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from raybuild import bases, lock
+from raybuild.config import App, LoadedConfig
+from raybuild.dockerfiles import image_spec_for
+from raybuild.engine import Engine
+from raybuild.errors import BuildError, RaybuildError
+from raybuild.fsutil import atomic_write
+from raybuild.render import prune_plan, prune_script, render_dockerfile, template_dir
+
+Progress = Callable[[str], None]
+CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
+_IGNORED = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git", ".venv", "requirements.in"}
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    app: str
+    ref: str
+    image_id: str
+    device: str
+    cached: bool
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def default_ca_bundle() -> Path | None:
+    """--ca-bundle default: the first of SSL_CERT_FILE, REQUESTS_CA_BUNDLE, PIP_CERT that names a file."""
+    for name in CA_ENV_VARS:
+        value = os.environ.get(name)
+        if value and Path(value).is_file():
+            return Path(value)
+    return None
+
+
+def _code_files(app_dir: Path) -> Iterator[Path]:
+    for path in sorted(app_dir.rglob("*")):
+        rel = path.relative_to(app_dir)
+        if any(part in _IGNORED for part in rel.parts) or path.suffix == ".pyc" or not path.is_file():
+            continue
+        yield path
+
+
+def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
+    """Write the app's build context into ``context``; return its content hash (the image tag's suffix)."""
+    lockfile = config.lockfile(app)
+    if not lockfile.is_file() or not config.ray_lockfile().is_file():
+        raise BuildError(f"app {app.name!r}: no lockfile at {lockfile.relative_to(config.root)}",
+                         hint=f"run `raybuild lock {app.name}`")  # fmt: skip
+    stale = lock.stale(config, (app,))
+    if stale:
+        raise BuildError(f"app {app.name!r}: stale lockfiles {', '.join(stale)}", hint=f"run `raybuild lock {app.name}`")
+    templates = template_dir(config.root)
+    ray_text = config.ray_lockfile().read_text(encoding="utf-8")
+    plan = prune_plan(tuple(app.prune.remove), tuple(app.prune.keep))
+    files = {
+        "Dockerfile": render_dockerfile(image_spec_for(config, app), templates),
+        "ray.lock": ray_text,
+        "app.lock": lock.extras_lock(lockfile.read_text(encoding="utf-8"), ray_text),
+        "prune.py": prune_script(templates).read_text(encoding="utf-8"),
+        "prune-ray.json": plan.to_json(),
+        "prune-app.json": plan.to_json(),
+        ".dockerignore": "**/__pycache__\n**/*.pyc\n",
+    }
+    digest = hashlib.sha256()
+    for name, text in files.items():
+        (context / name).write_text(text, encoding="utf-8")
+        digest.update(f"{name}\0{text}\0".encode())
+    code = context / "code"
+    code.mkdir()
+    app_dir = config.app_dir(app)
+    for path in _code_files(app_dir):
+        rel = path.relative_to(app_dir)
+        (code / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, code / rel)
+        digest.update(f"code/{rel.as_posix()}\0".encode() + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def image_ref(config: LoadedConfig, app: App, content_hash: str) -> str:
+    project = config.project
+    return f"{config.image_name(app)}:ray{project.ray_version}-py{project.python}-{app.device}-{content_hash}"
+
+
+def head_ref(config: LoadedConfig, head_hash: str) -> str:
+    project = config.project
+    return f"{project.registry}/ray-head:ray{project.ray_version}-py{project.python}-{head_hash}"
+
+
+def _head_hash(context: Path) -> str:
+    """The head image depends on the Ray lock, the prune rules for Ray, and the Dockerfile above stage 2."""
+    dockerfile = (context / "Dockerfile").read_text(encoding="utf-8")
+    stage1 = dockerfile.split("# ---- Stage 1", 1)[-1].split("# ---- Stage 2", 1)[0]
+    shared = stage1 + dockerfile.split("# ---- Stage 3", 1)[-1].split("# ---- Stage 4")[0]
+    digest = hashlib.sha256()
+    for part in (shared, (context / "ray.lock").read_text(), (context / "prune-ray.json").read_text(),
+                 (context / "prune.py").read_text()):  # fmt: skip
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+_STEP = re.compile(r"^#\d+ \[([^\]]+)\] (.*)$")
+
+
+def failing_step(output: str) -> str | None:
+    """The BuildKit step that failed, e.g. `[app 2/3] RUN uv pip install ...`."""
+    for line in reversed(output.splitlines()):
+        match = re.search(r"ERROR \[([^\]]+)\] (.*)", line)
+        if match:
+            return f"[{match.group(1)}] {match.group(2)[:120]}"
+    return None
+
+
+def _progress_filter(progress: Progress) -> Callable[[str], None]:
+    seen: set[str] = set()
+
+    def on_line(line: str) -> None:
+        match = _STEP.match(line)
+        if match and match.group(0) not in seen:
+            seen.add(match.group(0))
+            progress(f"  [{match.group(1)}] {match.group(2)[:100]}")
+        elif " CACHED" in line or "DONE" in line or line.startswith("#") and "prune:" in line:
+            if "prune:" in line:
+                progress("  " + line.split(" ", 2)[-1])
+
+    return on_line
+
+
+@dataclass
+class Builder:
+    config: LoadedConfig
+    engine: Engine
+    ca_bundle: Path | None = None
+    netrc: Path | None = None
+    progress: Progress = lambda _: None
+
+    def secrets(self) -> dict[str, Path]:
+        # BuildKit secrets: mounted for one RUN step, never stored in a layer, cache key or build arg.
+        out: dict[str, Path] = {}
+        if self.ca_bundle is not None:
+            if not self.ca_bundle.is_file():
+                raise RaybuildError(f"--ca-bundle {self.ca_bundle}: no such file")
+            out["ca_bundle"] = self.ca_bundle
+        if self.netrc is not None:
+            if not self.netrc.is_file():
+                raise RaybuildError(f"--netrc {self.netrc}: no such file")
+            out["netrc"] = self.netrc
+        return out
+
+    def _build(self, context: Path, ref: str, target: str | None, what: str) -> str:
+        try:
+            image_id = self.engine.build(context, context / "Dockerfile", iidfile=context / f"iid-{target or 'app'}",
+                                         target=target, secrets=self.secrets(), what=what,
+                                         on_line=_progress_filter(self.progress))  # fmt: skip
+        except BuildError as exc:
+            step = failing_step(exc.output_tail)
+            if step:
+                exc.message = f"{what} failed at step {step}"
+            raise
+        self.engine.tag(image_id, ref)
+        return image_id
+
+    def build_app(self, app: App) -> tuple[BuiltImage, BuiltImage | None]:
+        """Build one app image; also the head image (base + Ray only) when it is a CPU app."""
+        with tempfile.TemporaryDirectory(prefix=f"raybuild-{app.name}-") as tmp:
+            context = Path(tmp)
+            ref = image_ref(self.config, app, stage_context(self.config, app, context))
+            head: BuiltImage | None = None
+            if app.device == "cpu":
+                hr = head_ref(self.config, _head_hash(context))
+                if self.engine.image_exists(hr):
+                    head = BuiltImage("_head", hr, self.engine.inspect(hr)["Id"], "cpu", cached=True)
+                else:
+                    self.progress(f"building head image {hr}")
+                    head = BuiltImage("_head", hr, self._build(context, hr, "head", "build of the head image"),
+                                      "cpu", cached=False)  # fmt: skip
+            if self.engine.image_exists(ref):
+                self.progress(f"{app.name}: {ref} is up to date")
+                return BuiltImage(app.name, ref, self.engine.inspect(ref)["Id"], app.device, cached=True), head
+            self.progress(f"building {app.name} -> {ref}")
+            image_id = self._build(context, ref, None, f"build of app {app.name!r}")
+        self.engine.tag(ref, f"{self.config.image_name(app)}:latest")
+        return BuiltImage(app.name, ref, image_id, app.device, cached=False), head
+
+    def build(self, apps: tuple[App, ...]) -> list[BuiltImage]:
+        devices = tuple(dict.fromkeys(app.device for app in apps)) or ("cpu",)
+        bases.ensure_bases(self.config, self.engine, devices, self.progress)
+        built: list[BuiltImage] = []
+        head: BuiltImage | None = None
+        for app in apps:
+            image, app_head = self.build_app(app)
+            built.append(image)
+            head = head or app_head
+        if head is not None:
+            built.insert(0, head)
+        save_build_record(self.config, built)
+        return built
+
+
+def build_record_path(config: LoadedConfig) -> Path:
+    return config.root / ".raybuild" / "build.json"
+
+
+def load_build_record(config: LoadedConfig) -> dict[str, dict[str, object]]:
+    path = build_record_path(config)
+    if not path.is_file():
+        return {}
+    try:
+        data: dict[str, dict[str, object]] = json.loads(path.read_text())["images"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RaybuildError(f"{path}: malformed build record ({exc})", hint="rerun `raybuild build`") from exc
+    return data
+
+
+def save_build_record(config: LoadedConfig, built: list[BuiltImage]) -> None:
+    """Merge this build's images into .raybuild/build.json (atomically)."""
+    images = load_build_record(config)
+    for image in built:
+        images[image.app] = {"ref": image.ref, "image_id": image.image_id, "device": image.device}
+    payload = {"version": 1, "images": dict(sorted(images.items()))}
+    atomic_write(build_record_path(config), json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def built_ref(config: LoadedConfig, app_name: str) -> str:
+    record = load_build_record(config)
+    if app_name not in record:
+        raise RaybuildError(f"app {app_name!r} has not been built", hint=f"run `raybuild build {app_name}`")
+    return str(record[app_name]["ref"])

@@ -1,0 +1,222 @@
+"""`raybuild test APP`: start an image the way KubeRay does and check that it serves.
+
+The head runs KubeRay's own command line, is probed with KubeRay's own exec probes (wget inside the
+container), gets the app's Serve config through the dashboard REST API as KubeRay sends it, and must
+answer HTTP 200 on the app's route. The container carries raybuild's labels and is always removed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from raybuild.config import App, LoadedConfig
+from raybuild.engine import Engine
+from raybuild.errors import SmokeTestError
+
+MANAGED_LABEL = "io.raybuild.managed=true"
+DASHBOARD_PORT = 8265
+SERVE_PORT = 8000
+AGENT_PORT = 52365
+
+# KubeRay's readiness/liveness exec probes for the head (ray-operator, probes for Ray containers).
+RAYLET_PROBE = f"wget -T 2 -q -O- http://localhost:{AGENT_PORT}/api/local_raylet_healthz | grep success"
+GCS_PROBE = f"wget -T 2 -q -O- http://localhost:{DASHBOARD_PORT}/api/gcs_healthz | grep success"
+
+
+def nofile_limit() -> int:
+    """KubeRay runs `ulimit -n 65536`; give the container that much where this host's hard limit allows."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+
+
+def kuberay_head_command(num_cpus: float | int, extra: str = "") -> str:
+    """The head container's command, as KubeRay generates it for `rayStartParams`."""
+    cpus = int(num_cpus) if float(num_cpus).is_integer() else num_cpus
+    return (
+        "ulimit -n 65536; ray start --head --block --dashboard-host=0.0.0.0 "
+        f"--dashboard-agent-listen-port={AGENT_PORT} --metrics-export-port=8080 --num-cpus={cpus}{extra}"
+    )
+
+
+def serve_application(app: App, cpu_mode: bool = False, label_selector: dict[str, str] | None = None) -> dict[str, Any]:
+    """One entry of serveConfigV2's `applications`, from the config. ``cpu_mode`` zeroes num_gpus."""
+    deployments = []
+    for deployment in app.deployments:
+        entry: dict[str, Any] = {"name": deployment.name}
+        if deployment.num_replicas is not None:
+            entry["num_replicas"] = deployment.num_replicas
+        if deployment.autoscaling is not None:
+            entry["autoscaling_config"] = {
+                "min_replicas": deployment.autoscaling.min_replicas,
+                "max_replicas": deployment.autoscaling.max_replicas,
+            }
+        options = deployment.ray_actor_options
+        actor: dict[str, Any] = {}
+        if options.num_cpus is not None:
+            actor["num_cpus"] = options.num_cpus
+        if options.num_gpus is not None:
+            actor["num_gpus"] = 0.0 if cpu_mode else options.num_gpus
+        if options.memory is not None:
+            actor["memory"] = options.memory
+        if label_selector:
+            actor["label_selector"] = dict(label_selector)
+        if actor:
+            entry["ray_actor_options"] = actor
+        deployments.append(entry)
+    application: dict[str, Any] = {
+        "name": app.name,
+        "import_path": app.import_path,
+        "route_prefix": app.route_prefix,
+        "deployments": deployments,
+    }
+    if app.env:
+        application["runtime_env"] = {"env_vars": dict(sorted(app.env.items()))}
+    return application
+
+
+def required_cpus(app: App) -> int:
+    """CPUs for a single-node smoke test: every replica at its minimum, plus one for Serve's own actors."""
+    total = 0.0
+    for deployment in app.deployments:
+        replicas = deployment.num_replicas or (deployment.autoscaling.min_replicas if deployment.autoscaling else 1)
+        total += max(replicas, 1) * (deployment.ray_actor_options.num_cpus or 1.0)
+    return max(2, int(total + 0.999) + 1)
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    app: str
+    image: str
+    gpu: bool
+    t_head: float
+    t_serve: float
+    status: int
+    body: str
+
+    def to_dict(self) -> dict[str, object]:
+        return self.__dict__.copy()
+
+
+def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc)
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return False
+
+
+@contextmanager
+def head_container(engine: Engine, image: str, num_cpus: int, gpu: bool = False,
+                   env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:  # fmt: skip
+    """A head container started like KubeRay starts it; yields (name, dashboard port on 127.0.0.1)."""
+    name = f"raybuild-smoke-{uuid.uuid4().hex[:8]}"
+    command = [
+        "run", "-d", "--name", name, "--label", MANAGED_LABEL, "--label", "io.raybuild.purpose=smoke",
+        "--ulimit", f"nofile={nofile_limit()}:{nofile_limit()}", "--shm-size=1g",
+        "-p", f"127.0.0.1::{DASHBOARD_PORT}",
+    ]  # fmt: skip
+    if gpu:
+        command += ["--gpus", "all"]
+    for key, value in sorted((env or {}).items()):
+        command += ["-e", f"{key}={value}"]
+    command += [image, "/bin/bash", "-c", "--", kuberay_head_command(num_cpus)]
+    engine.docker_cmd(*command, what=f"docker run {image}")
+    try:
+        port_out = engine.docker_cmd("port", name, f"{DASHBOARD_PORT}/tcp").output.strip().splitlines()[0]
+        yield name, int(port_out.rsplit(":", 1)[1])
+    finally:
+        engine.remove_container(name)
+
+
+def probe(engine: Engine, container: str) -> bool:
+    return all(engine.exec(container, ["bash", "-c", cmd], timeout=10).returncode == 0
+               for cmd in (RAYLET_PROBE, GCS_PROBE))  # fmt: skip
+
+
+def smoke_test(config: LoadedConfig, app: App, image: str, engine: Engine, *, gpu: bool = False,
+               timeout: float = 180.0, progress: Callable[[str], None] = lambda _: None) -> SmokeResult:  # fmt: skip
+    cpu_mode = app.device == "gpu" and not gpu
+    with head_container(engine, image, required_cpus(app), gpu=gpu) as (container, port):
+        started = time.monotonic()
+        progress(f"{app.name}: waiting for KubeRay's probes in {container}")
+        if not wait_until(lambda: probe(engine, container), timeout):
+            raise SmokeTestError(f"app {app.name!r}: head never passed KubeRay's probes within {timeout:.0f}s; "
+                                 f"last logs: {engine.logs(container, 5)!r}", hint="run `raybuild --debug test`")  # fmt: skip
+        t_head = time.monotonic() - started
+        if cpu_mode:
+            check_cuda_libraries(engine, container, app)
+        progress(f"{app.name}: head ready in {t_head:.1f}s; deploying Serve config through the dashboard")
+        body = {"applications": [serve_application(app, cpu_mode=cpu_mode)]}
+        deploy_started = time.monotonic()
+        status, text = http("PUT", f"http://127.0.0.1:{port}/api/serve/applications/", body, timeout=60)
+        if status != 200:
+            raise SmokeTestError(f"app {app.name!r}: Serve deploy request returned {status}: {text[:200]}")
+        route = app.route_prefix.rstrip("/") + "/"
+        fetch = f"wget -q -S -O- http://localhost:{SERVE_PORT}{route} 2>&1"
+        last: list[str] = [""]
+
+        def answered() -> bool:
+            result = engine.exec(container, ["bash", "-c", fetch], timeout=10)
+            last[0] = result.output
+            return result.returncode == 0 and " 200 " in result.output
+
+        if not wait_until(answered, timeout, interval=0.5):
+            _, apps_state = http("GET", f"http://127.0.0.1:{port}/api/serve/applications/")
+            raise SmokeTestError(f"app {app.name!r}: no HTTP 200 on {route} within {timeout:.0f}s: "
+                                 f"{_serve_status(apps_state, app.name)}")  # fmt: skip
+        t_serve = time.monotonic() - deploy_started
+        payload = last[0].strip().splitlines()[-1] if last[0].strip() else ""
+        return SmokeResult(app.name, image, gpu, round(t_head, 2), round(t_serve, 2), 200, payload)
+
+
+def _serve_status(text: str, app: str) -> str:
+    try:
+        data = json.loads(text)
+        info = data["applications"][app]
+        return f"status {info.get('status')}: {str(info.get('message', ''))[:300]}"
+    except (ValueError, KeyError, TypeError):
+        return text[:300]
+
+
+# Checked inside the image: every shared library of the app's packages resolves, except the driver's
+# libraries that the NVIDIA container runtime injects on a GPU node.
+_LDD_CHECK = r"""
+set -o pipefail
+missing=$(find /opt/app/site-packages -name '*.so*' -type f 2>/dev/null | while read -r lib; do
+  ldd "$lib" 2>/dev/null | grep 'not found' | grep -v -E 'libcuda\.so|libnvidia-ml\.so' | sed "s|^|$lib: |"
+done)
+if [ -n "$missing" ]; then echo "$missing"; exit 1; fi
+"""
+
+
+def check_cuda_libraries(engine: Engine, container: str, app: App) -> None:
+    result = engine.exec(container, ["bash", "-c", _LDD_CHECK], timeout=60)
+    if result.returncode != 0:
+        raise SmokeTestError(f"app {app.name!r}: unresolved shared libraries: {result.output.strip()[:300]}")
+    module = app.import_path.split(":", 1)[0]
+    imported = engine.exec(container, ["python", "-c", f"import {module}"], timeout=60)
+    if imported.returncode != 0:
+        raise SmokeTestError(f"app {app.name!r}: `import {module}` failed: {imported.output.strip()[-300:]}")
