@@ -1,0 +1,195 @@
+"""The measure document, ``raybuild.measure/v1``: what ``raybuild measure`` writes, ``raybuild check`` reads.
+
+The models are frozen and strict, and mirror ``schemas/measure.schema.json`` key for key (a unit test keeps
+the two in step). The JSON Schema is for readers outside raybuild; raybuild itself validates with these
+models, so one file yields one error message that names the file, the key and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from raybuild.errors import GateError
+from raybuild.fsutil import atomic_write
+
+SCHEMA_ID = "raybuild.measure/v1"
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "measure.schema.json"
+# Relative to the project root (the folder holding raybuild.toml), next to the generated Dockerfiles.
+DEFAULT_MEASURE_PATH = Path(".raybuild") / "measure.json"
+
+StartupMetric = Literal["t_head", "t_worker", "t_serve", "t_pull", "t_cold"]
+
+
+class _Model(BaseModel):
+    # Strict: a size written as 1.5e9 or a median written as "2.1" is a bug in the writer, not something to
+    # coerce silently. Extra keys are refused so that a typo cannot hide a missing metric.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Stat(_Model):
+    """A timing measured over several runs, in seconds. The gate compares medians: one slow run is noise."""
+
+    median: float = Field(ge=0)
+    min: float = Field(ge=0)
+    max: float = Field(ge=0)
+    samples: list[Annotated[float, Field(ge=0)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Stat:
+        if not self.min <= self.median <= self.max:
+            raise ValueError(f"need min <= median <= max (got {self.min}, {self.median}, {self.max})")
+        return self
+
+
+def stat(samples: Sequence[float]) -> Stat:
+    """Summarise one timing's samples (seconds, in the order they were taken)."""
+    if not samples:
+        raise ValueError("stat() needs at least one sample")
+    values = [float(s) for s in samples]
+    return Stat(median=statistics.median(values), min=min(values), max=max(values), samples=values)
+
+
+class Layer(_Model):
+    digest: str
+    size: int = Field(ge=0, description="uncompressed bytes")
+    # None when the layer was never pushed or pulled compressed (a local-only build has no blob sizes).
+    compressed: int | None = Field(ge=0)
+    created_by: str
+
+
+class Package(_Model):
+    name: str
+    size: int = Field(ge=0)
+
+
+class Dive(_Model):
+    efficiency: float = Field(ge=0, le=1)
+    wasted_bytes: int = Field(ge=0)
+
+
+class Size(_Model):
+    uncompressed: int = Field(ge=0)
+    compressed: int = Field(ge=0)
+    layers: list[Layer]
+    largest_packages: list[Package]
+    # Bytes in layers this image shares with the other apps' images (the base and the Ray layer): a node
+    # that already runs one app pulls only the rest.
+    shared_bytes: int = Field(ge=0)
+    dive: Dive | None
+    prune_saved: dict[str, int]
+
+    @model_validator(mode="after")
+    def _non_negative_savings(self) -> Size:
+        negative = [rule for rule, saved in self.prune_saved.items() if saved < 0]
+        if negative:
+            raise ValueError(f"prune_saved must not be negative (rule {negative[0]!r})")
+        return self
+
+
+class Startup(_Model):
+    """Cold-start timings. Each is null when that phase was not measured (for example no GPU on the host)."""
+
+    t_head: Stat | None
+    t_worker: Stat | None
+    t_serve: Stat | None
+    t_pull: Stat | None
+    t_cold: Stat | None
+
+
+class AppResult(_Model):
+    image: str
+    device: Literal["cpu", "gpu"]
+    size: Size
+    startup: Startup
+
+
+class Measurement(_Model):
+    """One ``raybuild measure`` run over a project's apps."""
+
+    # Not named ``schema``: that would shadow pydantic's deprecated ``BaseModel.schema()``.
+    schema_: Literal["raybuild.measure/v1"] = Field(default="raybuild.measure/v1", alias="schema")
+    created: AwareDatetime
+    ray_version: str
+    python: str
+    runs: int = Field(ge=0, description="cold starts per app; 0 when only sizes were measured")
+    apps: dict[str, AppResult]
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    @classmethod
+    def now(cls, **fields: Any) -> Measurement:
+        """A document stamped with the current UTC time (for writers)."""
+        return cls(created=datetime.now(UTC), **fields)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<measure json>") -> Measurement:
+        """Parse and validate a document; any problem is one ``GateError`` line naming ``source``."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GateError(
+                f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+                hint="is it the file `raybuild measure --json` wrote?",
+            ) from exc
+        if not isinstance(data, dict):
+            raise GateError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        # Checked before the rest: a document from another schema version would otherwise surface as a
+        # confusing first missing key.
+        found = data.get("schema")
+        if found != SCHEMA_ID:
+            what = "no 'schema' key" if "schema" not in data else f"schema {found!r}"
+            raise GateError(
+                f"{source}: {what}, expected {SCHEMA_ID!r}",
+                hint="re-measure with this raybuild version, or check the right file was passed",
+            )
+        try:
+            return cls.model_validate_json(text, by_alias=True)
+        except ValidationError as exc:
+            raise GateError(f"{source}: {_describe(exc)}") from exc
+
+    @classmethod
+    def load(cls, path: Path) -> Measurement:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise GateError(f"{path}: no such file", hint="run `raybuild measure` first") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise GateError(f"{path}: cannot read: {exc}") from exc
+        return cls.from_json(text, source=str(path))
+
+    def write(self, path: Path) -> None:
+        atomic_write(path, self.to_json())
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first validation error as ``key 'apps.hello.size.compressed': problem``."""
+    error = exc.errors()[0]
+    key = ""
+    for part in error["loc"]:
+        key += f"[{part}]" if isinstance(part, int) else ("." if key else "") + str(part)
+    kind = error["type"]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "missing":
+        message = "missing required key"
+    elif kind == "extra_forbidden":
+        message = "unknown key"
+    elif kind.endswith("_type") or kind == "literal_error":
+        shown = repr(error.get("input"))
+        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+    return f"key '{key}': {message}" if key else message
+
+
+def schema() -> dict[str, Any]:
+    """The published JSON Schema for ``raybuild.measure/v1``."""
+    loaded: dict[str, Any] = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    return loaded

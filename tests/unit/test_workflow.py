@@ -1,0 +1,248 @@
+"""The GitHub Actions workflow parses, and every raybuild call in it matches the real Click CLI.
+
+A renamed option or command breaks CI only after merge; this test breaks it in the PR that renames it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from raybuild.cli import cli
+from raybuild.config import parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOW = ROOT / ".github" / "workflows" / "images.yml"
+
+# Commands the workflow calls before they are written. Each may be missing only while it is unregistered;
+# once registered, its options are checked like any other command's. Remove a name when its command lands.
+PLANNED = {"measure", "publish", "render"}
+
+# Shell words that can precede a command on the same line.
+_PREFIXES = {"then", "do", "else", "if", "elif", "while", "until", "!", "time", "exec", "{", "("}
+_REDIRECT = re.compile(r"^\d*(>>?|<|>&|&>)")
+
+
+def load() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    return data
+
+
+def steps() -> list[dict[str, Any]]:
+    return [step for job in load()["jobs"].values() for step in job["steps"]]
+
+
+def app_names() -> set[str]:
+    config = parse_config(tomllib.loads((ROOT / "raybuild.toml").read_text(encoding="utf-8")), ROOT)
+    return {app.name for app in config.apps}
+
+
+def expand(script: str, env: dict[str, str]) -> str:
+    """Substitute the workflow's own env values, so that a value reaches the checker as the shell sees it."""
+    return re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: env.get(m.group(1), m.group(0)), script)
+
+
+def invocations(script: str) -> list[list[str]]:
+    """The argument lists of every ``raybuild ...`` simple command in a ``run:`` script."""
+    found = []
+    for line in script.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        command: list[str] = []
+        for token in [*lexer, ";"]:
+            if token and set(token) <= set(";&|"):
+                while command and command[0] in _PREFIXES:
+                    command.pop(0)
+                if command and command[0] == "raybuild":
+                    words = command[1:]
+                    cut = next((i for i, w in enumerate(words) if _REDIRECT.match(w)), len(words))
+                    found.append(words[:cut])
+                command = []
+            else:
+                command.append(token)
+    return found
+
+
+def all_invocations() -> list[list[str]]:
+    data, found = load(), []
+    for job in data["jobs"].values():
+        for step in job["steps"]:
+            if "run" in step:
+                env = {**data.get("env", {}), **job.get("env", {}), **step.get("env", {})}
+                found += invocations(expand(step["run"], env))
+    return found
+
+
+def problems(command: click.Command, args: list[str]) -> list[str]:
+    """What is wrong with ``args`` for ``command``: unknown options, missing values, bad choices."""
+    ctx = click.Context(command)
+    params = command.get_params(ctx)
+    options = {
+        name: p for p in params if isinstance(p, click.Option) for name in (*p.opts, *p.secondary_opts)
+    }
+    arguments = [p for p in params if isinstance(p, click.Argument)]
+    errors, given, index = [], set(), 0
+    while index < len(args):
+        word = args[index]
+        index += 1
+        if not word.startswith("-") or word == "-":
+            if not arguments:
+                errors.append(f"unexpected argument {word!r}")
+            # An `[APP]...` argument catches a value left behind by an option that turned out to be a flag.
+            elif arguments[0].name == "apps" and "$" not in word and word not in app_names():
+                errors.append(f"{word!r} is not an app in raybuild.toml")
+            continue
+        name, has_value, value = word.partition("=")
+        option = options.get(name)
+        if option is None:
+            errors.append(f"no such option {name}")
+            continue
+        given.add(option.name)
+        if option.is_flag or option.count:
+            if has_value:
+                errors.append(f"{name} is a flag and takes no value")
+            continue
+        if not has_value:
+            if index >= len(args) or args[index].startswith("--"):
+                errors.append(f"{name} needs a value")
+                continue
+            value = args[index]
+            index += 1
+        # Values with shell expansions, and paths (which need not exist here), are not checked.
+        if "$" not in value and not isinstance(option.type, click.Path):
+            try:
+                option.type.convert(value, option, ctx)
+            except click.BadParameter as exc:
+                errors.append(f"{name} {value!r}: {exc.message}")
+    for param in params:
+        if isinstance(param, click.Option) and param.required and param.name not in given:
+            errors.append(f"missing required option {param.opts[-1]}")
+    return errors
+
+
+def check_invocation(args: list[str]) -> list[str]:
+    """Problems with one ``raybuild`` call: group options, then the command and its options."""
+    group_args: list[str] = []
+    while args and args[0].startswith("-"):
+        group_args.append(args.pop(0))
+        option = next(
+            (p for p in cli.params if isinstance(p, click.Option) and group_args[-1] in p.opts), None
+        )
+        if option is not None and not option.is_flag and args:
+            group_args.append(args.pop(0))
+    errors = [f"raybuild: {e}" for e in problems(cli, group_args) if not e.startswith("missing")]
+    if not args:
+        return [*errors, "no command"]
+    name, rest = args[0], args[1:]
+    command = cli.commands.get(name)
+    if command is None:
+        return errors if name in PLANNED else [*errors, f"no command {name!r} (and it is not planned)"]
+    return errors + [f"raybuild {name}: {e}" for e in problems(command, rest)]
+
+
+def test_workflow_parses() -> None:
+    data = load()
+    triggers = data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` key as True
+    assert set(triggers) == {"pull_request", "push"}
+    assert triggers["push"]["branches"] == ["main"]
+    assert data["permissions"] == {"contents": "read"}
+    assert "group" in data["concurrency"]
+    assert set(data["jobs"]) == {"pr", "main"}
+    for job in data["jobs"].values():
+        assert job["steps"], "a job without steps"
+        assert job["permissions"]["contents"] == "read"
+
+
+def test_every_action_is_pinned_to_a_version() -> None:
+    for step in steps():
+        if "uses" in step:
+            assert re.search(r"@(v\d+(\.\d+)*|[0-9a-f]{40})$", step["uses"]), step["uses"]
+
+
+def test_workflow_calls_the_expected_commands() -> None:
+    called = [args[0] for args in all_invocations() if args]
+    for expected in ("lock", "build", "measure", "check", "publish", "render"):
+        assert expected in called, f"the workflow never runs `raybuild {expected}`"
+
+
+@pytest.mark.parametrize("args", all_invocations(), ids=lambda args: " ".join(args))
+def test_raybuild_calls_match_the_cli(args: list[str]) -> None:
+    assert check_invocation(list(args)) == []
+
+
+def test_planned_commands_are_really_planned() -> None:
+    # Keeps PLANNED honest: a name here must be one the workflow calls.
+    called = {args[0] for args in all_invocations() if args}
+    assert called >= PLANNED
+
+
+def test_baseline_artifact_round_trip() -> None:
+    by_name = {step.get("name"): step for step in steps()}
+    upload = by_name["Upload the baseline"]["with"]
+    download = by_name["Download main's baseline"]["with"]
+    assert upload["name"] == download["name"] == "raybuild-baseline"
+    assert download["workflow"] == WORKFLOW.name
+    assert upload["include-hidden-files"] is True  # the file sits in .raybuild/
+    gate = [args for args in invocations(by_name["Gate"]["run"]) if args[0] == "check"]
+    assert gate and gate[0][gate[0].index("--baseline") + 1] == f"{download['path']}/measure.json"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("raybuild check --baseline b.json --bogus", ["raybuild check: no such option --bogus"]),
+        ("raybuild check", ["raybuild check: missing required option --baseline"]),
+        ("raybuild check --baseline", ["raybuild check: --baseline needs a value"]),
+        (
+            "raybuild check --baseline b.json --json=yes",
+            ["raybuild check: --json is a flag and takes no value"],
+        ),
+        (
+            "raybuild check --baseline b.json --max-size-growth -1",
+            ["raybuild check: --max-size-growth '-1': -1.0 is not in the range x>=0."],
+        ),
+        ("raybuild check --baseline b.json extra", ["raybuild check: unexpected argument 'extra'"]),
+        (
+            "raybuild lock --resolver poetry",
+            ["raybuild lock: --resolver 'poetry': 'poetry' is not one of 'uv', 'pip-tools'."],
+        ),
+        ("raybuild deploy", ["no command 'deploy' (and it is not planned)"]),
+        (
+            "raybuild lock --json .raybuild/measure.json",
+            ["raybuild lock: '.raybuild/measure.json' is not an app in raybuild.toml"],
+        ),
+        ("raybuild lock hello sklearn", []),
+        ("raybuild --config x/raybuild.toml --debug lock --check", []),
+    ],
+)
+def test_checker_catches_mistakes(line: str, expected: list[str]) -> None:
+    # The checker is what keeps the workflow honest, so it is tested against known-bad calls.
+    (args,) = invocations(line)
+    assert check_invocation(args) == expected
+
+
+def test_invocations_read_shell() -> None:
+    script = (
+        "if [ -f b.json ]; then\n"
+        "  raybuild check --baseline b.json \\\n    --markdown r.md > out.txt\n"
+        "fi\n"
+        "echo raybuild && raybuild lock --check  # comment --nope\n"
+    )
+    assert invocations(script) == [
+        ["check", "--baseline", "b.json", "--markdown", "r.md"],
+        ["lock", "--check"],
+    ]
+
+
+def test_env_values_are_expanded() -> None:
+    assert expand('raybuild measure --json "$MEASURE_JSON" ${OTHER}', {"MEASURE_JSON": "m.json"}) == (
+        'raybuild measure --json "m.json" ${OTHER}'
+    )
