@@ -1,0 +1,52 @@
+"""Fixtures for tests against a real Docker engine, registry and Ray.
+
+Under CI=true a missing engine is a failure, never a silent skip: scripts/setup must have started one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from raybuild.config import LoadedConfig, load_config
+from raybuild.engine import Engine
+from raybuild.errors import EngineError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}; scripts/setup should have provided it", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    try:
+        engine = Engine()
+        engine.ping()
+    except EngineError as exc:
+        _unavailable(f"no Docker engine: {exc.message}")
+    return engine
+
+
+@pytest.fixture(scope="session")
+def bundled() -> LoadedConfig:
+    return load_config(REPO_ROOT / "raybuild.toml")
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Iterator[Path]:
+    """A copy of the bundled project (config, apps, lockfiles, templates) that a test may change."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("raybuild.toml",):
+        shutil.copy2(REPO_ROOT / name, root / name)
+    for folder in ("apps", "lockfiles", "images"):
+        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    yield root

@@ -1,0 +1,177 @@
+"""Real builds of the bundled apps, and the properties the build promises.
+
+Slow steps are shared: BuildKit's cache and the shared Ray layer make every build after the first cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from raybuild.build import Builder, BuiltImage
+from raybuild.config import LoadedConfig, load_config
+from raybuild.engine import Engine
+from raybuild.errors import BuildError, EngineError
+from raybuild.smoke import smoke_test
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def built(engine: Engine, bundled: LoadedConfig) -> dict[str, BuiltImage]:
+    images = Builder(bundled, engine, ca_bundle=_host_ca()).build(bundled.apps)
+    return {image.app: image for image in images}
+
+
+def _host_ca() -> Path | None:
+    path = Path("/etc/ssl/certs/ca-certificates.crt")
+    return path if path.is_file() else None
+
+
+def _layers(engine: Engine, ref: str) -> list[str]:
+    return list(engine.inspect(ref)["RootFS"]["Layers"])
+
+
+@pytest.mark.parametrize("app_name", ["hello", "sklearn", "cuda"])
+def test_bundled_app_builds_and_serves(engine: Engine, bundled: LoadedConfig, built: dict[str, BuiltImage],
+                                       app_name: str) -> None:  # fmt: skip
+    (app,) = bundled.select((app_name,))
+    # The GPU app runs in CPU mode here: CUDA libraries must resolve and the app must import.
+    result = smoke_test(bundled, app, built[app_name].ref, engine, timeout=240)
+    assert result.status == 200
+    assert result.body
+
+
+def test_runtime_image_meets_kuberay_contract(engine: Engine, built: dict[str, BuiltImage]) -> None:
+    ref = built["hello"].ref
+    config = engine.inspect(ref)["Config"]
+    assert config["User"] == "1000"
+    assert config["WorkingDir"] == "/home/ray/app"
+    labels = config["Labels"]
+    assert labels["io.raybuild.ray-version"] == "2.60.0"
+    assert labels["io.raybuild.python"] == "3.11"
+    assert len(labels["io.raybuild.lock-sha256"]) == 16
+    # KubeRay 1.4+ runs `/bin/bash -c`, not a login shell: ray must resolve from the ENV PATH alone.
+    out = engine.docker_cmd("run", "--rm", ref, "/bin/bash", "-c",
+                            "command -v ray && command -v wget && id -u && echo $HOME").output.split()  # fmt: skip
+    assert out[0] == "/opt/ray/venv/bin/ray"
+    assert out[1].endswith("/wget")
+    assert out[2:] == ["1000", "/home/ray"]
+
+
+def test_no_devel_files_in_gpu_image(engine: Engine, built: dict[str, BuiltImage]) -> None:
+    check = "command -v nvcc || ls -d /usr/local/cuda/include 2>/dev/null || find / -xdev -name '*.a' -path '*cuda*' | head -1"
+    out = engine.docker_cmd("run", "--rm", "--user", "0", built["cuda"].ref, "/bin/bash", "-c", check + " 2>/dev/null",
+                            check=False).output  # fmt: skip
+    assert out.strip() == ""
+    env = engine.inspect(built["cuda"].ref)["Config"]["Env"]
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
+
+
+def test_cpu_images_share_base_and_ray_layers(engine: Engine, built: dict[str, BuiltImage]) -> None:
+    hello, sklearn, cuda, head = (_layers(engine, built[n].ref) for n in ("hello", "sklearn", "cuda", "_head"))
+    # The head image is base + Ray; every app image starts with exactly those layers.
+    assert hello[: len(head)] == head
+    assert sklearn[: len(head)] == head
+    assert cuda[: len(head)] == head
+    assert len(hello) == len(head) + 2  # the app's packages, then its code
+
+
+def test_rebuild_without_change_is_a_noop(engine: Engine, bundled: LoadedConfig,
+                                          built: dict[str, BuiltImage]) -> None:  # fmt: skip
+    (again,) = [i for i in Builder(bundled, engine).build(bundled.select(("hello",))) if i.app == "hello"]
+    assert again.cached
+    assert again.ref == built["hello"].ref
+    assert again.image_id == built["hello"].image_id
+
+
+def test_code_only_change_rebuilds_only_the_code_layer(engine: Engine, project_copy: Path,
+                                                       built: dict[str, BuiltImage]) -> None:  # fmt: skip
+    code = project_copy / "apps" / "hello" / "hello_app.py"
+    code.write_text(code.read_text() + f"\n# change {uuid.uuid4().hex}\n")
+    config = load_config(project_copy / "raybuild.toml")
+    changed = next(i for i in Builder(config, engine).build(config.select(("hello",))) if i.app == "hello")
+    assert not changed.cached
+    assert changed.ref != built["hello"].ref
+    before, after = _layers(engine, built["hello"].ref), _layers(engine, changed.ref)
+    assert len(before) == len(after)
+    assert before[:-1] == after[:-1]
+    assert before[-1] != after[-1]
+    engine.remove_image(changed.ref)
+
+
+def test_ca_bundle_is_a_secret_not_a_layer(engine: Engine, project_copy: Path, tmp_path: Path) -> None:
+    marker = f"raybuild-secret-marker-{uuid.uuid4().hex}"
+    bundle = tmp_path / "ca.pem"
+    host = _host_ca()
+    bundle.write_text((host.read_text() if host else "") + f"\n# {marker}\n")
+    # A requirement no other image has, so the app stage really runs with the secret mounted.
+    app_dir = project_copy / "apps" / "hello"
+    (app_dir / "requirements.in").write_text("orjson\ntomli-w\n")
+    config = load_config(project_copy / "raybuild.toml")
+    from raybuild.lock import lock
+
+    lock(config, config.select(("hello",)))
+    image = next(i for i in Builder(config, engine, ca_bundle=bundle).build(config.select(("hello",)))
+                 if i.app == "hello")  # fmt: skip
+    saved = tmp_path / "image.tar"
+    engine.save(image.ref, saved)
+    needle = marker.encode()
+    with tarfile.open(saved) as outer:
+        for member in outer.getmembers():
+            data = outer.extractfile(member)
+            if data is None:
+                continue
+            blob = data.read()
+            assert needle not in blob, f"CA bundle content found in {member.name}"
+            if member.name.endswith("layer.tar"):
+                (tmp_path / "layer.tar").write_bytes(blob)
+                with tarfile.open(tmp_path / "layer.tar") as layer:
+                    names = layer.getnames()
+                assert not any(n.endswith("run/secrets/ca_bundle") for n in names)
+    history = json.dumps(engine.inspect(image.ref))
+    assert marker not in history
+    engine.remove_image(image.ref)
+
+
+def test_missing_lockfile_names_the_fix(engine: Engine, project_copy: Path) -> None:
+    (project_copy / "lockfiles" / "hello.txt").unlink()
+    config = load_config(project_copy / "raybuild.toml")
+    with pytest.raises(BuildError) as info:
+        Builder(config, engine).build(config.select(("hello",)))
+    assert "raybuild lock hello" in (info.value.hint or "")
+
+
+def test_failed_build_names_the_step_and_leaves_no_tag(engine: Engine, project_copy: Path) -> None:
+    lockfile = project_copy / "lockfiles" / "hello.txt"
+    text = lockfile.read_text()
+    # Corrupt every hash of orjson's entry, so uv's --require-hashes check fails in the app stage.
+    entry = re.search(r"^orjson==.*?(?=^\S)", text, flags=re.M | re.S)
+    assert entry is not None
+    broken = text.replace(entry.group(0), re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, entry.group(0)))
+    lockfile.write_text(broken)
+    config = load_config(project_copy / "raybuild.toml")
+    builder = Builder(config, engine)
+    with pytest.raises(BuildError) as info:
+        builder.build(config.select(("hello",)))
+    assert "[app 1/2]" in info.value.message
+    assert "hash" in info.value.output_tail.lower()
+    from raybuild.build import image_ref, stage_context
+
+    ctx = project_copy / "ctx"
+    ctx.mkdir()
+    ref = image_ref(config, config.apps[0], stage_context(config, config.apps[0], ctx))
+    assert not engine.image_exists(ref)
+
+
+def test_daemon_down_is_one_clear_error(tmp_path: Path) -> None:
+    engine = Engine(env={"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"})
+    with pytest.raises(EngineError) as info:
+        engine.ping()
+    assert "daemon is not reachable" in info.value.message
+    assert "scripts/setup" in (info.value.hint or "")
