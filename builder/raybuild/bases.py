@@ -30,7 +30,8 @@ BUILDER_PACKAGES = (*RUNTIME_PACKAGES, "binutils")
 PURGE_AFTER_BOOTSTRAP = ("usrmerge", "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl",
                          "perl", "libperl5.36", "perl-modules-5.36")
 # glibc's iconv modules: nothing in a Ray node uses iconv (Python has its own codecs).
-REMOVE_AFTER_BOOTSTRAP = ("/usr/lib/x86_64-linux-gnu/gconv", "/var/lib/apt/lists/*", "/var/cache/*", "/var/log/*")
+REMOVE_AFTER_BOOTSTRAP = ("/usr/lib/x86_64-linux-gnu/gconv", "/var/lib/apt/lists/*", "/var/cache/*",
+                          "/var/log/*")
 NAMESPACE = "raybuild"
 
 

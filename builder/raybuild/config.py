@@ -159,6 +159,8 @@ class App(_Model):
         for key in value:
             if not _ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
+            if "\n" in value[key] or "\r" in value[key]:
+                raise ValueError(f"the value of {key!r} must be a single line (a Dockerfile ENV is one line)")
         return value
 
     @property
@@ -304,11 +306,11 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     """The keys allowed at the table that holds ``loc``'s last key."""
-    current: Any = model
+    current: type[BaseModel] = model
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
-        field = current.model_fields.get(part) if isinstance(current, type) else None
+        field = current.model_fields.get(part)
         if field is None:
             return []
         annotation = field.annotation
@@ -318,7 +320,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
         if not nested:
             return []
         current = nested[0]
-    return sorted(current.model_fields) if isinstance(current, type) else []
+    return sorted(current.model_fields)
 
 
 def _message(error: Any, path: Path) -> ConfigError:
@@ -327,9 +329,10 @@ def _message(error: Any, path: Path) -> ConfigError:
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(RaybuildConfig, loc)
+        where = f" (allowed here: {', '.join(allowed)})" if allowed else ""
         return ConfigError(
-            f"{path.name}: unknown key '{key}'",
-            hint=f"allowed keys here: {', '.join(allowed)}" if allowed else None,
+            f"{path.name}: unknown key '{key}'{where}",
+            hint="check the spelling; the README's config reference lists every key",
         )
     if kind == "missing":
         return ConfigError(f"{path.name}: missing required key '{key}'")
@@ -368,7 +371,8 @@ def load_config(path: Path) -> LoadedConfig:
     for index, app in enumerate(config.apps):
         if not (root / app.path).is_dir():
             raise ConfigError(
-                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} does not exist",
+                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} "
+                "does not exist",
                 hint="create it or fix the path (relative to raybuild.toml)",
             )
         if not (root / app.requirements).is_file():

@@ -20,7 +20,10 @@ def lock_hash(config: LoadedConfig, app: App) -> str:
 
 
 def nvidia_library_dirs(lock_text: str) -> tuple[str, ...]:
-    """LD_LIBRARY_PATH entries for the NVIDIA wheels in a lock: nvidia-cuda-runtime-cu12 -> nvidia/cuda_runtime/lib."""
+    """LD_LIBRARY_PATH entries for a lock's NVIDIA wheels.
+
+    nvidia-cuda-runtime-cu12 -> <app site-packages>/nvidia/cuda_runtime/lib
+    """
     dirs = []
     for name in sorted(parse_pins(lock_text)):
         if name.startswith("nvidia-") and "-cu" in name:

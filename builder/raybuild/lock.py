@@ -8,13 +8,15 @@ not the host's.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,14 +102,17 @@ def ray_target(config: LoadedConfig) -> LockTarget:
 def app_target(config: LoadedConfig, app: App) -> LockTarget:
     user = config.requirements_file(app).read_text(encoding="utf-8")
     # Ray is part of every app's lock: the resolver then sees the app's needs and Ray's pins together.
-    requirements = user.rstrip("\n") + ("\n" if user.strip() else "") + f"ray[serve]=={config.project.ray_version}\n"
+    requirements = user.rstrip("\n") + ("\n" if user.strip() else "")
+    requirements += f"ray[serve]=={config.project.ray_version}\n"
     return LockTarget(
         name=app.name,
         path=config.lockfile(app),
         requirements=requirements,
         constraint=config.ray_lockfile(),
         regenerate=f"raybuild lock {app.name}",
-        torch_backend=config.project.gpu_torch_backend if app.device == "gpu" else config.project.torch_backend,
+        torch_backend=(
+            config.project.gpu_torch_backend if app.device == "gpu" else config.project.torch_backend
+        ),
     )
 
 
@@ -124,9 +129,25 @@ def header(target: LockTarget, config: LoadedConfig) -> str:
 
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
 
+# pip-tools resolves through pip, which reads pip.conf files and PIP_* variables: a host's extra indexes,
+# find-links or constraints would change the resolution and be written into the lockfile. Only settings
+# that say how to reach the network are kept; what to resolve against comes from raybuild.toml alone.
+_PIP_NETWORK_SETTINGS = frozenset({
+    "PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT", "PIP_TIMEOUT",
+    "PIP_RETRIES", "PIP_DISABLE_PIP_VERSION_CHECK",
+})  # fmt: skip
+
+
+def resolver_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a resolver run: the host's, minus pip settings that change what is resolved."""
+    source = os.environ if environ is None else environ
+    env = {k: v for k, v in source.items() if not k.startswith("PIP_") or k in _PIP_NETWORK_SETTINGS}
+    env["PIP_CONFIG_FILE"] = os.devnull  # pip reads no config file at all when this is os.devnull
+    return env
+
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False)
+    return subprocess.run(command, capture_output=True, text=True, check=False, env=resolver_env())
 
 
 def uv_binary() -> str:
@@ -155,7 +176,8 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
         host = f"{sys.version_info.major}.{sys.version_info.minor}"
         if host != project.python:
             raise LockError(
-                f"--resolver pip-tools resolves for the running Python {host}, but the images use {project.python}",
+                f"--resolver pip-tools resolves for the running Python {host}, "
+                f"but the images use {project.python}",
                 hint=f"run raybuild under Python {project.python}, or use the default uv resolver",
             )
         command = [
@@ -175,6 +197,7 @@ def explain_failure(app: str, output: str, requirements: str, ray_lock: Path | N
     cause = next((ln.strip() for ln in output.splitlines() if "cause:" in ln or "Because" in ln), "")
     cause = cause.removeprefix("cause:").strip() or (output.strip().splitlines() or ["resolver failed"])[-1]
     missing = re.search(r"Because ([A-Za-z0-9._-]+) was not found in the package registry", output)
+    missing = missing or re.search(r"No matching distribution found for ([A-Za-z0-9._-]+)", output)
     if missing or "No matching distribution" in output:
         package = missing.group(1) if missing else "a requirement"
         return LockError(
@@ -203,17 +226,42 @@ def compile_target(config: LoadedConfig, target: LockTarget, runner: Runner = _r
         source = Path(tmp) / f"{target.name}.in"
         source.write_text(target.requirements, encoding="utf-8")
         output = Path(tmp) / f"{target.name}.txt"
-        result = runner(compile_command(config, target, source, output))
+        command_target = target
+        if target.constraint is not None and target.constraint.is_file():
+            # Resolvers write the constraint's path into "# via" comments, as given or relative to the
+            # working directory. A copy at its project-relative path inside `tmp` makes that text the same
+            # whatever directory raybuild runs from.
+            copy = Path(tmp) / _project_relative(target.constraint, config.root)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(target.constraint, copy)
+            command_target = dataclasses.replace(target, constraint=copy)
+        result = runner(compile_command(config, command_target, source, output))
         if result.returncode != 0 or not output.is_file():
-            raise explain_failure(
-                target.name, (result.stderr or "") + (result.stdout or ""), target.requirements, target.constraint
-            )
-        body = output.read_text(encoding="utf-8").replace(tmp + "/", "")
+            output_text = (result.stderr or "") + (result.stdout or "")
+            raise explain_failure(target.name, output_text, target.requirements, target.constraint)
+        body = output.read_text(encoding="utf-8")
+        for prefix in _display_prefixes(Path(tmp)):
+            body = body.replace(prefix, "")
     text = header(target, config) + body
     old = target.path.read_text(encoding="utf-8") if target.path.is_file() else None
     if old != text:
         atomic_write(target.path, text)
     return LockResult(target.name, target.path, old != text, len(parse_pins(body)))
+
+
+def _project_relative(path: Path, root: Path) -> Path:
+    try:
+        return path.resolve().relative_to(root)
+    except ValueError:
+        return Path(path.name)
+
+
+def _display_prefixes(tmp: Path) -> list[str]:
+    """How a resolver may print paths under ``tmp``: absolute, or relative to the working directory."""
+    prefixes = [f"{tmp}/"]
+    if tmp.is_relative_to(Path.cwd()):
+        prefixes.insert(0, f"{tmp.relative_to(Path.cwd())}/")
+    return prefixes
 
 
 def lock(config: LoadedConfig, apps: tuple[App, ...], runner: Runner = _run,

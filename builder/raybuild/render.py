@@ -141,8 +141,18 @@ def template_dir(project_root: Path | None) -> Path:
     return BUNDLED_TEMPLATES
 
 
+def dockerfile_string(value: str) -> str:
+    """A double-quoted Dockerfile word that BuildKit reads back as exactly ``value``.
+
+    Inside double quotes BuildKit expands $NAME, and a backslash escapes only ", $ and itself, so JSON
+    escapes (Jinja's tojson writes & as \\u0026) would reach the container verbatim.
+    """
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
+
+
 def _environment(templates: Path) -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -150,6 +160,8 @@ def _environment(templates: Path) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
+    environment.filters["dockerfile_string"] = dockerfile_string
+    return environment
 
 
 def _render(templates: Path, name: str, context: dict[str, object]) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
-from raybuild.config import CONFIG_NAME, DEFAULT_PYTHON, DEFAULT_RAY_VERSION
+from raybuild.config import CONFIG_NAME, DEFAULT_PYTHON, DEFAULT_RAY_VERSION, load_config, parse_config
 from raybuild.errors import UsageError
 from raybuild.fsutil import atomic_write
 
@@ -57,12 +58,19 @@ def init_project(directory: Path, name: str) -> list[Path]:
                                                 ray=DEFAULT_RAY_VERSION, python=DEFAULT_PYTHON, name=name,
                                                 module=module, cls=cls),
         directory / "apps" / name / f"{module}.py": _APP.format(cls=cls, name=name),
-        directory / "apps" / name / "requirements.in": "# The app's own dependencies; Ray is added by raybuild.\n",
+        directory / "apps" / name / "requirements.in": (
+            "# The app's own dependencies; Ray is added by raybuild.\n"
+        ),
     }
+    # Validate before writing anything, so a bad --name fails here (not at the first `raybuild lock`) and
+    # leaves no half-made project behind.
+    config_path = directory / CONFIG_NAME
+    try:
+        data = tomllib.loads(files[config_path])
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"--name {name!r} cannot be written into {CONFIG_NAME}: {exc}") from exc
+    parse_config(data, config_path)
     for path, text in files.items():
         atomic_write(path, text)
-    # Validate what was written, so a bad --name fails here and not at the first `raybuild lock`.
-    from raybuild.config import load_config
-
-    load_config(directory / CONFIG_NAME)
+    load_config(config_path)
     return list(files)

@@ -6,6 +6,7 @@ errors (``RaybuildError``) become one line with a hint; ``--debug`` shows the tr
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -42,7 +43,10 @@ _register()
 
 
 def main() -> None:
-    debug = "--debug" in sys.argv[1:]
+    # The --debug option also reads RAYBUILD_DEBUG (as Click reads a flag's envvar); main() needs to know
+    # whether to show tracebacks before Click has parsed anything.
+    env_debug = os.environ.get("RAYBUILD_DEBUG", "").lower() in ("1", "true", "t", "yes", "y", "on")
+    debug = "--debug" in sys.argv[1:] or env_debug
     try:
         result = cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -89,7 +89,8 @@ def lock(state: State, apps: tuple[str, ...], check: bool, resolver: str | None,
               help="Where to write Dockerfiles [default: .raybuild/dockerfiles].")
 @json_option
 @pass_state
-def generate(state: State, apps: tuple[str, ...], to_stdout: bool, out_dir: Path | None, as_json: bool) -> None:
+def generate(state: State, apps: tuple[str, ...], to_stdout: bool, out_dir: Path | None,
+             as_json: bool) -> None:  # fmt: skip
     """Render each app's multi-stage Dockerfile from the templates under images/."""
     config = state.config()
     selected = config.select(apps)

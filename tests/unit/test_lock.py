@@ -1,0 +1,450 @@
+"""Lockfiles: the pure parts with a fake resolver, then (marked `network`) real uv and pip-tools runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import MainResult, TmpProject
+from raybuild import lock as locking
+from raybuild.config import LoadedConfig
+from raybuild.errors import LockError, StaleLockError
+
+APP_LOCK = """\
+aiohttp==3.14.5 \\
+    --hash=sha256:aaaa \\
+    --hash=sha256:bbbb
+    # via ray
+Numpy==2.4.6 \\
+    --hash=sha256:cccc
+    # via -r demo.in
+orjson==3.13.0 \\
+    --hash=sha256:dddd \\
+    --hash=sha256:eeee
+    # via -r demo.in
+pydantic==2.15.0 \\
+    --hash=sha256:ffff
+ray[serve]==2.60.0 ; python_version >= "3.10" \\
+    --hash=sha256:1111
+zope.interface==7.0
+"""
+
+RAY_LOCK = """\
+aiohttp==3.14.5 \\
+    --hash=sha256:aaaa \\
+    --hash=sha256:bbbb
+numpy==2.4.6 \\
+    --hash=sha256:cccc
+pydantic==2.14.4 \\
+    --hash=sha256:9999
+ray==2.60.0 \\
+    --hash=sha256:1111
+"""
+
+# What uv 0.13 prints (on stderr, not a terminal) for the two failures users meet most.
+UV_CONFLICT = """\
+error: No solution found when resolving dependencies
+  cause: Because you require numpy<2 and numpy==2.4.6, we can conclude that your requirements are \
+unsatisfiable.
+"""
+UV_MISSING = """\
+error: No solution found when resolving dependencies
+  cause: Because raybuild-no-such-package was not found in the package registry and you require \
+raybuild-no-such-package, we can conclude that your requirements are unsatisfiable.
+"""
+PIP_MISSING = """\
+ERROR: Could not find a version that satisfies the requirement raybuild-no-such-package (from versions: none)
+ERROR: No matching distribution found for raybuild-no-such-package
+"""
+
+
+# -- parsing ----------------------------------------------------------------------------------------------
+
+
+def test_parse_pins_normalizes_names_and_ignores_extras_markers_and_hashes() -> None:
+    assert locking.parse_pins(APP_LOCK) == {
+        "aiohttp": "3.14.5",
+        "numpy": "2.4.6",
+        "orjson": "3.13.0",
+        "pydantic": "2.15.0",
+        "ray": "2.60.0",
+        "zope-interface": "7.0",
+    }
+
+
+def test_parse_pins_skips_comments_and_options() -> None:
+    text = "# numpy==1.0\n--index-url https://example.invalid/simple\n    # via numpy==1.0\nrich==13.9.4\n"
+    assert locking.parse_pins(text) == {"rich": "13.9.4"}
+
+
+def test_extras_lock_keeps_only_what_ray_lacks_with_its_hashes() -> None:
+    extras = locking.extras_lock(APP_LOCK, RAY_LOCK)
+    # orjson and zope.interface are new; pydantic differs from Ray's pin, so the app layer must carry it.
+    assert extras == (
+        "orjson==3.13.0 \\\n    --hash=sha256:dddd \\\n    --hash=sha256:eeee\n"
+        "pydantic==2.15.0 \\\n    --hash=sha256:ffff\n"
+        "zope.interface==7.0\n"
+    )
+
+
+def test_extras_lock_of_an_app_with_nothing_extra_is_empty() -> None:
+    assert locking.extras_lock(RAY_LOCK, RAY_LOCK) == ""
+
+
+def test_cuda_versions_reads_nvidia_cupy_and_torch_wheels() -> None:
+    text = (
+        "nvidia-cublas-cu12==12.9.1.4\n"
+        "nvidia-cuda-runtime-cu12==12.9.79\n"
+        "cupy-cuda12x==13.6.0\n"
+        "torch==2.9.0+cu128\n"
+        "numpy==2.4.6\n"
+    )
+    assert locking.cuda_versions(text) == {"12"}
+    assert locking.cuda_versions("nvidia-cudnn-cu11==8.9.6\ntorch==2.9.0+cu118\n") == {"11"}
+    assert locking.cuda_versions("numpy==2.4.6\ntorch==2.9.0+cpu\n") == set()
+
+
+def test_check_cuda_returns_the_single_major(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    app = config.apps[0]
+    config.lockfile(app).parent.mkdir(parents=True)
+    config.lockfile(app).write_text("nvidia-cuda-runtime-cu12==12.9.79\ntorch==2.9.0+cu128\n")
+    assert locking.check_cuda(config, app) == "12"
+
+
+def test_check_cuda_without_cuda_wheels_or_lockfile_is_none(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    assert locking.check_cuda(config, config.apps[0]) is None
+
+
+def test_check_cuda_refuses_mixed_majors(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    app = config.apps[0]
+    config.lockfile(app).parent.mkdir(parents=True)
+    config.lockfile(app).write_text("nvidia-cuda-runtime-cu12==12.9.79\ncupy-cuda11x==13.6.0\n")
+    with pytest.raises(LockError) as caught:
+        locking.check_cuda(config, app)
+    assert caught.value.message == "app 'demo': its locked wheels mix CUDA majors 11, 12"
+
+
+# -- explaining resolver failures -------------------------------------------------------------------------
+
+
+def test_explain_conflict_names_the_app_pin_and_rays_pin(tmp_path: Path) -> None:
+    ray_lock = tmp_path / "ray.txt"
+    ray_lock.write_text(RAY_LOCK)
+    error = locking.explain_failure("demo", UV_CONFLICT, "numpy<2\nray[serve]==2.60.0\n", ray_lock)
+    assert error.message == (
+        "app 'demo' conflicts with the shared Ray lock: numpy<2 (app) vs numpy==2.4.6 (Ray's lock)"
+    )
+    assert error.hint is not None
+
+
+def test_explain_missing_package_names_the_app_and_the_package() -> None:
+    error = locking.explain_failure("demo", UV_MISSING, "raybuild-no-such-package\n", None)
+    assert error.message == "app 'demo': package 'raybuild-no-such-package' does not exist on the index"
+
+
+def test_explain_missing_package_from_pip_tools_names_the_package() -> None:
+    error = locking.explain_failure("demo", PIP_MISSING, "raybuild-no-such-package\n", None)
+    assert error.message == "app 'demo': package 'raybuild-no-such-package' does not exist on the index"
+
+
+def test_explain_other_failures_keeps_the_resolvers_cause() -> None:
+    output = "error: No solution found\n  cause: Because foo>=2 requires bar<1, foo>=2 cannot be used.\n"
+    error = locking.explain_failure("demo", output, "foo>=2\n", None)
+    assert (
+        error.message == "app 'demo': cannot resolve: Because foo>=2 requires bar<1, foo>=2 cannot be used."
+    )
+
+
+# -- inputs hash, header and staleness, with a fake resolver ----------------------------------------------
+
+
+class FakeResolver:
+    """Stands in for uv: writes a lock with one pin per input line, and remembers each command."""
+
+    def __init__(self, fail_with: str | None = None) -> None:
+        self.commands: list[list[str]] = []
+        self.fail_with = fail_with
+
+    def __call__(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        self.commands.append(command)
+        if self.fail_with is not None:
+            return subprocess.CompletedProcess(command, 1, "", self.fail_with)
+        source = Path(command[command.index("compile") + 1])
+        output = Path(command[command.index("-o") + 1])
+        lines = []
+        for requirement in source.read_text().splitlines():
+            name = re.split(r"[\[<>=;\s]", requirement.strip(), maxsplit=1)[0]
+            if not name or name.startswith("#"):
+                continue
+            lines.append(f"{name}==1.0 \\\n    --hash=sha256:{name}\n    # via -r {source}")
+            if "-c" in command:
+                # Resolvers print the constraint path as they were given it.
+                lines.append(f"    #   -c {command[command.index('-c') + 1]}")
+        output.write_text("\n".join(lines) + "\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+
+def locked(project: TmpProject, resolver: FakeResolver | None = None) -> LoadedConfig:
+    config = project.load()
+    locking.lock(config, config.apps, runner=resolver or FakeResolver())
+    return config
+
+
+def test_header_records_how_to_regenerate_the_target_and_the_inputs_hash(tmp_project: TmpProject) -> None:
+    config = locked(tmp_project)
+    target = locking.app_target(config, config.apps[0])
+    text = config.lockfile(config.apps[0]).read_text()
+    assert text.startswith(
+        "# This file is generated by raybuild. Do not edit it.\n"
+        "# Regenerate it with: raybuild lock demo\n"
+        "# Target: Python 3.11, x86_64-manylinux_2_36, Ray 2.60.0, resolver uv\n"
+        f"# raybuild-inputs-sha256: {target.inputs_hash(config)}\n"
+    )
+    assert "orjson==1.0" in text and "ray==1.0" in text
+    assert locking.stored_hash(config.lockfile(config.apps[0])) == target.inputs_hash(config)
+
+
+def test_app_requirements_get_rays_pin_and_the_ray_lock_as_constraint(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    target = locking.app_target(config, config.apps[0])
+    assert target.requirements == "orjson\nray[serve]==2.60.0\n"
+    assert target.constraint == config.ray_lockfile()
+    assert locking.ray_target(config).requirements == "ray[serve]==2.60.0\n"
+
+
+def test_lockfile_text_does_not_depend_on_the_working_directory(
+    tmp_project: TmpProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = locked(tmp_project)
+    text = config.lockfile(config.apps[0]).read_text()
+    assert "#   -c lockfiles/ray.txt" in text
+    assert "# via -r demo.in" in text
+    assert str(tmp_path) not in text
+    assert "raybuild-lock-" not in text
+
+
+def test_fresh_locks_are_not_stale(tmp_project: TmpProject) -> None:
+    config = locked(tmp_project)
+    assert locking.stale(config, config.apps) == []
+    locking.check(config, config.apps)
+
+
+def test_missing_lockfiles_are_stale(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    assert locking.stale(config, config.apps) == ["lockfiles/ray.txt", "lockfiles/demo.txt"]
+    with pytest.raises(StaleLockError) as caught:
+        locking.check(config, config.apps)
+    assert caught.value.stale == ["lockfiles/ray.txt", "lockfiles/demo.txt"]
+    assert not config.lock_dir().exists(), "checking must write nothing"
+
+
+def test_changed_requirements_make_only_that_app_stale(tmp_project: TmpProject) -> None:
+    locked(tmp_project)
+    tmp_project.requirements.write_text("orjson\nrich\n")
+    config = tmp_project.load()
+    assert locking.stale(config, config.apps) == ["lockfiles/demo.txt"]
+
+
+def test_changed_ray_version_makes_every_lock_stale(tmp_project: TmpProject) -> None:
+    locked(tmp_project)
+    tmp_project.write_config(tmp_project.config_path.read_text().replace("2.60.0", "2.61.0"))
+    config = tmp_project.load()
+    assert locking.stale(config, config.apps) == ["lockfiles/ray.txt", "lockfiles/demo.txt"]
+
+
+def test_a_changed_ray_lock_makes_the_apps_stale(tmp_project: TmpProject) -> None:
+    config = locked(tmp_project)
+    ray_lock = config.ray_lockfile()
+    ray_lock.write_text(ray_lock.read_text() + "extra==1.0\n")
+    assert locking.stale(config, config.apps) == ["lockfiles/demo.txt"]
+
+
+def test_changed_resolver_makes_every_lock_stale(tmp_project: TmpProject) -> None:
+    config = locked(tmp_project).with_resolver("pip-tools")
+    assert locking.stale(config, config.apps) == ["lockfiles/ray.txt", "lockfiles/demo.txt"]
+
+
+def test_an_up_to_date_ray_lock_is_not_recompiled(tmp_project: TmpProject) -> None:
+    config = locked(tmp_project)
+    resolver = FakeResolver()
+    results = locking.lock(config, config.apps, runner=resolver)
+    assert [r.name for r in results] == ["demo"]
+    assert len(resolver.commands) == 1
+    assert results[0].changed is False
+
+
+def test_uv_command_targets_the_image_python_and_platform(tmp_project: TmpProject) -> None:
+    resolver = FakeResolver()
+    locked(tmp_project, resolver)
+    command = resolver.commands[-1]
+    assert command[1:3] == ["pip", "compile"]
+    for flag, value in [("--python-version", "3.11"), ("--python-platform", "x86_64-manylinux_2_36"),
+                        ("--torch-backend", "cpu")]:  # fmt: skip
+        assert command[command.index(flag) + 1] == value
+    assert "--generate-hashes" in command
+
+
+def test_pip_tools_refuses_a_host_python_other_than_the_projects(tmp_project: TmpProject) -> None:
+    other = "3.10" if sys.version_info[:2] != (3, 10) else "3.12"
+    tmp_project.write_config(
+        tmp_project.config_path.read_text().replace('python = "3.11"', f'python = "{other}"')
+    )
+    config = tmp_project.load().with_resolver("pip-tools")
+    with pytest.raises(LockError) as caught:
+        locking.lock(config, config.apps, runner=FakeResolver())
+    assert f"the images use {other}" in caught.value.message
+
+
+def test_resolver_env_drops_pip_settings_that_change_the_resolution() -> None:
+    host = {
+        "PATH": "/usr/bin",
+        "PIP_FIND_LINKS": "/opt/wheels",
+        "PIP_EXTRA_INDEX_URL": "file:///opt/pypi/simple",
+        "PIP_INDEX_URL": "https://mirror.invalid/simple",
+        "PIP_CONSTRAINT": "/etc/constraints.txt",
+        "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+        "PIP_DEFAULT_TIMEOUT": "180",
+    }
+    env = locking.resolver_env(host)
+    assert env == {
+        "PATH": "/usr/bin",
+        "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+        "PIP_DEFAULT_TIMEOUT": "180",
+        "PIP_CONFIG_FILE": os.devnull,
+    }
+
+
+def test_a_failed_compile_keeps_the_previous_lockfile(tmp_project: TmpProject) -> None:
+    config = locked(tmp_project)
+    lockfile = config.lockfile(config.apps[0])
+    before = lockfile.read_text()
+    tmp_project.requirements.write_text("numpy<2\n")
+    config = tmp_project.load()
+    with pytest.raises(LockError) as caught:
+        locking.lock(config, config.apps, runner=FakeResolver(fail_with=UV_CONFLICT))
+    assert caught.value.message.startswith("app 'demo': cannot resolve: Because you require numpy<2")
+    assert lockfile.read_text() == before
+    assert sorted(p.name for p in config.lock_dir().iterdir()) == ["demo.txt", "ray.txt"], (
+        "no temp files left"
+    )
+
+
+def test_lock_writes_nothing_when_the_output_is_unchanged(tmp_project: TmpProject) -> None:
+    config = locked(tmp_project)
+    lockfile = config.lockfile(config.apps[0])
+    stamp = lockfile.stat().st_mtime_ns
+    os.utime(lockfile, ns=(stamp - 10**9, stamp - 10**9))
+    result = locking.lock(config, config.apps, runner=FakeResolver())[-1]
+    assert result.changed is False
+    assert lockfile.stat().st_mtime_ns == stamp - 10**9
+
+
+# -- real resolvers against PyPI ---------------------------------------------------------------------------
+
+
+def _entries(text: str) -> list[str]:
+    """Each requirement entry of a lockfile: its pin line and the lines that follow it."""
+    return re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 4)[4].strip())
+
+
+def _error_line(stderr: str) -> str:
+    """The one error line, after checking that nothing but progress and a hint surrounds it."""
+    lines = [line for line in stderr.splitlines() if not line.startswith("==> ")]
+    assert "Traceback" not in stderr
+    assert lines and lines[0].startswith("error: "), stderr
+    assert all(line.startswith("hint: ") for line in lines[1:]), stderr
+    return lines[0]
+
+
+def _assert_consistent_with_ray(config: LoadedConfig, resolver: str) -> None:
+    ray_text = config.ray_lockfile().read_text()
+    app_text = config.lockfile(config.apps[0]).read_text()
+    for text, regenerate in [(ray_text, "raybuild lock"), (app_text, "raybuild lock demo")]:
+        lines = text.splitlines()
+        assert lines[0] == "# This file is generated by raybuild. Do not edit it."
+        assert lines[1] == f"# Regenerate it with: {regenerate}"
+        assert lines[2] == f"# Target: Python 3.11, x86_64-manylinux_2_36, Ray 2.60.0, resolver {resolver}"
+        assert re.fullmatch(r"# raybuild-inputs-sha256: [0-9a-f]{64}", lines[3])
+        for entry in _entries(text):
+            assert re.search(r"--hash=sha256:[0-9a-f]{64}", entry), f"no hash for {entry.splitlines()[0]}"
+        # Nothing from the host may leak into a committed lockfile: no local indexes, no temporary paths.
+        assert "--find-links" not in text and "--extra-index-url" not in text
+        assert "/tmp" not in text and "raybuild-lock-" not in text
+    ray_pins = locking.parse_pins(ray_text)
+    app_pins = locking.parse_pins(app_text)
+    assert ray_pins["ray"] == "2.60.0" == app_pins["ray"]
+    assert "orjson" in app_pins and "orjson" not in ray_pins
+    shared = set(ray_pins) & set(app_pins)
+    assert shared == set(ray_pins), "an app lock must contain all of Ray's lock"
+    assert {name: app_pins[name] for name in shared} == ray_pins
+
+
+@pytest.mark.network
+def test_uv_lock_for_real(tmp_project: TmpProject, run_main: Callable[..., MainResult]) -> None:
+    result = run_main("--config", str(tmp_project.config_path), "lock")
+    assert result.exit_code == 0, result.stderr
+    config = tmp_project.load()
+    _assert_consistent_with_ray(config, "uv")
+    assert locking.stale(config, config.apps) == []
+
+    assert run_main("--config", str(tmp_project.config_path), "lock", "--check").exit_code == 0
+
+    tmp_project.requirements.write_text("orjson\nrich\n")
+    result = run_main("--config", str(tmp_project.config_path), "lock", "--check")
+    assert result.exit_code == 1
+    assert _error_line(result.stderr) == "error: stale or missing lockfiles: lockfiles/demo.txt"
+
+
+@pytest.mark.network
+def test_uv_conflict_with_rays_pin_names_both(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult]
+) -> None:
+    assert run_main("--config", str(tmp_project.config_path), "lock").exit_code == 0
+    ray_numpy = locking.parse_pins(tmp_project.load().ray_lockfile().read_text())["numpy"]
+    assert ray_numpy.startswith("2.")
+    before = (tmp_project.root / "lockfiles" / "demo.txt").read_text()
+
+    tmp_project.requirements.write_text("numpy<2\n")
+    result = run_main("--config", str(tmp_project.config_path), "lock", "demo")
+    assert result.exit_code == 1
+    assert _error_line(result.stderr) == (
+        "error: app 'demo' conflicts with the shared Ray lock: "
+        f"numpy<2 (app) vs numpy=={ray_numpy} (Ray's lock)"
+    )
+    assert (tmp_project.root / "lockfiles" / "demo.txt").read_text() == before
+
+
+@pytest.mark.network
+def test_uv_missing_package_names_app_and_package(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult]
+) -> None:
+    tmp_project.requirements.write_text("raybuild-no-such-package-3f9c1e\n")
+    result = run_main("--config", str(tmp_project.config_path), "lock")
+    assert result.exit_code == 1
+    assert _error_line(result.stderr) == (
+        "error: app 'demo': package 'raybuild-no-such-package-3f9c1e' does not exist on the index"
+    )
+
+
+@pytest.mark.network
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="pip-tools resolves for the running Python, 3.11")
+def test_pip_tools_lock_for_real(tmp_project: TmpProject, run_main: Callable[..., MainResult]) -> None:
+    result = run_main("--config", str(tmp_project.config_path), "lock", "--resolver", "pip-tools")
+    assert result.exit_code == 0, result.stderr
+    config = tmp_project.load().with_resolver("pip-tools")
+    _assert_consistent_with_ray(config, "pip-tools")
+    assert locking.stale(config, config.apps) == []
+    check = run_main("--config", str(tmp_project.config_path), "lock", "--check", "--resolver", "pip-tools")
+    assert check.exit_code == 0
