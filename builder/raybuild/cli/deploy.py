@@ -1,0 +1,113 @@
+"""Deploy commands: render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from raybuild.cli.common import State, emit_json, json_option, pass_state
+from raybuild.errors import ManifestError
+from raybuild.fsutil import atomic_write
+from raybuild.k8s import KINDS, STORE_KINDS, Kind, StoreKind, render_manifest
+from raybuild.record import PublishRecord, record_path
+from raybuild.validate import resolve_crds, validate_manifest
+
+# --with-gcs-store's value -> render_manifest's gcs_store_manifests.
+_STORES: dict[str | None, bool | StoreKind] = {
+    None: False,
+    "": True,
+    "redis": "redis",
+    "dragonfly": "dragonfly",
+}
+
+
+def _store_choice(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    # A bare --with-gcs-store arrives as "" (its flag_value): the store that raybuild.toml names.
+    if value not in (None, "", *STORE_KINDS):
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(repr(s) for s in STORE_KINDS)}")
+    return value
+
+
+@click.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the manifest to FILE (atomically) instead of stdout.",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(KINDS),
+    default="RayService",
+    show_default=True,
+    help="RayService (Serve apps and cluster) or RayCluster (the cluster alone).",
+)
+@click.option(
+    "--validate",
+    "check",
+    is_flag=True,
+    help="Check the manifest against the KubeRay CRD and operator rules; write nothing if it fails.",
+)
+@click.option(
+    "--crd",
+    metavar="PATH|cluster",
+    default=None,
+    help="CRD file or folder for --validate (implied), or 'cluster' to read it with kubectl "
+    "[default: $RAYBUILD_CRD_DIR, else ../shared/kuberay beside the project].",
+)
+@click.option(
+    "--with-gcs-store",
+    "gcs_store",
+    metavar="[redis|dragonfly]",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    callback=_store_choice,
+    help="Put a PriorityClass and a Redis or Dragonfly GCS store before the cluster "
+    "[default store: cluster.gcs.store]. The password Secret is not included.",
+)
+@json_option
+@pass_state
+def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | None, gcs_store: str | None,
+           as_json: bool) -> None:  # fmt: skip
+    """Render the KubeRay RayService (or RayCluster) that runs the project's apps.
+
+    Images are pinned by digest from .raybuild/publish.json (written by `raybuild publish`); without it,
+    local tags are used and a warning says so. The structure comes from the templates in deploy/, which are
+    yours to edit. Warnings go to stderr, so stdout stays a clean manifest.
+    """
+    config = state.config()
+    record = PublishRecord.load(record_path(config))
+    manifest = render_manifest(config, record, kind=kind, gcs_store_manifests=_STORES[gcs_store])
+    for warning in manifest.warnings:
+        click.secho(f"warning: {warning}", err=True, fg="yellow")
+    check = check or crd is not None
+    if check:
+        errors = validate_manifest(manifest.documents(), resolve_crds(crd, config.root))
+        if errors:
+            for error in errors:
+                click.echo(f"  {error}", err=True)
+            plural = "s" if len(errors) != 1 else ""
+            raise ManifestError(
+                f"the rendered {kind} has {len(errors)} problem{plural} (listed above)",
+                hint="fix raybuild.toml or the templates in deploy/; nothing was written",
+            )
+        click.echo(f"{kind} is valid against the KubeRay CRD and operator rules", err=True)
+    if out is not None:
+        atomic_write(out, manifest.text)
+    if as_json:
+        emit_json({
+            "kind": kind,
+            "out": str(out) if out is not None else None,
+            "validated": check,
+            "warnings": list(manifest.warnings),
+            "manifest": manifest.text if out is None else None,
+        })  # fmt: skip
+    elif out is None:
+        click.echo(manifest.text, nl=False)
+    else:
+        click.echo(f"wrote {kind} to {out}")
+
+
+COMMANDS = [render]

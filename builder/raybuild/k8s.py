@@ -1,0 +1,308 @@
+"""From config and publish record to the KubeRay manifest, through the templates under ``deploy/``.
+
+Python decides the values (images, worker groups, the Serve config); the templates hold the structure and
+every fixed setting, so users change the manifest by editing ``deploy/*.yaml.j2``. Output is a pure
+function of its inputs: dicts are dumped with sorted keys and groups follow raybuild.toml's app order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import jinja2
+import yaml
+
+from raybuild.config import App, LoadedConfig
+from raybuild.errors import ConfigError
+from raybuild.record import HEAD_KEY, PublishRecord, local_reference
+
+Kind = Literal["RayService", "RayCluster"]
+StoreKind = Literal["redis", "dragonfly"]
+KINDS: tuple[str, ...] = get_args(Kind)
+STORE_KINDS: tuple[str, ...] = get_args(StoreKind)
+
+# A Ray node label key (Kubernetes label syntax). Ray reserves the ray.io/ prefix for its own labels.
+LABEL_KEY = "raybuild.io/app"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+# The repository's deploy/ folder; a project's own deploy/ folder overrides it file by file.
+BUNDLED_DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+_TEMPLATES: dict[str, str] = {"RayService": "rayservice.yaml.j2", "RayCluster": "raycluster.yaml.j2"}
+_STORE_TEMPLATE = "gcs-store.yaml.j2"
+_REDIS_ADDRESS = re.compile(
+    r"^(?:rediss?://)?(?P<host>[a-z]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9.-]+)?):(?P<port>\d+)$"
+)
+
+
+@dataclass(frozen=True)
+class RenderedManifest:
+    """The manifest text and what the user should know about it (printed to stderr by the CLI)."""
+
+    text: str
+    kind: str
+    warnings: tuple[str, ...] = ()
+
+    def documents(self) -> list[Any]:
+        return [doc for doc in yaml.safe_load_all(self.text) if doc is not None]
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Shared dicts would come out as &id001 anchors: valid YAML, but hard to review in a manifest."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=True, default_flow_style=False, width=1_000_000)
+
+
+def _yaml_scalar(value: Any) -> str:
+    """One value, inline, quoted only where plain YAML would change its type ('0', 'yes', '1.10')."""
+    text = yaml.dump(value, Dumper=_NoAliasDumper, sort_keys=True, default_flow_style=True, width=1_000_000)
+    text = text.removesuffix("\n...\n").strip()
+    if isinstance(value, str) and text.startswith("'"):
+        # JSON's double quotes are valid YAML and match the quoting written by hand in the templates.
+        return json.dumps(value)
+    return text
+
+
+def template_dirs(project_root: Path | None) -> list[Path]:
+    dirs = [project_root / "deploy"] if project_root is not None else []
+    if BUNDLED_DEPLOY not in dirs:
+        dirs.append(BUNDLED_DEPLOY)
+    return [d for d in dirs if d.is_dir()]
+
+
+def _environment(dirs: list[Path]) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["yaml"] = _yaml_scalar
+    return env
+
+
+def _render_template(dirs: list[Path], name: str, context: dict[str, Any]) -> str:
+    where = ", ".join(str(d) for d in dirs) or str(BUNDLED_DEPLOY)
+    try:
+        text = _environment(dirs).get_template(name).render(**context)
+    except jinja2.TemplateNotFound as exc:
+        raise ConfigError(
+            f"manifest template {exc.name} not found under {where}",
+            hint="restore it from raybuild's deploy/ folder",
+        ) from exc
+    except jinja2.UndefinedError as exc:
+        raise ConfigError(
+            f"manifest template {name}: {exc.message}", hint="the template uses a name raybuild does not set"
+        ) from exc
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(
+            f"{exc.filename or name}:{exc.lineno}: template syntax error: {exc.message}"
+        ) from exc
+    lines = [line.rstrip() for line in text.splitlines()]
+    out = "\n".join(lines).strip("\n") + "\n"
+    try:
+        list(yaml.safe_load_all(out))
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"manifest template {name} rendered invalid YAML: {exc}",
+            hint="check the indentation of what you changed in the template",
+        ) from exc
+    return out
+
+
+def image_refs(config: LoadedConfig, record: PublishRecord | None) -> tuple[dict[str, str], list[str]]:
+    """Image per app name (and HEAD_KEY), pinned by digest where the record has one; plus warnings."""
+    targets: list[tuple[str, App | None]] = [(HEAD_KEY, None), *((app.name, app) for app in config.apps)]
+    refs: dict[str, str] = {}
+    missing: list[str] = []
+    for key, app in targets:
+        published = record.get(key) if record is not None else None
+        if published is not None:
+            refs[key] = published.pinned
+        else:
+            refs[key] = local_reference(config, app)
+            missing.append("head (Ray base)" if app is None else repr(app.name))
+    warnings = []
+    if record is None:
+        warnings.append(
+            "no publish record (.raybuild/publish.json): images use local tags, which a cluster may not be "
+            "able to pull and which can change under a running cluster; run `raybuild publish` to pin digests"
+        )
+    elif missing:
+        warnings.append(
+            f"the publish record has no image for {', '.join(missing)}: using local tags; "
+            "run `raybuild publish` to pin them by digest"
+        )
+    return refs, warnings
+
+
+def _worker_group(app: App, image: str) -> tuple[dict[str, Any], list[str]]:
+    workers = app.workers
+    warnings = []
+    gpus = max(workers.gpu, 1) if app.device == "gpu" else 0
+    if app.device == "cpu" and workers.replicas == 0:
+        warnings.append(
+            f"app {app.name!r}: workers.replicas is 0, so its worker group starts empty and its Serve "
+            "deployments wait for the autoscaler; set workers.replicas to 1 or more"
+        )
+    if app.device == "cpu" and workers.gpu > 0:
+        warnings.append(
+            f"app {app.name!r}: workers.gpu is ignored for a cpu app (its image has no CUDA); "
+            'set device = "gpu" to get a GPU worker group'
+        )
+    group = {
+        "name": app.name,
+        "image": image,
+        "replicas": workers.replicas,
+        "min_replicas": workers.min_replicas,
+        "max_replicas": workers.max_replicas,
+        "cpu": workers.cpu,
+        "memory": workers.memory,
+        "gpus": gpus,
+        "labels": {LABEL_KEY: app.name},
+    }
+    return group, warnings
+
+
+def _serve_deployment(app: App, index: int) -> dict[str, Any]:
+    deployment = app.deployments[index]
+    actor = deployment.ray_actor_options
+    # The same hard selector on every deployment: Ray 2.60 then also pins the app's build task (which
+    # imports the app's code) to this group, the only image that has the app's packages.
+    options: dict[str, Any] = {"label_selector": {LABEL_KEY: app.name}}
+    if actor.num_cpus is not None:
+        options["num_cpus"] = actor.num_cpus
+    if actor.num_gpus is not None:
+        options["num_gpus"] = actor.num_gpus
+    if actor.memory is not None:
+        options["memory"] = actor.memory
+    entry: dict[str, Any] = {"name": deployment.name, "ray_actor_options": options}
+    if deployment.num_replicas is not None:
+        entry["num_replicas"] = deployment.num_replicas
+    if deployment.autoscaling is not None:
+        entry["autoscaling_config"] = {
+            "min_replicas": deployment.autoscaling.min_replicas,
+            "max_replicas": deployment.autoscaling.max_replicas,
+        }
+    return entry
+
+
+def serve_config(config: LoadedConfig) -> dict[str, Any]:
+    """serveConfigV2 as data: one Serve application per app, in config order."""
+    applications = []
+    for app in config.apps:
+        entry: dict[str, Any] = {
+            "name": app.name,
+            "import_path": app.import_path,
+            "route_prefix": app.route_prefix,
+            "deployments": [_serve_deployment(app, i) for i in range(len(app.deployments))],
+        }
+        if app.env:
+            entry["runtime_env"] = {"env_vars": dict(sorted(app.env.items()))}
+        applications.append(entry)
+    return {"applications": applications}
+
+
+def store_service(config: LoadedConfig) -> tuple[str, int]:
+    """The Service name and port that [cluster.gcs].redis_address points at."""
+    cluster = config.config.cluster
+    address = cluster.gcs.redis_address
+    match = _REDIS_ADDRESS.match(address)
+    host = match.group("host") if match else ""
+    name, _, domain = host.partition(".")
+    if not match or (domain and domain.split(".")[0] != cluster.namespace):
+        raise ConfigError(
+            f"{config.path.name}: key 'cluster.gcs.redis_address': {address!r} must be NAME:PORT (or "
+            f"NAME.{cluster.namespace}.svc:PORT) to use --with-gcs-store",
+            hint="the store's Service takes NAME and PORT from it, so the RayService can find the store",
+        )
+    return name, int(match.group("port"))
+
+
+def _store_context(config: LoadedConfig, kind: StoreKind) -> dict[str, Any]:
+    cluster = config.config.cluster
+    service, port = store_service(config)
+    return {
+        "kind": kind,
+        "service": service,
+        "port": port,
+        "namespace": cluster.namespace,
+        "priority_class": cluster.priority_class,
+        "secret_name": cluster.gcs.password_secret,
+        "secret_key": cluster.gcs.password_key,
+    }
+
+
+def render_manifest(
+    config: LoadedConfig,
+    record: PublishRecord | None,
+    kind: Kind = "RayService",
+    gcs_store_manifests: bool | StoreKind = False,
+    templates: list[Path] | None = None,
+) -> RenderedManifest:
+    """Render the RayService (or RayCluster) for ``config``.
+
+    ``gcs_store_manifests``: True puts the store named by [cluster.gcs].store (and its PriorityClass) before
+    the Ray resource; "redis" or "dragonfly" chooses the store explicitly.
+    """
+    if kind not in _TEMPLATES:
+        raise ConfigError(f"unknown manifest kind {kind!r}", hint="use one of: " + ", ".join(KINDS))
+    dirs = templates if templates is not None else template_dirs(config.root)
+    cluster = config.config.cluster
+    refs, warnings = image_refs(config, record)
+    groups = []
+    for app in config.apps:
+        group, group_warnings = _worker_group(app, refs[app.name])
+        groups.append(group)
+        warnings.extend(group_warnings)
+    gcs = None
+    if cluster.gcs.enabled:
+        gcs = {
+            "redis_address": cluster.gcs.redis_address,
+            "secret_name": cluster.gcs.password_secret,
+            "secret_key": cluster.gcs.password_key,
+        }
+    if record is None:
+        source = "local tags, not published"
+    elif all("@sha256:" in ref for ref in refs.values()):
+        source = "pinned by digest from .raybuild/publish.json"
+    else:
+        source = "pinned by digest from .raybuild/publish.json where published, else local tags"
+    context: dict[str, Any] = {
+        "name": cluster.name,
+        "namespace": cluster.namespace,
+        "ray_version": config.project.ray_version,
+        "images_note": f"Images: {source}.",
+        "head": {
+            "image": refs[HEAD_KEY],
+            "cpu": cluster.head.cpu,
+            "memory": cluster.head.memory,
+            "priority_class": cluster.priority_class,
+        },
+        "workers": groups,
+        "gcs": gcs,
+        "serve_config": dump_yaml(serve_config(config)).rstrip("\n"),
+    }
+    text = _render_template(dirs, _TEMPLATES[kind], context)
+    if gcs_store_manifests:
+        store: StoreKind = cluster.gcs.store if gcs_store_manifests is True else gcs_store_manifests
+        if store not in STORE_KINDS:
+            raise ConfigError(f"unknown GCS store {store!r}", hint="use one of: " + ", ".join(STORE_KINDS))
+        if not cluster.gcs.enabled:
+            warnings.append(
+                "--with-gcs-store: [cluster.gcs].enabled is false, so the cluster does not use the store"
+            )
+        store_text = _render_template(dirs, _STORE_TEMPLATE, {"store": _store_context(config, store)})
+        text = store_text + "---\n" + text
+    return RenderedManifest(text=text, kind=kind, warnings=tuple(warnings))

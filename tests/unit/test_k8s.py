@@ -1,0 +1,534 @@
+"""`raybuild render`: the manifest from config and publish record, its goldens, the record, the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from raybuild.config import LoadedConfig, load_config
+from raybuild.errors import ConfigError
+from raybuild.k8s import GPU_RESOURCE, LABEL_KEY, render_manifest, store_service
+from raybuild.record import HEAD_KEY, PublishedImage, PublishRecord, local_reference, record_path
+from raybuild.validate import load_crds, validate_manifest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden" / "k8s"
+CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay"
+
+needs_crd = pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR}")
+
+# Two apps, one of each device, covering env, autoscaling, memory and GPU options. Written here rather than
+# shared, so that the goldens change only when rendering does.
+FIXTURE_TOML = """\
+[project]
+name = "fixture"
+ray_version = "2.60.0"
+registry = "registry.example:5000/fixture"
+
+[cluster]
+name = "fixture-serve"
+namespace = "serving"
+priority_class = "fixture-critical"
+head = { cpu = "1", memory = "3Gi" }
+
+[cluster.gcs]
+enabled = true
+redis_address = "fixture-gcs:6380"
+password_secret = "fixture-gcs-auth"
+password_key = "redis-password"
+
+[[apps]]
+name = "web"
+path = "apps/web"
+requirements = "apps/web/requirements.in"
+import_path = "web_app:app"
+route_prefix = "/web"
+env = { MODE = "fast", A_FIRST = "1" }
+workers = { replicas = 2, min_replicas = 1, max_replicas = 5, cpu = "1500m", memory = "2Gi" }
+
+[[apps.deployments]]
+name = "Front"
+num_replicas = 2
+ray_actor_options = { num_cpus = 1 }
+
+[[apps.deployments]]
+name = "Back"
+autoscaling = { min_replicas = 1, max_replicas = 6 }
+ray_actor_options = { num_cpus = 0.25, memory = 268435456 }
+
+[[apps]]
+name = "vision"
+path = "apps/vision"
+requirements = "apps/vision/requirements.in"
+device = "gpu"
+import_path = "vision_app:app"
+route_prefix = "/vision"
+workers = { replicas = 0, min_replicas = 0, max_replicas = 2, gpu = 2 }
+
+[[apps.deployments]]
+name = "Detector"
+num_replicas = 1
+ray_actor_options = { num_cpus = 1, num_gpus = 1 }
+"""
+
+
+def fixture_toml(gcs: bool = True) -> str:
+    return FIXTURE_TOML if gcs else FIXTURE_TOML.replace("enabled = true", "enabled = false")
+
+
+DIGESTS = {HEAD_KEY: "a" * 64, "web": "b" * 64, "vision": "c" * 64}
+
+
+def write_fixture(root: Path, gcs: bool = True, toml: str | None = None) -> LoadedConfig:
+    for name in ("web", "vision"):
+        app_dir = root / "apps" / name
+        app_dir.mkdir(parents=True, exist_ok=True)
+        (app_dir / f"{name}_app.py").write_text("app = None\n", encoding="utf-8")
+        (app_dir / "requirements.in").write_text("", encoding="utf-8")
+    text = toml if toml is not None else fixture_toml(gcs)
+    (root / "raybuild.toml").write_text(text, encoding="utf-8")
+    return load_config(root / "raybuild.toml")
+
+
+def fixture_record(keys: tuple[str, ...] = (HEAD_KEY, "web", "vision")) -> PublishRecord:
+    images = {}
+    for key in keys:
+        name = "ray-head" if key == HEAD_KEY else key
+        images[key] = PublishedImage(
+            f"registry.example:5000/fixture/{name}:v1", f"sha256:{DIGESTS[key]}", 1000, 400
+        )
+    return PublishRecord(images)
+
+
+@pytest.fixture
+def fixture(tmp_path: Path) -> LoadedConfig:
+    return write_fixture(tmp_path / "project")
+
+
+@pytest.fixture(scope="module")
+def crds() -> Any:
+    if not CRD_DIR.is_dir():
+        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR}")
+    return load_crds(CRD_DIR)
+
+
+def ray_doc(text: str) -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all(text) if d and d.get("kind") in ("RayService", "RayCluster")]
+    assert len(docs) == 1
+    doc: dict[str, Any] = docs[0]
+    return doc
+
+
+def cluster_of(doc: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = doc["spec"]
+    return spec["rayClusterConfig"] if doc["kind"] == "RayService" else spec
+
+
+# --- Goldens ------------------------------------------------------------------------------------------
+
+VARIANTS = {
+    "rayservice_gcs": {"gcs": True, "record": True, "kind": "RayService", "store": False},
+    "rayservice_no_gcs": {"gcs": False, "record": False, "kind": "RayService", "store": False},
+    "raycluster": {"gcs": True, "record": True, "kind": "RayCluster", "store": False},
+    "rayservice_redis": {"gcs": True, "record": True, "kind": "RayService", "store": "redis"},
+    "rayservice_dragonfly": {"gcs": True, "record": True, "kind": "RayService", "store": "dragonfly"},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_golden(variant: str, tmp_path: Path, check_golden: Callable[[Path, str], None], crds: Any) -> None:
+    options = VARIANTS[variant]
+    config = write_fixture(tmp_path / "project", gcs=bool(options["gcs"]))
+    record = fixture_record() if options["record"] else None
+    manifest = render_manifest(
+        config,
+        record,
+        kind=options["kind"],
+        gcs_store_manifests=options["store"],  # type: ignore[arg-type]
+    )
+    check_golden(GOLDEN / f"{variant}.yaml", manifest.text)
+    assert validate_manifest(manifest.documents(), crds) == []
+
+
+def test_render_is_deterministic(fixture: LoadedConfig) -> None:
+    first = render_manifest(fixture, fixture_record(), gcs_store_manifests="dragonfly")
+    second = render_manifest(fixture, fixture_record(), gcs_store_manifests="dragonfly")
+    assert first.text == second.text
+    assert first.text.encode() == second.text.encode()
+
+
+# --- What the manifest says ---------------------------------------------------------------------------
+
+
+def test_images_are_pinned_by_digest_from_the_record(fixture: LoadedConfig) -> None:
+    manifest = render_manifest(fixture, fixture_record())
+    cluster = cluster_of(ray_doc(manifest.text))
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    assert head == f"registry.example:5000/fixture/ray-head:v1@sha256:{'a' * 64}"
+    images = {
+        g["groupName"]: g["template"]["spec"]["containers"][0]["image"] for g in cluster["workerGroupSpecs"]
+    }
+    assert images == {
+        "web": f"registry.example:5000/fixture/web:v1@sha256:{'b' * 64}",
+        "vision": f"registry.example:5000/fixture/vision:v1@sha256:{'c' * 64}",
+    }
+    assert manifest.warnings == ()
+
+
+def test_without_a_record_local_tags_are_used_with_a_warning(fixture: LoadedConfig) -> None:
+    manifest = render_manifest(fixture, None)
+    cluster = cluster_of(ray_doc(manifest.text))
+    assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == local_reference(
+        fixture, None
+    )
+    web = fixture.apps[0]
+    assert cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == local_reference(
+        fixture, web
+    )
+    assert local_reference(fixture, web) == "registry.example:5000/fixture/web:latest"
+    assert local_reference(fixture, None) == "registry.example:5000/fixture/ray-head:latest"
+    assert any("no publish record" in w for w in manifest.warnings)
+
+
+def test_a_record_without_an_app_falls_back_for_that_app_only(fixture: LoadedConfig) -> None:
+    manifest = render_manifest(fixture, fixture_record((HEAD_KEY, "web")))
+    cluster = cluster_of(ray_doc(manifest.text))
+    images = [g["template"]["spec"]["containers"][0]["image"] for g in cluster["workerGroupSpecs"]]
+    assert "@sha256:" in images[0]
+    assert images[1] == "registry.example:5000/fixture/vision:latest"
+    assert [w for w in manifest.warnings if "'vision'" in w and "publish record" in w]
+    assert (
+        "# Images: pinned by digest from .raybuild/publish.json where published, else local tags."
+        in manifest.text
+    )
+
+
+def test_head_group(fixture: LoadedConfig) -> None:
+    head = cluster_of(ray_doc(render_manifest(fixture, None).text))["headGroupSpec"]
+    assert head["rayStartParams"] == {"num-cpus": "0", "dashboard-host": "0.0.0.0"}
+    pod = head["template"]["spec"]
+    assert pod["priorityClassName"] == "fixture-critical"
+    container = pod["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "gcs-server": 6379,
+        "dashboard": 8265,
+        "client": 10001,
+        "serve": 8000,
+    }
+    assert container["resources"] == {
+        "requests": {"cpu": "1", "memory": "3Gi"},
+        "limits": {"cpu": "1", "memory": "3Gi"},
+    }
+
+
+def test_worker_groups_follow_config_order_and_sizes(fixture: LoadedConfig) -> None:
+    groups = cluster_of(ray_doc(render_manifest(fixture, None).text))["workerGroupSpecs"]
+    assert [g["groupName"] for g in groups] == ["web", "vision"]
+    web, vision = groups
+    assert (web["replicas"], web["minReplicas"], web["maxReplicas"]) == (2, 1, 5)
+    assert (vision["replicas"], vision["minReplicas"], vision["maxReplicas"]) == (0, 0, 2)
+    assert web["labels"] == {LABEL_KEY: "web"}
+    assert vision["labels"] == {LABEL_KEY: "vision"}
+    web_pod, vision_pod = web["template"]["spec"], vision["template"]["spec"]
+    assert web_pod["containers"][0]["resources"]["limits"] == {"cpu": "1500m", "memory": "2Gi"}
+    assert "tolerations" not in web_pod
+    assert vision_pod["containers"][0]["resources"]["limits"][GPU_RESOURCE] == 2
+    assert vision_pod["tolerations"] == [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_a_gpu_app_gets_at_least_one_gpu(tmp_path: Path) -> None:
+    toml = fixture_toml().replace("max_replicas = 2, gpu = 2", "max_replicas = 2")
+    config = write_fixture(tmp_path, toml=toml)
+    groups = cluster_of(ray_doc(render_manifest(config, None).text))["workerGroupSpecs"]
+    assert groups[1]["template"]["spec"]["containers"][0]["resources"]["limits"][GPU_RESOURCE] == 1
+
+
+def test_a_cpu_app_without_replicas_is_warned_about_but_a_gpu_app_is_not(tmp_path: Path) -> None:
+    toml = fixture_toml().replace("replicas = 2, min_replicas = 1", "replicas = 0, min_replicas = 0")
+    config = write_fixture(tmp_path, toml=toml)
+    manifest = render_manifest(config, fixture_record())
+    groups = cluster_of(ray_doc(manifest.text))["workerGroupSpecs"]
+    assert groups[0]["replicas"] == 0  # a warning, not a silent change
+    assert [w for w in manifest.warnings if "'web'" in w and "replicas is 0" in w]
+    assert not [w for w in manifest.warnings if "'vision'" in w]
+
+
+def test_serve_config(fixture: LoadedConfig) -> None:
+    serve = yaml.safe_load(ray_doc(render_manifest(fixture, None).text)["spec"]["serveConfigV2"])
+    web, vision = serve["applications"]
+    assert (web["name"], web["import_path"], web["route_prefix"]) == ("web", "web_app:app", "/web")
+    assert web["runtime_env"] == {"env_vars": {"A_FIRST": "1", "MODE": "fast"}}
+    front, back = web["deployments"]
+    assert front == {
+        "name": "Front",
+        "num_replicas": 2,
+        "ray_actor_options": {"num_cpus": 1.0, "label_selector": {LABEL_KEY: "web"}},
+    }
+    assert back == {
+        "name": "Back",
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 6},
+        "ray_actor_options": {"num_cpus": 0.25, "memory": 268435456, "label_selector": {LABEL_KEY: "web"}},
+    }
+    assert "runtime_env" not in vision
+    assert vision["deployments"][0]["ray_actor_options"] == {
+        "num_cpus": 1.0,
+        "num_gpus": 1.0,
+        "label_selector": {LABEL_KEY: "vision"},
+    }
+
+
+def test_every_deployment_selects_its_own_group(fixture: LoadedConfig) -> None:
+    doc = ray_doc(render_manifest(fixture, None).text)
+    labels = {g["groupName"]: g["labels"] for g in cluster_of(doc)["workerGroupSpecs"]}
+    for app in yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"]:
+        for deployment in app["deployments"]:
+            assert deployment["ray_actor_options"]["label_selector"] == labels[app["name"]]
+
+
+def test_rayservice_settings(fixture: LoadedConfig) -> None:
+    doc = ray_doc(render_manifest(fixture, None).text)
+    assert doc["metadata"]["name"] == "fixture-serve"
+    assert doc["metadata"]["namespace"] == "serving"
+    assert doc["spec"]["excludeHeadPodFromServeSvc"] is True
+    assert doc["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+    cluster = cluster_of(doc)
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["rayVersion"] == "2.60.0"
+
+
+def test_gcs_fault_tolerance(tmp_path: Path, fixture: LoadedConfig) -> None:
+    options = cluster_of(ray_doc(render_manifest(fixture, None).text))["gcsFaultToleranceOptions"]
+    assert options == {
+        "redisAddress": "fixture-gcs:6380",
+        "redisPassword": {
+            "valueFrom": {"secretKeyRef": {"name": "fixture-gcs-auth", "key": "redis-password"}}
+        },
+    }
+    without = write_fixture(tmp_path / "off", gcs=False)
+    assert "gcsFaultToleranceOptions" not in cluster_of(ray_doc(render_manifest(without, None).text))
+
+
+def test_raycluster_is_the_rayservice_cluster(fixture: LoadedConfig) -> None:
+    service = ray_doc(render_manifest(fixture, fixture_record()).text)
+    cluster = ray_doc(render_manifest(fixture, fixture_record(), kind="RayCluster").text)
+    assert cluster["kind"] == "RayCluster"
+    assert cluster["metadata"] == service["metadata"]
+    assert cluster["spec"] == service["spec"]["rayClusterConfig"]
+
+
+@pytest.mark.parametrize("store", ["redis", "dragonfly"])
+def test_store_manifests(fixture: LoadedConfig, store: str) -> None:
+    manifest = render_manifest(fixture, None, gcs_store_manifests=store)  # type: ignore[arg-type]
+    docs = manifest.documents()
+    kinds = [d["kind"] for d in docs]
+    assert kinds[0] == "PriorityClass" and kinds[-1] == "RayService"
+    assert "Secret" not in kinds
+    assert "Secret" in manifest.text.split("apiVersion", 1)[0]  # the comment that says it is not included
+    assert docs[0]["metadata"]["name"] == "fixture-critical"
+    services = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "fixture-gcs"]
+    assert services and services[0]["spec"]["ports"][0]["port"] == 6380
+    (statefulset,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    pod = statefulset["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "fixture-critical"
+    assert all(d["metadata"].get("namespace") == "serving" for d in docs if d["kind"] != "PriorityClass")
+    if store == "redis":
+        assert statefulset["spec"]["replicas"] == 1
+        assert "--appendonly" in pod["containers"][0]["args"]
+        assert statefulset["spec"]["volumeClaimTemplates"]
+    else:
+        assert statefulset["spec"]["replicas"] == 3
+
+
+def test_store_defaults_to_the_configured_one(tmp_path: Path) -> None:
+    toml = fixture_toml().replace(
+        'password_key = "redis-password"', 'password_key = "p"\nstore = "dragonfly"'
+    )
+    config = write_fixture(tmp_path, toml=toml)
+    manifest = render_manifest(config, None, gcs_store_manifests=True)
+    assert "dragonfly" in manifest.text.split("kind: RayService")[0]
+
+
+def test_store_with_gcs_disabled_warns(tmp_path: Path) -> None:
+    config = write_fixture(tmp_path, gcs=False)
+    manifest = render_manifest(config, None, gcs_store_manifests="redis")
+    assert [w for w in manifest.warnings if "does not use the store" in w]
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [("fixture-gcs:6380", ("fixture-gcs", 6380)), ("redis://gcs.serving.svc:7000", ("gcs", 7000))],
+)
+def test_store_service_from_redis_address(tmp_path: Path, address: str, expected: tuple[str, int]) -> None:
+    toml = fixture_toml().replace("fixture-gcs:6380", address)
+    assert store_service(write_fixture(tmp_path, toml=toml)) == expected
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1:6379", "gcs.other-namespace.svc:6379", "gcs"])
+def test_store_needs_an_in_namespace_service_address(tmp_path: Path, address: str) -> None:
+    toml = fixture_toml().replace("fixture-gcs:6380", address)
+    config = write_fixture(tmp_path, toml=toml)
+    with pytest.raises(ConfigError, match=r"cluster\.gcs\.redis_address"):
+        render_manifest(config, None, gcs_store_manifests="redis")
+    render_manifest(config, None)  # without the store, any address KubeRay accepts is fine
+
+
+# --- Templates ----------------------------------------------------------------------------------------
+
+
+def test_a_project_template_overrides_the_bundled_one(fixture: LoadedConfig) -> None:
+    deploy = fixture.root / "deploy"
+    deploy.mkdir()
+    bundled = (REPO_ROOT / "deploy" / "rayservice.yaml.j2").read_text(encoding="utf-8")
+    (deploy / "rayservice.yaml.j2").write_text(
+        bundled.replace("    app.kubernetes.io/managed-by: raybuild\n", "    team: search\n"),
+        encoding="utf-8",
+    )
+    doc = ray_doc(render_manifest(fixture, None).text)
+    assert doc["metadata"]["labels"] == {"team": "search"}
+    assert cluster_of(doc)["workerGroupSpecs"]  # _cluster.yaml.j2 still comes from the bundled folder
+
+
+def test_an_undefined_template_name_is_a_config_error(fixture: LoadedConfig) -> None:
+    deploy = fixture.root / "deploy"
+    deploy.mkdir()
+    (deploy / "rayservice.yaml.j2").write_text("kind: {{ no_such_value }}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="no_such_value"):
+        render_manifest(fixture, None)
+
+
+def test_a_template_that_renders_invalid_yaml_is_a_config_error(fixture: LoadedConfig) -> None:
+    deploy = fixture.root / "deploy"
+    deploy.mkdir()
+    (deploy / "rayservice.yaml.j2").write_text("a: [1\nb: {{ name }}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        render_manifest(fixture, None)
+
+
+# --- The bundled project ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["RayService", "RayCluster"])
+@pytest.mark.parametrize("store", [False, "redis", "dragonfly"])
+def test_bundled_project_renders_valid_manifests(kind: str, store: Any, crds: Any) -> None:
+    config = load_config(REPO_ROOT / "raybuild.toml")
+    manifest = render_manifest(config, None, kind=kind, gcs_store_manifests=store)  # type: ignore[arg-type]
+    assert validate_manifest(manifest.documents(), crds) == []
+    assert manifest.text == render_manifest(config, None, kind=kind, gcs_store_manifests=store).text  # type: ignore[arg-type]
+
+
+# --- The publish record -------------------------------------------------------------------------------
+
+
+def test_record_missing_is_none(tmp_path: Path) -> None:
+    assert PublishRecord.load(tmp_path / "publish.json") is None
+
+
+def test_record_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / ".raybuild" / "publish.json"
+    record = fixture_record()
+    record.save(path)
+    assert PublishRecord.load(path) == record
+    assert json.loads(path.read_text())["version"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["publish.json"]  # no temporary file left behind
+    loaded = PublishRecord.load(path)
+    assert loaded is not None and loaded.get("web") == record.get("web")
+
+
+def test_record_path(fixture: LoadedConfig) -> None:
+    assert record_path(fixture) == fixture.root / ".raybuild" / "publish.json"
+
+
+GOOD_IMAGE = {"reference": "r/x:1", "digest": "sha256:" + "0" * 64, "size": 1, "compressed_size": 1}
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{not json", "not a readable JSON"),
+        ("[]", "top level"),
+        (json.dumps({"version": 2, "images": {}}), "key 'version'"),
+        (json.dumps({"version": 1}), "key 'images'"),
+        (json.dumps({"version": 1, "images": {"x": "r/x:1"}}), "key 'images.x'"),
+        (
+            json.dumps({"version": 1, "images": {"x": {**GOOD_IMAGE, "digest": "sha256:abc"}}}),
+            "images.x.digest",
+        ),
+        (
+            json.dumps({"version": 1, "images": {"x": {**GOOD_IMAGE, "reference": "r/x@sha256:1"}}}),
+            "reference",
+        ),
+        (json.dumps({"version": 1, "images": {"x": {**GOOD_IMAGE, "size": "1"}}}), "images.x.size"),
+        (
+            json.dumps({"version": 1, "images": {"x": {**GOOD_IMAGE, "compressed_size": True}}}),
+            "compressed_size",
+        ),
+    ],
+)
+def test_record_malformed_names_the_file(tmp_path: Path, content: str, match: str) -> None:
+    path = tmp_path / "publish.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match=match) as error:
+        PublishRecord.load(path)
+    assert str(path) in str(error.value)
+
+
+# --- The command --------------------------------------------------------------------------------------
+
+
+def test_cli_render_to_stdout(fixture: LoadedConfig, run_main: Callable[..., Any]) -> None:
+    result = run_main("--config", str(fixture.path), "render")
+    assert result.exit_code == 0
+    assert result.stdout == render_manifest(fixture, None).text
+    assert "warning: no publish record" in result.stderr
+
+
+def test_cli_render_uses_the_publish_record(fixture: LoadedConfig, run_main: Callable[..., Any]) -> None:
+    fixture_record().save(record_path(fixture))
+    result = run_main("--config", str(fixture.path), "render", "--kind", "RayCluster")
+    assert result.exit_code == 0
+    assert result.stdout == render_manifest(fixture, fixture_record(), kind="RayCluster").text
+    assert "warning" not in result.stderr
+
+
+@needs_crd
+def test_cli_render_validate_out(fixture: LoadedConfig, run_main: Callable[..., Any], tmp_path: Path) -> None:
+    out = tmp_path / "out" / "rayservice.yaml"
+    result = run_main(
+        "--config", str(fixture.path), "render", "--validate", "--crd", str(CRD_DIR), "--out", str(out),
+        "--with-gcs-store",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text() == render_manifest(fixture, None, gcs_store_manifests=True).text
+    assert "is valid" in result.stderr
+
+
+@needs_crd
+def test_cli_validation_failure_writes_nothing(tmp_path: Path, run_main: Callable[..., Any]) -> None:
+    toml = fixture_toml().replace('name = "fixture-serve"', f'name = "{"x" * 48}"')
+    config = write_fixture(tmp_path / "project", toml=toml)
+    out = tmp_path / "rayservice.yaml"
+    out.write_text("previous\n")
+    result = run_main("--config", str(config.path), "render", "--crd", str(CRD_DIR), "--out", str(out))
+    assert result.exit_code == 1
+    assert "error: the rendered RayService has 1 problem" in result.stderr
+    assert "metadata.name:" in result.stderr
+    assert out.read_text() == "previous\n"
+
+
+def test_cli_json(fixture: LoadedConfig, run_main: Callable[..., Any]) -> None:
+    result = run_main("--config", str(fixture.path), "render", "--json", "--with-gcs-store", "redis")
+    payload = json.loads(result.stdout)
+    assert payload["kind"] == "RayService"
+    assert payload["manifest"] == render_manifest(fixture, None, gcs_store_manifests="redis").text
+    assert payload["warnings"] and payload["validated"] is False
+
+
+def test_cli_rejects_an_unknown_store(fixture: LoadedConfig, run_main: Callable[..., Any]) -> None:
+    result = run_main("--config", str(fixture.path), "render", "--with-gcs-store", "memcached")
+    assert result.exit_code == 2
+    assert "memcached" in result.stderr
