@@ -32,9 +32,9 @@ def cli(ctx: click.Context, config_path: str, debug: bool) -> None:
 
 
 def _register() -> None:
-    from raybuild.cli import deploy, images, measure_cli, project
+    from raybuild.cli import deploy, images, measure_cli, project, publish_cli
 
-    for module in (project, images, measure_cli, deploy):
+    for module in (project, images, measure_cli, deploy, publish_cli):
         for command in module.COMMANDS:
             cli.add_command(command)
 

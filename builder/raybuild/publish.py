@@ -1,0 +1,354 @@
+"""Publishing built images: skip what the registry already holds, push the rest, record pinned digests.
+
+The registry is asked first (``GET /v2/<name>/manifests/<tag>``): when its manifest's config digest is the
+local image ID, the bytes are already there and nothing is pushed. Pushes go through ``Engine.push``, so
+docker's own credential store does any login; raybuild never reads credentials, and drops output lines
+that could carry them. The record is written once, after every image is in the registry, so a failed
+publish leaves the previous record exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, TypeVar
+
+from raybuild.build import load_build_record
+from raybuild.config import LoadedConfig
+from raybuild.engine import OutputCallback, Result
+from raybuild.errors import EngineError, PublishError, UsageError
+from raybuild.record import HEAD_KEY, PublishedImage, PublishRecord, record_path
+
+Progress = Callable[[str], None]
+T = TypeVar("T")
+HEAD_NAME = "ray-head"
+ACCEPT = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
+
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+_PUSH_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")
+# Both are retried; what is still failing after the last attempt is reported as "down" or "failing".
+_DOWN = re.compile(
+    r"connection refused|no such host|server misbehaving|no route to host|network is unreachable"
+)
+_TRANSIENT = re.compile(
+    r"connection reset|i/o timeout|tls handshake timeout|broken pipe|unexpected eof|awaiting headers|"
+    r"unexpected http status: 5\d\d|\b5\d\d (internal server error|bad gateway|service unavailable)|"
+    r"gateway time-?out"
+)
+# Lines that may carry a credential are never shown, whatever else they say.
+_SECRET_LINE = re.compile(r"authorization|password|passwd|bearer\s|x-registry-auth|identitytoken", re.I)
+_SECRET_ENV = re.compile(r"PASS|TOKEN|SECRET|AUTH|CREDENTIAL|API_?KEY", re.I)
+_PUSH_NOISE = re.compile(r": (Preparing|Waiting|Pushing)\b")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str  # sha256 of the exact bytes the registry serves
+    config_digest: str | None  # None for a manifest list or index: never equal to a local image ID
+    layer_sizes: tuple[int, ...] = ()
+
+    @property
+    def compressed_size(self) -> int:
+        return sum(self.layer_sizes)
+
+
+def parse_manifest(body: bytes) -> Manifest:
+    data = json.loads(body)
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    config = data.get("config") if isinstance(data, dict) else None
+    if not isinstance(config, dict):
+        return Manifest(digest, None)
+    return Manifest(
+        digest, str(config.get("digest")), tuple(int(x["size"]) for x in data.get("layers") or [])
+    )
+
+
+class RegistryUnreachable(Exception):
+    """Nothing answered (``down``), or the registry failed with a transient or server error."""
+
+    def __init__(self, reason: str, *, down: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.down = reason, down
+
+
+class RegistryUnverifiable(Exception):
+    """The registry will not show the manifest to an anonymous client, or not over this scheme."""
+
+
+class RegistryClient(Protocol):
+    def manifest(self, host: str, repository: str, reference: str) -> Manifest | None:
+        """None when the registry has no such manifest; raises RegistryUnreachable or RegistryUnverifiable."""
+        ...
+
+
+class DockerEngine(Protocol):
+    def inspect(self, ref: str) -> dict[str, Any]: ...
+    def tag(self, source: str, target: str) -> None: ...
+    def push(self, ref: str, on_line: OutputCallback | None = None) -> Result: ...
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0]
+    return name == "localhost" or name.startswith("127.") or name == "[::1]"
+
+
+@dataclass(frozen=True)
+class HttpRegistry:
+    """Anonymous Registry API v2 reads. Loopback registries speak plain HTTP, as the Docker daemon allows."""
+
+    timeout: float = 10.0
+
+    def manifest(self, host: str, repository: str, reference: str) -> Manifest | None:
+        scheme = "http" if is_loopback(host) else "https"
+        api_host = "registry-1.docker.io" if host == "docker.io" else host
+        url = f"{scheme}://{api_host}/v2/{repository}/manifests/{reference}"
+        # No proxy may stand between us and a registry on this machine.
+        handlers = [urllib.request.ProxyHandler({})] if scheme == "http" else []
+        try:
+            with urllib.request.build_opener(*handlers).open(
+                urllib.request.Request(url, headers={"Accept": ACCEPT}), timeout=self.timeout
+            ) as response:
+                return parse_manifest(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            if exc.code >= 500:
+                raise RegistryUnreachable(f"HTTP {exc.code} {exc.reason}", down=False) from None
+            raise RegistryUnverifiable(f"HTTP {exc.code} {exc.reason}") from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            raise _os_error(reason if isinstance(reason, BaseException) else OSError(reason)) from None
+        except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
+            raise _os_error(exc) from None
+
+
+def _os_error(exc: BaseException) -> Exception:
+    if isinstance(exc, socket.gaierror):
+        return RegistryUnreachable("no such host", down=True)
+    if isinstance(exc, ConnectionRefusedError):
+        return RegistryUnreachable("connection refused", down=True)
+    if isinstance(exc, ssl.SSLError | ValueError | KeyError):
+        return RegistryUnverifiable(f"TLS or response error: {exc}")
+    if isinstance(exc, TimeoutError):
+        return RegistryUnreachable("i/o timeout", down=False)
+    return RegistryUnreachable(str(exc) or type(exc).__name__, down=False)
+
+
+def classify_push_failure(output: str) -> RegistryUnreachable | None:
+    """A failure worth retrying: the registry is down or had a transient fault. None: retrying won't help."""
+    found = _DOWN.search(output.lower()) or _TRANSIENT.search(output.lower())
+    return RegistryUnreachable(found.group(0), down=found.re is _DOWN) if found else None
+
+
+def push_digest(output: str) -> str | None:
+    """The repo digest that docker push prints last: ``<tag>: digest: sha256:... size: N``."""
+    found = _PUSH_DIGEST.findall(output)
+    return str(found[-1]) if found else None
+
+
+def split_reference(ref: str) -> tuple[str, str, str]:
+    """``host[:port]/name/space:tag`` -> (host, repository, tag)."""
+    name, tag = ref.rsplit(":", 1) if ":" in ref.rsplit("/", 1)[-1] else (ref, "latest")
+    host, _, repository = name.partition("/")
+    return host, repository, tag
+
+
+def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(value for name, value in environ.items() if _SECRET_ENV.search(name) and len(value) >= 6)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Drops lines that may hold a credential; masks the values of secret-looking environment variables."""
+    text = "\n".join(line for line in text.splitlines() if not _SECRET_LINE.search(line))
+    for value in secrets:
+        text = text.replace(value, "***")
+    return text
+
+
+@dataclass(frozen=True)
+class Backoff:
+    attempts: int = 4
+    first_delay: float = 1.0  # then doubled: 1 s, 2 s, 4 s
+
+    def delay(self, retry: int) -> float:
+        return float(self.first_delay * 2**retry)
+
+
+@dataclass(frozen=True)
+class Published:
+    key: str  # app name, or HEAD_KEY
+    status: Literal["pushed", "skipped"]
+    image: PublishedImage
+
+    def to_dict(self) -> dict[str, object]:
+        return {"app": self.key, "status": self.status, "pinned": self.image.pinned, **self.image.to_json()}
+
+
+@dataclass(frozen=True)
+class Planned:
+    key: str
+    local_ref: str
+    image_id: str
+    target: str
+
+
+@dataclass
+class Publisher:
+    config: LoadedConfig
+    engine: DockerEngine
+    registry: str | None = None  # HOST[:PORT]/NAMESPACE; default [project].registry
+    client: RegistryClient = field(default_factory=HttpRegistry)
+    progress: Progress = lambda _: None
+    output: Progress | None = None  # docker push lines; default: progress
+    sleep: Callable[[float], None] = time.sleep
+    backoff: Backoff = Backoff()
+    secrets: tuple[str, ...] = field(default_factory=lambda: secret_values(os.environ))
+
+    def plan(self, names: tuple[str, ...] = ()) -> list[Planned]:
+        """The head, then each selected app that has been built, in config order."""
+        registry = (self.registry or self.config.project.registry).rstrip("/")
+        if not _REGISTRY.match(registry) or "/" not in registry:
+            raise UsageError(f"registry {registry!r} is not HOST[:PORT]/NAMESPACE",
+                             hint="for example 127.0.0.1:5000/raybuild (lowercase, no scheme)")  # fmt: skip
+        selected, built = self.config.select(names), load_build_record(self.config)
+        missing = [app.name for app in selected if app.name not in built]
+        if names and missing:
+            raise PublishError(
+                f"not built yet: {', '.join(missing)}", hint=f"run `raybuild build {' '.join(missing)}`"
+            )
+        if missing:
+            self.progress(f"not built yet, not published: {', '.join(missing)}")
+        if HEAD_KEY not in built:
+            self.progress("no head image in the build record: `raybuild build` a CPU app to make one")
+        items = []
+        for key in [HEAD_KEY, *(app.name for app in selected)]:
+            if key in built:
+                ref, image_id = str(built[key]["ref"]), str(built[key]["image_id"])
+                name = HEAD_NAME if key == HEAD_KEY else key
+                items.append(Planned(key, ref, image_id, f"{registry}/{name}:{split_reference(ref)[2]}"))
+        if not items:
+            raise PublishError(
+                "nothing to publish: the build record has no images", hint="run `raybuild build`"
+            )
+        return items
+
+    def publish(self, names: tuple[str, ...] = ()) -> list[Published]:
+        """Publish, then merge the results into the record. On any failure the record is left as it was."""
+        path = record_path(self.config)
+        previous = PublishRecord.load(path)  # a malformed record fails here, before anything is pushed
+        results = [self._publish_one(item) for item in self.plan(names)]
+        images = {**(previous.images if previous else {}), **{r.key: r.image for r in results}}
+        PublishRecord(MappingProxyType(images)).save(path)
+        return results
+
+    def _publish_one(self, item: Planned) -> Published:
+        host, repository, tag = split_reference(item.target)
+        try:
+            local = self.engine.inspect(item.local_ref)
+        except EngineError:
+            local = {}
+        if local.get("Id") != item.image_id:
+            raise PublishError(f"{item.key}: {item.local_ref} is gone or no longer the image that was built",
+                               hint="rerun `raybuild build`, then publish")  # fmt: skip
+        size = int(local.get("Size") or 0)
+        remote = self._remote(host, repository, tag)
+        if remote is not None and remote.config_digest == item.image_id:
+            self.progress(f"{item.key}: {item.target} is already in the registry")
+            image = PublishedImage(item.target, remote.digest, size, remote.compressed_size)
+            return Published(item.key, "skipped", image)
+        if item.target != item.local_ref:
+            self.engine.tag(item.local_ref, item.target)
+        self.progress(f"pushing {item.key} -> {item.target}")
+        result = self._retrying(host, lambda: self._push_once(item.target))
+        digest = push_digest(result.output) or self._repo_digest(item.target)
+        pushed = self._remote(host, repository, digest)
+        if pushed is not None and pushed.config_digest not in (None, item.image_id):
+            raise PublishError(f"{item.target}@{digest} is image {pushed.config_digest}, not {item.image_id}",
+                               hint="was the tag pushed concurrently? rerun `raybuild publish`")  # fmt: skip
+        compressed = pushed.compressed_size if pushed is not None else 0
+        return Published(item.key, "pushed", PublishedImage(item.target, digest, size, compressed))
+
+    def _remote(self, host: str, repository: str, reference: str) -> Manifest | None:
+        try:
+            return self._retrying(host, lambda: self.client.manifest(host, repository, reference))
+        except RegistryUnverifiable as exc:
+            # Docker may still push (its credential store, insecure-registries): let the push decide.
+            self.progress(f"could not read {host}/{repository}:{reference} anonymously ({exc})")
+            return None
+
+    def _retrying(self, host: str, action: Callable[[], T]) -> T:
+        attempts = self.backoff.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return action()
+            except RegistryUnreachable as exc:
+                if attempt == attempts:
+                    raise _unreachable(host, exc, attempts) from None
+                delay = self.backoff.delay(attempt - 1)
+                self.progress(
+                    f"registry {host}: {exc.reason}; attempt {attempt + 1}/{attempts} in {delay:g}s"
+                )
+                self.sleep(delay)
+        raise AssertionError("Backoff.attempts must be at least 1")
+
+    def _push_once(self, ref: str) -> Result:
+        show, seen = self.output or self.progress, set[str]()
+
+        def on_line(line: str) -> None:
+            kept = redact(line, self.secrets)
+            if kept and kept not in seen and not _PUSH_NOISE.search(kept):
+                seen.add(kept)
+                show("  " + kept)
+
+        try:
+            return self.engine.push(ref, on_line=on_line)
+        except EngineError as exc:
+            # An engine hint means the daemon is down or the disk is full: not the registry's fault.
+            retry = None if exc.hint else classify_push_failure(exc.output_tail)
+            if retry is not None:
+                raise retry from None
+            last = next((ln.strip() for ln in reversed(exc.output_tail.splitlines()) if ln.strip()), "")
+            shown = redact(last, self.secrets) or (
+                f"exit {exc.returncode}" + (" (output withheld)" if last else "")
+            )
+            raise PublishError(
+                f"docker push {ref} failed: {shown}", hint=_push_hint(last) or exc.hint
+            ) from None
+
+    def _repo_digest(self, target: str) -> str:
+        name = target.rsplit(":", 1)[0]
+        for entry in map(str, self.engine.inspect(target).get("RepoDigests") or []):
+            if entry.startswith(name + "@"):
+                return entry.split("@", 1)[1]
+        raise PublishError(f"docker push {target} printed no digest, and the image has no digest for {name}")
+
+
+def _unreachable(host: str, exc: RegistryUnreachable, attempts: int) -> PublishError:
+    what = "is not reachable" if exc.down else "kept failing"
+    message = f"registry {host} {what} ({exc.reason}, {attempts} attempts); nothing was recorded"
+    if exc.down:
+        url = f"{'http' if is_loopback(host) else 'https'}://{host}/v2/"
+        hint = f"check that it is running and that --registry (or [project].registry) is right: `curl {url}`"
+    else:
+        hint = "the registry or the network is unstable: rerun `raybuild publish` (pushed layers are kept)"
+    return PublishError(message, hint=hint)
+
+
+def _push_hint(line: str) -> str | None:
+    lowered = line.lower()
+    if any(word in lowered for word in ("denied", "unauthorized", "authentication required")):
+        return "run `docker login HOST` (raybuild uses docker's own credential store) and check push rights"
+    if "http response to https client" in lowered:
+        return "the registry speaks plain HTTP: add it to the daemon's insecure-registries, or serve TLS"
+    return None

@@ -1,0 +1,123 @@
+"""Publishing to the real registry on 127.0.0.1:5000: push, pull back by digest, skip, and a registry down.
+
+Each test publishes under a namespace of its own and works in a copy of the project, so the repository's
+.raybuild records are never touched. The hello build is cached, so building it in the copy is cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raybuild.build import Builder, load_build_record
+from raybuild.cli import publish_cli
+from raybuild.config import LoadedConfig, load_config
+from raybuild.engine import Engine
+from raybuild.publish import Publisher
+from raybuild.record import HEAD_KEY, PublishRecord, record_path
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry]
+
+REGISTRY = "127.0.0.1:5000"
+DOWN = "127.0.0.1:5999"
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    """The local registry; under CI=true a missing one fails the run (scripts/setup starts it)."""
+    url = f"http://{REGISTRY}/v2/"
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5):
+            pass
+    except OSError as exc:
+        reason = f"no registry answers at {url} ({exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}; scripts/setup should have started it", pytrace=False)
+        pytest.skip(reason)
+    return REGISTRY
+
+
+@pytest.fixture
+def namespace(engine: Engine, registry: str) -> Iterator[str]:
+    name = f"{registry}/test-{uuid.uuid4().hex[:12]}"
+    yield name
+    listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
+    for ref in listed.split():
+        if ref.startswith(name + "/"):
+            engine.remove_image(ref)
+
+
+@pytest.fixture
+def project(engine: Engine, project_copy: Path) -> LoadedConfig:
+    """The project copy with hello (and so the head image) built: its build record lives in the copy."""
+    config = load_config(project_copy / "raybuild.toml")
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    Builder(config, engine, ca_bundle=ca if ca.is_file() else None).build(config.select(("hello",)))
+    return config
+
+
+@pytest.fixture
+def publish(project: LoadedConfig, run_main: Callable[..., Any]) -> Callable[..., Any]:
+    return lambda *args: run_main("--config", str(project.path), "publish", *args)
+
+
+def test_publish_round_trip_then_skip(
+    engine: Engine, project: LoadedConfig, namespace: str, publish: Callable[..., Any]
+) -> None:
+    result = publish("hello", "--registry", namespace, "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = {row["app"]: row for row in json.loads(result.stdout)}
+    assert {key: row["status"] for key, row in rows.items()} == {HEAD_KEY: "pushed", "hello": "pushed"}
+    assert "digest: sha256:" in result.stderr  # docker's progress went to stderr, the JSON to stdout
+
+    built = load_build_record(project)
+    record = PublishRecord.load(record_path(project))
+    assert record is not None and set(record.images) == {HEAD_KEY, "hello"}
+    for key, row in rows.items():
+        tag = str(built[key]["ref"]).rsplit(":", 1)[1]
+        assert row["reference"] == f"{namespace}/{'ray-head' if key == HEAD_KEY else key}:{tag}"
+        assert record.images[key].pinned == row["pinned"]
+        assert 0 < row["compressed_size"] < row["size"]
+        # Pull by digest with the pushed tag gone: the registry hands back exactly the built image.
+        engine.remove_image(row["reference"])
+        assert not engine.image_exists(row["reference"])
+        engine.docker_cmd("pull", row["pinned"], what=f"docker pull {row['pinned']}")
+        assert engine.inspect(row["pinned"])["Id"] == built[key]["image_id"]
+
+    before = record_path(project).read_bytes()
+    again = publish("hello", "--registry", namespace, "--json")
+    assert again.exit_code == 0, again.stderr
+    rows_again = {row["app"]: row for row in json.loads(again.stdout)}
+    assert {row["status"] for row in rows_again.values()} == {"skipped"}
+    assert {k: r["digest"] for k, r in rows_again.items()} == {k: r["digest"] for k, r in rows.items()}
+    assert "The push refers to" not in again.stderr
+    assert record_path(project).read_bytes() == before
+
+
+def test_registry_down_fails_clearly_and_keeps_the_record(
+    project: LoadedConfig,
+    namespace: str,
+    publish: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert publish("hello", "--registry", namespace).exit_code == 0
+    before = record_path(project).read_bytes()
+    sleeps: list[float] = []
+    monkeypatch.setattr(publish_cli, "Publisher", partial(Publisher, sleep=sleeps.append))
+
+    result = publish("hello", "--registry", f"{DOWN}/raybuild")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert f"error: registry {DOWN} is not reachable (connection refused, 4 attempts)" in result.stderr
+    assert f"curl http://{DOWN}/v2/" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sleeps == [1.0, 2.0, 4.0]
+    assert record_path(project).read_bytes() == before

@@ -1,0 +1,657 @@
+"""raybuild publish over a fake engine and a fake registry: skip logic, retries, digests, the record, secrets.
+
+The one real socket is a throwaway HTTP server on 127.0.0.1 that the registry client's tests talk to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pytest
+
+from raybuild.build import BuiltImage, save_build_record
+from raybuild.cli import publish_cli
+from raybuild.config import LoadedConfig
+from raybuild.engine import OutputCallback, Result
+from raybuild.errors import EngineError, PublishError, UsageError
+from raybuild.publish import (
+    Backoff,
+    HttpRegistry,
+    Manifest,
+    Publisher,
+    RegistryUnreachable,
+    RegistryUnverifiable,
+    classify_push_failure,
+    parse_manifest,
+    push_digest,
+    redact,
+    secret_values,
+    split_reference,
+)
+from raybuild.record import HEAD_KEY, PublishedImage, PublishRecord, record_path
+
+if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
+    from conftest import MainResult, TmpProject
+
+HEAD_ID = "sha256:" + "a" * 64
+DEMO_ID = "sha256:" + "b" * 64
+OTHER_ID = "sha256:" + "c" * 64
+HEAD_REF = "127.0.0.1:5000/demo/ray-head:ray2.60.0-py3.11-111111111111"
+DEMO_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
+OTHER_REF = "127.0.0.1:5000/demo/other:ray2.60.0-py3.11-cpu-333333333333"
+STAGING = "registry.example.com:5000/staging"
+
+OTHER_APP = """
+[[apps]]
+name = "other"
+path = "apps/other"
+requirements = "apps/other/requirements.in"
+import_path = "other_app:app"
+route_prefix = "/other"
+
+[[apps.deployments]]
+name = "Other"
+"""
+
+
+def manifest_body(image_id: str, layers: tuple[int, ...] = (1000, 2000)) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": 900,
+                "digest": image_id,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": size,
+                    "digest": f"sha256:{i:064x}",
+                }
+                for i, size in enumerate(layers)
+            ],
+        }
+    ).encode()
+
+
+@dataclass
+class FakeRegistry:
+    """Manifests by (host, repository, tag-or-digest); ``failures`` are raised first, one per call."""
+
+    manifests: dict[tuple[str, str, str], Manifest] = field(default_factory=dict)
+    failures: list[Exception] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+
+    def manifest(self, host: str, repository: str, reference: str) -> Manifest | None:
+        self.calls.append(f"{host}/{repository}:{reference}")
+        if self.failures:
+            raise self.failures.pop(0)
+        return self.manifests.get((host, repository, reference))
+
+    def store(self, ref: str, image_id: str, layers: tuple[int, ...] = (1000, 2000)) -> str:
+        host, repository, tag = split_reference(ref)
+        manifest = parse_manifest(manifest_body(image_id, layers))
+        self.manifests[(host, repository, tag)] = self.manifests[(host, repository, manifest.digest)] = (
+            manifest
+        )
+        return manifest.digest
+
+
+@dataclass
+class FakeEngine:
+    """Local images by ref. A push takes the next scripted outcome, or else succeeds into ``registry``."""
+
+    registry: FakeRegistry
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+    script: list[EngineError | str] = field(default_factory=list)
+    tags: list[tuple[str, str]] = field(default_factory=list)
+    pushed: list[str] = field(default_factory=list)
+    print_digest: bool = True
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        if ref not in self.images:
+            raise EngineError(f"docker image inspect {ref} failed (exit 1)")
+        return self.images[ref]
+
+    def tag(self, source: str, target: str) -> None:
+        self.tags.append((source, target))
+        self.images[target] = self.images[source]
+
+    def push(self, ref: str, on_line: OutputCallback | None = None) -> Result:
+        self.pushed.append(ref)
+        outcome = self.script.pop(0) if self.script else None
+        if isinstance(outcome, EngineError):
+            for line in outcome.output_tail.splitlines():
+                on_line and on_line(line)
+            raise outcome
+        digest = self.registry.store(ref, self.images[ref]["Id"])
+        self.images[ref].setdefault("RepoDigests", []).append(f"{ref.rsplit(':', 1)[0]}@{digest}")
+        lines = [
+            f"The push refers to repository [{ref.rsplit(':', 1)[0]}]",
+            "0123456789ab: Preparing",
+            "0123456789ab: Waiting",
+            "0123456789ab: Pushed",
+            *(outcome or "").splitlines(),
+        ]
+        if self.print_digest:
+            lines.append(f"{ref.rsplit(':', 1)[1]}: digest: {digest} size: 1234")
+        for line in lines:
+            on_line and on_line(line)
+        return Result(["docker", "push", ref], 0, "\n".join(lines))
+
+
+def push_failure(*lines: str) -> EngineError:
+    return EngineError("docker push failed (exit 1)", returncode=1, output_tail="\n".join(lines))
+
+
+@pytest.fixture
+def project(tmp_project: TmpProject) -> LoadedConfig:
+    tmp_project.add_app("other")
+    tmp_project.append_config(OTHER_APP)
+    config = tmp_project.load()
+    save_build_record(
+        config,
+        [
+            BuiltImage(HEAD_KEY, HEAD_REF, HEAD_ID, "cpu", False),
+            BuiltImage("demo", DEMO_REF, DEMO_ID, "cpu", False),
+        ],
+    )
+    return config
+
+
+@pytest.fixture
+def registry() -> FakeRegistry:
+    return FakeRegistry()
+
+
+@pytest.fixture
+def engine(registry: FakeRegistry) -> FakeEngine:
+    images = {
+        HEAD_REF: {"Id": HEAD_ID, "Size": 400_000_000},
+        DEMO_REF: {"Id": DEMO_ID, "Size": 450_000_000},
+        OTHER_REF: {"Id": OTHER_ID, "Size": 1},
+    }
+    return FakeEngine(registry, images)
+
+
+@dataclass
+class Run:
+    progress: list[str] = field(default_factory=list)
+    sleeps: list[float] = field(default_factory=list)
+
+
+@pytest.fixture
+def run() -> Run:
+    return Run()
+
+
+@pytest.fixture
+def publisher(project: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run) -> Publisher:
+    return Publisher(
+        project, engine, client=registry, progress=run.progress.append, sleep=run.sleeps.append, secrets=()
+    )
+
+
+# -- parsing -------------------------------------------------------------------------------------------------
+
+
+def test_push_digest_is_the_last_digest_line() -> None:
+    digest = "sha256:" + "d" * 64
+    output = f"The push refers to repository [x/y]\nabc: Pushed\nlatest: digest: {digest} size: 529\n"
+    assert push_digest(output) == digest
+    assert push_digest(f"v1: digest: sha256:{'e' * 64} size: 1\n" + output) == digest
+    assert push_digest("abc: Pushed\n") is None
+    assert push_digest("digest: sha256:short size: 1") is None
+
+
+def test_split_reference() -> None:
+    assert split_reference("127.0.0.1:5000/ns/app:ray2.60.0-cpu") == (
+        "127.0.0.1:5000",
+        "ns/app",
+        "ray2.60.0-cpu",
+    )
+    assert split_reference("localhost:5000/a/b/c") == ("localhost:5000", "a/b/c", "latest")
+
+
+def test_parse_manifest_digest_config_and_compressed_size() -> None:
+    body = manifest_body(DEMO_ID, (10, 20, 30))
+    manifest = parse_manifest(body)
+    assert manifest.digest == "sha256:" + hashlib.sha256(body).hexdigest()
+    assert manifest.config_digest == DEMO_ID
+    assert manifest.compressed_size == 60
+    index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": DEMO_ID}]}).encode()
+    assert parse_manifest(index).config_digest is None
+
+
+@pytest.mark.parametrize(
+    ("output", "down"),
+    [
+        ('Get "http://127.0.0.1:5999/v2/": dial tcp 127.0.0.1:5999: connect: connection refused', True),
+        ('Get "https://nowhere.invalid/v2/": dial tcp: lookup nowhere.invalid: no such host', True),
+        ("write tcp 127.0.0.1:40000->127.0.0.1:5000: write: connection reset by peer", False),
+        ("net/http: TLS handshake timeout", False),
+        ("dial tcp 10.0.0.1:443: i/o timeout", False),
+        ("received unexpected HTTP status: 502 Bad Gateway", False),
+        ("received unexpected HTTP status: 503 Service Unavailable", False),
+    ],
+)
+def test_transient_and_down_push_failures_are_retryable(output: str, down: bool) -> None:
+    failure = classify_push_failure(output)
+    assert failure is not None
+    assert failure.down is down
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "denied: requested access to the resource is denied",
+        "unauthorized: authentication required",
+        "An image does not exist locally with the tag: x/y",
+        "http: server gave HTTP response to HTTPS client",
+    ],
+)
+def test_permanent_push_failures_are_not_retried(output: str) -> None:
+    assert classify_push_failure(output) is None
+
+
+# -- skip, push, record --------------------------------------------------------------------------------------
+
+
+def test_publish_pushes_head_and_apps_and_records_digests(
+    publisher: Publisher, project: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run
+) -> None:
+    results = publisher.publish()
+    assert [(r.key, r.status) for r in results] == [(HEAD_KEY, "pushed"), ("demo", "pushed")]
+    assert engine.pushed == [HEAD_REF, DEMO_REF]
+    assert engine.tags == []  # the default registry: the local tags are the targets
+    assert "not built yet, not published: other" in run.progress
+    assert "  0123456789ab: Pushed" in run.progress
+    assert not any("Preparing" in line or "Waiting" in line for line in run.progress)
+    record = PublishRecord.load(record_path(project))
+    assert record is not None
+    demo = record.images["demo"]
+    assert demo == results[1].image
+    assert demo.reference == DEMO_REF
+    assert demo.digest == registry.manifests[split_reference(DEMO_REF)].digest
+    assert (demo.size, demo.compressed_size) == (450_000_000, 3000)
+    assert record.images[HEAD_KEY].reference == HEAD_REF
+
+
+def test_another_registry_retags_and_names_the_head_ray_head(
+    publisher: Publisher, engine: FakeEngine
+) -> None:
+    publisher.registry = STAGING + "/"
+    results = publisher.publish(("demo",))
+    head_target = f"{STAGING}/ray-head:ray2.60.0-py3.11-111111111111"
+    demo_target = f"{STAGING}/demo:ray2.60.0-py3.11-cpu-222222222222"
+    assert engine.tags == [(HEAD_REF, head_target), (DEMO_REF, demo_target)]
+    assert engine.pushed == [head_target, demo_target]
+    assert [r.image.reference for r in results] == [head_target, demo_target]
+    assert results[1].image.pinned.startswith(demo_target + "@sha256:")
+
+
+def test_images_the_registry_has_are_skipped(
+    publisher: Publisher, project: LoadedConfig, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    head_digest = registry.store(HEAD_REF, HEAD_ID)
+    demo_digest = registry.store(DEMO_REF, DEMO_ID, (5, 6))
+    results = publisher.publish()
+    assert [r.status for r in results] == ["skipped", "skipped"]
+    assert engine.pushed == []
+    assert engine.tags == []
+    assert [r.image.digest for r in results] == [head_digest, demo_digest]
+    assert results[1].image.compressed_size == 11
+    record = PublishRecord.load(record_path(project))
+    assert record is not None and record.images["demo"].digest == demo_digest
+
+
+def test_a_tag_holding_another_image_is_pushed_over(
+    publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    registry.store(DEMO_REF, OTHER_ID)  # same tag, different bytes
+    registry.store(HEAD_REF, HEAD_ID)
+    results = publisher.publish()
+    assert [r.status for r in results] == ["skipped", "pushed"]
+    assert engine.pushed == [DEMO_REF]
+
+
+def test_publishing_one_app_keeps_the_others_in_the_record(
+    publisher: Publisher, project: LoadedConfig
+) -> None:
+    kept = PublishedImage(OTHER_REF, "sha256:" + "f" * 64, 1, 1)
+    stale_demo = PublishedImage(DEMO_REF, "sha256:" + "9" * 64, 1, 1)
+    PublishRecord({"other": kept, "demo": stale_demo}).save(record_path(project))
+    publisher.publish(("demo",))
+    record = PublishRecord.load(record_path(project))
+    assert record is not None
+    assert sorted(record.images) == [HEAD_KEY, "demo", "other"]
+    assert record.images["other"] == kept
+    assert record.images["demo"].digest != stale_demo.digest
+
+
+def test_digest_falls_back_to_repo_digests(
+    publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    engine.print_digest = False
+    results = publisher.publish()
+    assert results[1].image.digest == registry.manifests[split_reference(DEMO_REF)].digest
+
+
+def test_registry_that_hides_manifests_still_gets_a_push(
+    publisher: Publisher, registry: FakeRegistry, run: Run
+) -> None:
+    registry.failures = [RegistryUnverifiable("HTTP 401 Unauthorized")] * 4
+    results = publisher.publish()
+    assert [r.status for r in results] == ["pushed", "pushed"]
+    assert results[0].image.compressed_size == 0  # its manifest could not be read
+    assert any("anonymously (HTTP 401 Unauthorized)" in line for line in run.progress)
+
+
+# -- retries and failures ------------------------------------------------------------------------------------
+
+
+def test_transient_push_errors_are_retried_with_backoff(
+    publisher: Publisher, engine: FakeEngine, run: Run
+) -> None:
+    engine.script = [
+        push_failure("write: connection reset by peer"),
+        push_failure("received unexpected HTTP status: 503 Service Unavailable"),
+    ]
+    results = publisher.publish()
+    assert [r.status for r in results] == ["pushed", "pushed"]
+    assert engine.pushed == [HEAD_REF, HEAD_REF, HEAD_REF, DEMO_REF]
+    assert run.sleeps == [1.0, 2.0]
+    assert any("connection reset; attempt 2/4 in 1s" in line for line in run.progress)
+
+
+def test_transient_registry_check_errors_are_retried(
+    publisher: Publisher, registry: FakeRegistry, run: Run
+) -> None:
+    registry.failures = [RegistryUnreachable("i/o timeout", down=False)]
+    assert [r.status for r in publisher.publish()] == ["pushed", "pushed"]
+    assert run.sleeps == [1.0]
+
+
+def _record_bytes(project: LoadedConfig) -> bytes:
+    PublishRecord({"other": PublishedImage(OTHER_REF, "sha256:" + "f" * 64, 1, 1)}).save(record_path(project))
+    return record_path(project).read_bytes()
+
+
+def test_registry_down_fails_clearly_and_leaves_the_record(
+    publisher: Publisher, project: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run
+) -> None:
+    before = _record_bytes(project)
+    registry.failures = [RegistryUnreachable("connection refused", down=True) for _ in range(10)]
+    with pytest.raises(PublishError) as failed:
+        publisher.publish()
+    assert str(failed.value) == (
+        "registry 127.0.0.1:5000 is not reachable (connection refused, 4 attempts); nothing was recorded"
+    )
+    assert failed.value.hint is not None and "curl http://127.0.0.1:5000/v2/" in failed.value.hint
+    assert run.sleeps == [1.0, 2.0, 4.0]
+    assert engine.pushed == []
+    assert record_path(project).read_bytes() == before
+
+
+def test_registry_going_down_during_pushes_leaves_the_record(
+    publisher: Publisher, project: LoadedConfig, engine: FakeEngine, run: Run
+) -> None:
+    before = _record_bytes(project)
+    refused = 'Get "http://127.0.0.1:5000/v2/": dial tcp 127.0.0.1:5000: connect: connection refused'
+    engine.script = [
+        "",
+        *(push_failure(refused) for _ in range(4)),
+    ]  # the head goes through, the app does not
+    with pytest.raises(PublishError, match="not reachable"):
+        publisher.publish()
+    assert engine.pushed == [HEAD_REF] + [DEMO_REF] * 4
+    assert run.sleeps == [1.0, 2.0, 4.0]
+    assert record_path(project).read_bytes() == before
+    assert not list(record_path(project).parent.glob("*.tmp"))
+
+
+def test_persistent_server_errors_say_the_registry_kept_failing(
+    publisher: Publisher, engine: FakeEngine
+) -> None:
+    engine.script = [push_failure("received unexpected HTTP status: 500 Internal Server Error")] * 4
+    with pytest.raises(PublishError, match=r"kept failing \(unexpected http status: 500"):
+        publisher.publish()
+
+
+def test_denied_is_not_retried_and_points_at_docker_login(
+    publisher: Publisher, engine: FakeEngine, project: LoadedConfig, run: Run
+) -> None:
+    before = _record_bytes(project)
+    engine.script = [
+        push_failure(
+            "The push refers to repository [x]", "denied: requested access to the resource is denied"
+        )
+    ]
+    with pytest.raises(PublishError) as failed:
+        publisher.publish()
+    assert (
+        str(failed.value)
+        == f"docker push {HEAD_REF} failed: denied: requested access to the resource is denied"
+    )
+    assert failed.value.hint is not None and "docker login" in failed.value.hint
+    assert run.sleeps == []
+    assert record_path(project).read_bytes() == before
+
+
+def test_a_daemon_failure_is_not_blamed_on_the_registry(publisher: Publisher, engine: FakeEngine) -> None:
+    engine.script = [
+        EngineError(
+            "docker push failed",
+            returncode=1,
+            hint="the Docker daemon is not running",
+            output_tail="dial unix /var/run/docker.sock: connect: connection refused",
+        )
+    ]
+    with pytest.raises(PublishError) as failed:
+        publisher.publish()
+    assert failed.value.hint == "the Docker daemon is not running"
+
+
+def test_credentials_and_env_secrets_are_never_shown(
+    publisher: Publisher, engine: FakeEngine, run: Run
+) -> None:
+    publisher.secrets = secret_values(
+        {"REGISTRY_TOKEN": "tok-0123456789", "HOME": "/root", "DB_PASSWORD": "x"}
+    )
+    assert publisher.secrets == ("tok-0123456789",)
+    engine.script = [
+        "Authorization: Bearer abc.def.ghi\nusing password hunter2\nlogin as tok-0123456789 ok",
+        push_failure(
+            "Authorization: Basic dXNlcjpodW50ZXIy", "denied: token tok-0123456789 has no push rights"
+        ),
+    ]
+    with pytest.raises(PublishError) as failed:
+        publisher.publish()
+    shown = "\n".join([*run.progress, str(failed.value), failed.value.hint or ""])
+    for secret in ("abc.def.ghi", "hunter2", "tok-0123456789", "dXNlcjpodW50ZXIy", "Authorization"):
+        assert secret not in shown
+    assert "  login as *** ok" in run.progress
+    assert str(failed.value).endswith("denied: token *** has no push rights")
+
+
+def test_an_error_line_that_mentions_a_password_is_withheld(publisher: Publisher, engine: FakeEngine) -> None:
+    engine.script = [
+        push_failure("The push refers to repository [x]", "unauthorized: incorrect username or password")
+    ]
+    with pytest.raises(PublishError) as failed:
+        publisher.publish()
+    assert str(failed.value) == f"docker push {HEAD_REF} failed: exit 1 (output withheld)"
+    assert failed.value.hint is not None and "docker login" in failed.value.hint
+
+
+def test_redact_drops_lines_and_masks_values() -> None:
+    text = "ok line\nAuthorization: Bearer x\nPassword: y\nuses s3cr3t!!\n"
+    assert redact(text, ("s3cr3t!!",)) == "ok line\nuses ***"
+
+
+# -- what gets published -------------------------------------------------------------------------------------
+
+
+def test_unknown_app_is_a_usage_error(publisher: Publisher) -> None:
+    with pytest.raises(UsageError, match="unknown app 'nope'"):
+        publisher.publish(("nope",))
+
+
+def test_a_named_app_that_was_not_built_fails_before_pushing(
+    publisher: Publisher, engine: FakeEngine
+) -> None:
+    with pytest.raises(PublishError, match="not built yet: other") as failed:
+        publisher.publish(("demo", "other"))
+    assert failed.value.hint == "run `raybuild build other`"
+    assert engine.pushed == []
+
+
+@pytest.mark.parametrize(
+    "bad", ["http://127.0.0.1:5000/x", "127.0.0.1:5000", "Registry.example.com/NS", "a/b@c"]
+)
+def test_registry_must_be_host_and_namespace(publisher: Publisher, bad: str) -> None:
+    publisher.registry = bad
+    with pytest.raises(UsageError, match="is not HOST"):
+        publisher.publish()
+
+
+def test_nothing_built_is_an_error(
+    tmp_project: TmpProject, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    with pytest.raises(PublishError, match="nothing to publish"):
+        Publisher(tmp_project.load(), engine, client=registry).publish()
+
+
+def test_a_local_image_that_changed_since_the_build_is_refused(
+    publisher: Publisher, engine: FakeEngine
+) -> None:
+    engine.images[DEMO_REF] = {"Id": OTHER_ID, "Size": 1}
+    with pytest.raises(PublishError, match="no longer the image that was built"):
+        publisher.publish(("demo",))
+
+
+# -- the HTTP registry client --------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: ClassVar[dict[str, tuple[int, bytes]]] = {}
+    accepts: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.accepts.append(self.headers.get("Accept", ""))
+        status, body = self.routes.get(self.path, (404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_registry() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {"routes": {}, "accepts": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_registry_reads_manifests(http_registry: tuple[str, type[_Handler]]) -> None:
+    host, handler = http_registry
+    body = manifest_body(DEMO_ID)
+    handler.routes["/v2/ns/demo/manifests/v1"] = (200, body)
+    handler.routes["/v2/ns/demo/manifests/private"] = (401, b"{}")
+    handler.routes["/v2/ns/demo/manifests/broken"] = (503, b"{}")
+    client = HttpRegistry(timeout=5)
+    assert client.manifest(host, "ns/demo", "v1") == parse_manifest(body)
+    assert "application/vnd.docker.distribution.manifest.v2+json" in handler.accepts[0]
+    assert client.manifest(host, "ns/demo", "v2") is None
+    with pytest.raises(RegistryUnverifiable, match="401"):
+        client.manifest(host, "ns/demo", "private")
+    with pytest.raises(RegistryUnreachable, match="503") as failed:
+        client.manifest(host, "ns/demo", "broken")
+    assert failed.value.down is False
+
+
+def test_http_registry_down_is_connection_refused(http_registry: tuple[str, type[_Handler]]) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port that nothing listens on once this socket is closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(RegistryUnreachable, match="connection refused") as failed:
+        HttpRegistry(timeout=5).manifest(f"127.0.0.1:{port}", "ns/demo", "v1")
+    assert failed.value.down is True
+
+
+# -- the command ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_cli(
+    monkeypatch: pytest.MonkeyPatch,
+    engine: FakeEngine,
+    registry: FakeRegistry,
+    project: LoadedConfig,
+    run: Run,
+) -> Callable[..., MainResult]:
+    monkeypatch.setattr(publish_cli, "engine_for", lambda state: engine)
+    monkeypatch.setattr(
+        publish_cli, "Publisher", partial(Publisher, client=registry, sleep=run.sleeps.append)
+    )
+    return lambda run_main, *args: run_main("--config", str(project.path), "publish", *args)
+
+
+def test_cli_prints_a_table(fake_cli: Callable[..., MainResult], run_main: Callable[..., MainResult]) -> None:
+    result = fake_cli(run_main)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["APP", "STATUS", "IMAGE", "COMPRESSED"]
+    assert lines[2].split()[:2] == ["demo", "pushed"]
+    assert lines[2].split()[2].startswith(DEMO_REF + "@sha256:")
+    assert lines[2].split()[3:] == ["0.0", "MB"]
+    assert "pushing demo" in result.stderr
+    assert "0123456789ab: Pushed" in result.stderr
+
+
+def test_cli_json(fake_cli: Callable[..., MainResult], run_main: Callable[..., MainResult]) -> None:
+    result = fake_cli(run_main, "demo", "--registry", STAGING, "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["app"], r["status"]) for r in rows] == [(HEAD_KEY, "pushed"), ("demo", "pushed")]
+    assert rows[1]["reference"] == f"{STAGING}/demo:ray2.60.0-py3.11-cpu-222222222222"
+    assert rows[1]["pinned"] == f"{rows[1]['reference']}@{rows[1]['digest']}"
+    assert (rows[1]["size"], rows[1]["compressed_size"]) == (450_000_000, 3000)
+
+
+def test_cli_registry_down_is_one_line_and_exit_1(
+    fake_cli: Callable[..., MainResult],
+    run_main: Callable[..., MainResult],
+    registry: FakeRegistry,
+    project: LoadedConfig,
+) -> None:
+    registry.failures = [RegistryUnreachable("connection refused", down=True) for _ in range(4)]
+    result = fake_cli(run_main)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "error: registry 127.0.0.1:5000 is not reachable (connection refused" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not record_path(project).exists()
+
+
+def test_publish_has_help() -> None:
+    assert publish_cli.publish.help and "digest" in publish_cli.publish.help
+    assert Backoff().attempts == 4 and [Backoff().delay(i) for i in range(3)] == [1.0, 2.0, 4.0]
