@@ -49,9 +49,11 @@ def registry() -> str:
 def namespace(engine: Engine, registry: str) -> Iterator[str]:
     name = f"{registry}/test-{uuid.uuid4().hex[:12]}"
     yield name
-    listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
+    # Both the pushed tags and the digest references that pulls leave behind.
+    fmt = "{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}"
+    listed = engine.docker_cmd("images", "--digests", "--format", fmt, check=False).output
     for ref in listed.split():
-        if ref.startswith(name + "/"):
+        if ref.startswith(name + "/") and not ref.endswith((":<none>", "@<none>")):
             engine.remove_image(ref)
 
 
