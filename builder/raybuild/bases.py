@@ -26,12 +26,24 @@ from raybuild.render import BaseSpec, render_base, template_dir
 
 RUNTIME_PACKAGES = ("python3-minimal", "libpython3-stdlib", "bash", "wget", "ca-certificates", "libstdc++6")
 BUILDER_PACKAGES = (*RUNTIME_PACKAGES, "binutils")
+REDIS_PACKAGES = ("bash", "redis-server")
 # usrmerge pulls in perl (about 50 MB); once the system is merged, none of it is needed at run time.
-PURGE_AFTER_BOOTSTRAP = ("usrmerge", "libfile-find-rule-perl", "libnumber-compare-perl", "libtext-glob-perl",
-                         "perl", "libperl5.36", "perl-modules-5.36")
+PURGE_AFTER_BOOTSTRAP = (
+    "usrmerge",
+    "libfile-find-rule-perl",
+    "libnumber-compare-perl",
+    "libtext-glob-perl",
+    "perl",
+    "libperl5.36",
+    "perl-modules-5.36",
+)
 # glibc's iconv modules: nothing in a Ray node uses iconv (Python has its own codecs).
-REMOVE_AFTER_BOOTSTRAP = ("/usr/lib/x86_64-linux-gnu/gconv", "/var/lib/apt/lists/*", "/var/cache/*",
-                          "/var/log/*")
+REMOVE_AFTER_BOOTSTRAP = (
+    "/usr/lib/x86_64-linux-gnu/gconv",
+    "/var/lib/apt/lists/*",
+    "/var/cache/*",
+    "/var/log/*",
+)
 NAMESPACE = "raybuild"
 
 
@@ -67,11 +79,18 @@ class Rootfs:
 
 
 def rootfs(settings: BaseImage, kind: str) -> Rootfs:
-    packages = BUILDER_PACKAGES if kind == "builder" else RUNTIME_PACKAGES
+    packages = {"builder": BUILDER_PACKAGES, "redis": REDIS_PACKAGES}.get(kind, RUNTIME_PACKAGES)
     if settings.source == "image":
         return Rootfs(settings.image, settings, packages)
-    tag = _digest("rootfs-v1", settings.suite, settings.mirror, settings.snapshot or "", *packages,
-                  *PURGE_AFTER_BOOTSTRAP, *REMOVE_AFTER_BOOTSTRAP)
+    tag = _digest(
+        "rootfs-v1",
+        settings.suite,
+        settings.mirror,
+        settings.snapshot or "",
+        *packages,
+        *PURGE_AFTER_BOOTSTRAP,
+        *REMOVE_AFTER_BOOTSTRAP,
+    )
     return Rootfs(f"{NAMESPACE}/rootfs-{kind}:{settings.suite}-{tag}", settings, packages)
 
 
@@ -81,16 +100,57 @@ def base_spec(config: LoadedConfig, device: str) -> BaseSpec:
     if device == "gpu":
         gpu = config.config.base.gpu
         parent = gpu.cuda_runtime_image or base_ref(config, "cpu")
-        return BaseSpec("base", "gpu", config.project.python, rootfs="", install_packages=False,
-                        parent=parent)
-    return BaseSpec("base", "cpu", config.project.python, rootfs=root.ref,
-                    install_packages=not root.bootstrapped, packages=root.packages)
+        return BaseSpec(
+            "base", "gpu", config.project.python, rootfs="", install_packages=False, parent=parent
+        )
+    return BaseSpec(
+        "base",
+        "cpu",
+        config.project.python,
+        rootfs=root.ref,
+        install_packages=not root.bootstrapped,
+        packages=root.packages,
+    )
 
 
 def builder_spec(config: LoadedConfig) -> BaseSpec:
     root = rootfs(config.config.base.cpu, "builder")
-    return BaseSpec("builder", "cpu", config.project.python, rootfs=root.ref,
-                    install_packages=not root.bootstrapped, packages=root.packages, uv_image=uv_image())
+    return BaseSpec(
+        "builder",
+        "cpu",
+        config.project.python,
+        rootfs=root.ref,
+        install_packages=not root.bootstrapped,
+        packages=root.packages,
+        uv_image=uv_image(),
+    )
+
+
+def redis_spec(config: LoadedConfig) -> BaseSpec:
+    root = rootfs(config.config.base.cpu, "redis")
+    return BaseSpec(
+        "redis",
+        "cpu",
+        config.project.python,
+        rootfs=root.ref,
+        install_packages=not root.bootstrapped,
+        packages=root.packages,
+    )
+
+
+def redis_ref(config: LoadedConfig) -> str:
+    return _ref(config, redis_spec(config), "gcs-redis")
+
+
+def ensure_redis(
+    config: LoadedConfig, engine: Engine, progress: Callable[[str], None] = lambda _: None
+) -> str:
+    """The Redis image that `raybuild up` uses as its GCS store, made on first use."""
+    engine.ping()
+    ensure_rootfs(engine, rootfs(config.config.base.cpu, "redis"), progress)
+    ref = redis_ref(config)
+    _build_image(engine, config, redis_spec(config), ref, progress)
+    return ref
 
 
 def _ref(config: LoadedConfig, spec: BaseSpec, name: str) -> str:
@@ -108,8 +168,14 @@ def builder_ref(config: LoadedConfig) -> str:
 
 # -- making them ----------------------------------------------------------------------------------------
 
-_DPKG_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*",
-                  "/usr/share/lintian/*", "/usr/share/common-licenses/*")
+_DPKG_EXCLUDES = (
+    "/usr/share/man/*",
+    "/usr/share/doc/*",
+    "/usr/share/locale/*",
+    "/usr/share/info/*",
+    "/usr/share/lintian/*",
+    "/usr/share/common-licenses/*",
+)
 
 
 def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
@@ -123,10 +189,10 @@ def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
     # Keep the copyright files: licences must ship with the binaries.
     command.append("--dpkgopt=path-include=/usr/share/doc/*/copyright")
     purge = " ".join(PURGE_AFTER_BOOTSTRAP)
-    command.append(f"--customize-hook=chroot \"$1\" dpkg --purge --force-depends {purge}")
+    command.append(f'--customize-hook=chroot "$1" dpkg --purge --force-depends {purge}')
     command.append("--customize-hook=rm -rf " + " ".join(f'"$1"{path}' for path in REMOVE_AFTER_BOOTSTRAP))
     if settings.snapshot:
-        command.append("--aptopt=Acquire::Check-Valid-Until \"false\"")
+        command.append('--aptopt=Acquire::Check-Valid-Until "false"')
     command += [settings.suite, str(out), mirror]
     return command
 
@@ -153,18 +219,22 @@ def ensure_rootfs(engine: Engine, root: Rootfs, progress: Callable[[str], None])
     if shutil.which("mmdebstrap") is None:
         raise RaybuildError(
             f"cannot bootstrap {root.ref}: mmdebstrap is not installed",
-            hint="run scripts/setup (apt-get install mmdebstrap), or set [base.cpu] source = \"image\"",
+            hint='run scripts/setup (apt-get install mmdebstrap), or set [base.cpu] source = "image"',
         )
     progress(f"bootstrapping {root.ref} from Debian {root.settings.suite} with mmdebstrap")
     with tempfile.TemporaryDirectory(prefix="raybuild-rootfs-") as tmp:
         tarball = Path(tmp) / "rootfs.tar"
-        engine.run(mmdebstrap_command(root, tarball), what=f"mmdebstrap {root.settings.suite}",
-                   on_line=lambda line: progress(f"  {line}") if line.startswith("I: ") else None)
+        engine.run(
+            mmdebstrap_command(root, tarball),
+            what=f"mmdebstrap {root.settings.suite}",
+            on_line=lambda line: progress(f"  {line}") if line.startswith("I: ") else None,
+        )
         engine.import_tarball(tarball, root.ref, changes=["LABEL io.raybuild.role=rootfs"])
 
 
-def _build_image(engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str,
-                 progress: Callable[[str], None]) -> None:  # fmt: skip
+def _build_image(
+    engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str, progress: Callable[[str], None]
+) -> None:
     if engine.image_exists(ref):
         return
     progress(f"building {ref}")
@@ -172,13 +242,22 @@ def _build_image(engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str,
         context = Path(tmp)
         dockerfile = context / "Dockerfile"
         dockerfile.write_text(render_base(spec, template_dir(config.root)))
-        image_id = engine.build(context, dockerfile, iidfile=context / "iid", what=f"build of {ref}",
-                                on_line=lambda line: progress(f"  {line}") if line.startswith("#") else None)
+        image_id = engine.build(
+            context,
+            dockerfile,
+            iidfile=context / "iid",
+            what=f"build of {ref}",
+            on_line=lambda line: progress(f"  {line}") if line.startswith("#") else None,
+        )
     engine.tag(image_id, ref)
 
 
-def ensure_bases(config: LoadedConfig, engine: Engine, devices: tuple[str, ...] = ("cpu", "gpu"),
-                 progress: Callable[[str], None] = lambda _: None) -> dict[str, str]:  # fmt: skip
+def ensure_bases(
+    config: LoadedConfig,
+    engine: Engine,
+    devices: tuple[str, ...] = ("cpu", "gpu"),
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, str]:
     """Make (only) the missing base images; returns {"builder": ref, "cpu": ref, ...}."""
     engine.ping()
     cpu_settings = config.config.base.cpu

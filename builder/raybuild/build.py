@@ -64,11 +64,15 @@ def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
     """Write the app's build context into ``context``; return its content hash (the image tag's suffix)."""
     lockfile = config.lockfile(app)
     if not lockfile.is_file() or not config.ray_lockfile().is_file():
-        raise BuildError(f"app {app.name!r}: no lockfile at {lockfile.relative_to(config.root)}",
-                         hint=f"run `raybuild lock {app.name}`")  # fmt: skip
+        raise BuildError(
+            f"app {app.name!r}: no lockfile at {lockfile.relative_to(config.root)}",
+            hint=f"run `raybuild lock {app.name}`",
+        )
     stale = lock.stale(config, (app,))
     if stale:
-        raise BuildError(f"app {app.name!r}: stale lockfiles {', '.join(stale)}", hint=f"run `raybuild lock {app.name}`")
+        raise BuildError(
+            f"app {app.name!r}: stale lockfiles {', '.join(stale)}", hint=f"run `raybuild lock {app.name}`"
+        )
     templates = template_dir(config.root)
     ray_text = config.ray_lockfile().read_text(encoding="utf-8")
     plan = prune_plan(tuple(app.prune.remove), tuple(app.prune.keep))
@@ -112,8 +116,12 @@ def _head_hash(context: Path) -> str:
     stage1 = dockerfile.split("# ---- Stage 1", 1)[-1].split("# ---- Stage 2", 1)[0]
     shared = stage1 + dockerfile.split("# ---- Stage 3", 1)[-1].split("# ---- Stage 4")[0]
     digest = hashlib.sha256()
-    for part in (shared, (context / "ray.lock").read_text(), (context / "prune-ray.json").read_text(),
-                 (context / "prune.py").read_text()):  # fmt: skip
+    for part in (
+        shared,
+        (context / "ray.lock").read_text(),
+        (context / "prune-ray.json").read_text(),
+        (context / "prune.py").read_text(),
+    ):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:12]
 
@@ -138,9 +146,8 @@ def _progress_filter(progress: Progress) -> Callable[[str], None]:
         if match and match.group(0) not in seen:
             seen.add(match.group(0))
             progress(f"  [{match.group(1)}] {match.group(2)[:100]}")
-        elif " CACHED" in line or "DONE" in line or line.startswith("#") and "prune:" in line:
-            if "prune:" in line:
-                progress("  " + line.split(" ", 2)[-1])
+        elif line.startswith("#") and "prune:" in line:
+            progress("  " + line.split(" ", 2)[-1])
 
     return on_line
 
@@ -168,9 +175,15 @@ class Builder:
 
     def _build(self, context: Path, ref: str, target: str | None, what: str) -> str:
         try:
-            image_id = self.engine.build(context, context / "Dockerfile", iidfile=context / f"iid-{target or 'app'}",
-                                         target=target, secrets=self.secrets(), what=what,
-                                         on_line=_progress_filter(self.progress))  # fmt: skip
+            image_id = self.engine.build(
+                context,
+                context / "Dockerfile",
+                iidfile=context / f"iid-{target or 'app'}",
+                target=target,
+                secrets=self.secrets(),
+                what=what,
+                on_line=_progress_filter(self.progress),
+            )
         except BuildError as exc:
             step = failing_step(exc.output_tail)
             if step:
@@ -191,11 +204,18 @@ class Builder:
                     head = BuiltImage("_head", hr, self.engine.inspect(hr)["Id"], "cpu", cached=True)
                 else:
                     self.progress(f"building head image {hr}")
-                    head = BuiltImage("_head", hr, self._build(context, hr, "head", "build of the head image"),
-                                      "cpu", cached=False)  # fmt: skip
+                    head = BuiltImage(
+                        "_head",
+                        hr,
+                        self._build(context, hr, "head", "build of the head image"),
+                        "cpu",
+                        cached=False,
+                    )
             if self.engine.image_exists(ref):
                 self.progress(f"{app.name}: {ref} is up to date")
-                return BuiltImage(app.name, ref, self.engine.inspect(ref)["Id"], app.device, cached=True), head
+                return BuiltImage(
+                    app.name, ref, self.engine.inspect(ref)["Id"], app.device, cached=True
+                ), head
             self.progress(f"building {app.name} -> {ref}")
             image_id = self._build(context, ref, None, f"build of app {app.name!r}")
         self.engine.tag(ref, f"{self.config.image_name(app)}:latest")

@@ -51,8 +51,13 @@ def check_public_registry() -> Check:
     try:
         socket.getaddrinfo(PUBLIC_REGISTRY, 443)
     except OSError:
-        return Check("public-registry", False, f"{PUBLIC_REGISTRY} does not resolve",
-                     "bases are bootstrapped with mmdebstrap (the default source)", required=False)
+        return Check(
+            "public-registry",
+            False,
+            f"{PUBLIC_REGISTRY} does not resolve",
+            "bases are bootstrapped with mmdebstrap (the default source)",
+            required=False,
+        )
     return Check("public-registry", True, f"{PUBLIC_REGISTRY} resolves", required=False)
 
 
@@ -61,8 +66,13 @@ def check_local_registry() -> Check:
         with urllib.request.urlopen(LOCAL_REGISTRY, timeout=3) as response:
             return Check("local-registry", response.status == 200, LOCAL_REGISTRY, required=False)
     except (URLError, OSError) as exc:
-        return Check("local-registry", False, f"{LOCAL_REGISTRY} not reachable ({exc})",
-                     "sudo scripts/setup starts docker-registry on 127.0.0.1:5000", required=False)
+        return Check(
+            "local-registry",
+            False,
+            f"{LOCAL_REGISTRY} not reachable ({exc})",
+            "sudo scripts/setup starts docker-registry on 127.0.0.1:5000",
+            required=False,
+        )
 
 
 def check_tls_proxy() -> Check:
@@ -78,12 +88,18 @@ def check_tls_proxy() -> Check:
             return Check("tls-proxy", True, "PyPI's certificate verifies against public roots")
     except (URLError, OSError) as exc:
         if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
-            return Check("tls-proxy", False, f"PyPI not reachable ({exc})", "check network access", required=False)
+            return Check(
+                "tls-proxy", False, f"PyPI not reachable ({exc})", "check network access", required=False
+            )
     bundle = default_ca_bundle()
     if bundle is not None:
         return Check("tls-proxy", True, f"TLS-intercepting proxy detected; builds use CA bundle {bundle}")
-    return Check("tls-proxy", False, "TLS-intercepting proxy detected and no CA bundle found",
-                 "pass --ca-bundle PATH (or set SSL_CERT_FILE) to raybuild build")
+    return Check(
+        "tls-proxy",
+        False,
+        "TLS-intercepting proxy detected and no CA bundle found",
+        "pass --ca-bundle PATH (or set SSL_CERT_FILE) to raybuild build",
+    )
 
 
 def check_tool(name: str, fix: str, required: bool) -> Check:

@@ -57,14 +57,16 @@ def _candidates() -> list[str]:
     env = os.environ.get("RAYBUILD_DOCKER")
     if env:
         found.append(env)
-    for directory in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin"]:
+    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
         path = os.path.join(directory, "docker")
         if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
             found.append(path)
     return found
 
 
-def find_docker_client(runner: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None) -> DockerClient:
+def find_docker_client(
+    runner: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None,
+) -> DockerClient:
     """The first docker client that can run BuildKit builds (buildx plugin, or a built-in BuildKit)."""
     run = runner or (lambda cmd: subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30))
     tried = []
@@ -81,7 +83,8 @@ def find_docker_client(runner: Callable[[list[str]], subprocess.CompletedProcess
         tried.append(f"{path} {version} without buildx")
     raise EngineError(
         "no BuildKit-capable docker client found" + (f" (tried: {'; '.join(tried)})" if tried else ""),
-        hint="install the buildx plugin, or run scripts/setup (Debian's docker.io client has BuildKit built in)",
+        hint="install the buildx plugin, or run scripts/setup "
+        "(Debian's docker.io client has BuildKit built in)",
     )
 
 
@@ -129,9 +132,12 @@ class Engine:
         lines: list[str] = []
         try:
             proc = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, env=merged,
-            )  # fmt: skip
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                env=merged,
+            )
         except FileNotFoundError as exc:
             raise error(f"{command[0]} not found", command=command, hint="run scripts/setup") from exc
         if stdin is not None and proc.stdin:
@@ -155,9 +161,11 @@ class Engine:
             text = "\n".join(tail)
             raise error(
                 f"{what or ' '.join(command[:3])} failed (exit {returncode})",
-                command=command, returncode=returncode, output_tail=text,
+                command=command,
+                returncode=returncode,
+                output_tail=text,
                 hint=classify_failure(what or "", text),
-            )  # fmt: skip
+            )
         return Result(command, returncode, output)
 
     def docker_cmd(self, *args: str, **kwargs: Any) -> Result:
@@ -170,9 +178,11 @@ class Engine:
         if result.returncode != 0 or not result.output.strip():
             raise EngineError(
                 "the Docker daemon is not reachable",
-                command=result.command, returncode=result.returncode, output_tail=result.output[-2000:],
+                command=result.command,
+                returncode=result.returncode,
+                output_tail=result.output[-2000:],
                 hint="start it (sudo scripts/setup starts dockerd) and check `docker info`",
-            )  # fmt: skip
+            )
 
     # -- images -------------------------------------------------------------------------------------------
 
@@ -181,6 +191,11 @@ class Engine:
 
     def inspect(self, ref: str) -> dict[str, Any]:
         result = self.docker_cmd("image", "inspect", ref, what=f"docker image inspect {ref}")
+        data: list[dict[str, Any]] = json.loads(result.output)
+        return data[0]
+
+    def inspect_container(self, name: str) -> dict[str, Any]:
+        result = self.docker_cmd("container", "inspect", name, what=f"docker container inspect {name}")
         data: list[dict[str, Any]] = json.loads(result.output)
         return data[0]
 
@@ -207,7 +222,14 @@ class Engine:
 
         Tagging happens only after a successful build, so a failed build never leaves a half-tagged image.
         """
-        command = [*self.docker.build_prefix(), "--progress=plain", "-f", str(dockerfile), "--iidfile", str(iidfile)]
+        command = [
+            *self.docker.build_prefix(),
+            "--progress=plain",
+            "-f",
+            str(dockerfile),
+            "--iidfile",
+            str(iidfile),
+        ]
         if target:
             command += ["--target", target]
         for name, path in sorted((secrets or {}).items()):
@@ -234,7 +256,9 @@ class Engine:
 
     # -- containers -------------------------------------------------------------------------------------
 
-    def exec(self, container: str, command: list[str], check: bool = False, timeout: float | None = None) -> Result:
+    def exec(
+        self, container: str, command: list[str], check: bool = False, timeout: float | None = None
+    ) -> Result:
         return self.docker_cmd("exec", container, *command, check=check, timeout=timeout)
 
     def remove_container(self, name: str) -> None:

@@ -1,4 +1,4 @@
-"""GPU availability for `raybuild test --gpu`: the host driver, its CUDA support, the Docker device request."""
+"""GPU availability for `raybuild test --gpu`: the host driver, its CUDA support, Docker's device request."""
 
 from __future__ import annotations
 
@@ -67,15 +67,19 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
 def detect(runner: Runner = _run, docker: str = "docker") -> GpuHost:
     """The host's driver and GPU count; GpuUnavailable with the reason when there is none."""
     if shutil.which("nvidia-smi") is None and runner is _run:
-        raise GpuUnavailable("no NVIDIA GPU here: nvidia-smi is not installed",
-                             hint="run GPU tests on a machine with a GPU and the NVIDIA container toolkit")  # fmt: skip
+        raise GpuUnavailable(
+            "no NVIDIA GPU here: nvidia-smi is not installed",
+            hint="run GPU tests on a machine with a GPU and the NVIDIA container toolkit",
+        )
     result = runner(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
     drivers = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     if result.returncode != 0 or not drivers:
         raise GpuUnavailable(f"nvidia-smi found no GPU ({(result.stderr or result.stdout).strip()[:120]})")
     info = runner([docker, "info", "--format", "{{json .Runtimes}}"])
     if "nvidia" not in info.stdout:
-        raise GpuUnavailable("Docker has no NVIDIA runtime", hint="install nvidia-container-toolkit and restart dockerd")
+        raise GpuUnavailable(
+            "Docker has no NVIDIA runtime", hint="install nvidia-container-toolkit and restart dockerd"
+        )
     return GpuHost(driver=drivers[0], gpus=len(drivers))
 
 

@@ -132,10 +132,18 @@ Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
 # pip-tools resolves through pip, which reads pip.conf files and PIP_* variables: a host's extra indexes,
 # find-links or constraints would change the resolution and be written into the lockfile. Only settings
 # that say how to reach the network are kept; what to resolve against comes from raybuild.toml alone.
-_PIP_NETWORK_SETTINGS = frozenset({
-    "PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT", "PIP_TIMEOUT",
-    "PIP_RETRIES", "PIP_DISABLE_PIP_VERSION_CHECK",
-})  # fmt: skip
+_PIP_NETWORK_SETTINGS = frozenset(
+    {
+        "PIP_CERT",
+        "PIP_CLIENT_CERT",
+        "PIP_PROXY",
+        "PIP_TRUSTED_HOST",
+        "PIP_DEFAULT_TIMEOUT",
+        "PIP_TIMEOUT",
+        "PIP_RETRIES",
+        "PIP_DISABLE_PIP_VERSION_CHECK",
+    }
+)
 
 
 def resolver_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -166,12 +174,22 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
     project = config.project
     if project.resolver == "uv":
         command = [
-            uv_binary(), "pip", "compile", str(source), "-o", str(output),
-            "--generate-hashes", "--no-header", "--quiet",
-            "--python-version", project.python,
-            "--python-platform", project.platform,
-            "--torch-backend", target.torch_backend,
-        ]  # fmt: skip
+            uv_binary(),
+            "pip",
+            "compile",
+            str(source),
+            "-o",
+            str(output),
+            "--generate-hashes",
+            "--no-header",
+            "--quiet",
+            "--python-version",
+            project.python,
+            "--python-platform",
+            project.platform,
+            "--torch-backend",
+            target.torch_backend,
+        ]
     else:
         host = f"{sys.version_info.major}.{sys.version_info.minor}"
         if host != project.python:
@@ -181,10 +199,20 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
                 hint=f"run raybuild under Python {project.python}, or use the default uv resolver",
             )
         command = [
-            sys.executable, "-m", "piptools", "compile", str(source), "-o", str(output),
-            "--generate-hashes", "--no-header", "--quiet", "--strip-extras", "--allow-unsafe",
+            sys.executable,
+            "-m",
+            "piptools",
+            "compile",
+            str(source),
+            "-o",
+            str(output),
+            "--generate-hashes",
+            "--no-header",
+            "--quiet",
+            "--strip-extras",
+            "--allow-unsafe",
             "--no-config",
-        ]  # fmt: skip
+        ]
     if project.index_url:
         command += ["--index-url", project.index_url]
     if target.constraint is not None:
@@ -264,8 +292,12 @@ def _display_prefixes(tmp: Path) -> list[str]:
     return prefixes
 
 
-def lock(config: LoadedConfig, apps: tuple[App, ...], runner: Runner = _run,
-         progress: Callable[[str], None] = lambda _: None) -> list[LockResult]:  # fmt: skip
+def lock(
+    config: LoadedConfig,
+    apps: tuple[App, ...],
+    runner: Runner = _run,
+    progress: Callable[[str], None] = lambda _: None,
+) -> list[LockResult]:
     results = []
     ray = ray_target(config)
     if ray.inputs_hash(config) != stored_hash(ray.path):

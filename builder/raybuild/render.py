@@ -121,6 +121,8 @@ class BaseSpec:
     def template(self) -> str:
         if self.kind == "builder":
             return "cpu/builder.Dockerfile.j2"
+        if self.kind == "redis":
+            return "common/redis.Dockerfile.j2"
         return f"{self.device}/base.Dockerfile.j2"
 
     def context(self) -> dict[str, object]:

@@ -48,7 +48,9 @@ def kuberay_head_command(num_cpus: float | int, extra: str = "") -> str:
     )
 
 
-def serve_application(app: App, cpu_mode: bool = False, label_selector: dict[str, str] | None = None) -> dict[str, Any]:
+def serve_application(
+    app: App, cpu_mode: bool = False, label_selector: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One entry of serveConfigV2's `applications`, from the config. ``cpu_mode`` zeroes num_gpus."""
     deployments = []
     for deployment in app.deployments:
@@ -88,7 +90,9 @@ def required_cpus(app: App) -> int:
     """CPUs for a single-node smoke test: every replica at its minimum, plus one for Serve's own actors."""
     total = 0.0
     for deployment in app.deployments:
-        replicas = deployment.num_replicas or (deployment.autoscaling.min_replicas if deployment.autoscaling else 1)
+        replicas = deployment.num_replicas or (
+            deployment.autoscaling.min_replicas if deployment.autoscaling else 1
+        )
         total += max(replicas, 1) * (deployment.ray_actor_options.num_cpus or 1.0)
     return max(2, int(total + 0.999) + 1)
 
@@ -109,7 +113,9 @@ class SmokeResult:
 
 def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
     data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode("utf-8", "replace")
@@ -129,15 +135,26 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25
 
 
 @contextmanager
-def head_container(engine: Engine, image: str, num_cpus: int, gpu: bool = False,
-                   env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:  # fmt: skip
+def head_container(
+    engine: Engine, image: str, num_cpus: int, gpu: bool = False, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
     """A head container started like KubeRay starts it; yields (name, dashboard port on 127.0.0.1)."""
     name = f"raybuild-smoke-{uuid.uuid4().hex[:8]}"
     command = [
-        "run", "-d", "--name", name, "--label", MANAGED_LABEL, "--label", "io.raybuild.purpose=smoke",
-        "--ulimit", f"nofile={nofile_limit()}:{nofile_limit()}", "--shm-size=1g",
-        "-p", f"127.0.0.1::{DASHBOARD_PORT}",
-    ]  # fmt: skip
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        MANAGED_LABEL,
+        "--label",
+        "io.raybuild.purpose=smoke",
+        "--ulimit",
+        f"nofile={nofile_limit()}:{nofile_limit()}",
+        "--shm-size=1g",
+        "-p",
+        f"127.0.0.1::{DASHBOARD_PORT}",
+    ]
     if gpu:
         command += ["--gpus", "all"]
     for key, value in sorted((env or {}).items()):
@@ -152,19 +169,32 @@ def head_container(engine: Engine, image: str, num_cpus: int, gpu: bool = False,
 
 
 def probe(engine: Engine, container: str) -> bool:
-    return all(engine.exec(container, ["bash", "-c", cmd], timeout=10).returncode == 0
-               for cmd in (RAYLET_PROBE, GCS_PROBE))  # fmt: skip
+    return all(
+        engine.exec(container, ["bash", "-c", cmd], timeout=10).returncode == 0
+        for cmd in (RAYLET_PROBE, GCS_PROBE)
+    )
 
 
-def smoke_test(config: LoadedConfig, app: App, image: str, engine: Engine, *, gpu: bool = False,
-               timeout: float = 180.0, progress: Callable[[str], None] = lambda _: None) -> SmokeResult:  # fmt: skip
+def smoke_test(
+    config: LoadedConfig,
+    app: App,
+    image: str,
+    engine: Engine,
+    *,
+    gpu: bool = False,
+    timeout: float = 180.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> SmokeResult:
     cpu_mode = app.device == "gpu" and not gpu
     with head_container(engine, image, required_cpus(app), gpu=gpu) as (container, port):
         started = time.monotonic()
         progress(f"{app.name}: waiting for KubeRay's probes in {container}")
         if not wait_until(lambda: probe(engine, container), timeout):
-            raise SmokeTestError(f"app {app.name!r}: head never passed KubeRay's probes within {timeout:.0f}s; "
-                                 f"last logs: {engine.logs(container, 5)!r}", hint="run `raybuild --debug test`")  # fmt: skip
+            raise SmokeTestError(
+                f"app {app.name!r}: head never passed KubeRay's probes within {timeout:.0f}s; "
+                f"last logs: {engine.logs(container, 5)!r}",
+                hint="run `raybuild --debug test`",
+            )
         t_head = time.monotonic() - started
         if cpu_mode:
             check_cuda_libraries(engine, container, app)
@@ -185,8 +215,10 @@ def smoke_test(config: LoadedConfig, app: App, image: str, engine: Engine, *, gp
 
         if not wait_until(answered, timeout, interval=0.5):
             _, apps_state = http("GET", f"http://127.0.0.1:{port}/api/serve/applications/")
-            raise SmokeTestError(f"app {app.name!r}: no HTTP 200 on {route} within {timeout:.0f}s: "
-                                 f"{_serve_status(apps_state, app.name)}")  # fmt: skip
+            raise SmokeTestError(
+                f"app {app.name!r}: no HTTP 200 on {route} within {timeout:.0f}s: "
+                f"{_serve_status(apps_state, app.name)}"
+            )
         t_serve = time.monotonic() - deploy_started
         payload = last[0].strip().splitlines()[-1] if last[0].strip() else ""
         return SmokeResult(app.name, image, gpu, round(t_head, 2), round(t_serve, 2), 200, payload)

@@ -40,13 +40,17 @@ def bundled() -> LoadedConfig:
     return load_config(REPO_ROOT / "raybuild.toml")
 
 
+def copy_project(source: Path, root: Path) -> Path:
+    """Copy a project's config, apps, lockfiles and templates to ``root``."""
+    root.mkdir(parents=True)
+    shutil.copy2(source / "raybuild.toml", root / "raybuild.toml")
+    for folder in ("apps", "lockfiles", "images", "deploy"):
+        if (source / folder).is_dir():
+            shutil.copytree(source / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Iterator[Path]:
     """A copy of the bundled project (config, apps, lockfiles, templates) that a test may change."""
-    root = tmp_path / "project"
-    root.mkdir()
-    for name in ("raybuild.toml",):
-        shutil.copy2(REPO_ROOT / name, root / name)
-    for folder in ("apps", "lockfiles", "images"):
-        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    yield root
+    yield copy_project(REPO_ROOT, tmp_path / "project")

@@ -38,8 +38,9 @@ def _layers(engine: Engine, ref: str) -> list[str]:
 
 
 @pytest.mark.parametrize("app_name", ["hello", "sklearn", "cuda"])
-def test_bundled_app_builds_and_serves(engine: Engine, bundled: LoadedConfig, built: dict[str, BuiltImage],
-                                       app_name: str) -> None:  # fmt: skip
+def test_bundled_app_builds_and_serves(
+    engine: Engine, bundled: LoadedConfig, built: dict[str, BuiltImage], app_name: str
+) -> None:
     (app,) = bundled.select((app_name,))
     # The GPU app runs in CPU mode here: CUDA libraries must resolve and the app must import.
     result = smoke_test(bundled, app, built[app_name].ref, engine, timeout=240)
@@ -57,24 +58,39 @@ def test_runtime_image_meets_kuberay_contract(engine: Engine, built: dict[str, B
     assert labels["io.raybuild.python"] == "3.11"
     assert len(labels["io.raybuild.lock-sha256"]) == 16
     # KubeRay 1.4+ runs `/bin/bash -c`, not a login shell: ray must resolve from the ENV PATH alone.
-    out = engine.docker_cmd("run", "--rm", ref, "/bin/bash", "-c",
-                            "command -v ray && command -v wget && id -u && echo $HOME").output.split()  # fmt: skip
+    out = engine.docker_cmd(
+        "run", "--rm", ref, "/bin/bash", "-c", "command -v ray && command -v wget && id -u && echo $HOME"
+    ).output.split()
     assert out[0] == "/opt/ray/venv/bin/ray"
     assert out[1].endswith("/wget")
     assert out[2:] == ["1000", "/home/ray"]
 
 
 def test_no_devel_files_in_gpu_image(engine: Engine, built: dict[str, BuiltImage]) -> None:
-    check = "command -v nvcc || ls -d /usr/local/cuda/include 2>/dev/null || find / -xdev -name '*.a' -path '*cuda*' | head -1"
-    out = engine.docker_cmd("run", "--rm", "--user", "0", built["cuda"].ref, "/bin/bash", "-c", check + " 2>/dev/null",
-                            check=False).output  # fmt: skip
+    check = (
+        "command -v nvcc || ls -d /usr/local/cuda/include 2>/dev/null"
+        " || find / -xdev -name '*.a' -path '*cuda*' | head -1"
+    )
+    out = engine.docker_cmd(
+        "run",
+        "--rm",
+        "--user",
+        "0",
+        built["cuda"].ref,
+        "/bin/bash",
+        "-c",
+        check + " 2>/dev/null",
+        check=False,
+    ).output
     assert out.strip() == ""
     env = engine.inspect(built["cuda"].ref)["Config"]["Env"]
     assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
 
 
 def test_cpu_images_share_base_and_ray_layers(engine: Engine, built: dict[str, BuiltImage]) -> None:
-    hello, sklearn, cuda, head = (_layers(engine, built[n].ref) for n in ("hello", "sklearn", "cuda", "_head"))
+    hello, sklearn, cuda, head = (
+        _layers(engine, built[n].ref) for n in ("hello", "sklearn", "cuda", "_head")
+    )
     # The head image is base + Ray; every app image starts with exactly those layers.
     assert hello[: len(head)] == head
     assert sklearn[: len(head)] == head
@@ -82,16 +98,18 @@ def test_cpu_images_share_base_and_ray_layers(engine: Engine, built: dict[str, B
     assert len(hello) == len(head) + 2  # the app's packages, then its code
 
 
-def test_rebuild_without_change_is_a_noop(engine: Engine, bundled: LoadedConfig,
-                                          built: dict[str, BuiltImage]) -> None:  # fmt: skip
+def test_rebuild_without_change_is_a_noop(
+    engine: Engine, bundled: LoadedConfig, built: dict[str, BuiltImage]
+) -> None:
     (again,) = [i for i in Builder(bundled, engine).build(bundled.select(("hello",))) if i.app == "hello"]
     assert again.cached
     assert again.ref == built["hello"].ref
     assert again.image_id == built["hello"].image_id
 
 
-def test_code_only_change_rebuilds_only_the_code_layer(engine: Engine, project_copy: Path,
-                                                       built: dict[str, BuiltImage]) -> None:  # fmt: skip
+def test_code_only_change_rebuilds_only_the_code_layer(
+    engine: Engine, project_copy: Path, built: dict[str, BuiltImage]
+) -> None:
     code = project_copy / "apps" / "hello" / "hello_app.py"
     code.write_text(code.read_text() + f"\n# change {uuid.uuid4().hex}\n")
     config = load_config(project_copy / "raybuild.toml")
@@ -117,8 +135,11 @@ def test_ca_bundle_is_a_secret_not_a_layer(engine: Engine, project_copy: Path, t
     from raybuild.lock import lock
 
     lock(config, config.select(("hello",)))
-    image = next(i for i in Builder(config, engine, ca_bundle=bundle).build(config.select(("hello",)))
-                 if i.app == "hello")  # fmt: skip
+    image = next(
+        i
+        for i in Builder(config, engine, ca_bundle=bundle).build(config.select(("hello",)))
+        if i.app == "hello"
+    )
     saved = tmp_path / "image.tar"
     engine.save(image.ref, saved)
     needle = marker.encode()
@@ -153,7 +174,9 @@ def test_failed_build_names_the_step_and_leaves_no_tag(engine: Engine, project_c
     # Corrupt every hash of orjson's entry, so uv's --require-hashes check fails in the app stage.
     entry = re.search(r"^orjson==.*?(?=^\S)", text, flags=re.M | re.S)
     assert entry is not None
-    broken = text.replace(entry.group(0), re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, entry.group(0)))
+    broken = text.replace(
+        entry.group(0), re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, entry.group(0))
+    )
     lockfile.write_text(broken)
     config = load_config(project_copy / "raybuild.toml")
     builder = Builder(config, engine)

@@ -14,7 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import REPO_ROOT, MainResult
+from tests.conftest import REPO_ROOT, MainResult
 from raybuild import bases
 from raybuild.cli import cli
 from raybuild.config import load_config

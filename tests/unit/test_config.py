@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT_TOML, MainResult, TmpProject
+from tests.conftest import PROJECT_TOML, MainResult, TmpProject
 from raybuild.config import load_config
 from raybuild.errors import ConfigError
 

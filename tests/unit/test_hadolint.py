@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_render import GOLDEN_NAMES, generated_dockerfiles
+from tests.unit.test_render import GOLDEN_NAMES, generated_dockerfiles
 
-from conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT
 
 CONFIG = REPO_ROOT / ".hadolint.yaml"
 

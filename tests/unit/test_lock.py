@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MainResult, TmpProject
+from tests.conftest import MainResult, TmpProject
 from raybuild import lock as locking
 from raybuild.config import LoadedConfig
 from raybuild.errors import LockError, StaleLockError

@@ -38,7 +38,7 @@ from raybuild.publish import (
 from raybuild.record import HEAD_KEY, PublishedImage, PublishRecord, record_path
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
-    from conftest import MainResult, TmpProject
+    from tests.conftest import MainResult, TmpProject
 
 HEAD_ID = "sha256:" + "a" * 64
 DEMO_ID = "sha256:" + "b" * 64

@@ -14,7 +14,7 @@ from unittest import mock
 
 import pytest
 
-from conftest import REPO_ROOT, TmpProject
+from tests.conftest import REPO_ROOT, TmpProject
 from raybuild import bases
 from raybuild.config import BaseImage, LoadedConfig, load_config
 from raybuild.dockerfiles import generate_all, image_spec_for, nvidia_library_dirs

@@ -18,8 +18,15 @@ from raybuild.errors import RaybuildError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="raybuild")
-@click.option("--config", "config_path", type=click.Path(path_type=str), default="raybuild.toml",
-              show_default=True, envvar="RAYBUILD_CONFIG", help="The project config file (or its folder).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=str),
+    default="raybuild.toml",
+    show_default=True,
+    envvar="RAYBUILD_CONFIG",
+    help="The project config file (or its folder).",
+)
 @click.option("--debug", is_flag=True, envvar="RAYBUILD_DEBUG", help="Show tracebacks and every command run.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str, debug: bool) -> None:
@@ -32,9 +39,9 @@ def cli(ctx: click.Context, config_path: str, debug: bool) -> None:
 
 
 def _register() -> None:
-    from raybuild.cli import deploy, images, measure_cli, project, publish_cli
+    from raybuild.cli import deploy, images, local, measure_cli, project, publish_cli
 
-    for module in (project, images, measure_cli, deploy, publish_cli):
+    for module in (project, images, measure_cli, deploy, local, publish_cli):
         for command in module.COMMANDS:
             cli.add_command(command)
 

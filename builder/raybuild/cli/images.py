@@ -6,19 +6,24 @@ from pathlib import Path
 
 import click
 
-from raybuild import bases, doctor as checks
+from raybuild import bases
+from raybuild import doctor as checks
 from raybuild.build import Builder, built_ref, default_ca_bundle
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
 from raybuild.engine import Engine
 from raybuild.smoke import smoke_test
 
 ca_option = click.option(
-    "--ca-bundle", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--ca-bundle",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
     help="CA bundle for HTTPS inside builds (a BuildKit secret, never a layer). "
-         "[default: $SSL_CERT_FILE, $REQUESTS_CA_BUNDLE or $PIP_CERT]",
-)  # fmt: skip
+    "[default: $SSL_CERT_FILE, $REQUESTS_CA_BUNDLE or $PIP_CERT]",
+)
 netrc_option = click.option(
-    "--netrc", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    "--netrc",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
     help="A .netrc with package index credentials, passed as a BuildKit secret.",
 )
 
@@ -36,8 +41,17 @@ def doctor(state: State, as_json: bool) -> None:
     if as_json:
         emit_json({"ok": all(c.ok for c in results if c.required), "checks": [c.to_dict() for c in results]})
     else:
-        table(["check", "status", "detail"], [[c.name, "ok" if c.ok else ("MISSING" if c.required else "warn"),
-                                                c.detail if c.ok else f"{c.detail} -> {c.fix}"] for c in results])
+        table(
+            ["check", "status", "detail"],
+            [
+                [
+                    c.name,
+                    "ok" if c.ok else ("MISSING" if c.required else "warn"),
+                    c.detail if c.ok else f"{c.detail} -> {c.fix}",
+                ]
+                for c in results
+            ],
+        )
     if not all(c.ok for c in results if c.required):
         raise SystemExit(1)
 
@@ -61,7 +75,9 @@ def base(state: State, devices: tuple[str, ...], as_json: bool) -> None:
 @netrc_option
 @json_option
 @pass_state
-def build(state: State, apps: tuple[str, ...], ca_bundle: Path | None, netrc: Path | None, as_json: bool) -> None:
+def build(
+    state: State, apps: tuple[str, ...], ca_bundle: Path | None, netrc: Path | None, as_json: bool
+) -> None:
     """Build app images with BuildKit: one shared Ray layer, content-addressed tags.
 
     An app whose inputs did not change is not rebuilt. A code-only change rebuilds only the code layer.
@@ -73,20 +89,33 @@ def build(state: State, apps: tuple[str, ...], ca_bundle: Path | None, netrc: Pa
     if as_json:
         emit_json([image.to_dict() for image in built])
         return
-    table(["app", "status", "image", "id"],
-          [[b.app, "cached" if b.cached else "built", b.ref, b.image_id[:19]] for b in built])
+    table(
+        ["app", "status", "image", "id"],
+        [[b.app, "cached" if b.cached else "built", b.ref, b.image_id[:19]] for b in built],
+    )
 
 
 @click.command("test")
 @click.argument("app_name", metavar="APP")
-@click.option("--gpu", is_flag=True, help="Request GPUs through Docker's device request and use real num_gpus.")
+@click.option(
+    "--gpu", is_flag=True, help="Request GPUs through Docker's device request and use real num_gpus."
+)
 @click.option("--skip-if-unavailable", is_flag=True, help="With --gpu: skip (exit 0) when no GPU is present.")
 @click.option("--image", default=None, help="Image to test [default: the app's last build].")
-@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for the head and the route.")
+@click.option(
+    "--timeout", default=180.0, show_default=True, help="Seconds to wait for the head and the route."
+)
 @json_option
 @pass_state
-def test_app(state: State, app_name: str, gpu: bool, skip_if_unavailable: bool, image: str | None,
-             timeout: float, as_json: bool) -> None:  # fmt: skip
+def test_app(
+    state: State,
+    app_name: str,
+    gpu: bool,
+    skip_if_unavailable: bool,
+    image: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Smoke-test an image as KubeRay runs it: probes pass, Serve deploys, the route answers 200.
 
     A GPU app without --gpu runs in CPU mode: its CUDA libraries must resolve and it must import, with
@@ -111,8 +140,10 @@ def test_app(state: State, app_name: str, gpu: bool, skip_if_unavailable: bool, 
     if as_json:
         emit_json(result.to_dict())
         return
-    click.echo(f"ok: {app.name} ({ref}) head ready {result.t_head:.1f}s, route {app.route_prefix} "
-               f"answered 200 after {result.t_serve:.1f}s: {result.body[:80]}")
+    click.echo(
+        f"ok: {app.name} ({ref}) head ready {result.t_head:.1f}s, route {app.route_prefix} "
+        f"answered 200 after {result.t_serve:.1f}s: {result.body[:80]}"
+    )
 
 
 COMMANDS = [doctor, base, build, test_app]

@@ -42,15 +42,21 @@ def list_apps(state: State, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table(["app", "device", "lockfile", "image", "route"],
-          [[r["name"], r["device"], r["lockfile"], r["image"], r["route_prefix"]] for r in rows])
+    table(
+        ["app", "device", "lockfile", "image", "route"],
+        [[r["name"], r["device"], r["lockfile"], r["image"], r["route_prefix"]] for r in rows],
+    )
 
 
 @click.command()
 @apps_argument
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every stale or missing lockfile.")
-@click.option("--resolver", type=click.Choice(["uv", "pip-tools"]), default=None,
-              help="Override [project].resolver for this run.")
+@click.option(
+    "--resolver",
+    type=click.Choice(["uv", "pip-tools"]),
+    default=None,
+    help="Override [project].resolver for this run.",
+)
 @json_option
 @pass_state
 def lock(state: State, apps: tuple[str, ...], check: bool, resolver: str | None, as_json: bool) -> None:
@@ -74,23 +80,36 @@ def lock(state: State, apps: tuple[str, ...], check: bool, resolver: str | None,
         return
     results = locking.lock(config, selected, progress=lambda name: progress(f"locking {name}"))
     if as_json:
-        emit_json([{"name": r.name, "path": str(r.path), "changed": r.changed, "packages": r.packages}
-                   for r in results])
+        emit_json(
+            [
+                {"name": r.name, "path": str(r.path), "changed": r.changed, "packages": r.packages}
+                for r in results
+            ]
+        )
         return
-    table(["lock", "packages", "status", "path"],
-          [[r.name, r.packages, "updated" if r.changed else "unchanged", r.path.relative_to(config.root)]
-           for r in results])
+    table(
+        ["lock", "packages", "status", "path"],
+        [
+            [r.name, r.packages, "updated" if r.changed else "unchanged", r.path.relative_to(config.root)]
+            for r in results
+        ],
+    )
 
 
 @click.command()
 @apps_argument
 @click.option("--stdout", "to_stdout", is_flag=True, help="Print the Dockerfiles instead of writing them.")
-@click.option("--out-dir", type=click.Path(path_type=Path), default=None,
-              help="Where to write Dockerfiles [default: .raybuild/dockerfiles].")
+@click.option(
+    "--out-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write Dockerfiles [default: .raybuild/dockerfiles].",
+)
 @json_option
 @pass_state
-def generate(state: State, apps: tuple[str, ...], to_stdout: bool, out_dir: Path | None,
-             as_json: bool) -> None:  # fmt: skip
+def generate(
+    state: State, apps: tuple[str, ...], to_stdout: bool, out_dir: Path | None, as_json: bool
+) -> None:
     """Render each app's multi-stage Dockerfile from the templates under images/."""
     config = state.config()
     selected = config.select(apps)

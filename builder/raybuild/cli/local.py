@@ -1,0 +1,128 @@
+"""Local cluster commands: up, down, drill."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import click
+
+from raybuild import cluster as local
+from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
+from raybuild.cli.images import engine_for
+from raybuild.drill import DrillKind, DrillReport, run_drill
+
+
+@click.command()
+@apps_argument
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for nodes and routes.")
+@json_option
+@pass_state
+def up(state: State, apps: tuple[str, ...], timeout: float, as_json: bool) -> None:
+    """Run the rendered RayService locally: Redis GCS store, head, one worker per app image.
+
+    Uses the publish record's digests when there is one (else the last build), deploys serveConfigV2
+    through the dashboard as KubeRay does, and waits until every app answers on every worker's Serve port.
+    """
+    config = state.config()
+    cluster = local.up(config, engine_for(state), config.select(apps), timeout=timeout, progress=progress)
+    urls = cluster.urls()
+    if as_json:
+        emit_json(
+            {
+                "cluster": cluster.name,
+                "dashboard": cluster.dashboard,
+                "urls": urls,
+                "nodes": [
+                    {"name": n.name, "role": n.role, "image": n.image, "app": n.app} for n in cluster.nodes
+                ],
+            }
+        )
+        return
+    table(["node", "role", "app", "image"], [[n.name, n.role, n.app or "", n.image] for n in cluster.nodes])
+    click.echo(f"\ndashboard: {cluster.dashboard}")
+    for app, app_urls in urls.items():
+        click.echo(f"{app}: {'  '.join(app_urls)}")
+
+
+@click.command()
+@json_option
+@pass_state
+def down(state: State, as_json: bool) -> None:
+    """Remove everything `raybuild up` started (by label), even after a failed `up`."""
+    removed = local.down(state.config(), engine_for(state), progress=progress)
+    if as_json:
+        emit_json({"removed": removed})
+    else:
+        click.echo(f"removed {removed} containers and networks")
+
+
+@click.command()
+@click.argument("kind", type=click.Choice(["head-restart", "worker-restart", "gcs-outage"]))
+@click.option("--duration", default=30.0, show_default=True, help="Seconds the request loop runs.")
+@click.option("--rps", default=20.0, show_default=True, help="Requests per second, over every app's routes.")
+@click.option(
+    "--app", "app_name", default=None, help="worker-restart: whose worker to kill [default: the first]."
+)
+@click.option("--outage", default=5.0, show_default=True, help="gcs-outage: seconds the store is down.")
+@click.option("--allow-failures", is_flag=True, help="Exit 0 even when requests failed (to record a drill).")
+@json_option
+@pass_state
+def drill(
+    state: State,
+    kind: str,
+    duration: float,
+    rps: float,
+    app_name: str | None,
+    outage: float,
+    allow_failures: bool,
+    as_json: bool,
+) -> None:
+    """Kill and replace a node under a bounded request loop, and report what clients saw.
+
+    head-restart: the head pod restarts with the same GCS store; with GCS fault tolerance, 0 requests fail.
+    worker-restart: one worker dies; Serve reschedules its replicas. gcs-outage: the store stops briefly.
+    """
+    if duration <= 0 or rps <= 0 or duration * rps > 10000:
+        raise click.BadParameter("need duration > 0, rps > 0 and at most 10000 requests in all")
+    config = state.config()
+    cluster = local.load_cluster(config)
+    drill_kind = cast(DrillKind, kind)  # click.Choice above allows exactly these values
+    report = run_drill(
+        engine_for(state),
+        cluster,
+        drill_kind,
+        duration=duration,
+        rps=rps,
+        app=app_name,
+        outage=outage,
+        progress=progress,
+    )
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _print(report)
+    if not report.ok and not allow_failures:
+        raise SystemExit(1)
+
+
+def _print(report: DrillReport) -> None:
+    def lat(w: object) -> str:
+        latency = getattr(w, "latency", None)
+        return f"p50 {latency.p50_ms} ms, p99 {latency.p99_ms} ms" if latency else "-"
+
+    table(
+        ["window", "sent", "failed", "latency"],
+        [
+            ["whole drill", report.total.sent, report.total.failed, lat(report.total)],
+            [f"outage ({report.outage_s}s)", report.outage.sent, report.outage.failed, lat(report.outage)],
+        ],
+    )
+    click.echo(
+        f"recovered: {report.recovered}  apps running: {report.apps_running}  "
+        f"replicas unchanged: {report.replicas_unchanged}"
+    )
+    if report.errors:
+        click.echo("errors: " + ", ".join(f"{k} x{v}" for k, v in report.errors.items()))
+
+
+COMMANDS = [up, down, drill]

@@ -1,0 +1,228 @@
+"""Fault drills on the local cluster: a bounded request loop while a node is killed and replaced.
+
+The loop sends at most ``rps * duration`` requests, only to the workers' Serve ports on 127.0.0.1, and stops
+by itself. The report is honest: every failure is counted, with latency percentiles for the outage window
+(from the kill until the replacement is healthy) and for the whole drill.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from raybuild.cluster import LocalCluster, Node, all_routes_answer, node_healthy, run_node, serve_status
+from raybuild.engine import Engine
+from raybuild.smoke import wait_until
+
+DrillKind = Literal["head-restart", "worker-restart", "gcs-outage"]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Sample:
+    started: float  # seconds since the drill began
+    latency: float
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+@dataclass(frozen=True)
+class Window:
+    sent: int
+    failed: int
+    latency: Latency | None
+
+
+@dataclass(frozen=True)
+class DrillReport:
+    drill: str
+    target: str
+    duration_s: float
+    rps: float
+    total: Window
+    outage: Window
+    outage_s: float  # from the kill until the replacement passed its probes
+    recovered: bool
+    apps_running: bool
+    replicas_unchanged: bool
+    errors: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def ok(self) -> bool:
+        return self.total.failed == 0 and self.recovered and self.apps_running
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def window(samples: list[Sample], start: float = 0.0, end: float = float("inf")) -> Window:
+    inside = [s for s in samples if start <= s.started <= end]
+    latencies = [s.latency * 1000 for s in inside if s.ok]
+    latency = None
+    if latencies:
+        p50, p95, p99 = (round(percentile(latencies, q), 1) for q in (0.5, 0.95, 0.99))
+        latency = Latency(p50_ms=p50, p95_ms=p95, p99_ms=p99, max_ms=round(max(latencies), 1))
+    return Window(len(inside), sum(1 for s in inside if not s.ok), latency)
+
+
+class RequestLoop:
+    """Round-robins over URLs at a fixed rate in a background thread; bounded in count and time."""
+
+    def __init__(self, urls: list[str], rps: float, duration: float, timeout: float = 5.0) -> None:
+        self.urls = urls
+        self.interval = 1.0 / rps
+        self.limit = int(rps * duration)
+        self.duration = duration
+        self.timeout = timeout
+        self.samples: list[Sample] = []
+        self.origin = 0.0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self.origin = time.monotonic()
+        self._thread.start()
+
+    def now(self) -> float:
+        return time.monotonic() - self.origin
+
+    def _one(self, url: str, started: float) -> None:
+        t0 = time.monotonic()
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+                response.read()
+                ok, error = (
+                    response.status == 200,
+                    "" if response.status == 200 else f"HTTP {response.status}",
+                )
+        except urllib.error.HTTPError as exc:
+            ok, error = False, f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            ok, error = False, type(getattr(exc, "reason", exc)).__name__
+        with self._lock:
+            self.samples.append(Sample(round(started, 3), time.monotonic() - t0, ok, error))
+
+    def _run(self) -> None:
+        for index in range(self.limit):
+            due = index * self.interval
+            if due > self.duration:
+                break
+            delay = due - self.now()
+            if delay > 0:
+                time.sleep(delay)
+            worker = threading.Thread(
+                target=self._one, args=(self.urls[index % len(self.urls)], self.now()), daemon=True
+            )
+            worker.start()
+            self._workers.append(worker)
+
+    def join(self) -> list[Sample]:
+        self._thread.join()
+        for worker in self._workers:
+            worker.join(self.timeout + 1)
+        with self._lock:
+            return sorted(self.samples, key=lambda s: s.started)
+
+
+def replica_ids(status: dict[str, Any]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for app, info in status.items():
+        for name, deployment in (info.get("deployments") or {}).items():
+            out[f"{app}/{name}"] = sorted(r.get("replica_id", "") for r in deployment.get("replicas", []))
+    return out
+
+
+def _replace(engine: Engine, cluster: LocalCluster, node: Node) -> None:
+    """Kill a node's container and start a new one with the same name, IP, ports and environment."""
+    engine.docker_cmd("kill", node.name, check=False)
+    engine.remove_container(node.name)
+    run_node(engine, cluster, node)
+
+
+def run_drill(
+    engine: Engine,
+    cluster: LocalCluster,
+    kind: DrillKind,
+    duration: float = 30.0,
+    rps: float = 20.0,
+    app: str | None = None,
+    outage: float = 5.0,
+    timeout: float = 120.0,
+    progress: Progress = lambda _: None,
+) -> DrillReport:
+    if not all_routes_answer(cluster):
+        from raybuild.cluster import ClusterError
+
+        raise ClusterError("not every app answers before the drill", hint="check `raybuild up`, or rerun it")
+    before = replica_ids(serve_status(cluster))
+    urls = [url for app_urls in cluster.urls().values() for url in app_urls]
+    loop = RequestLoop(urls, rps, duration)
+    loop.start()
+    time.sleep(min(duration * 0.2, 5.0))
+    t_kill = loop.now()
+    if kind == "head-restart":
+        target = cluster.node("head")
+        progress(f"t={t_kill:.1f}s: killing the head {target.name} and starting a new one at {target.ip}")
+        _replace(engine, cluster, target)
+    elif kind == "worker-restart":
+        target = cluster.node("worker", app) if app else cluster.node("worker")
+        progress(f"t={t_kill:.1f}s: killing worker {target.name} and starting a new one")
+        _replace(engine, cluster, target)
+    else:
+        target = cluster.node("gcs")
+        progress(f"t={t_kill:.1f}s: stopping the GCS store {target.name} for {outage:.0f}s")
+        engine.docker_cmd("stop", "-t", "0", target.name, check=False)
+        time.sleep(outage)
+        engine.docker_cmd("start", target.name, check=False)
+    checked = cluster.node("head") if kind == "gcs-outage" else target
+    recovered = wait_until(lambda: node_healthy(engine, checked), timeout, interval=0.5)
+    t_healthy = loop.now()
+    progress(
+        f"t={t_healthy:.1f}s: {checked.role} {'healthy again' if recovered else 'NOT healthy'}; "
+        "letting the request loop finish"
+    )
+    samples = loop.join()
+    # Replicas may take a moment to report again after the controller restarts with the new head.
+    wait_until(
+        lambda: all(i.get("status") == "RUNNING" for i in serve_status(cluster).values()), 60, interval=1.0
+    )
+    after_status = serve_status(cluster)
+    errors: dict[str, int] = {}
+    for sample in samples:
+        if not sample.ok:
+            errors[sample.error] = errors.get(sample.error, 0) + 1
+    return DrillReport(
+        drill=kind,
+        target=target.name,
+        duration_s=duration,
+        rps=rps,
+        total=window(samples),
+        outage=window(samples, t_kill, t_healthy),
+        outage_s=round(t_healthy - t_kill, 2),
+        recovered=recovered,
+        apps_running=bool(after_status) and all(i.get("status") == "RUNNING" for i in after_status.values()),
+        replicas_unchanged=replica_ids(after_status) == before,
+        errors=errors,
+    )

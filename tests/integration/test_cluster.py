@@ -1,0 +1,123 @@
+"""The local RayService: up, a head-restart drill with zero failed requests, label pinning, and down.
+
+Bounded: one short drill at a low rate, only against 127.0.0.1 ports, on the bundled CPU apps.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from raybuild import cluster as local
+from raybuild.build import Builder
+from raybuild.config import LoadedConfig, load_config
+from raybuild.drill import run_drill
+from raybuild.engine import Engine
+from raybuild.errors import RaybuildError
+from raybuild.smoke import http
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> LoadedConfig:
+    from tests.integration.conftest import REPO_ROOT, copy_project
+
+    root = copy_project(REPO_ROOT, tmp_path_factory.mktemp("cluster") / "project")
+    toml = root / "raybuild.toml"
+    # A cluster name of its own, so the test never touches a developer's `raybuild up`.
+    name = f"raybuild-test-{uuid.uuid4().hex[:6]}"
+    toml.write_text(re.sub(r'(\[cluster\]\nname = )"[^"]*"', rf'\1"{name}"', toml.read_text()))
+    config = load_config(toml)
+    Builder(config, engine).build(tuple(a for a in config.apps if a.device == "cpu"))
+    return config
+
+
+@pytest.fixture(scope="module")
+def running(engine: Engine, project: LoadedConfig) -> Iterator[local.LocalCluster]:
+    cluster = local.up(project, engine, project.apps, timeout=300)
+    try:
+        yield cluster
+    finally:
+        local.down(project, engine)
+
+
+def test_up_runs_every_cpu_app_on_its_own_worker(engine: Engine, running: local.LocalCluster) -> None:
+    roles = sorted(node.role for node in running.nodes)
+    assert roles == ["gcs", "head", "worker", "worker"]
+    for app, urls in running.urls().items():
+        assert len(urls) == 2, "each app answers through every worker's Serve port"
+        for url in urls:
+            assert http("GET", url)[0] == 200, f"{app} at {url}"
+    assert local.alive_nodes(running) == 3
+    head = engine.inspect_container(running.node("head").name)
+    assert any(e.startswith("RAY_REDIS_ADDRESS=") for e in head["Config"]["Env"])
+    # Like excludeHeadPodFromServeSvc: the head publishes its dashboard only, never a Serve port.
+    assert list(head["HostConfig"]["PortBindings"]) == ["8265/tcp"]
+
+
+def test_head_restart_drill_fails_no_request(engine: Engine, running: local.LocalCluster) -> None:
+    report = run_drill(engine, running, "head-restart", duration=20.0, rps=10.0)
+    assert report.total.sent > 0
+    assert report.outage.sent > 0, "the loop must cover the outage window"
+    assert report.total.failed == 0, report.errors
+    assert report.recovered
+    assert report.apps_running
+    assert report.replicas_unchanged
+
+
+def test_unpinned_app_fails_where_its_code_is_missing(
+    project: LoadedConfig, running: local.LocalCluster
+) -> None:
+    body = local.serve_body(project, tuple(a for a in project.apps if a.device == "cpu"))
+    unpinned = copy.deepcopy(next(a for a in body["applications"] if a["name"] == "sklearn"))
+    unpinned.update(name="unpinned", route_prefix="/unpinned")
+    for deployment in unpinned["deployments"]:
+        deployment["ray_actor_options"].pop("label_selector")
+    local.deploy(running, {**body, "applications": [*body["applications"], unpinned]})
+    deadline = time.monotonic() + 120
+    status = {}
+    while time.monotonic() < deadline:
+        status = local.serve_status(running)
+        if status.get("unpinned", {}).get("status") in ("DEPLOY_FAILED", "RUNNING"):
+            break
+        time.sleep(2)
+    # Without the label selector the build task imports sklearn_app on a node whose image lacks it.
+    assert status["unpinned"]["status"] == "DEPLOY_FAILED"
+    assert (
+        "No module named" in status["unpinned"]["message"]
+        or "ModuleNotFoundError" in status["unpinned"]["message"]
+    )
+    assert status["sklearn"]["status"] == "RUNNING"
+    local.deploy(running, body)  # back to the rendered config
+
+
+def test_down_leaves_nothing_behind(
+    engine: Engine, project: LoadedConfig, running: local.LocalCluster
+) -> None:
+    label = f"{local.CLUSTER_LABEL}={local.cluster_name(project)}"
+    local.down(project, engine)
+    assert engine.containers_with_label(label) == []
+    networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={label}").output.split()
+    assert networks == []
+    assert not local.state_path(project).exists()
+
+
+def test_down_after_a_failed_up_cleans_up(engine: Engine, project: LoadedConfig, tmp_path: Path) -> None:
+    # An image that does not exist makes `up` fail after the network and store were created.
+    record = project.root / ".raybuild" / "build.json"
+    saved = record.read_text()
+    record.write_text(saved.replace('"ref": "', '"ref": "raybuild-missing/'))
+    try:
+        with pytest.raises(RaybuildError):
+            local.up(project, engine, project.apps, timeout=30)
+    finally:
+        record.write_text(saved)
+    label = f"{local.CLUSTER_LABEL}={local.cluster_name(project)}"
+    assert engine.containers_with_label(label) == []
