@@ -231,6 +231,7 @@ class Builder:
             built.append(image)
             head = head or app_head
         if head is not None:
+            self.engine.tag(head.ref, f"{self.config.project.registry}/ray-head:latest")
             built.insert(0, head)
         save_build_record(self.config, built)
         return built

@@ -126,8 +126,14 @@ def record_path(config: LoadedConfig) -> Path:
 def local_reference(config: LoadedConfig, app: App | None) -> str:
     """The tag a local build leaves behind for ``app`` (None: the head's Ray-only base).
 
-    The one place that knows local tag names, so the build module can replace it with the tags it uses.
+    The content-addressed tag of the last `raybuild build` when there is one, else the `:latest` alias
+    that every build also sets.
     """
+    from raybuild.build import load_build_record
+
+    built = load_build_record(config).get(HEAD_KEY if app is None else app.name)
+    if built is not None:
+        return str(built["ref"])
     if app is None:
         return f"{config.project.registry}/ray-head:latest"
     return f"{config.image_name(app)}:latest"
