@@ -14,10 +14,10 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.conftest import REPO_ROOT, MainResult
 from raybuild import bases
 from raybuild.cli import cli
 from raybuild.config import load_config
+from tests.conftest import REPO_ROOT, MainResult
 
 GOLDEN = Path(__file__).parent / "golden" / "dockerfiles"
 BUNDLED = str(REPO_ROOT / "raybuild.toml")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_TOML, MainResult, TmpProject
 from raybuild.config import load_config
 from raybuild.errors import ConfigError
+from tests.conftest import PROJECT_TOML, MainResult, TmpProject
 
 SECOND_APP = """
 [[apps]]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.test_render import GOLDEN_NAMES, generated_dockerfiles
 
 from tests.conftest import REPO_ROOT
+from tests.unit.test_render import GOLDEN_NAMES, generated_dockerfiles
 
 CONFIG = REPO_ROOT / ".hadolint.yaml"
 

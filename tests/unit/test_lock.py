@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MainResult, TmpProject
 from raybuild import lock as locking
 from raybuild.config import LoadedConfig
 from raybuild.errors import LockError, StaleLockError
+from tests.conftest import MainResult, TmpProject
 
 APP_LOCK = """\
 aiohttp==3.14.5 \\

@@ -14,7 +14,6 @@ from unittest import mock
 
 import pytest
 
-from tests.conftest import REPO_ROOT, TmpProject
 from raybuild import bases
 from raybuild.config import BaseImage, LoadedConfig, load_config
 from raybuild.dockerfiles import generate_all, image_spec_for, nvidia_library_dirs
@@ -30,6 +29,7 @@ from raybuild.render import (
     render_dockerfile,
     template_dir,
 )
+from tests.conftest import REPO_ROOT, TmpProject
 
 GOLDEN = Path(__file__).parent / "golden" / "dockerfiles"
 BUNDLED_APPS = ("hello", "sklearn", "cuda")
