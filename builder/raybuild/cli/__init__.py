@@ -39,9 +39,9 @@ def cli(ctx: click.Context, config_path: str, debug: bool) -> None:
 
 
 def _register() -> None:
-    from raybuild.cli import deploy, images, local, measure_cli, project, publish_cli
+    from raybuild.cli import deploy, images, local, measure_cli, measure_run, project, publish_cli
 
-    for module in (project, images, measure_cli, deploy, local, publish_cli):
+    for module in (project, images, measure_run, measure_cli, deploy, local, publish_cli):
         for command in module.COMMANDS:
             cli.add_command(command)
 

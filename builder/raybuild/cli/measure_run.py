@@ -1,0 +1,95 @@
+"""`raybuild measure`: sizes and cold starts of the built app images, written as raybuild.measure/v1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from raybuild.cli.common import State, apps_argument, pass_state, progress, table
+from raybuild.cli.images import engine_for
+from raybuild.fsutil import atomic_write
+from raybuild.measure import HEADERS, Options, summary_rows, to_markdown
+from raybuild.measure import measure as measure_apps
+from raybuild.results import DEFAULT_MEASURE_PATH
+
+_file = click.Path(path_type=Path, dir_okay=False)
+
+
+@click.command()
+@apps_argument
+@click.option(
+    "--runs",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Cold starts per app; the document keeps every sample and their median, min and max.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=_file,
+    default=None,
+    help=f"Also write the document to FILE ({DEFAULT_MEASURE_PATH} next to raybuild.toml is always written).",
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=_file,
+    default=None,
+    help="Also write the summary table as Markdown to FILE (for a PR comment or job summary).",
+)
+@click.option("--no-startup", is_flag=True, help="Measure sizes only: no containers are started (runs = 0).")
+@click.option(
+    "--no-pull",
+    is_flag=True,
+    help="Skip the cold node (a second dockerd under /var/lib/raybuild/cold): t_pull and t_cold stay null.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for each phase (head, worker, Serve route, cold-node head).",
+)
+@pass_state
+def measure(
+    state: State,
+    apps: tuple[str, ...],
+    runs: int,
+    json_path: Path | None,
+    markdown_path: Path | None,
+    no_startup: bool,
+    no_pull: bool,
+    timeout: float,
+) -> None:
+    """Measure the built images: sizes, layers, packages, and KubeRay-style cold starts.
+
+    \b
+    Size: uncompressed (docker image inspect), compressed (layer blobs in the local registry's
+      manifest after a push to 127.0.0.1:5000/raybuild-measure/APP, else gzip of `docker save`),
+      per-layer sizes with the instruction that made them, the 10 largest site-packages entries,
+      bytes shared with the project's other app images, dive's efficiency, and prune savings.
+    Startup (medians over --runs): t_head (container create to /api/healthz healthy), t_worker
+      (a second container joins), t_serve (Serve config PUT to HTTP 200 on the route), t_pull (pull
+      into an empty image store on the cold node) and t_cold (t_pull + the head's start there).
+
+    Run `raybuild build` first. The document goes to .raybuild/measure.json, which `raybuild check`
+    compares with a baseline.
+    """
+    config = state.config()
+    selected = config.select(apps)
+    options = Options(runs=runs, startup=not no_startup, pull=not no_pull, timeout=timeout)
+    report = measure_apps(config, selected, engine_for(state), options, progress)
+    document = report.measurement
+    default = config.root / DEFAULT_MEASURE_PATH
+    document.write(default)
+    if json_path is not None and json_path.resolve() != default.resolve():
+        document.write(json_path)
+    if markdown_path is not None:
+        atomic_write(markdown_path, to_markdown(document))
+    table(HEADERS, summary_rows(document))
+    click.echo(f"wrote {json_path or default}", err=True)
+
+
+COMMANDS = [measure]

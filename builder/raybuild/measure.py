@@ -1,0 +1,256 @@
+"""`raybuild measure`: what each app image costs a node, as a ``raybuild.measure/v1`` document.
+
+Sizes first, for every selected app (`sizes`), since ``shared_bytes`` needs every image's layers; then
+``runs`` cold starts per app (`coldstart`): head, worker and Serve on this host's engine, and a pull plus
+a head start on the cold node. Containers are swept by label before and after, whatever happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from raybuild import coldstart
+from raybuild.build import built_ref
+from raybuild.config import App, LoadedConfig
+from raybuild.engine import Engine
+from raybuild.errors import RaybuildError
+from raybuild.results import AppResult, Measurement, Size, Startup, Stat, stat
+from raybuild.sizes import MEASURE_REGISTRY, MeasureError, Registry, measure_ref, measure_size, shared_bytes
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    runs: int = 3
+    startup: bool = True
+    pull: bool = True
+    timeout: float = 180.0
+
+
+@dataclass(frozen=True)
+class MeasureReport:
+    """The document, plus what it has no key for: each cold-node head time and how sizes were compressed."""
+
+    measurement: Measurement
+    cold_head: dict[str, list[float]] = field(default_factory=dict)
+    compressed_method: dict[str, str] = field(default_factory=dict)
+
+
+# -- the whole run ------------------------------------------------------------------------------------------
+
+
+def _gpu_available() -> bool:
+    from raybuild import gpu
+
+    try:
+        gpu.detect()
+    except gpu.GpuUnavailable:
+        return False
+    return True
+
+
+def _stat(samples: Sequence[float]) -> Stat | None:
+    return stat(samples) if samples else None
+
+
+def _others(config: LoadedConfig, engine: Engine, app: str, measured: Mapping[str, Size]) -> list[list[str]]:
+    """The diff IDs of every other app image of the project: measured ones, and built ones still present."""
+    others = []
+    for other in config.apps:
+        if other.name == app:
+            continue
+        if other.name in measured:
+            others.append([layer.digest for layer in measured[other.name].layers])
+            continue
+        try:
+            ref = built_ref(config, other.name)
+        except RaybuildError:
+            continue
+        if engine.image_exists(ref):
+            others.append(list(engine.inspect(ref)["RootFS"].get("Layers", [])))
+    return others
+
+
+@dataclass
+class _Samples:
+    """One app's timings, in seconds rounded to milliseconds, in the order they were taken."""
+
+    head: list[float] = field(default_factory=list)
+    worker: list[float] = field(default_factory=list)
+    serve: list[float] = field(default_factory=list)
+    pull: list[float] = field(default_factory=list)
+    cold_head: list[float] = field(default_factory=list)
+    cold: list[float] = field(default_factory=list)
+
+    def startup(self) -> Startup:
+        return Startup(
+            t_head=_stat(self.head),
+            t_worker=_stat(self.worker),
+            t_serve=_stat(self.serve),
+            t_pull=_stat(self.pull),
+            t_cold=_stat(self.cold),
+        )
+
+
+def _start_runs(
+    engine: Engine,
+    node: coldstart.ColdNode | None,
+    app: App,
+    ref: str,
+    options: Options,
+    gpu: bool,
+    progress: Progress,
+) -> _Samples:
+    """``options.runs`` cold starts of one app: warm node (head, worker, Serve), then the cold node."""
+    samples = _Samples()
+    for run in range(options.runs):
+        progress(f"{app.name}: start {run + 1}/{options.runs} (head, worker, Serve)")
+        warm = coldstart.warm_start(
+            engine,
+            app,
+            ref,
+            cpu_mode=app.device == "gpu" and not gpu,
+            gpu=gpu,
+            timeout=options.timeout,
+            progress=progress,
+        )
+        samples.head.append(round(warm.t_head, 3))
+        samples.worker.append(round(warm.t_worker, 3))
+        samples.serve.append(round(warm.t_serve, 3))
+        if node is None:
+            continue
+        target = measure_ref(ref, app.name)
+        progress(f"{app.name}: cold node: pulling {target} into an empty image store")
+        node.clear()
+        t_pull = round(node.pull(target), 3)
+        t_head = round(node.head(app, target, gpu=gpu, timeout=options.timeout), 3)
+        progress(f"{app.name}: cold node: pull {t_pull:.1f}s, head {t_head:.1f}s")
+        samples.pull.append(t_pull)
+        samples.cold_head.append(t_head)
+        # From the rounded parts, so that the document's t_cold is exactly their sum.
+        samples.cold.append(round(t_pull + t_head, 3))
+    return samples
+
+
+def measure(
+    config: LoadedConfig,
+    apps: Sequence[App],
+    engine: Engine,
+    options: Options = Options(),
+    progress: Progress = lambda _: None,
+) -> MeasureReport:
+    """Measure ``apps`` (all of the project's when empty): sizes, then ``options.runs`` cold starts each."""
+    apps = list(apps) or list(config.apps)
+    refs = {app.name: built_ref(config, app.name) for app in apps}
+    for name, ref in refs.items():
+        if not engine.image_exists(ref):
+            raise MeasureError(
+                f"app {name!r}: image {ref} is not in the engine", hint=f"run `raybuild build {name}`"
+            )
+    registry: Registry | None = Registry()
+    if registry is not None and not registry.reachable():
+        progress(
+            f"registry {MEASURE_REGISTRY} unreachable: compressed sizes from gzip of `docker save`; "
+            "no cold-node pulls"
+        )
+        registry = None
+    coldstart.sweep(engine)
+    node: coldstart.ColdNode | None = None
+    try:
+        if options.startup and options.pull and registry is not None:
+            # Started before the sizes are measured, so that a host that cannot run it fails fast.
+            node = coldstart.ColdNode(engine, progress=progress)
+            node.start()
+            coldstart.sweep(node.node)
+        sizes: dict[str, Size] = {}
+        methods: dict[str, str] = {}
+        for app in apps:
+            progress(f"{app.name}: measuring the size of {refs[app.name]}")
+            sizes[app.name], methods[app.name] = measure_size(
+                engine, refs[app.name], app.name, config.project.python, registry
+            )
+            progress(f"{app.name}: compressed size from the {methods[app.name]}")
+        for app in apps:
+            shared = shared_bytes(sizes[app.name].layers, _others(config, engine, app.name, sizes))
+            sizes[app.name] = sizes[app.name].model_copy(update={"shared_bytes": shared})
+
+        gpu = options.startup and any(app.device == "gpu" for app in apps) and _gpu_available()
+        results: dict[str, AppResult] = {}
+        cold_heads: dict[str, list[float]] = {}
+        for app in apps:
+            samples = _Samples()
+            if options.startup:
+                samples = _start_runs(
+                    engine, node, app, refs[app.name], options, gpu and app.device == "gpu", progress
+                )
+            cold_heads[app.name] = samples.cold_head
+            results[app.name] = AppResult(
+                image=refs[app.name], device=app.device, size=sizes[app.name], startup=samples.startup()
+            )
+    finally:
+        coldstart.sweep(engine)
+        if node is not None and node.running():
+            node.clear()  # an empty store for the next measure, and the disk space back
+    measurement = Measurement.now(
+        ray_version=config.project.ray_version,
+        python=config.project.python,
+        runs=options.runs if options.startup else 0,
+        apps=results,
+    )
+    return MeasureReport(measurement, cold_heads, methods)
+
+
+# -- output -------------------------------------------------------------------------------------------------
+
+HEADERS = [
+    "app",
+    "size MB",
+    "compressed MB",
+    "shared MB",
+    "t_head s",
+    "t_worker s",
+    "t_serve s",
+    "t_pull s",
+    "t_cold s",
+]
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f}"
+
+
+def _median(value: Stat | None) -> str:
+    return "-" if value is None else f"{value.median:.2f}"
+
+
+def summary_rows(measurement: Measurement) -> list[list[str]]:
+    rows = []
+    for name, result in measurement.apps.items():
+        size, startup = result.size, result.startup
+        rows.append(
+            [
+                name,
+                _mb(size.uncompressed),
+                _mb(size.compressed),
+                _mb(size.shared_bytes),
+                *(
+                    _median(getattr(startup, key))
+                    for key in ("t_head", "t_worker", "t_serve", "t_pull", "t_cold")
+                ),
+            ]
+        )
+    return rows
+
+
+def to_markdown(measurement: Measurement) -> str:
+    lines = [
+        f"### raybuild measure (Ray {measurement.ray_version}, Python {measurement.python}, "
+        f"{measurement.runs} run{'s' if measurement.runs != 1 else ''}; medians)",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(measurement)]
+    return "\n".join(lines) + "\n"

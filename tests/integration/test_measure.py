@@ -1,0 +1,93 @@
+"""`raybuild measure` of the bundled hello image, end to end: registry push, dive, warm and cold node.
+
+One run only: the test checks the document and its arithmetic, never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from raybuild.build import Builder, default_ca_bundle
+from raybuild.coldstart import PURPOSE_LABEL, ColdNode
+from raybuild.config import LoadedConfig
+from raybuild.engine import Engine
+from raybuild.measure import MeasureReport, Options, measure
+from raybuild.results import Measurement, schema
+from raybuild.sizes import Registry
+
+pytestmark = [pytest.mark.docker, pytest.mark.registry]
+
+
+@pytest.fixture(scope="module")
+def hello_ref(engine: Engine, bundled: LoadedConfig) -> str:
+    if not Registry().reachable():
+        if os.environ.get("CI") == "true":
+            pytest.fail(
+                "CI=true but no registry on 127.0.0.1:5000; scripts/setup should start it", pytrace=False
+            )
+        pytest.skip("no registry on 127.0.0.1:5000")
+    # Cached after `raybuild build`: only checks that the image is current.
+    host_ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    ca = default_ca_bundle() or (host_ca if host_ca.is_file() else None)
+    images = Builder(bundled, engine, ca_bundle=ca).build(bundled.select(("hello",)))
+    return next(image.ref for image in images if image.app == "hello")
+
+
+@pytest.fixture(scope="module")
+def report(engine: Engine, bundled: LoadedConfig, hello_ref: str) -> MeasureReport:
+    return measure(bundled, bundled.select(("hello",)), engine, Options(runs=1, timeout=240))
+
+
+def test_document_matches_the_published_schema(report: MeasureReport) -> None:
+    text = report.measurement.to_json()
+    jsonschema.validate(json.loads(text), schema())
+    assert Measurement.from_json(text) == report.measurement
+    assert report.measurement.runs == 1
+    assert list(report.measurement.apps) == ["hello"]
+
+
+def test_sizes_come_from_the_registry_and_match_the_image(
+    engine: Engine, report: MeasureReport, hello_ref: str
+) -> None:
+    hello = report.measurement.apps["hello"]
+    size = hello.size
+    assert hello.image == hello_ref
+    assert report.compressed_method["hello"] == "registry manifest"
+    inspected = engine.inspect(hello_ref)
+    assert size.uncompressed == inspected["Size"] > 0
+    assert 0 < size.compressed < size.uncompressed
+    assert [layer.digest for layer in size.layers] == inspected["RootFS"]["Layers"]
+    assert sum(layer.size for layer in size.layers) == size.uncompressed
+    assert sum(layer.compressed or 0 for layer in size.layers) == size.compressed
+    assert all(layer.compressed is not None and layer.compressed > 0 for layer in size.layers)
+    assert any("/opt/ray/venv" in layer.created_by for layer in size.layers)
+    # sklearn is built from the same base and Ray layers.
+    assert 0 < size.shared_bytes < size.uncompressed
+    assert size.largest_packages[0].name == "ray"
+    assert size.prune_saved.get("ray-java-jars", 0) > 0
+    assert size.dive is not None and 0 < size.dive.efficiency <= 1
+
+
+def test_every_phase_is_timed_once_and_t_cold_is_pull_plus_cold_head(report: MeasureReport) -> None:
+    startup = report.measurement.apps["hello"].startup
+    for name in ("t_head", "t_worker", "t_serve", "t_pull", "t_cold"):
+        value = getattr(startup, name)
+        assert value is not None, name
+        assert len(value.samples) == 1 and value.median > 0, name
+    assert startup.t_cold is not None and startup.t_pull is not None
+    (cold_head,) = report.cold_head["hello"]
+    assert startup.t_cold.median == pytest.approx(startup.t_pull.median + cold_head, abs=0.002)
+
+
+def test_no_measure_container_is_left(engine: Engine, report: MeasureReport) -> None:
+    assert engine.containers_with_label(PURPOSE_LABEL) == []
+    node = ColdNode(engine)
+    if node.running():
+        assert node.node.containers_with_label(PURPOSE_LABEL) == []
+    networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={PURPOSE_LABEL}").output.split()
+    assert networks == []

@@ -1,0 +1,621 @@
+"""raybuild measure over a fake engine and a fake registry: layer mapping, shared bytes, dive, prune, stats.
+
+Nothing here starts a container or opens a socket; the real thing is tests/integration/test_measure.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+import pytest
+
+from raybuild import coldstart, sizes
+from raybuild import measure as measure_module
+from raybuild.build import BuiltImage, save_build_record
+from raybuild.coldstart import WarmStart, alive_nodes, healthz_ok, kubelet_probe, kuberay_worker_command
+from raybuild.config import LoadedConfig
+from raybuild.engine import Result
+from raybuild.measure import MeasureReport, Options, measure, summary_rows, to_markdown
+from raybuild.results import AppResult, Measurement, Package, Size, Startup, schema, stat
+from raybuild.sizes import (
+    MANIFEST_V2,
+    MeasureError,
+    gzip_size,
+    history_sizes,
+    map_layers,
+    measure_ref,
+    measure_size,
+    merge_prune,
+    parse_dive,
+    parse_inspection,
+    shared_bytes,
+)
+
+if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
+    from tests.conftest import MainResult, TmpProject
+
+DEMO_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
+OTHER_REF = "127.0.0.1:5000/demo/other:ray2.60.0-py3.11-cpu-333333333333"
+BASE, RAY, APP_DEMO, APP_OTHER = (f"sha256:{c * 64}" for c in "abcd")
+
+OTHER_APP = """
+[[apps]]
+name = "other"
+path = "apps/other"
+requirements = "apps/other/requirements.in"
+import_path = "other_app:app"
+route_prefix = "/other"
+
+[[apps.deployments]]
+name = "Other"
+"""
+
+# One history entry per Dockerfile step; ENV and LABEL make no layer. Sizes per entry, oldest first.
+HISTORY: list[tuple[dict[str, Any], int]] = [
+    ({"created_by": "", "comment": "Imported from -"}, 90_000_000),
+    ({"created_by": "ENV LANG=C.UTF-8", "empty_layer": True}, 0),
+    ({"created_by": "COPY /opt/ray/venv /opt/ray/venv # buildkit"}, 270_000_000),
+    ({"created_by": "LABEL io.raybuild.app=demo", "empty_layer": True}, 0),
+    ({"created_by": "COPY /opt/app/site-packages /opt/app/site-packages # buildkit"}, 330_000),
+]
+DIVE_REPORT = {
+    "layer": [{"index": 0, "id": "x", "digestId": BASE, "sizeBytes": 1, "command": "", "fileList": []}],
+    "image": {
+        "sizeBytes": 362731125,
+        "inefficientBytes": 1714,
+        "efficiencyScore": 0.9999975877449171,
+        "fileReference": [{"count": 2, "sizeBytes": 1714, "file": "/etc/passwd"}],
+    },
+}
+INSIDE = """\
+118552849\t/opt/ray/venv/lib/python3.11/site-packages/ray
+25924155\t/opt/ray/venv/lib/python3.11/site-packages/numpy
+1200\t/opt/ray/venv/lib/python3.11/site-packages/six.py
+300000\t/opt/app/site-packages/numpy
+420\t/opt/app/site-packages/raybuild-prune.json
+@@raybuild-prune /opt/ray/venv/raybuild-prune.json
+{"ray-java-jars": 34514818, "strip-debug-symbols": 75459171, "source-maps": 0}
+
+@@raybuild-prune /opt/app/site-packages/raybuild-prune.json
+{"strip-debug-symbols": 216, "source-maps": 0}
+
+"""
+
+
+def config_blob(diff_ids: list[str], history: list[tuple[dict[str, Any], int]] = HISTORY) -> dict[str, Any]:
+    return {"rootfs": {"type": "layers", "diff_ids": diff_ids}, "history": [entry for entry, _ in history]}
+
+
+def history_output(history: list[tuple[dict[str, Any], int]] = HISTORY) -> str:
+    """What `docker history --format '{{json .}}'` prints: newest first, Size as a string."""
+    rows = [
+        {"CreatedBy": entry["created_by"], "ID": "<missing>", "Size": str(size)} for entry, size in history
+    ]
+    return "\n".join(json.dumps(row) for row in reversed(rows)) + "\n"
+
+
+# -- pure parsing -------------------------------------------------------------------------------------------
+
+
+def test_history_sizes_are_oldest_first() -> None:
+    assert history_sizes(history_output()) == [size for _, size in HISTORY]
+
+
+def test_history_sizes_refuse_garbage() -> None:
+    with pytest.raises(MeasureError, match="unexpected `docker history` line"):
+        history_sizes("IMAGE CREATED SIZE\n")
+
+
+def test_layers_map_history_entries_that_made_a_layer_to_the_diff_ids() -> None:
+    layers = map_layers(config_blob([BASE, RAY, APP_DEMO]), history_sizes(history_output()), [35, 91, 1])
+    assert [(layer.digest, layer.size, layer.compressed, layer.created_by) for layer in layers] == [
+        (BASE, 90_000_000, 35, "Imported from -"),
+        (RAY, 270_000_000, 91, "COPY /opt/ray/venv /opt/ray/venv # buildkit"),
+        (APP_DEMO, 330_000, 1, "COPY /opt/app/site-packages /opt/app/site-packages # buildkit"),
+    ]
+
+
+def test_layers_without_compressed_sizes_have_none() -> None:
+    layers = map_layers(config_blob([BASE, RAY, APP_DEMO]), history_sizes(history_output()), None)
+    assert [layer.compressed for layer in layers] == [None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("diff_ids", "sizes", "compressed", "message"),
+    [
+        ([BASE, RAY], [1, 0, 2, 0, 3], None, "3 history entries that made one"),
+        ([BASE, RAY, APP_DEMO], [1, 2, 3], None, "`docker history` has 3 entries but the image config 5"),
+        ([BASE, RAY, APP_DEMO], [1, 0, 2, 0, 3], [1, 2], "the manifest has 2 layers"),
+    ],
+)
+def test_layer_mapping_refuses_inconsistent_inputs(
+    diff_ids: list[str], sizes: list[int], compressed: list[int] | None, message: str
+) -> None:
+    with pytest.raises(MeasureError, match=message):
+        map_layers(config_blob(diff_ids), sizes, compressed)
+
+
+@pytest.mark.parametrize(
+    ("ref", "pushed"),
+    [
+        (DEMO_REF, "127.0.0.1:5000/raybuild-measure/demo:ray2.60.0-py3.11-cpu-222222222222"),
+        ("127.0.0.1:5000/demo/demo", "127.0.0.1:5000/raybuild-measure/demo:latest"),
+        ("demo:v1@sha256:" + "e" * 64, "127.0.0.1:5000/raybuild-measure/demo:v1"),
+    ],
+)
+def test_measure_ref_keeps_the_tag(ref: str, pushed: str) -> None:
+    assert measure_ref(ref, "demo") == pushed
+
+
+def test_shared_bytes_count_layers_found_in_any_other_image() -> None:
+    layers = map_layers(config_blob([BASE, RAY, APP_DEMO]), history_sizes(history_output()), None)
+    assert shared_bytes(layers, [[BASE, APP_OTHER], [RAY]]) == 90_000_000 + 270_000_000
+    assert shared_bytes(layers, [[BASE]]) == 90_000_000
+    assert shared_bytes(layers, []) == 0
+
+
+def test_dive_report_gives_efficiency_and_wasted_bytes() -> None:
+    dive = parse_dive(DIVE_REPORT)
+    assert dive.efficiency == pytest.approx(0.9999975877449171)
+    assert dive.wasted_bytes == 1714
+
+
+def test_dive_efficiency_is_clamped_and_a_bad_report_is_an_error() -> None:
+    assert parse_dive({"image": {"efficiencyScore": 1.0000001, "inefficientBytes": 0}}).efficiency == 1.0
+    with pytest.raises(MeasureError, match="unexpected dive report"):
+        parse_dive({"layer": []})
+
+
+def test_prune_reports_are_summed_per_rule() -> None:
+    merged = merge_prune(
+        [{"strip-debug-symbols": 75, "source-maps": 6}, {"strip-debug-symbols": 2, "x": True}]
+    )
+    assert merged == {"source-maps": 6, "strip-debug-symbols": 77}
+
+
+def test_inspection_ranks_packages_and_merges_prune_reports() -> None:
+    packages, prune = parse_inspection(INSIDE, limit=2)
+    assert packages == [Package(name="ray", size=118552849), Package(name="numpy", size=25924155 + 300000)]
+    assert prune == {"ray-java-jars": 34514818, "source-maps": 0, "strip-debug-symbols": 75459387}
+
+
+def test_inspection_without_prune_reports() -> None:
+    packages, prune = parse_inspection("10\t/opt/app/site-packages/a\n@@raybuild-prune /missing.json\n\n")
+    assert packages == [Package(name="a", size=10)]
+    assert prune == {}
+
+
+def test_gzip_size_matches_gzip() -> None:
+    data = b"ray serve " * 50_000 + bytes(range(256)) * 100
+    assert gzip_size(io.BytesIO(data)) == len(gzip.compress(data, compresslevel=6, mtime=0))
+
+
+# -- warm-node answers --------------------------------------------------------------------------------------
+
+
+def test_healthz_needs_raylet_and_gcs_success() -> None:
+    assert healthz_ok(200, "raylet: success\ngcs: success")
+    assert not healthz_ok(503, "raylet: success\ngcs: GCS health check failed.")
+    assert not healthz_ok(200, "raylet: success")
+    assert not healthz_ok(0, "connection refused")
+
+
+def test_alive_nodes_from_the_state_api() -> None:
+    body = {
+        "result": True,
+        "data": {
+            "result": {
+                "total": 3,
+                "result": [
+                    {"node_id": "a", "state": "ALIVE"},
+                    {"node_id": "b", "state": "ALIVE"},
+                    {"node_id": "c", "state": "DEAD"},
+                ],
+            }
+        },
+    }
+    assert alive_nodes(200, json.dumps(body)) == 2
+    assert alive_nodes(200, "not json") == 0
+    assert alive_nodes(500, json.dumps(body)) == 0
+
+
+def test_worker_command_is_kuberay_style() -> None:
+    assert kuberay_worker_command("head") == (
+        "ulimit -n 65536; ray start --address=head:6379 --block --dashboard-agent-listen-port=52365 "
+        "--metrics-export-port=8080 --num-cpus=1"
+    )
+
+
+@dataclass
+class ExecRecorder:
+    exits: list[int]
+    commands: list[list[str]] = field(default_factory=list)
+
+    def exec(
+        self, container: str, command: list[str], check: bool = False, timeout: float | None = None
+    ) -> Result:
+        self.commands.append(command)
+        return Result(["docker", "exec", container, *command], self.exits.pop(0), "")
+
+
+def test_cold_node_probes_are_kuberays_bounded_like_kubelet() -> None:
+    engine = ExecRecorder(exits=[0, 0])
+    assert kubelet_probe(engine, "head")  # type: ignore[arg-type]
+    assert engine.commands == [
+        [
+            "timeout",
+            "2",
+            "bash",
+            "-c",
+            "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success",
+        ],
+        [
+            "timeout",
+            "2",
+            "bash",
+            "-c",
+            "wget -T 2 -q -O- http://localhost:8265/api/gcs_healthz | grep success",
+        ],
+    ]
+    assert not kubelet_probe(ExecRecorder(exits=[124]), "head")  # type: ignore[arg-type]
+
+
+# -- a fake engine and registry -----------------------------------------------------------------------------
+
+
+@dataclass
+class FakeRegistry:
+    address: str = "127.0.0.1:5000"
+    manifests: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    blobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    up: bool = True
+
+    def reachable(self) -> bool:
+        return self.up
+
+    def manifest(self, repository: str, reference: str) -> dict[str, Any]:
+        return self.manifests[(repository, reference)]
+
+    def blob(self, repository: str, digest: str) -> dict[str, Any]:
+        return self.blobs[digest]
+
+
+@dataclass
+class FakeImage:
+    diff_ids: list[str]
+    compressed: list[int]
+    history: list[tuple[dict[str, Any], int]] = field(default_factory=lambda: list(HISTORY))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return config_blob(self.diff_ids, self.history)
+
+    def inspect(self) -> dict[str, Any]:
+        return {"Size": sum(size for _, size in self.history), "RootFS": {"Layers": self.diff_ids}}
+
+
+@dataclass
+class FakeEngine:
+    """Images by ref; a push stores the manifest and config in ``registry``; every docker call is recorded."""
+
+    registry: FakeRegistry
+    images: dict[str, FakeImage] = field(default_factory=dict)
+    calls: list[list[str]] = field(default_factory=list)
+
+    def image_exists(self, ref: str) -> bool:
+        return ref in self.images
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        return self.images[ref].inspect()
+
+    def tag(self, source: str, target: str) -> None:
+        self.calls.append(["tag", source, target])
+        self.images[target] = self.images[source]
+
+    def push(self, ref: str) -> Result:
+        self.calls.append(["push", ref])
+        image = self.images[ref]
+        name, _, tag = ref.removeprefix(self.registry.address + "/").rpartition(":")
+        config_digest = f"sha256:{len(self.registry.blobs):064x}"
+        self.registry.blobs[config_digest] = image.config
+        self.registry.manifests[(name, tag)] = {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_V2,
+            "config": {"digest": config_digest, "size": 1},
+            "layers": [
+                {"digest": f"sha256:{i:064x}", "size": size} for i, size in enumerate(image.compressed)
+            ],
+        }
+        return Result(["docker", "push", ref], 0, "")
+
+    def save(self, ref: str, out: Path) -> None:
+        image = self.images[ref]
+        with tarfile.open(out, "w") as tar:
+            files = {"config.json": json.dumps(image.config).encode()}
+            layers = []
+            for index, diff_id in enumerate(image.diff_ids):
+                files[f"{index}/layer.tar"] = diff_id.encode() * 1000
+                layers.append(f"{index}/layer.tar")
+            files["manifest.json"] = json.dumps([{"Config": "config.json", "Layers": layers}]).encode()
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    def docker_cmd(self, *args: str, **kwargs: Any) -> Result:
+        self.calls.append(list(args))
+        output = ""
+        if args[0] == "history":
+            output = history_output(self.images[args[-1]].history)
+        elif args[0] == "run":
+            output = INSIDE
+        return Result(["docker", *args], 0, output)
+
+    def run(self, command: list[str], **kwargs: Any) -> Result:
+        self.calls.append(command)
+        if Path(command[0]).name == "dive":
+            Path(command[2]).write_text(json.dumps(DIVE_REPORT), encoding="utf-8")
+        return Result(command, 0, "")
+
+    def containers_with_label(self, label: str) -> list[str]:
+        return []
+
+    def remove_container(self, name: str) -> None:
+        self.calls.append(["rm", name])
+
+
+@pytest.fixture
+def no_dive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sizes, "dive_binary", lambda: None)
+
+
+def demo_engine() -> FakeEngine:
+    engine = FakeEngine(FakeRegistry())
+    engine.images[DEMO_REF] = FakeImage([BASE, RAY, APP_DEMO], [35_000_000, 91_000_000, 120_000])
+    engine.images[OTHER_REF] = FakeImage([BASE, RAY, APP_OTHER], [35_000_000, 91_000_000, 900_000])
+    return engine
+
+
+def test_size_from_the_registry_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sizes, "dive_binary", lambda: "/venv/bin/dive")
+    engine = demo_engine()
+    size, method = measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry)  # type: ignore[arg-type]
+    target = "127.0.0.1:5000/raybuild-measure/demo:ray2.60.0-py3.11-cpu-222222222222"
+    assert method == "registry manifest"
+    assert ["push", target] in engine.calls
+    assert ["image", "rm", target] in engine.calls  # only the measure tag goes again
+    assert size.uncompressed == 360_330_000
+    assert size.compressed == 35_000_000 + 91_000_000 + 120_000
+    assert [layer.compressed for layer in size.layers] == [35_000_000, 91_000_000, 120_000]
+    assert size.dive is not None and size.dive.wasted_bytes == 1714
+    assert size.largest_packages[0] == Package(name="ray", size=118552849)
+    assert size.prune_saved["strip-debug-symbols"] == 75459387
+    assert size.shared_bytes == 0  # filled in once every image is measured
+
+
+@pytest.mark.usefixtures("no_dive")
+def test_size_without_a_registry_gzips_docker_save_layers() -> None:
+    engine = demo_engine()
+    size, method = measure_size(engine, DEMO_REF, "demo", "3.11", None)  # type: ignore[arg-type]
+    assert method == "gzip of docker save"
+    assert not any(call[0] == "push" for call in engine.calls)
+    expected = [len(gzip.compress(digest.encode() * 1000, 6)) for digest in (BASE, RAY, APP_DEMO)]
+    assert [layer.compressed for layer in size.layers] == expected
+    assert size.compressed == sum(expected)
+    assert size.dive is None
+
+
+# -- the whole run, sizes only, and the startup statistics --------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_project: TmpProject) -> LoadedConfig:
+    tmp_project.add_app("other")
+    tmp_project.append_config(OTHER_APP)
+    config = tmp_project.load()
+    save_build_record(
+        config,
+        [
+            BuiltImage("demo", DEMO_REF, "sha256:1", "cpu", False),
+            BuiltImage("other", OTHER_REF, "sha256:2", "cpu", False),
+        ],
+    )
+    return config
+
+
+@pytest.mark.usefixtures("no_dive")
+def test_sizes_only_run_shares_layers_with_unmeasured_apps(
+    project: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = demo_engine()
+    monkeypatch.setattr(measure_module, "Registry", lambda: engine.registry)
+    report = measure(project, project.select(("demo",)), engine, Options(startup=False))  # type: ignore[arg-type]
+    document = report.measurement
+    jsonschema.validate(json.loads(document.to_json()), schema())
+    assert document.runs == 0
+    assert list(document.apps) == ["demo"]
+    demo = document.apps["demo"]
+    assert demo.image == DEMO_REF and demo.device == "cpu"
+    # "other" was not measured, but its built image shares the base and Ray layers.
+    assert demo.size.shared_bytes == 90_000_000 + 270_000_000
+    assert demo.startup == Startup(t_head=None, t_worker=None, t_serve=None, t_pull=None, t_cold=None)
+    assert not any(call[0] == "pull" for call in engine.calls)
+
+
+@pytest.mark.usefixtures("no_dive")
+def test_an_unbuilt_image_is_an_error_before_anything_runs(
+    project: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = demo_engine()
+    del engine.images[OTHER_REF]
+    with pytest.raises(MeasureError, match="is not in the engine") as raised:
+        measure(project, (), engine, Options(startup=False))  # type: ignore[arg-type]
+    assert raised.value.hint == "run `raybuild build other`"
+    assert engine.calls == []
+
+
+@dataclass
+class FakeColdNode:
+    pulls: list[float]
+    heads: list[float]
+    log: list[str] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.log.append("clear")
+
+    def pull(self, ref: str) -> float:
+        self.log.append(f"pull {ref}")
+        return self.pulls.pop(0)
+
+    def head(self, app: Any, ref: str, *, gpu: bool = False, timeout: float = 180.0) -> float:
+        self.log.append(f"head {ref}")
+        return self.heads.pop(0)
+
+
+def test_runs_give_median_min_max_and_t_cold_is_pull_plus_cold_head(
+    project: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm = [WarmStart(6.1, 4.0, 3.0), WarmStart(5.2, 5.0, 2.5), WarmStart(5.9, 4.5, 2.0)]
+    monkeypatch.setattr(coldstart, "warm_start", lambda *args, **kwargs: warm.pop(0))
+    node = FakeColdNode(pulls=[8.0004, 7.5, 9.25], heads=[6.0, 6.1236, 5.5])
+    (demo,) = project.select(("demo",))
+    samples = measure_module._start_runs(
+        demo_engine(),
+        node,
+        demo,
+        DEMO_REF,
+        Options(runs=3),
+        False,
+        lambda _: None,  # type: ignore[arg-type]
+    )
+    startup = samples.startup()
+    assert startup.t_head == stat([6.1, 5.2, 5.9])
+    assert startup.t_head is not None and (startup.t_head.median, startup.t_head.min, startup.t_head.max) == (
+        5.9,
+        5.2,
+        6.1,
+    )
+    assert startup.t_pull is not None and startup.t_pull.samples == [8.0, 7.5, 9.25]
+    assert samples.cold_head == [6.0, 6.124, 5.5]
+    assert startup.t_cold is not None
+    for cold, pull, head in zip(
+        startup.t_cold.samples, startup.t_pull.samples, samples.cold_head, strict=True
+    ):
+        assert cold == pytest.approx(pull + head, abs=1e-9)
+    assert node.log[:3] == [
+        "clear",
+        f"pull {measure_ref(DEMO_REF, 'demo')}",
+        f"head {measure_ref(DEMO_REF, 'demo')}",
+    ]
+
+
+# -- output -------------------------------------------------------------------------------------------------
+
+
+def example_document() -> Measurement:
+    size = Size(
+        uncompressed=362_746_793,
+        compressed=126_537_462,
+        layers=[],
+        largest_packages=[],
+        shared_bytes=362_408_677,
+        dive=None,
+        prune_saved={},
+    )
+    startup = Startup(
+        t_head=stat([5.37]), t_worker=None, t_serve=stat([3.917]), t_pull=stat([5.852]), t_cold=stat([16.491])
+    )
+    return Measurement.now(
+        ray_version="2.60.0",
+        python="3.11",
+        runs=1,
+        apps={"hello": AppResult(image=DEMO_REF, device="cpu", size=size, startup=startup)},
+    )
+
+
+def test_summary_rows_and_markdown() -> None:
+    document = example_document()
+    assert summary_rows(document) == [
+        ["hello", "362.7", "126.5", "362.4", "5.37", "-", "3.92", "5.85", "16.49"]
+    ]
+    assert to_markdown(document) == (
+        "### raybuild measure (Ray 2.60.0, Python 3.11, 1 run; medians)\n"
+        "\n"
+        "| app | size MB | compressed MB | shared MB "
+        "| t_head s | t_worker s | t_serve s | t_pull s | t_cold s |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| hello | 362.7 | 126.5 | 362.4 | 5.37 | - | 3.92 | 5.85 | 16.49 |\n"
+    )
+
+
+def test_cli_writes_the_default_document_and_the_requested_files(
+    tmp_project: TmpProject,
+    run_main: Callable[..., MainResult],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from raybuild.cli import measure_run
+
+    seen: list[Options] = []
+
+    def fake_measure(
+        config: LoadedConfig, apps: Any, engine: Any, options: Options, progress: Any
+    ) -> MeasureReport:
+        seen.append(options)
+        return MeasureReport(example_document())
+
+    monkeypatch.setattr(measure_run, "measure_apps", fake_measure)
+    out, markdown = tmp_path / "out" / "m.json", tmp_path / "m.md"
+    result = run_main(
+        "--config",
+        str(tmp_project.config_path),
+        "measure",
+        "demo",
+        "--runs",
+        "2",
+        "--no-pull",
+        "--json",
+        str(out),
+        "--markdown",
+        str(markdown),
+    )
+    assert result.exit_code == 0, result.stderr
+    assert seen == [Options(runs=2, startup=True, pull=False, timeout=180.0)]
+    default = tmp_project.root / ".raybuild" / "measure.json"
+    written = Measurement.load(out)
+    assert Measurement.load(default) == written
+    assert written.model_dump(exclude={"created"}) == example_document().model_dump(exclude={"created"})
+    assert markdown.read_text(encoding="utf-8") == to_markdown(written)
+    assert result.stdout.splitlines()[0].split() == [
+        "APP",
+        "SIZE",
+        "MB",
+        "COMPRESSED",
+        "MB",
+        "SHARED",
+        "MB",
+        "T_HEAD",
+        "S",
+        "T_WORKER",
+        "S",
+        "T_SERVE",
+        "S",
+        "T_PULL",
+        "S",
+        "T_COLD",
+        "S",
+    ]
+
+
+def test_cli_refuses_zero_runs(tmp_project: TmpProject, run_main: Callable[..., MainResult]) -> None:
+    result = run_main("--config", str(tmp_project.config_path), "measure", "--runs", "0")
+    assert result.exit_code == 2
+    assert "--runs" in result.stderr
