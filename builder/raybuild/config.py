@@ -217,6 +217,14 @@ class Project(_Model):
             raise ValueError(f"{value!r} must be an exact version such as '2.60.0'")
         return value
 
+    @field_validator("torch_backend", "gpu_torch_backend")
+    @classmethod
+    def _torch_backend(cls, value: str) -> str:
+        # uv's --torch-backend values, or "none": take torch from the index like any other package.
+        if not re.fullmatch(r"none|auto|cpu|cu\d{2,3}|rocm\d+(\.\d+)*|xpu", value):
+            raise ValueError(f"{value!r} must be a uv --torch-backend such as 'cpu' or 'cu128', or 'none'")
+        return value
+
 
 class RaybuildConfig(_Model):
     project: Project = Project()

@@ -1,16 +1,25 @@
-"""GPU availability for `raybuild test --gpu`: the host driver, its CUDA support, Docker's device request."""
+"""GPU availability for `raybuild test --gpu`: the host driver, its CUDA support, Docker's device request.
+
+The driver is read with nvidia-smi, or through NVML (libnvidia-ml.so.1, installed with every driver) where
+nvidia-smi is missing. Docker can hand a container GPUs (`--gpus`) only with the NVIDIA container toolkit:
+an `nvidia` runtime in `docker info`, or the `nvidia-container-runtime-hook` that dockerd's built-in GPU
+device driver calls. Every failure is a ``GpuUnavailable`` whose message is the one line users see.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from raybuild.cuda import CudaNeed
+from raybuild.engine import Engine
 from raybuild.errors import RaybuildError
 
-# Minimum Linux driver per CUDA major.minor (NVIDIA's CUDA toolkit release notes, table 3).
+# Minimum Linux x86_64 driver of each CUDA toolkit: the GA driver NVIDIA's CUDA Toolkit release notes list
+# ("CUDA Toolkit and Corresponding Driver Versions", table 3). CUDA 12.7 was never released.
 MIN_DRIVER: dict[str, tuple[int, ...]] = {
     "11.8": (520, 61, 5),
     "12.0": (525, 60, 13),
@@ -24,65 +33,181 @@ MIN_DRIVER: dict[str, tuple[int, ...]] = {
     "12.9": (575, 51, 3),
     "13.0": (580, 65, 6),
 }
-# With only a CUDA major known, CUDA's minor-version compatibility needs the major's first driver.
-MIN_DRIVER_MAJOR = {"11": (450, 80, 2), "12": (525, 60, 13), "13": (580, 65, 6)}
+# CUDA minor version compatibility (the same notes, table 2): any runtime of a major runs on the major's
+# first driver, except for PTX JIT compilation and the few APIs that need a newer driver.
+MIN_DRIVER_MAJOR: dict[str, tuple[int, ...]] = {"11": (450, 80, 2), "12": (525, 60, 13), "13": (580, 65, 6)}
+# Which minimum applies is a choice, made here:
+# - Plain CUDA library wheels (cudart, cuBLAS, cuDNN, NCCL, CuPy) ship machine code (SASS) for the GPUs
+#   they support and run through minor version compatibility, so an app that locks only those needs the
+#   major's first driver: nvidia-cuda-runtime-cu12==12.9.x runs on >= 525.60.13.
+# - An app that locks torch needs its toolkit's own driver (torch +cu128 -> 570.26). PyTorch's release
+#   matrix lists that driver; its binaries JIT-compile PTX for GPUs newer than their SASS targets (PTX from
+#   a newer toolkit cannot be compiled by an older driver), and cu128's Blackwell support needs 570 anyway.
+#   A minor not in MIN_DRIVER (a newer toolkit than this table) falls back to the major's minimum.
+
+NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=driver_version,name", "--format=csv,noheader"]
+NVIDIA_HOOK = "nvidia-container-runtime-hook"
+TOOLKIT_HINT = (
+    "install the NVIDIA container toolkit, run `nvidia-ctk runtime configure --runtime=docker` and "
+    "restart dockerd"
+)
 
 
 class GpuUnavailable(RaybuildError):
-    """No GPU, no driver, or no NVIDIA container runtime."""
+    """No GPU, no driver, a driver too old for the app's CUDA, or no NVIDIA container runtime."""
 
 
 @dataclass(frozen=True)
 class GpuHost:
     driver: str
     gpus: int
+    names: tuple[str, ...] = ()
+    source: str = "nvidia-smi"
 
 
 def parse_version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text))
 
 
+def format_version(version: tuple[int, ...]) -> str:
+    return ".".join(f"{part:02d}" if i else str(part) for i, part in enumerate(version))
+
+
 def min_driver(cuda: str) -> tuple[int, ...] | None:
+    """The toolkit's minimum driver for a CUDA major.minor; for a major or an unknown minor, the major's."""
     return MIN_DRIVER.get(cuda) or MIN_DRIVER_MAJOR.get(cuda.split(".")[0])
 
 
-def check_driver(driver: str, cuda: str | None) -> None:
-    if cuda is None:
+def required_driver(need: CudaNeed) -> tuple[int, ...] | None:
+    """The driver an app's wheels need, by the policy above."""
+    if need.torch:
+        return min_driver(need.torch)
+    return MIN_DRIVER_MAJOR.get(need.major) or min_driver(need.version)
+
+
+def check_driver(driver: str, need: CudaNeed | None) -> None:
+    if need is None:
         return
-    needed = min_driver(cuda)
+    needed = required_driver(need)
     if needed is not None and parse_version(driver) < needed:
+        what = f"torch built for CUDA {need.torch}" if need.torch else f"CUDA {need.major}.x wheels"
         raise GpuUnavailable(
-            f"host driver {driver} is too old for CUDA {cuda} (needs {'.'.join(map(str, needed))} or newer)",
+            f"host driver {driver} is too old for the app's {what}: "
+            f"it needs {format_version(needed)} or newer",
             hint="update the NVIDIA driver, or lock the app against an older CUDA",
         )
 
 
-Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+def parse_nvidia_smi(output: str) -> list[tuple[str, str]]:
+    """(driver, GPU name) per line of `nvidia-smi --query-gpu=driver_version,name --format=csv,noheader`."""
+    rows = []
+    for line in output.splitlines():
+        driver, _, name = line.partition(",")
+        if re.fullmatch(r"\d+(\.\d+)+", driver.strip()):
+            rows.append((driver.strip(), name.strip()))
+    return rows
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
+def query_nvml() -> GpuHost | None:
+    """The driver and GPU count through NVML, without nvidia-smi; None when NVML is not there or fails."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    if nvml.nvmlInit_v2() != 0:
+        return None
+    try:
+        version = ctypes.create_string_buffer(96)
+        count = ctypes.c_uint()
+        if nvml.nvmlSystemGetDriverVersion(version, 96) or nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)):
+            return None
+        return GpuHost(version.value.decode(), int(count.value), source="NVML")
+    finally:
+        nvml.nvmlShutdown()
 
 
-def detect(runner: Runner = _run, docker: str = "docker") -> GpuHost:
-    """The host's driver and GPU count; GpuUnavailable with the reason when there is none."""
-    if shutil.which("nvidia-smi") is None and runner is _run:
+# A command ("nvidia-smi ..." or "docker ...") -> (exit code, output).
+Runner = Callable[[list[str]], tuple[int, str]]
+
+
+def engine_runner(engine: Engine) -> Runner:
+    def run(command: list[str]) -> tuple[int, str]:
+        if command[0] == "docker":
+            result = engine.docker_cmd(*command[1:], check=False, timeout=30)
+        else:
+            result = engine.run(command, check=False, timeout=30)
+        return result.returncode, result.output
+
+    return run
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "no output")[:160]
+
+
+def detect(
+    engine: Engine | None = None,
+    *,
+    runner: Runner | None = None,
+    nvml: Callable[[], GpuHost | None] | None = None,
+    which: Callable[[str], str | None] | None = None,
+) -> GpuHost:
+    """The host's driver and GPUs, once Docker can pass them to a container; GpuUnavailable otherwise.
+
+    ``runner``, ``nvml`` and ``which`` stand in for commands, NVML and PATH lookups in tests.
+    """
+    run = runner or engine_runner(engine or Engine())
+    which = which or shutil.which
+    if which("nvidia-smi") is None:
+        host = (nvml or query_nvml)()
+        if host is None:
+            raise GpuUnavailable(
+                "no NVIDIA GPU here: no nvidia-smi, and NVML (libnvidia-ml.so.1) cannot be loaded",
+                hint="run GPU tests on a machine with an NVIDIA GPU, its driver and the container toolkit",
+            )
+    else:
+        code, output = run(NVIDIA_SMI_QUERY)
+        rows = parse_nvidia_smi(output) if code == 0 else []
+        if code != 0:
+            raise GpuUnavailable(f"nvidia-smi failed (exit {code}): {_first_line(output)}")
+        if not rows:
+            raise GpuUnavailable(f"nvidia-smi lists no GPU: {_first_line(output)}")
+        host = GpuHost(rows[0][0], len(rows), tuple(name for _, name in rows))
+    if host.gpus < 1:
+        raise GpuUnavailable(f"the NVIDIA driver {host.driver} sees no GPU ({host.source})")
+    code, output = run(["docker", "info", "--format", "{{json .Runtimes}}"])
+    if code != 0:
+        raise GpuUnavailable(f"`docker info` failed: {_first_line(output)}")
+    if '"nvidia"' not in output and which(NVIDIA_HOOK) is None:
         raise GpuUnavailable(
-            "no NVIDIA GPU here: nvidia-smi is not installed",
-            hint="run GPU tests on a machine with a GPU and the NVIDIA container toolkit",
+            f"Docker cannot pass GPUs to containers: no nvidia runtime and no {NVIDIA_HOOK}",
+            hint=TOOLKIT_HINT,
         )
-    result = runner(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
-    drivers = [line.strip() for line in result.stdout.splitlines() if line.strip()]
-    if result.returncode != 0 or not drivers:
-        raise GpuUnavailable(f"nvidia-smi found no GPU ({(result.stderr or result.stdout).strip()[:120]})")
-    info = runner([docker, "info", "--format", "{{json .Runtimes}}"])
-    if "nvidia" not in info.stdout:
-        raise GpuUnavailable(
-            "Docker has no NVIDIA runtime", hint="install nvidia-container-toolkit and restart dockerd"
-        )
-    return GpuHost(driver=drivers[0], gpus=len(drivers))
+    return host
+
+
+def ensure(
+    need: CudaNeed | None,
+    gpus: int,
+    engine: Engine | None = None,
+    *,
+    runner: Runner | None = None,
+    nvml: Callable[[], GpuHost | None] | None = None,
+    which: Callable[[str], str | None] | None = None,
+) -> GpuHost:
+    """A host that can run an app needing ``gpus`` GPUs and ``need``'s CUDA; GpuUnavailable otherwise."""
+    host = detect(engine, runner=runner, nvml=nvml, which=which)
+    check_driver(host.driver, need)
+    if host.gpus < gpus:
+        raise GpuUnavailable(f"the app needs {gpus} GPUs at its minimum replicas; this host has {host.gpus}")
+    return host
 
 
 def device_request_args(count: int | str = "all") -> list[str]:
     """docker run arguments for Docker's GPU device request (what KubeRay's nvidia.com/gpu limit becomes)."""
-    return ["--gpus", str(count) if count == "all" else f"count={count}"]
+    return ["--gpus", "all" if count == "all" else f"count={count}"]
+
+
+def no_device_driver(output: str) -> bool:
+    """`docker run --gpus` failed because dockerd has no GPU device driver (no NVIDIA toolkit)."""
+    return "could not select device driver" in output

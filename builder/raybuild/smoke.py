@@ -3,11 +3,16 @@
 The head runs KubeRay's own command line, is probed with KubeRay's own exec probes (wget inside the
 container), gets the app's Serve config through the dashboard REST API as KubeRay sends it, and must
 answer HTTP 200 on the app's route. The container carries raybuild's labels and is always removed.
+
+A GPU app runs in CPU mode by default (its CUDA libraries must resolve and it must import; num_gpus is 0).
+With ``gpu=True`` the head gets GPUs through Docker's device request and `--num-gpus`, as KubeRay gives a
+pod's nvidia.com/gpu limit to `ray start`; Ray must report them, and the app deploys with its real num_gpus.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -17,9 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from raybuild import gpu as gpus
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.errors import SmokeTestError
+from raybuild.errors import EngineError, SmokeTestError
 
 MANAGED_LABEL = "io.raybuild.managed=true"
 DASHBOARD_PORT = 8265
@@ -86,15 +92,28 @@ def serve_application(
     return application
 
 
-def required_cpus(app: App) -> int:
-    """CPUs for a single-node smoke test: every replica at its minimum, plus one for Serve's own actors."""
-    total = 0.0
+def _min_replicas(app: App) -> list[tuple[int, float, float]]:
+    """(replicas, num_cpus, num_gpus) per deployment, every replica at its minimum (at least one)."""
+    rows = []
     for deployment in app.deployments:
         replicas = deployment.num_replicas or (
             deployment.autoscaling.min_replicas if deployment.autoscaling else 1
         )
-        total += max(replicas, 1) * (deployment.ray_actor_options.num_cpus or 1.0)
+        options = deployment.ray_actor_options
+        rows.append((max(replicas, 1), options.num_cpus or 1.0, options.num_gpus or 0.0))
+    return rows
+
+
+def required_cpus(app: App) -> int:
+    """CPUs for a single-node smoke test: every replica at its minimum, plus one for Serve's own actors."""
+    total = sum(replicas * cpus for replicas, cpus, _ in _min_replicas(app))
     return max(2, int(total + 0.999) + 1)
+
+
+def required_gpus(app: App) -> int:
+    """GPUs for a single-node GPU smoke test: every replica at its minimum, and at least one."""
+    total = sum(replicas * gpu for replicas, _, gpu in _min_replicas(app))
+    return max(1, math.ceil(total - 1e-9))
 
 
 @dataclass(frozen=True)
@@ -106,6 +125,7 @@ class SmokeResult:
     t_serve: float
     status: int
     body: str
+    gpus: float = 0.0  # GPUs Ray reported on the head (GPU mode only)
 
     def to_dict(self) -> dict[str, object]:
         return self.__dict__.copy()
@@ -136,9 +156,9 @@ def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25
 
 @contextmanager
 def head_container(
-    engine: Engine, image: str, num_cpus: int, gpu: bool = False, env: dict[str, str] | None = None
+    engine: Engine, image: str, num_cpus: int, gpu: int = 0, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, int]]:
-    """A head container started like KubeRay starts it; yields (name, dashboard port on 127.0.0.1)."""
+    """A head container started like KubeRay starts it, with ``gpu`` GPUs; yields (name, dashboard port)."""
     name = f"raybuild-smoke-{uuid.uuid4().hex[:8]}"
     command = [
         "run",
@@ -156,11 +176,22 @@ def head_container(
         f"127.0.0.1::{DASHBOARD_PORT}",
     ]
     if gpu:
-        command += ["--gpus", "all"]
+        command += gpus.device_request_args(gpu)
     for key, value in sorted((env or {}).items()):
         command += ["-e", f"{key}={value}"]
-    command += [image, "/bin/bash", "-c", "--", kuberay_head_command(num_cpus)]
-    engine.docker_cmd(*command, what=f"docker run {image}")
+    # KubeRay passes a container's nvidia.com/gpu limit to `ray start` as --num-gpus.
+    extra = f" --num-gpus={gpu}" if gpu else ""
+    command += [image, "/bin/bash", "-c", "--", kuberay_head_command(num_cpus, extra)]
+    try:
+        engine.docker_cmd(*command, what=f"docker run {image}")
+    except EngineError as exc:
+        engine.remove_container(name)
+        if gpu and gpus.no_device_driver(exc.output_tail):
+            raise gpus.GpuUnavailable(
+                "Docker could not give the container a GPU (no NVIDIA device driver in dockerd)",
+                hint=gpus.TOOLKIT_HINT,
+            ) from exc
+        raise
     try:
         port_out = engine.docker_cmd("port", name, f"{DASHBOARD_PORT}/tcp").output.strip().splitlines()[0]
         yield name, int(port_out.rsplit(":", 1)[1])
@@ -186,7 +217,9 @@ def smoke_test(
     progress: Callable[[str], None] = lambda _: None,
 ) -> SmokeResult:
     cpu_mode = app.device == "gpu" and not gpu
-    with head_container(engine, image, required_cpus(app), gpu=gpu) as (container, port):
+    num_gpus = required_gpus(app) if gpu else 0
+    ray_gpus = 0.0
+    with head_container(engine, image, required_cpus(app), gpu=num_gpus) as (container, port):
         started = time.monotonic()
         progress(f"{app.name}: waiting for KubeRay's probes in {container}")
         if not wait_until(lambda: probe(engine, container), timeout):
@@ -196,8 +229,11 @@ def smoke_test(
                 hint="run `raybuild --debug test`",
             )
         t_head = time.monotonic() - started
-        if cpu_mode:
+        if app.device == "gpu":
             check_cuda_libraries(engine, container, app)
+        if gpu:
+            ray_gpus = check_gpu_resources(engine, container, app, num_gpus)
+            progress(f"{app.name}: Ray reports {ray_gpus:g} GPU(s) on the head")
         progress(f"{app.name}: head ready in {t_head:.1f}s; deploying Serve config through the dashboard")
         body = {"applications": [serve_application(app, cpu_mode=cpu_mode)]}
         deploy_started = time.monotonic()
@@ -221,7 +257,7 @@ def smoke_test(
             )
         t_serve = time.monotonic() - deploy_started
         payload = last[0].strip().splitlines()[-1] if last[0].strip() else ""
-        return SmokeResult(app.name, image, gpu, round(t_head, 2), round(t_serve, 2), 200, payload)
+        return SmokeResult(app.name, image, gpu, round(t_head, 2), round(t_serve, 2), 200, payload, ray_gpus)
 
 
 def _serve_status(text: str, app: str) -> str:
@@ -234,7 +270,8 @@ def _serve_status(text: str, app: str) -> str:
 
 
 # Checked inside the image: every shared library of the app's packages resolves, except the driver's
-# libraries that the NVIDIA container runtime injects on a GPU node.
+# libraries that the NVIDIA container runtime injects on a GPU node (excluded in GPU mode too: some wheels
+# link libcuda.so, which the runtime does not always provide unversioned, and load it with dlopen).
 _LDD_CHECK = r"""
 set -o pipefail
 missing=$(find /opt/app/site-packages -name '*.so*' -type f 2>/dev/null | while read -r lib; do
@@ -252,3 +289,37 @@ def check_cuda_libraries(engine: Engine, container: str, app: App) -> None:
     imported = engine.exec(container, ["python", "-c", f"import {module}"], timeout=60)
     if imported.returncode != 0:
         raise SmokeTestError(f"app {app.name!r}: `import {module}` failed: {imported.output.strip()[-300:]}")
+
+
+_RESOURCES_MARKER = "raybuild-cluster-resources="
+# Run inside the head as a Ray driver: what the cluster offers is what Serve's scheduler sees.
+_RESOURCES_SCRIPT = (
+    "import json, ray; ray.init(address='auto', logging_level='ERROR', log_to_driver=False); "
+    f"print({_RESOURCES_MARKER!r} + json.dumps(ray.cluster_resources()))"
+)
+
+
+def parse_cluster_resources(output: str) -> dict[str, float] | None:
+    for line in output.splitlines():
+        if line.startswith(_RESOURCES_MARKER):
+            data = json.loads(line[len(_RESOURCES_MARKER) :])
+            return {str(k): float(v) for k, v in data.items()}
+    return None
+
+
+def check_gpu_resources(engine: Engine, container: str, app: App, expected: int) -> float:
+    """The GPUs Ray reports in ``ray.cluster_resources()``; an error when fewer than the head was given."""
+    result = engine.exec(container, ["python", "-c", _RESOURCES_SCRIPT], timeout=120)
+    resources = parse_cluster_resources(result.output) if result.returncode == 0 else None
+    if resources is None:
+        raise SmokeTestError(
+            f"app {app.name!r}: cannot read ray.cluster_resources() on the head: "
+            f"{result.output.strip()[-300:]}"
+        )
+    found = resources.get("GPU", 0.0)
+    if found < expected:
+        raise SmokeTestError(
+            f"app {app.name!r}: Ray reports {found:g} GPUs, the head was given {expected}",
+            hint="check `nvidia-smi` inside the container: the NVIDIA runtime must inject the driver",
+        )
+    return found

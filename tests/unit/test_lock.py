@@ -97,42 +97,6 @@ def test_extras_lock_of_an_app_with_nothing_extra_is_empty() -> None:
     assert locking.extras_lock(RAY_LOCK, RAY_LOCK) == ""
 
 
-def test_cuda_versions_reads_nvidia_cupy_and_torch_wheels() -> None:
-    text = (
-        "nvidia-cublas-cu12==12.9.1.4\n"
-        "nvidia-cuda-runtime-cu12==12.9.79\n"
-        "cupy-cuda12x==13.6.0\n"
-        "torch==2.9.0+cu128\n"
-        "numpy==2.4.6\n"
-    )
-    assert locking.cuda_versions(text) == {"12"}
-    assert locking.cuda_versions("nvidia-cudnn-cu11==8.9.6\ntorch==2.9.0+cu118\n") == {"11"}
-    assert locking.cuda_versions("numpy==2.4.6\ntorch==2.9.0+cpu\n") == set()
-
-
-def test_check_cuda_returns_the_single_major(tmp_project: TmpProject) -> None:
-    config = tmp_project.load()
-    app = config.apps[0]
-    config.lockfile(app).parent.mkdir(parents=True)
-    config.lockfile(app).write_text("nvidia-cuda-runtime-cu12==12.9.79\ntorch==2.9.0+cu128\n")
-    assert locking.check_cuda(config, app) == "12"
-
-
-def test_check_cuda_without_cuda_wheels_or_lockfile_is_none(tmp_project: TmpProject) -> None:
-    config = tmp_project.load()
-    assert locking.check_cuda(config, config.apps[0]) is None
-
-
-def test_check_cuda_refuses_mixed_majors(tmp_project: TmpProject) -> None:
-    config = tmp_project.load()
-    app = config.apps[0]
-    config.lockfile(app).parent.mkdir(parents=True)
-    config.lockfile(app).write_text("nvidia-cuda-runtime-cu12==12.9.79\ncupy-cuda11x==13.6.0\n")
-    with pytest.raises(LockError) as caught:
-        locking.check_cuda(config, app)
-    assert caught.value.message == "app 'demo': its locked wheels mix CUDA majors 11, 12"
-
-
 # -- explaining resolver failures -------------------------------------------------------------------------
 
 

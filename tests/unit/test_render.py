@@ -145,7 +145,7 @@ def test_env_values_in_the_dockerfile_are_quoted() -> None:
 def test_gpu_image_gets_cuda_label_and_nvidia_library_path() -> None:
     cuda = generated_dockerfiles()["cuda.Dockerfile"]
     assert "ENV LD_LIBRARY_PATH=/opt/app/site-packages/nvidia/cuda_runtime/lib\n" in cuda
-    assert 'io.raybuild.cuda="12"' in cuda
+    assert 'io.raybuild.cuda="12.9"' in cuda
     assert "LD_LIBRARY_PATH" not in generated_dockerfiles()["hello.Dockerfile"]
 
 

@@ -11,7 +11,8 @@ from raybuild import doctor as checks
 from raybuild.build import Builder, built_ref, default_ca_bundle
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
 from raybuild.engine import Engine
-from raybuild.smoke import smoke_test
+from raybuild.errors import UsageError
+from raybuild.smoke import required_gpus, smoke_test
 
 ca_option = click.option(
     "--ca-bundle",
@@ -98,9 +99,17 @@ def build(
 @click.command("test")
 @click.argument("app_name", metavar="APP")
 @click.option(
-    "--gpu", is_flag=True, help="Request GPUs through Docker's device request and use real num_gpus."
+    "--gpu",
+    is_flag=True,
+    help="Give the head GPUs through Docker's device request, check that Ray reports them, and deploy "
+    "with the app's real num_gpus. Needs an NVIDIA GPU, a driver new enough for the app's locked CUDA, "
+    "and the NVIDIA container toolkit.",
 )
-@click.option("--skip-if-unavailable", is_flag=True, help="With --gpu: skip (exit 0) when no GPU is present.")
+@click.option(
+    "--skip-if-unavailable",
+    is_flag=True,
+    help="With --gpu: when this host cannot run the app on a GPU, print why as `skipped: ...` and exit 0.",
+)
 @click.option("--image", default=None, help="Image to test [default: the app's last build].")
 @click.option(
     "--timeout", default=180.0, show_default=True, help="Seconds to wait for the head and the route."
@@ -123,25 +132,32 @@ def test_app(
     """
     config = state.config()
     (app,) = config.select((app_name,))
+    engine = engine_for(state)
     if gpu:
         from raybuild import gpu as gpus
-        from raybuild.lock import check_cuda
+        from raybuild.lock import cuda_need
 
+        if app.device != "gpu":
+            raise UsageError(f'app {app.name!r} is a CPU app; --gpu is for apps with device = "gpu"')
         try:
-            host = gpus.detect()
-            gpus.check_driver(host.driver, check_cuda(config, app))
+            host = gpus.ensure(cuda_need(config, app), required_gpus(app), engine)
         except gpus.GpuUnavailable as exc:
-            if skip_if_unavailable:
-                click.echo(f"skipped: {exc.message}", err=True)
-                return
-            raise
+            if not skip_if_unavailable:
+                raise
+            if as_json:
+                emit_json({"app": app.name, "skipped": exc.message})
+            else:
+                click.echo(f"skipped: {exc.message}")
+            return
+        progress(f"GPU host: driver {host.driver}, {host.gpus} GPU(s) {', '.join(host.names)}".rstrip())
     ref = image or built_ref(config, app.name)
-    result = smoke_test(config, app, ref, engine_for(state), gpu=gpu, timeout=timeout, progress=progress)
+    result = smoke_test(config, app, ref, engine, gpu=gpu, timeout=timeout, progress=progress)
     if as_json:
         emit_json(result.to_dict())
         return
+    gpu_text = f", {result.gpus:g} GPU(s) in Ray" if gpu else ""
     click.echo(
-        f"ok: {app.name} ({ref}) head ready {result.t_head:.1f}s, route {app.route_prefix} "
+        f"ok: {app.name} ({ref}) head ready {result.t_head:.1f}s{gpu_text}, route {app.route_prefix} "
         f"answered 200 after {result.t_serve:.1f}s: {result.body[:80]}"
     )
 

@@ -63,7 +63,10 @@ def lock(state: State, apps: tuple[str, ...], check: bool, resolver: str | None,
     """Compile per-app lockfiles with hashes, every app pinned to the shared Ray lock.
 
     The shared lock (ray[serve]==VERSION alone) is compiled first; each app is then resolved with it as a
-    constraint, for the image's Python and Linux platform.
+    constraint, for the image's Python and Linux platform. A GPU app's lockfile records the CUDA version its
+    wheels need (`# CUDA: 12.9`); wheels that mix CUDA majors are refused and the old lockfile is kept.
+    torch comes as the CPU-only build for CPU apps and the CUDA build for GPU apps ([project].torch_backend
+    and gpu_torch_backend, uv's --torch-backend).
     """
     config = state.config()
     if resolver is not None:
@@ -82,15 +85,27 @@ def lock(state: State, apps: tuple[str, ...], check: bool, resolver: str | None,
     if as_json:
         emit_json(
             [
-                {"name": r.name, "path": str(r.path), "changed": r.changed, "packages": r.packages}
+                {
+                    "name": r.name,
+                    "path": str(r.path),
+                    "changed": r.changed,
+                    "packages": r.packages,
+                    "cuda": r.cuda,
+                }
                 for r in results
             ]
         )
         return
     table(
-        ["lock", "packages", "status", "path"],
+        ["lock", "packages", "cuda", "status", "path"],
         [
-            [r.name, r.packages, "updated" if r.changed else "unchanged", r.path.relative_to(config.root)]
+            [
+                r.name,
+                r.packages,
+                r.cuda or "-",
+                "updated" if r.changed else "unchanged",
+                r.path.relative_to(config.root),
+            ]
             for r in results
         ],
     )

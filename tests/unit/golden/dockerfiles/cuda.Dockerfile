@@ -63,5 +63,5 @@ COPY --chown=1000:100 code/ /home/ray/app/
 WORKDIR /home/ray/app
 LABEL io.raybuild.app="cuda" \
       io.raybuild.device="gpu" \
-      io.raybuild.lock-sha256="cb6223341bd320f4" \
-      io.raybuild.cuda="12"
+      io.raybuild.lock-sha256="5ed45101784aeca8" \
+      io.raybuild.cuda="12.9"
