@@ -150,6 +150,7 @@ def floor(work: Path, runs: int) -> list[float]:
                 uv_binary(),
                 "pip",
                 "install",
+                "--compile-bytecode",
                 "--python",
                 str(python),
                 "--require-hashes",
