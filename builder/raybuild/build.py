@@ -63,9 +63,10 @@ def _code_files(app_dir: Path) -> Iterator[Path]:
 def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
     """Write the app's build context into ``context``; return its content hash (the image tag's suffix)."""
     lockfile = config.lockfile(app)
-    if not lockfile.is_file() or not config.ray_lockfile().is_file():
+    missing = next((path for path in (lockfile, config.ray_lockfile()) if not path.is_file()), None)
+    if missing is not None:
         raise BuildError(
-            f"app {app.name!r}: no lockfile at {lockfile.relative_to(config.root)}",
+            f"app {app.name!r}: no lockfile at {missing.relative_to(config.root)}",
             hint=f"run `raybuild lock {app.name}`",
         )
     stale = lock.stale(config, (app,))
@@ -127,13 +128,25 @@ def _head_hash(context: Path) -> str:
 
 
 _STEP = re.compile(r"^#\d+ \[([^\]]+)\] (.*)$")
+_FAILED = (
+    re.compile(r"^ > \[([^\]]+)\] (.*):$"),  # --progress=plain: the error summary (" > NAME:")
+    re.compile(r"ERROR \[([^\]]+)\] (.*)"),  # tty progress: "=> ERROR [app 2/3] RUN ..."
+)
 
 
 def failing_step(output: str) -> str | None:
     """The BuildKit step that failed, e.g. `[app 2/3] RUN uv pip install ...`."""
-    for line in reversed(output.splitlines()):
-        match = re.search(r"ERROR \[([^\]]+)\] (.*)", line)
-        if match:
+    lines = output.splitlines()
+    for line in reversed(lines):
+        for pattern in _FAILED:
+            match = pattern.search(line)
+            if match:
+                return f"[{match.group(1)}] {match.group(2)[:120]}"
+    # Plain progress without the summary: the step named on the vertex (#N) that reported "#N ERROR:".
+    failed = next((m.group(1) for line in reversed(lines) if (m := re.match(r"#(\d+) ERROR:", line))), None)
+    for line in lines:
+        match = _STEP.match(line)
+        if failed and match and line.startswith(f"#{failed} "):
             return f"[{match.group(1)}] {match.group(2)[:120]}"
     return None
 

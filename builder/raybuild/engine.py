@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -144,6 +145,18 @@ class Engine:
             proc.stdin.write(stdin)
             proc.stdin.close()
         assert proc.stdout is not None
+        # The deadline must interrupt the read loop: a hung command (`docker info` against a wedged daemon)
+        # never closes its output, so waiting after the loop would never time out. Killing it closes it.
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, expire) if timeout else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
             for raw in proc.stdout:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -151,12 +164,22 @@ class Engine:
                 tail.append(line)
                 if on_line:
                     on_line(line)
-            returncode = proc.wait(timeout=timeout)
+            returncode = proc.wait()
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         output = "\n".join(lines)
+        if check and returncode != 0 and timed_out.is_set():
+            raise error(
+                f"{what or ' '.join(command[:3])} timed out after {timeout:g}s",
+                command=command,
+                returncode=returncode,
+                output_tail="\n".join(tail),
+            )
         if check and returncode != 0:
             text = "\n".join(tail)
             raise error(

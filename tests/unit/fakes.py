@@ -1,0 +1,210 @@
+"""Test doubles for the one seam to Docker: a fake engine, a scripted docker CLI, and an app builder.
+
+``FakeEngine`` subclasses ``Engine`` and replaces only ``run``, the method every docker call goes through, so
+tests see the commands that the real engine builds (build, tag, import, run ...). It keeps the little Docker
+state that code checks before it acts (images, containers, networks), and answers from a script first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+from raybuild.config import App
+from raybuild.engine import DockerClient, Engine, OutputCallback, Result, classify_failure
+from raybuild.errors import EngineError
+
+DOCKER = DockerClient("/usr/bin/docker", "28.1.1", buildx=True)
+BUILD_OUTPUT = "#1 [internal] load build definition from Dockerfile\n#1 DONE 0.0s\n"
+
+
+def image_id(seed: str) -> str:
+    return "sha256:" + hashlib.sha256(seed.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Reply:
+    returncode: int = 0
+    output: str = ""
+    raises: EngineError | None = None
+
+
+def _labels(args: list[str]) -> dict[str, str]:
+    labels = {}
+    for flag, value in pairwise(args):
+        if flag == "--label":
+            key, _, val = value.partition("=")
+            labels[key] = val
+    return labels
+
+
+def _option(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def _starts_with(args: list[str], prefix: tuple[str, ...]) -> bool:
+    return len(args) >= len(prefix) and all(p in ("*", a) for p, a in zip(prefix, args, strict=False))
+
+
+def _matches(labels: dict[str, str], label_filter: str) -> bool:
+    key, _, value = label_filter.removeprefix("label=").partition("=")
+    return labels.get(key) == value
+
+
+class FakeEngine(Engine):
+    """An engine that records every command and never starts a process."""
+
+    def __init__(self, images: Iterable[str] = (), client: DockerClient = DOCKER) -> None:
+        super().__init__(client=client)
+        self.images: dict[str, str] = {ref: image_id(ref) for ref in images}  # ref -> image ID
+        self.containers: dict[str, dict[str, str]] = {}  # name -> labels
+        self.networks: dict[str, dict[str, str]] = {}
+        self.commands: list[list[str]] = []
+        self.envs: list[dict[str, str]] = []
+        self.created: list[str] = []  # refs in the order they were made (imported or tagged)
+        self.dockerfiles: list[str] = []  # the Dockerfile of each build, read when it ran
+        self._script: list[tuple[tuple[str, ...], Reply]] = []
+
+    def script(
+        self, *prefix: str, returncode: int = 0, output: str = "", raises: EngineError | None = None
+    ) -> None:
+        """Answer commands whose arguments (docker path dropped) start with ``prefix``; later ones win.
+
+        A ``*`` in ``prefix`` matches any one argument (a container's generated name, say).
+        """
+        self._script.insert(0, (prefix, Reply(returncode, output, raises)))
+
+    def args(self, command: list[str]) -> list[str]:
+        assert self.client is not None
+        return command[1:] if command and command[0] == self.client.path else list(command)
+
+    def calls(self, *prefix: str) -> list[list[str]]:
+        """Every recorded command (docker path dropped) that starts with ``prefix``, in order."""
+        found = [self.args(c) for c in self.commands]
+        return [a for a in found if tuple(a[: len(prefix)]) == prefix]
+
+    def builds(self) -> list[list[str]]:
+        return [a for a in (self.args(c) for c in self.commands) if "build" in a[:2]]
+
+    def run(
+        self,
+        command: list[str],
+        *,
+        check: bool = True,
+        on_line: OutputCallback | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        error: type[EngineError] = EngineError,
+        what: str | None = None,
+    ) -> Result:
+        self.commands.append(list(command))
+        self.envs.append(dict(env or {}))
+        args = self.args(command)
+        reply = next((r for p, r in self._script if _starts_with(args, p)), None)
+        if reply is None:
+            assert self.client is not None
+            reply = self._docker(args) if command[0] == self.client.path else Reply()
+        if reply.raises is not None:
+            raise reply.raises
+        for line in reply.output.splitlines():
+            if on_line:
+                on_line(line)
+        if check and reply.returncode != 0:
+            raise error(
+                f"{what or ' '.join(command[:3])} failed (exit {reply.returncode})",
+                command=list(command),
+                returncode=reply.returncode,
+                output_tail=reply.output,
+                hint=classify_failure(what or "", reply.output),
+            )
+        return Result(list(command), reply.returncode, reply.output)
+
+    def _docker(self, args: list[str]) -> Reply:
+        """What dockerd would answer, for the commands raybuild sends."""
+        match args:
+            case ["info", *_]:
+                return Reply(0, self.docker.version)
+            case ["image", "inspect", ref]:
+                if ref not in self.images:
+                    return Reply(1, f"Error response from daemon: No such image: {ref}")
+                return Reply(0, json.dumps([{"Id": self.images[ref], "RepoTags": [ref]}]))
+            case ["tag", source, target]:
+                if source not in self.images:
+                    return Reply(1, f"Error response from daemon: No such image: {source}")
+                self.images[target] = self.images[source]
+                self.created.append(target)
+            case ["image", "rm", "--force", ref]:
+                self.images.pop(ref, None)
+            case ["import", *_, ref]:
+                self.images[ref] = image_id(ref)
+                self.created.append(ref)
+            case _ if "build" in args[:2]:
+                dockerfile = Path(_option(args, "-f"))
+                self.dockerfiles.append(dockerfile.read_text() if dockerfile.is_file() else "")
+                new_id = image_id(" ".join(args))
+                Path(_option(args, "--iidfile")).write_text(new_id + "\n")
+                self.images[new_id] = new_id
+                return Reply(0, BUILD_OUTPUT)
+            case ["run", "-d", *_]:
+                name = _option(args, "--name")
+                self.containers[name] = _labels(args)
+                return Reply(0, image_id(name)[7:])
+            case ["rm", "--force", "--volumes", name]:
+                self.containers.pop(name, None)
+            case ["ps", "-aq", "--filter", label]:
+                return Reply(0, "\n".join(n for n, ls in self.containers.items() if _matches(ls, label)))
+            case ["network", "create", *_, name]:
+                self.networks[name] = _labels(args)
+            case ["network", "ls", "-q", "--filter", label]:
+                return Reply(0, "\n".join(n for n, ls in self.networks.items() if _matches(ls, label)))
+            case ["network", "rm", name]:
+                self.networks.pop(name, None)
+        return Reply()
+
+
+class ScriptedDocker:
+    """Stands in for docker binaries in ``find_docker_client``: path -> (client version, has buildx).
+
+    Like the real client, ``docker version`` prints the client version and exits 1 when the daemon is down.
+    """
+
+    def __init__(self, clients: dict[str, tuple[str | None, bool]], daemon_up: bool = True) -> None:
+        self.clients = clients
+        self.daemon_up = daemon_up
+        self.commands: list[list[str]] = []
+
+    def __call__(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        self.commands.append(command)
+        version, buildx = self.clients.get(command[0], (None, False))
+        if command[1:2] == ["version"]:
+            if version is None:
+                return subprocess.CompletedProcess(command, 126, "", "exec format error")
+            ok = self.daemon_up
+            err = "" if ok else "Cannot connect to the Docker daemon at unix:///var/run/docker.sock."
+            return subprocess.CompletedProcess(command, 0 if ok else 1, version + "\n", err)
+        if command[1:3] == ["buildx", "version"]:
+            if buildx:
+                return subprocess.CompletedProcess(command, 0, "github.com/docker/buildx v0.19.3\n", "")
+            return subprocess.CompletedProcess(command, 1, "", "docker: 'buildx' is not a docker command.")
+        return subprocess.CompletedProcess(command, 1, "", f"unexpected command {command}")
+
+
+def make_app(name: str = "demo", **fields: Any) -> App:
+    """A valid app; ``fields`` replace or add keys of its raybuild.toml table."""
+    data: dict[str, Any] = {
+        "name": name,
+        "path": f"apps/{name}",
+        "requirements": f"apps/{name}/requirements.in",
+        "import_path": f"{name.replace('-', '_')}_app:app",
+        "route_prefix": f"/{name}",
+        "deployments": [{"name": "Demo", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}}],
+        **fields,
+    }
+    return App.model_validate(data)

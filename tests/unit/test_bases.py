@@ -1,0 +1,211 @@
+"""Base images without Docker: the mmdebstrap call, content-addressed names, and `ensure_bases` making only
+what is missing, in dependency order, against the fake engine."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from raybuild import bases
+from raybuild import lock as locking
+from raybuild.config import BaseImage, LoadedConfig
+from raybuild.errors import EngineError, RaybuildError
+from raybuild.render import render_base
+from tests.conftest import TmpProject
+from tests.unit.fakes import FakeEngine
+
+SNAPSHOT = "20260101T000000Z"
+REAL_WHICH = shutil.which
+
+
+@pytest.fixture
+def mmdebstrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mmdebstrap on PATH (the fake engine never runs it)."""
+    monkeypatch.setattr(
+        shutil, "which", lambda name: "/usr/bin/mmdebstrap" if name == "mmdebstrap" else REAL_WHICH(name)
+    )
+
+
+@pytest.fixture
+def tiny_uv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in uv binary, so importing the uv image does not tar the real 40 MB one."""
+    binary = tmp_path / "uv"
+    binary.write_text("#!/bin/sh\n")
+    monkeypatch.setattr(locking, "uv_binary", lambda: str(binary))
+
+
+def all_refs(config: LoadedConfig) -> list[str]:
+    """Every image ensure_bases makes for cpu and gpu, in the order it must make them."""
+    cpu = config.config.base.cpu
+    return [
+        bases.uv_image(),
+        bases.rootfs(cpu, "builder").ref,
+        bases.builder_ref(config),
+        bases.rootfs(cpu, "runtime").ref,
+        bases.base_ref(config, "cpu"),
+        bases.base_ref(config, "gpu"),
+    ]
+
+
+# -- mmdebstrap -------------------------------------------------------------------------------------------
+
+
+def test_mmdebstrap_makes_a_minimal_rootfs_without_docs_or_perl() -> None:
+    root = bases.rootfs(BaseImage(), "runtime")
+    command = bases.mmdebstrap_command(root, Path("/tmp/rootfs.tar"))
+    assert command[:3] == [
+        "mmdebstrap",
+        "--variant=essential",
+        "--include=python3-minimal,libpython3-stdlib,bash,wget,ca-certificates,libstdc++6",
+    ]
+    assert command[-3:] == ["bookworm", "/tmp/rootfs.tar", "http://deb.debian.org/debian"]
+    for folder in ("man", "doc", "locale", "info", "lintian", "common-licenses"):
+        assert f"--dpkgopt=path-exclude=/usr/share/{folder}/*" in command
+    # dpkg applies filters in order: the copyright files are kept only if included after the doc exclude.
+    keep = command.index("--dpkgopt=path-include=/usr/share/doc/*/copyright")
+    assert keep > command.index("--dpkgopt=path-exclude=/usr/share/doc/*")
+    assert (
+        '--customize-hook=chroot "$1" dpkg --purge --force-depends usrmerge libfile-find-rule-perl '
+        "libnumber-compare-perl libtext-glob-perl perl libperl5.36 perl-modules-5.36"
+    ) in command
+    assert (
+        '--customize-hook=rm -rf "$1"/usr/lib/x86_64-linux-gnu/gconv "$1"/var/lib/apt/lists/* '
+        '"$1"/var/cache/* "$1"/var/log/*'
+    ) in command
+    assert not any(arg.startswith("--aptopt") for arg in command)
+
+
+def test_mmdebstrap_from_a_snapshot_accepts_its_expired_release_files() -> None:
+    settings = BaseImage(suite="trixie", snapshot=SNAPSHOT)
+    command = bases.mmdebstrap_command(bases.rootfs(settings, "builder"), Path("/out.tar"))
+    assert command[-3:] == ["trixie", "/out.tar", f"http://snapshot.debian.org/archive/debian/{SNAPSHOT}"]
+    assert '--aptopt=Acquire::Check-Valid-Until "false"' in command
+    assert command[2].endswith(",binutils")
+
+
+# -- names ------------------------------------------------------------------------------------------------
+
+
+def test_rootfs_ref_is_a_hash_of_what_goes_into_it() -> None:
+    default = bases.rootfs(BaseImage(), "runtime")
+    assert default.ref.startswith("raybuild/rootfs-runtime:bookworm-")
+    assert default == bases.rootfs(BaseImage(), "runtime")
+    variants = [
+        default.ref,
+        bases.rootfs(BaseImage(), "builder").ref,
+        bases.rootfs(BaseImage(suite="trixie"), "runtime").ref,
+        bases.rootfs(BaseImage(snapshot=SNAPSHOT), "runtime").ref,
+        bases.rootfs(BaseImage(mirror="http://mirror.example/debian"), "runtime").ref,
+    ]
+    assert len(set(variants)) == len(variants)
+
+
+def test_an_image_source_uses_the_registry_image_and_installs_packages(tmp_project: TmpProject) -> None:
+    root = bases.rootfs(BaseImage(source="image", image="debian:trixie-slim"), "runtime")
+    assert (root.ref, root.bootstrapped) == ("debian:trixie-slim", False)
+
+    bootstrapped = tmp_project.load()
+    tmp_project.append_config('[base.cpu]\nsource = "image"\n')
+    from_image = tmp_project.load()
+    spec = bases.base_spec(from_image, "cpu")
+    assert (spec.rootfs, spec.install_packages, spec.packages) == (
+        "debian:bookworm-slim",
+        True,
+        bases.RUNTIME_PACKAGES,
+    )
+    text = render_base(spec)
+    assert text.count("FROM debian:bookworm-slim") == 1
+    assert "apt-get install -y --no-install-recommends " + " ".join(bases.RUNTIME_PACKAGES) in text
+    assert "apt-get" not in render_base(bases.base_spec(bootstrapped, "cpu"))
+    assert bases.base_ref(from_image, "cpu") != bases.base_ref(bootstrapped, "cpu")
+    assert bases.builder_ref(from_image) != bases.builder_ref(bootstrapped)
+
+
+def test_the_gpu_base_builds_on_the_cpu_base_unless_a_cuda_image_is_set(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    assert bases.base_spec(config, "gpu").parent == bases.base_ref(config, "cpu")
+    tmp_project.append_config('[base.gpu]\ncuda_runtime_image = "nvidia/cuda:12.9.1-runtime-ubuntu24.04"\n')
+    assert bases.base_spec(tmp_project.load(), "gpu").parent == "nvidia/cuda:12.9.1-runtime-ubuntu24.04"
+
+
+# -- ensure_bases -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("mmdebstrap", "tiny_uv")
+def test_ensure_bases_makes_every_missing_image_in_order(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    engine = FakeEngine()
+    refs = bases.ensure_bases(config, engine, ("cpu", "gpu"))
+    expected = all_refs(config)
+    assert engine.created == expected
+    assert refs == {"builder": expected[2], "cpu": expected[4], "gpu": expected[5]}
+    assert engine.commands[0][1:] == ["info", "--format", "{{.ServerVersion}}"]
+    bootstraps = [c for c in engine.commands if c[0] == "mmdebstrap"]
+    assert [c[-3] for c in bootstraps] == ["bookworm", "bookworm"]
+    assert [c[2].endswith(",binutils") for c in bootstraps] == [True, False]
+    assert engine.calls("import")[0][:3] == ["import", "--change", "LABEL io.raybuild.role=uv"]
+    # Each image is built FROM the one made before it.
+    builder, cpu, gpu = engine.dockerfiles
+    assert f"FROM {expected[1]}" in builder and f"COPY --from={expected[0]} /uv" in builder
+    assert f"FROM {expected[3]}" in cpu
+    assert f"FROM {expected[4]}" in gpu
+
+
+@pytest.mark.usefixtures("mmdebstrap", "tiny_uv")
+def test_ensure_bases_makes_nothing_that_exists(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    engine = FakeEngine(images=all_refs(config))
+    bases.ensure_bases(config, engine, ("cpu", "gpu"))
+    assert engine.created == []
+    assert engine.builds() == []
+    assert not [c for c in engine.commands if c[0] == "mmdebstrap"]
+
+
+@pytest.mark.usefixtures("mmdebstrap", "tiny_uv")
+def test_ensure_bases_makes_only_the_missing_ones(tmp_project: TmpProject) -> None:
+    config = tmp_project.load()
+    refs = all_refs(config)
+    engine = FakeEngine(images=refs[:4])
+    bases.ensure_bases(config, engine, ("gpu",))  # the GPU base needs the CPU base
+    assert engine.created == refs[4:]
+    cpu_only = FakeEngine(images=refs[:4])
+    bases.ensure_bases(config, cpu_only, ("cpu",))
+    assert cpu_only.created == [refs[4]]
+
+
+@pytest.mark.usefixtures("tiny_uv")
+def test_a_missing_mmdebstrap_is_a_clear_error(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    config = tmp_project.load()
+    engine = FakeEngine()
+    with pytest.raises(RaybuildError) as raised:
+        bases.ensure_bases(config, engine, ("cpu",))
+    builder_rootfs = bases.rootfs(config.config.base.cpu, "builder").ref
+    assert str(raised.value) == f"cannot bootstrap {builder_rootfs}: mmdebstrap is not installed"
+    assert raised.value.hint is not None and 'source = "image"' in raised.value.hint
+    assert engine.created == [bases.uv_image()]
+
+
+@pytest.mark.usefixtures("tiny_uv")
+def test_an_image_source_needs_no_mmdebstrap(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    tmp_project.append_config('[base.cpu]\nsource = "image"\n')
+    config = tmp_project.load()
+    engine = FakeEngine()
+    bases.ensure_bases(config, engine, ("cpu",))
+    assert engine.created == [bases.uv_image(), bases.builder_ref(config), bases.base_ref(config, "cpu")]
+    assert "FROM debian:bookworm-slim" in engine.dockerfiles[0]
+
+
+def test_ensure_bases_stops_when_the_daemon_is_down(tmp_project: TmpProject) -> None:
+    engine = FakeEngine()
+    engine.script("info", returncode=1, output="Cannot connect to the Docker daemon")
+    with pytest.raises(EngineError, match="not reachable"):
+        bases.ensure_bases(tmp_project.load(), engine)
+    assert len(engine.commands) == 1

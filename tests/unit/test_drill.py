@@ -1,0 +1,157 @@
+"""Drill reports without a cluster: percentiles, outage windows, replica identity, and the bounded request
+loop against a tiny HTTP server on 127.0.0.1. Nothing here asserts on how long anything took."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
+
+import pytest
+
+from raybuild import drill
+from raybuild.drill import Latency, RequestLoop, Sample, Window
+
+
+def test_percentile_picks_the_nearest_rank() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # unsorted on purpose
+    assert drill.percentile(values, 0.0) == 1.0
+    assert drill.percentile(values, 0.5) == 51.0
+    assert drill.percentile(values, 0.95) == 95.0
+    assert drill.percentile(values, 1.0) == 100.0
+    assert drill.percentile([7.0], 0.99) == 7.0
+    assert drill.percentile([], 0.5) == 0.0
+
+
+SAMPLES = [
+    Sample(0.1, 0.010, True),
+    Sample(1.0, 0.020, True),
+    Sample(2.0, 0.500, False, "HTTP 500"),
+    Sample(2.5, 0.300, True),
+    Sample(3.0, 5.000, False, "TimeoutError"),
+    Sample(4.0, 0.030, True),
+]
+
+
+def test_window_over_the_whole_drill() -> None:
+    whole = drill.window(SAMPLES)
+    assert (whole.sent, whole.failed) == (6, 2)
+    # Latency covers the successful requests only, in milliseconds.
+    assert whole.latency == Latency(p50_ms=30.0, p95_ms=300.0, p99_ms=300.0, max_ms=300.0)
+
+
+def test_outage_window_includes_its_bounds() -> None:
+    outage = drill.window(SAMPLES, 2.0, 3.0)
+    assert outage == Window(sent=3, failed=2, latency=Latency(300.0, 300.0, 300.0, 300.0))
+
+
+def test_a_window_where_everything_failed_has_no_latency() -> None:
+    assert drill.window(SAMPLES, 2.0, 2.0) == Window(sent=1, failed=1, latency=None)
+    assert drill.window(SAMPLES, 10.0, 20.0) == Window(sent=0, failed=0, latency=None)
+
+
+def test_replica_ids_are_sorted_per_deployment() -> None:
+    status = {
+        "demo": {
+            "status": "RUNNING",
+            "deployments": {
+                "Demo": {"replicas": [{"replica_id": "b"}, {"replica_id": "a"}]},
+                "Ingress": {"replicas": []},
+            },
+        },
+        "starting": {"status": "DEPLOYING", "deployments": None},
+    }
+    assert drill.replica_ids(status) == {"demo/Demo": ["a", "b"], "demo/Ingress": []}
+
+
+def test_a_report_is_ok_only_without_failures_and_with_recovery() -> None:
+    clean = Window(10, 0, None)
+    report = drill.DrillReport("head-restart", "h", 1.0, 10.0, clean, clean, 0.5, True, True, True, {})
+    assert report.ok
+    assert not replace(report, total=Window(10, 1, None), errors={"HTTP 500": 1}).ok
+    assert not replace(report, recovered=False).ok
+    assert not replace(report, apps_running=False).ok
+    assert report.to_dict()["total"] == {"sent": 10, "failed": 0, "latency": None}
+
+
+# -- the request loop -------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        if self.path == "/slow":
+            time.sleep(0.6)
+        status = 500 if self.path == "/fail" else 200
+        body = b"ok" if status == 200 else b"boom"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the client gave up (the timeout test)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server: /fail answers 500, /slow answers after 0.6 s, anything else 200."""
+    hits: ClassVar[list[str]] = []
+    handler = type("Handler", (_Handler,), {"hits": hits})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_the_loop_sends_rps_times_duration_requests_round_robin(server: tuple[str, list[str]]) -> None:
+    base, hits = server
+    loop = RequestLoop([f"{base}/ok", f"{base}/fail"], rps=40, duration=0.5)
+    loop.start()
+    samples = loop.join()
+    assert len(samples) == 20
+    assert sorted(hits) == sorted(["/ok"] * 10 + ["/fail"] * 10)
+    assert sum(1 for s in samples if not s.ok) == 10
+    assert {s.error for s in samples if not s.ok} == {"HTTP 500"}
+    assert all(s.error == "" for s in samples if s.ok)
+    assert [s.started for s in samples] == sorted(s.started for s in samples)
+
+
+def test_the_loop_names_connection_errors_and_timeouts(server: tuple[str, list[str]]) -> None:
+    base, _ = server
+    refused = f"http://127.0.0.1:{closed_port()}/"
+    loop = RequestLoop([refused, f"{base}/slow"], rps=20, duration=0.1, timeout=0.2)
+    loop.start()
+    samples = loop.join()
+    assert len(samples) == 2
+    assert sorted(s.error for s in samples) == ["ConnectionRefusedError", "TimeoutError"]
+    assert drill.window(samples) == Window(sent=2, failed=2, latency=None)
+
+
+def test_the_loop_never_exceeds_its_budget(server: tuple[str, list[str]]) -> None:
+    base, hits = server
+    loop = RequestLoop([f"{base}/ok"], rps=7, duration=0.5)  # 3.5 requests: at most 3
+    loop.start()
+    assert len(loop.join()) == 3
+    assert len(hits) == 3
