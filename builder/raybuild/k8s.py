@@ -198,20 +198,22 @@ def _serve_deployment(app: App, index: int) -> dict[str, Any]:
     return entry
 
 
+def serve_application(app: App) -> dict[str, Any]:
+    """One entry of serveConfigV2's `applications`, pinned to the app's worker group."""
+    entry: dict[str, Any] = {
+        "name": app.name,
+        "import_path": app.import_path,
+        "route_prefix": app.route_prefix,
+        "deployments": [_serve_deployment(app, i) for i in range(len(app.deployments))],
+    }
+    if app.env:
+        entry["runtime_env"] = {"env_vars": dict(sorted(app.env.items()))}
+    return entry
+
+
 def serve_config(config: LoadedConfig) -> dict[str, Any]:
     """serveConfigV2 as data: one Serve application per app, in config order."""
-    applications = []
-    for app in config.apps:
-        entry: dict[str, Any] = {
-            "name": app.name,
-            "import_path": app.import_path,
-            "route_prefix": app.route_prefix,
-            "deployments": [_serve_deployment(app, i) for i in range(len(app.deployments))],
-        }
-        if app.env:
-            entry["runtime_env"] = {"env_vars": dict(sorted(app.env.items()))}
-        applications.append(entry)
-    return {"applications": applications}
+    return {"applications": [serve_application(app) for app in config.apps]}
 
 
 def store_service(config: LoadedConfig) -> tuple[str, int]:

@@ -54,9 +54,14 @@ def init_project(directory: Path, name: str) -> list[Path]:
     module = name.replace("-", "_") + "_app"
     cls = "".join(part.capitalize() for part in name.replace("_", "-").split("-")) or "App"
     files = {
-        directory / CONFIG_NAME: _CONFIG.format(project=directory.resolve().name.lower() or "project",
-                                                ray=DEFAULT_RAY_VERSION, python=DEFAULT_PYTHON, name=name,
-                                                module=module, cls=cls),
+        directory / CONFIG_NAME: _CONFIG.format(
+            project=directory.resolve().name.lower() or "project",
+            ray=DEFAULT_RAY_VERSION,
+            python=DEFAULT_PYTHON,
+            name=name,
+            module=module,
+            cls=cls,
+        ),
         directory / "apps" / name / f"{module}.py": _APP.format(cls=cls, name=name),
         directory / "apps" / name / "requirements.in": (
             "# The app's own dependencies; Ray is added by raybuild.\n"

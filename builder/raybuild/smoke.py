@@ -57,38 +57,23 @@ def kuberay_head_command(num_cpus: float | int, extra: str = "") -> str:
 def serve_application(
     app: App, cpu_mode: bool = False, label_selector: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """One entry of serveConfigV2's `applications`, from the config. ``cpu_mode`` zeroes num_gpus."""
-    deployments = []
-    for deployment in app.deployments:
-        entry: dict[str, Any] = {"name": deployment.name}
-        if deployment.num_replicas is not None:
-            entry["num_replicas"] = deployment.num_replicas
-        if deployment.autoscaling is not None:
-            entry["autoscaling_config"] = {
-                "min_replicas": deployment.autoscaling.min_replicas,
-                "max_replicas": deployment.autoscaling.max_replicas,
-            }
-        options = deployment.ray_actor_options
-        actor: dict[str, Any] = {}
-        if options.num_cpus is not None:
-            actor["num_cpus"] = options.num_cpus
-        if options.num_gpus is not None:
-            actor["num_gpus"] = 0.0 if cpu_mode else options.num_gpus
-        if options.memory is not None:
-            actor["memory"] = options.memory
+    """The app's entry of the rendered serveConfigV2, for a node that is not one of its worker group.
+
+    The node-label pinning is replaced by ``label_selector`` (none by default: a single-node test has no
+    worker groups), and ``cpu_mode`` zeroes num_gpus for a GPU app on a machine without a GPU.
+    """
+    from raybuild.k8s import serve_application as rendered
+
+    application = rendered(app)
+    for deployment in application["deployments"]:
+        actor = deployment["ray_actor_options"]
+        actor.pop("label_selector", None)
         if label_selector:
             actor["label_selector"] = dict(label_selector)
-        if actor:
-            entry["ray_actor_options"] = actor
-        deployments.append(entry)
-    application: dict[str, Any] = {
-        "name": app.name,
-        "import_path": app.import_path,
-        "route_prefix": app.route_prefix,
-        "deployments": deployments,
-    }
-    if app.env:
-        application["runtime_env"] = {"env_vars": dict(sorted(app.env.items()))}
+        if cpu_mode and "num_gpus" in actor:
+            actor["num_gpus"] = 0.0
+        if not actor:
+            del deployment["ray_actor_options"]
     return application
 
 
