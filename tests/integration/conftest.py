@@ -43,7 +43,10 @@ def bundled() -> LoadedConfig:
 def copy_project(source: Path, root: Path) -> Path:
     """Copy a project's config, apps, lockfiles and templates to ``root``."""
     root.mkdir(parents=True)
-    shutil.copy2(source / "raybuild.toml", root / "raybuild.toml")
+    # Images of a copy get a namespace of their own, so tests never move the bundled project's tags.
+    text = (source / "raybuild.toml").read_text()
+    text = text.replace('registry = "127.0.0.1:5000/raybuild"', 'registry = "127.0.0.1:5000/raybuild-test"')
+    (root / "raybuild.toml").write_text(text)
     for folder in ("apps", "lockfiles", "images", "deploy"):
         if (source / folder).is_dir():
             shutil.copytree(source / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
