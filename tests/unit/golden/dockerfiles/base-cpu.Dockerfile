@@ -7,8 +7,8 @@ FROM raybuild/rootfs-runtime:bookworm-32da6ecb648f
 # KubeRay runs containers as uid 1000 with HOME /home/ray (the layout of the rayproject/ray images).
 # The passwd entry is written directly: the minimal bootstrap has no useradd.
 RUN echo 'ray:x:1000:100::/home/ray:/bin/bash' >> /etc/passwd \
- && mkdir -p /home/ray \
- && chown 1000:100 /home/ray
+ && mkdir -p /home/ray/app \
+ && chown 1000:100 /home/ray /home/ray/app
 ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

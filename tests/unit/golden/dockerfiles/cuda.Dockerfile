@@ -45,11 +45,13 @@ RUN --mount=type=bind,source=prune.py,target=/tmp/raybuild/prune.py \
  && /opt/ray/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/app/site-packages
 
 # ---- Stage 3: the head image: the base plus Ray, no app (`raybuild build` tags it as the head image) ----
-FROM raybuild/base-gpu:py3.11-e393f17990e8 AS head
+FROM raybuild/base-gpu:py3.11-c3000fdddf3f AS head
 # KubeRay 1.4+ starts containers with `/bin/bash -c`, not a login shell, so `ray` must be on ENV PATH.
 ENV PATH=/opt/ray/venv/bin:/opt/app/site-packages/bin:/usr/local/bin:/usr/bin:/bin \
     VIRTUAL_ENV=/opt/ray/venv
 COPY --from=ray /opt/ray/venv /opt/ray/venv
+# Set here, in the shared prefix: a WORKDIR after the code COPY can add a layer of its own behind it.
+WORKDIR /home/ray/app
 LABEL io.raybuild.ray-version="2.60.0" \
       io.raybuild.python="3.11"
 
@@ -60,7 +62,6 @@ COPY --from=app /opt/app/site-packages /opt/app/site-packages
 # and libnvidia-ml are injected at run time by the NVIDIA container runtime.
 ENV LD_LIBRARY_PATH=/opt/app/site-packages/nvidia/cuda_runtime/lib
 COPY --chown=1000:100 code/ /home/ray/app/
-WORKDIR /home/ray/app
 LABEL io.raybuild.app="cuda" \
       io.raybuild.device="gpu" \
       io.raybuild.lock-sha256="5ed45101784aeca8" \

@@ -45,11 +45,13 @@ RUN --mount=type=bind,source=prune.py,target=/tmp/raybuild/prune.py \
  && /opt/ray/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/app/site-packages
 
 # ---- Stage 3: the head image: the base plus Ray, no app (`raybuild build` tags it as the head image) ----
-FROM raybuild/base-cpu:py3.11-2731e19785fb AS head
+FROM raybuild/base-cpu:py3.11-7363cb954a78 AS head
 # KubeRay 1.4+ starts containers with `/bin/bash -c`, not a login shell, so `ray` must be on ENV PATH.
 ENV PATH=/opt/ray/venv/bin:/opt/app/site-packages/bin:/usr/local/bin:/usr/bin:/bin \
     VIRTUAL_ENV=/opt/ray/venv
 COPY --from=ray /opt/ray/venv /opt/ray/venv
+# Set here, in the shared prefix: a WORKDIR after the code COPY can add a layer of its own behind it.
+WORKDIR /home/ray/app
 LABEL io.raybuild.ray-version="2.60.0" \
       io.raybuild.python="3.11"
 
@@ -60,7 +62,6 @@ ENV GREETING_STYLE="plain"
 ENV MOTD="say \"hi\" & \$HOME"
 ENV WIN="C:\\tmp"
 COPY --chown=1000:100 code/ /home/ray/app/
-WORKDIR /home/ray/app
 LABEL io.raybuild.app="hello" \
       io.raybuild.device="cpu" \
       io.raybuild.lock-sha256="53a1c4b53d202dad"
