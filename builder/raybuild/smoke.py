@@ -254,13 +254,21 @@ def _serve_status(text: str, app: str) -> str:
         return text[:300]
 
 
-# Checked inside the image: every shared library of the app's packages resolves, except the driver's
-# libraries that the NVIDIA container runtime injects on a GPU node (excluded in GPU mode too: some wheels
-# link libcuda.so, which the runtime does not always provide unversioned, and load it with dlopen).
-_LDD_CHECK = r"""
+# Libraries that the node provides, not the image, so a missing one is not an error here:
+# - the driver's libcuda and libnvidia-ml, injected by the NVIDIA container runtime on a GPU node (some
+#   wheels link the unversioned libcuda.so, which the runtime does not always provide, and dlopen it);
+# - the interconnect stack (rdma-core's ibverbs, mlx5 and rdmacm, UCX, libfabric, PMIx, MPI, OpenSHMEM):
+#   only the plugins that NVSHMEM and cuFile dlopen for multi-node transports link them, and only a
+#   cluster configured for those transports loads them. torch's CUDA build ships all of these plugins.
+NODE_PROVIDED_LIBS = (
+    r"libcuda\.so|libnvidia-ml\.so|libibverbs\.so|libmlx5\.so|librdmacm\.so|libuc[mpst]\.so|"
+    r"libfabric\.so|libpmix\.so|libmpi\.so|liboshmem\.so"
+)
+# Checked inside the image: every shared library of the app's packages resolves, except those above.
+_LDD_CHECK = rf"""
 set -o pipefail
 missing=$(find /opt/app/site-packages -name '*.so*' -type f 2>/dev/null | while read -r lib; do
-  ldd "$lib" 2>/dev/null | grep 'not found' | grep -v -E 'libcuda\.so|libnvidia-ml\.so' | sed "s|^|$lib: |"
+  ldd "$lib" 2>/dev/null | grep 'not found' | grep -v -E '{NODE_PROVIDED_LIBS}' | sed "s|^|$lib: |"
 done)
 if [ -n "$missing" ]; then echo "$missing"; exit 1; fi
 """

@@ -7,6 +7,7 @@ The real GPU run is tests/integration/test_gpu.py (marked `gpu`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -283,6 +284,23 @@ def test_ray_without_the_gpus_it_was_given_fails() -> None:
     assert caught.value.message == "app 'cuda': Ray reports 0 GPUs, the head was given 1"
     with pytest.raises(SmokeTestError, match=r"cannot read ray\.cluster_resources"):
         smoke.check_gpu_resources(_engine(FakeEngine((1, "ConnectionError"))), "head", _bundled_cuda(), 1)
+
+
+# What torch's CUDA build links but the node provides (found in a real torch 2.9.1 image: NVSHMEM's and
+# cuFile's transport plugins), and what the image itself must carry.
+@pytest.mark.parametrize(
+    "lib",
+    ["libcuda.so.1", "libnvidia-ml.so.1", "libmlx5.so.1", "libibverbs.so.1", "librdmacm.so.1",
+     "libucs.so.0", "libucp.so.0", "libfabric.so.1", "libpmix.so.2", "libmpi.so.40", "liboshmem.so.40"],
+)  # fmt: skip
+def test_node_provided_libraries_may_be_missing_from_the_image(lib: str) -> None:
+    assert re.search(smoke.NODE_PROVIDED_LIBS, f"\t{lib} => not found")
+
+
+@pytest.mark.parametrize("lib", ["libcudart.so.12", "libcublas.so.12", "libcudnn.so.9", "libnccl.so.2",
+                                 "libstdc++.so.6", "libgomp.so.1"])  # fmt: skip
+def test_the_images_own_libraries_must_resolve(lib: str) -> None:
+    assert not re.search(smoke.NODE_PROVIDED_LIBS, f"\t{lib} => not found")
 
 
 # -- `raybuild test --gpu` ----------------------------------------------------------------------------------
