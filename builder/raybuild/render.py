@@ -59,6 +59,11 @@ class PrunePlan:
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
 
+# Paths no default rule may touch: Triton compiles kernels at run time (torch.compile) against the headers
+# and libraries it ships under triton/backends, so its headers are not dead weight.
+DEFAULT_KEEP: tuple[str, ...] = ("triton/backends",)
+
+
 def prune_plan(remove: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> PrunePlan:
     """Default rules, minus rules named in ``keep``, plus ``remove`` globs as one extra rule."""
     rules = {name: globs for name, globs in DEFAULT_PRUNE_RULES.items() if name not in keep}
@@ -66,7 +71,7 @@ def prune_plan(remove: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> Prun
     if remove:
         rules["app-remove"] = tuple(remove)
     paths = tuple(k for k in keep if k not in DEFAULT_PRUNE_RULES and k != "strip-debug-symbols")
-    return PrunePlan(rules=rules, keep=paths, strip=strip)
+    return PrunePlan(rules=rules, keep=DEFAULT_KEEP + paths, strip=strip)
 
 
 @dataclass(frozen=True)

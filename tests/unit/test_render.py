@@ -20,6 +20,7 @@ from raybuild.dockerfiles import generate_all, image_spec_for, nvidia_library_di
 from raybuild.errors import ConfigError
 from raybuild.render import (
     BUNDLED_TEMPLATES,
+    DEFAULT_KEEP,
     DEFAULT_PRUNE_RULES,
     BaseSpec,
     ImageSpec,
@@ -242,7 +243,7 @@ def test_gpu_base_builds_on_the_cpu_base_unless_a_cuda_image_is_set() -> None:
 def test_prune_plan_defaults_to_every_rule_and_strip() -> None:
     plan = prune_plan()
     assert plan.rules == DEFAULT_PRUNE_RULES
-    assert plan.keep == ()
+    assert plan.keep == DEFAULT_KEEP
     assert plan.strip is True
 
 
@@ -252,7 +253,9 @@ def test_prune_plan_keep_drops_named_rules_and_keeps_paths() -> None:
     assert rule not in plan.rules
     assert set(plan.rules) == set(DEFAULT_PRUNE_RULES) - {rule}
     assert plan.strip is False
-    assert plan.keep == ("ray/rllib/env/**",), "only paths travel to prune.py; rule names are resolved here"
+    assert plan.keep == (*DEFAULT_KEEP, "ray/rllib/env/**"), (
+        "only paths travel to prune.py; rule names are resolved here"
+    )
 
 
 def test_prune_plan_remove_adds_one_app_rule() -> None:
@@ -265,7 +268,7 @@ def test_prune_plan_json_is_what_prune_py_reads() -> None:
     plan = prune_plan(remove=("x/*",), keep=("strip-debug-symbols", "keep/me"))
     payload = json.loads(plan.to_json())
     assert payload == {
-        "keep": ["keep/me"],
+        "keep": [*DEFAULT_KEEP, "keep/me"],
         "rules": {**{k: list(v) for k, v in DEFAULT_PRUNE_RULES.items()}, "app-remove": ["x/*"]},
         "strip": False,
     }
