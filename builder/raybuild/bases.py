@@ -27,7 +27,8 @@ from raybuild.render import BaseSpec, render_base, template_dir
 RUNTIME_PACKAGES = ("python3-minimal", "libpython3-stdlib", "bash", "wget", "ca-certificates", "libstdc++6")
 BUILDER_PACKAGES = (*RUNTIME_PACKAGES, "binutils")
 REDIS_PACKAGES = ("bash", "redis-server")
-# usrmerge pulls in perl (about 50 MB); once the system is merged, none of it is needed at run time.
+# usrmerge pulls in perl (about 50 MB); once the system is merged, none of it is needed at run time, and
+# neither is perl-base, which only dpkg's and debconf's maintainer scripts use (the images have no apt).
 PURGE_AFTER_BOOTSTRAP = (
     "usrmerge",
     "libfile-find-rule-perl",
@@ -36,6 +37,7 @@ PURGE_AFTER_BOOTSTRAP = (
     "perl",
     "libperl5.36",
     "perl-modules-5.36",
+    "perl-base",
 )
 # glibc's iconv modules: nothing in a Ray node uses iconv (Python has its own codecs).
 REMOVE_AFTER_BOOTSTRAP = (
@@ -189,7 +191,8 @@ def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
     # Keep the copyright files: licences must ship with the binaries.
     command.append("--dpkgopt=path-include=/usr/share/doc/*/copyright")
     purge = " ".join(PURGE_AFTER_BOOTSTRAP)
-    command.append(f'--customize-hook=chroot "$1" dpkg --purge --force-depends {purge}')
+    purge_flags = "--force-depends --force-remove-essential"
+    command.append(f'--customize-hook=chroot "$1" dpkg --purge {purge_flags} {purge}')
     command.append("--customize-hook=rm -rf " + " ".join(f'"$1"{path}' for path in REMOVE_AFTER_BOOTSTRAP))
     if settings.snapshot:
         command.append('--aptopt=Acquire::Check-Valid-Until "false"')

@@ -67,8 +67,9 @@ def test_mmdebstrap_makes_a_minimal_rootfs_without_docs_or_perl() -> None:
     keep = command.index("--dpkgopt=path-include=/usr/share/doc/*/copyright")
     assert keep > command.index("--dpkgopt=path-exclude=/usr/share/doc/*")
     assert (
-        '--customize-hook=chroot "$1" dpkg --purge --force-depends usrmerge libfile-find-rule-perl '
-        "libnumber-compare-perl libtext-glob-perl perl libperl5.36 perl-modules-5.36"
+        '--customize-hook=chroot "$1" dpkg --purge --force-depends --force-remove-essential usrmerge '
+        "libfile-find-rule-perl libnumber-compare-perl libtext-glob-perl perl libperl5.36 perl-modules-5.36 "
+        "perl-base"
     ) in command
     assert (
         '--customize-hook=rm -rf "$1"/usr/lib/x86_64-linux-gnu/gconv "$1"/var/lib/apt/lists/* '

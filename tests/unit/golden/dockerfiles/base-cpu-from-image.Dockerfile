@@ -8,6 +8,10 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-minimal libpython3-stdlib bash wget ca-certificates libstdc++6 \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /usr/share/doc /usr/share/man /usr/share/locale
+# Debian compiles only part of the standard library's bytecode at install time. Ray's processes run as
+# uid 1000 with PYTHONDONTWRITEBYTECODE, so every missing .pyc would be compiled again by every process
+# at every start; compiling them once here is what makes the head start as fast as a bare `ray start`.
+RUN python3.11 -m compileall -q -j 0 --invalidation-mode unchecked-hash /usr/lib/python3.11
 # KubeRay runs containers as uid 1000 with HOME /home/ray (the layout of the rayproject/ray images).
 # The passwd entry is written directly: the minimal bootstrap has no useradd.
 RUN echo 'ray:x:1000:100::/home/ray:/bin/bash' >> /etc/passwd \

@@ -9,7 +9,7 @@
 # Nothing app-specific may appear above the Ray layer, or the Ray layer stops being shared.
 
 # ---- Stage 1: Ray, from the project's shared Ray lock --------------------------------------------------
-FROM raybuild/builder:py3.11-47a020a8e49e AS ray
+FROM raybuild/builder:py3.11-07f30f7cde8f AS ray
 # The CA bundle and index credentials arrive as BuildKit secrets: never a layer, never a build arg.
 RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv \
     --mount=type=secret,id=ca_bundle \
@@ -45,7 +45,7 @@ RUN --mount=type=bind,source=prune.py,target=/tmp/raybuild/prune.py \
  && /opt/ray/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/app/site-packages
 
 # ---- Stage 3: the head image: the base plus Ray, no app (`raybuild build` tags it as the head image) ----
-FROM raybuild/base-cpu:py3.11-7363cb954a78 AS head
+FROM raybuild/base-cpu:py3.11-9a56861773a5 AS head
 # KubeRay 1.4+ starts containers with `/bin/bash -c`, not a login shell, so `ray` must be on ENV PATH.
 ENV PATH=/opt/ray/venv/bin:/opt/app/site-packages/bin:/usr/local/bin:/usr/bin:/bin \
     VIRTUAL_ENV=/opt/ray/venv
