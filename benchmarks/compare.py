@@ -74,6 +74,9 @@ import_path = "{app.import_path}"
 route_prefix = "{app.route_prefix}-naive"
 """
     )
+    if app.env:
+        # The same Serve config: env vars become a runtime_env, which changes how replicas start.
+        naive += "env = { " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in sorted(app.env.items())) + " }\n"
     for deployment in app.deployments:
         naive += f'\n[[apps.deployments]]\nname = "{deployment.name}"\nnum_replicas = 1\n'
         if deployment.ray_actor_options.num_cpus is not None:
