@@ -20,8 +20,6 @@ import os
 import shlex
 import shutil
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from raybuild.smoke import (
     GCS_PROBE,
     RAYLET_PROBE,
     SERVE_PORT,
+    http,
     kuberay_head_command,
     nofile_limit,
     required_cpus,
@@ -60,22 +59,6 @@ COLD_ROOT = Path("/var/lib/raybuild/cold")
 COLD_BRIDGE = "rbcold0"
 COLD_BRIDGE_CIDR = "198.51.100.1/30"
 PROBE_TIMEOUT_S = 2
-
-
-def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
-    """(status, body); status 0 when nothing answered. Never through a proxy: every URL is 127.0.0.1."""
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return int(response.status), response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
 
 
 def healthz_ok(status: int, body: str) -> bool:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from raybuild.cluster import LocalCluster, Node, all_routes_answer, node_healthy, run_node, serve_status
 from raybuild.engine import Engine
-from raybuild.smoke import wait_until
+from raybuild.smoke import LOOPBACK, wait_until
 
 DrillKind = Literal["head-restart", "worker-restart", "gcs-outage"]
 Progress = Callable[[str], None]
@@ -111,7 +110,7 @@ class RequestLoop:
     def _one(self, url: str, started: float) -> None:
         t0 = time.monotonic()
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout) as response:
+            with LOOPBACK.open(url, timeout=self.timeout) as response:
                 response.read()
                 ok, error = (
                     response.status == 200,

@@ -116,14 +116,19 @@ class SmokeResult:
         return self.__dict__.copy()
 
 
+# Every URL raybuild requests itself is on 127.0.0.1: an HTTP(S)_PROXY in the environment must not see it.
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body); status 0 when nothing answered."""
     data = json.dumps(payload).encode() if payload is not None else None
     request = urllib.request.Request(
         url, data=data, method=method, headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode("utf-8", "replace")
+        with LOOPBACK.open(request, timeout=timeout) as response:
+            return int(response.status), response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
