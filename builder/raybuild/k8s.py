@@ -19,6 +19,7 @@ import yaml
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import ConfigError
 from raybuild.record import HEAD_KEY, PublishRecord, local_reference
+from raybuild.render import template_environment
 
 Kind = Literal["RayService", "RayCluster"]
 StoreKind = Literal["redis", "dragonfly"]
@@ -80,16 +81,7 @@ def template_dirs(project_root: Path | None) -> list[Path]:
 
 
 def _environment(dirs: list[Path]) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
-    env.filters["yaml"] = _yaml_scalar
-    return env
+    return template_environment(dirs, {"yaml": _yaml_scalar})
 
 
 def _render_template(dirs: list[Path], name: str, context: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -158,17 +159,22 @@ def dockerfile_string(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _environment(templates: Path) -> jinja2.Environment:
+def template_environment(dirs: list[Path], filters: dict[str, Any]) -> jinja2.Environment:
+    """The Jinja settings every raybuild template uses: strict names, no escaping, block-friendly spacing."""
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates)),
+        loader=jinja2.FileSystemLoader([str(d) for d in dirs]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
     )
-    environment.filters["dockerfile_string"] = dockerfile_string
+    environment.filters.update(filters)
     return environment
+
+
+def _environment(templates: Path) -> jinja2.Environment:
+    return template_environment([templates], {"dockerfile_string": dockerfile_string})
 
 
 def _render(templates: Path, name: str, context: dict[str, object]) -> str:
