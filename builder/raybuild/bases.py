@@ -96,48 +96,36 @@ def rootfs(settings: BaseImage, kind: str) -> Rootfs:
     return Rootfs(f"{NAMESPACE}/rootfs-{kind}:{settings.suite}-{tag}", settings, packages)
 
 
+def _on_rootfs(config: LoadedConfig, kind: str, rootfs_kind: str, uv: str = "") -> BaseSpec:
+    """An image made on one of the project's rootfs images (apt-installing its packages on a registry one)."""
+    root = rootfs(config.config.base.cpu, rootfs_kind)
+    return BaseSpec(
+        kind,
+        "cpu",
+        config.project.python,
+        rootfs=root.ref,
+        install_packages=not root.bootstrapped,
+        packages=root.packages,
+        uv_image=uv,
+    )
+
+
 def base_spec(config: LoadedConfig, device: str) -> BaseSpec:
-    settings = config.config.base.cpu
-    root = rootfs(settings, "runtime")
     if device == "gpu":
         gpu = config.config.base.gpu
         parent = gpu.cuda_runtime_image or base_ref(config, "cpu")
         return BaseSpec(
             "base", "gpu", config.project.python, rootfs="", install_packages=False, parent=parent
         )
-    return BaseSpec(
-        "base",
-        "cpu",
-        config.project.python,
-        rootfs=root.ref,
-        install_packages=not root.bootstrapped,
-        packages=root.packages,
-    )
+    return _on_rootfs(config, "base", "runtime")
 
 
 def builder_spec(config: LoadedConfig) -> BaseSpec:
-    root = rootfs(config.config.base.cpu, "builder")
-    return BaseSpec(
-        "builder",
-        "cpu",
-        config.project.python,
-        rootfs=root.ref,
-        install_packages=not root.bootstrapped,
-        packages=root.packages,
-        uv_image=uv_image(),
-    )
+    return _on_rootfs(config, "builder", "builder", uv=uv_image())
 
 
 def redis_spec(config: LoadedConfig) -> BaseSpec:
-    root = rootfs(config.config.base.cpu, "redis")
-    return BaseSpec(
-        "redis",
-        "cpu",
-        config.project.python,
-        rootfs=root.ref,
-        install_packages=not root.bootstrapped,
-        packages=root.packages,
-    )
+    return _on_rootfs(config, "redis", "redis")
 
 
 def redis_ref(config: LoadedConfig) -> str:
