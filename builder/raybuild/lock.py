@@ -185,17 +185,13 @@ def uv_binary() -> str:
 
 def compile_command(config: LoadedConfig, target: LockTarget, source: Path, output: Path) -> list[str]:
     project = config.project
+    # Both resolvers: hashes for --require-hashes, and no header (raybuild writes its own).
+    common = ["compile", str(source), "-o", str(output), "--generate-hashes", "--no-header", "--quiet"]
     if project.resolver == "uv":
         command = [
             uv_binary(),
             "pip",
-            "compile",
-            str(source),
-            "-o",
-            str(output),
-            "--generate-hashes",
-            "--no-header",
-            "--quiet",
+            *common,
             "--python-version",
             project.python,
             "--python-platform",
@@ -216,13 +212,7 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
             sys.executable,
             "-m",
             "piptools",
-            "compile",
-            str(source),
-            "-o",
-            str(output),
-            "--generate-hashes",
-            "--no-header",
-            "--quiet",
+            *common,
             "--strip-extras",
             "--allow-unsafe",
             "--no-config",
