@@ -86,6 +86,15 @@ def check_golden(update_goldens: bool) -> Callable[[Path, str], None]:
     return check
 
 
+def other_app(app_lines: str = "", deployment_lines: str = "") -> str:
+    """The config tables of a second app, "other", with extra lines for its app and deployment tables."""
+    return (
+        '[[apps]]\nname = "other"\npath = "apps/other"\nrequirements = "apps/other/requirements.in"\n'
+        f'import_path = "other_app:app"\nroute_prefix = "/other"\n{app_lines}'
+        f'\n[[apps.deployments]]\nname = "Other"\n{deployment_lines}'
+    )
+
+
 @dataclass
 class TmpProject:
     """A project on disk under tmp_path that a test may freely change."""

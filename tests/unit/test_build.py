@@ -14,7 +14,7 @@ from raybuild.config import LoadedConfig
 from raybuild.dockerfiles import image_spec_for
 from raybuild.errors import BuildError, RaybuildError
 from raybuild.render import prune_plan, prune_script, render_dockerfile
-from tests.conftest import TmpProject
+from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine
 
 RAY_BODY = """\
@@ -26,19 +26,7 @@ ray==2.60.0 \\
     --hash=sha256:1111
 """
 
-OTHER_APP = """
-[[apps]]
-name = "other"
-path = "apps/other"
-requirements = "apps/other/requirements.in"
-import_path = "other_app:app"
-route_prefix = "/other"
-env = { MODEL = "small" }
-
-[[apps.deployments]]
-name = "Other"
-num_replicas = 2
-"""
+OTHER_APP = "\n" + other_app('env = { MODEL = "small" }\n', "num_replicas = 2\n")
 
 # What `docker buildx build --progress=plain` prints when a RUN step fails (BuildKit's plain printer:
 # "#N ERROR: ..." on the vertex, then the " > NAME:" summary with the step's last lines).

@@ -16,22 +16,10 @@ from raybuild.cluster import (
     Node,
 )
 from raybuild.config import LoadedConfig
-from tests.conftest import TmpProject
+from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, make_app
 
-OTHER_APP = """
-[[apps]]
-name = "other"
-path = "apps/other"
-requirements = "apps/other/requirements.in"
-import_path = "other_app:app"
-route_prefix = "/other"
-
-[[apps.deployments]]
-name = "Other"
-num_replicas = 3
-ray_actor_options = { num_cpus = 1 }
-"""
+OTHER_APP = "\n" + other_app(deployment_lines="num_replicas = 3\nray_actor_options = { num_cpus = 1 }\n")
 IMAGES = {"_head": "reg/ray-head:1", "demo": "reg/demo:1", "other": "reg/other:1"}
 REDIS = "raybuild/gcs-redis:py3.11-abc"
 SUBNET = "172.29.213.0"

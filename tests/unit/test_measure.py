@@ -38,6 +38,7 @@ from raybuild.sizes import (
     parse_inspection,
     shared_bytes,
 )
+from tests.conftest import other_app
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
     from tests.conftest import MainResult, TmpProject
@@ -46,17 +47,7 @@ DEMO_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
 OTHER_REF = "127.0.0.1:5000/demo/other:ray2.60.0-py3.11-cpu-333333333333"
 BASE, RAY, APP_DEMO, APP_OTHER = (f"sha256:{c * 64}" for c in "abcd")
 
-OTHER_APP = """
-[[apps]]
-name = "other"
-path = "apps/other"
-requirements = "apps/other/requirements.in"
-import_path = "other_app:app"
-route_prefix = "/other"
-
-[[apps.deployments]]
-name = "Other"
-"""
+OTHER_APP = "\n" + other_app()
 
 # One history entry per Dockerfile step; ENV and LABEL make no layer. Sizes per entry, oldest first.
 HISTORY: list[tuple[dict[str, Any], int]] = [

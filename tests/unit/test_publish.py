@@ -36,6 +36,7 @@ from raybuild.publish import (
     split_reference,
 )
 from raybuild.record import HEAD_KEY, PublishedImage, PublishRecord, record_path
+from tests.conftest import other_app
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
     from tests.conftest import MainResult, TmpProject
@@ -48,17 +49,7 @@ DEMO_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
 OTHER_REF = "127.0.0.1:5000/demo/other:ray2.60.0-py3.11-cpu-333333333333"
 STAGING = "registry.example.com:5000/staging"
 
-OTHER_APP = """
-[[apps]]
-name = "other"
-path = "apps/other"
-requirements = "apps/other/requirements.in"
-import_path = "other_app:app"
-route_prefix = "/other"
-
-[[apps.deployments]]
-name = "Other"
-"""
+OTHER_APP = "\n" + other_app()
 
 
 def manifest_body(image_id: str, layers: tuple[int, ...] = (1000, 2000)) -> bytes:
