@@ -14,7 +14,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from raybuild.cluster import LocalCluster, Node, all_routes_answer, node_healthy, run_node, serve_status
+from raybuild.cluster import (
+    ClusterError,
+    LocalCluster,
+    Node,
+    all_routes_answer,
+    node_healthy,
+    run_node,
+    serve_status,
+)
 from raybuild.engine import Engine
 from raybuild.smoke import LOOPBACK, wait_until
 
@@ -172,8 +180,6 @@ def run_drill(
     progress: Progress = lambda _: None,
 ) -> DrillReport:
     if not all_routes_answer(cluster):
-        from raybuild.cluster import ClusterError
-
         raise ClusterError("not every app answers before the drill", hint="check `raybuild up`, or rerun it")
     before = replica_ids(serve_status(cluster))
     urls = [url for app_urls in cluster.urls().values() for url in app_urls]
