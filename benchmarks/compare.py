@@ -6,7 +6,7 @@ It builds, for one bundled app:
   (a) the naive single-stage image: Debian with python3, python3-venv and wget, a venv, and `pip install`
       of the app's own lockfile (benchmarks/naive/Dockerfile);
   (b) raybuild's image of the same app;
-then measures both with `raybuild.measure` (size, compressed size, t_head, t_serve, t_pull, t_cold), times a
+then measures both with raybuild measure (size, compressed size, t_head, t_serve, t_pull, t_cold), times a
 rebuild after a one-line change to the app's code, and measures the floor: `ray start --head` in a plain
 venv on the host. It writes benchmarks/results/<date>.json and <date>.md; the README shows the latest table.
 
@@ -30,12 +30,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from raybuild.build import Builder, BuiltImage, default_ca_bundle, save_build_record
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
-from raybuild.lock import uv_binary
-from raybuild.measure import Options, measure
-from raybuild.results import Measurement
+from raybuild.image.build import Builder, BuiltImage, default_ca_bundle, save_build_record
+from raybuild.lock.resolve import uv_binary
+from raybuild.verify.measure import Options, measure
+from raybuild.verify.results import Measurement
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

@@ -38,12 +38,12 @@ import zlib
 from pathlib import Path
 from typing import IO, Any
 
-from raybuild import lock as locking
-from raybuild.build import Builder, default_ca_bundle
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.errors import LockError, RaybuildError
-from raybuild.smoke import smoke_test
+from raybuild.image.build import Builder, default_ca_bundle
+from raybuild.lock import resolve as locking
+from raybuild.verify.smoke import smoke_test
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work" / "gpu-torch"

@@ -9,9 +9,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from urllib.error import URLError
 
-from raybuild.build import default_ca_bundle
 from raybuild.engine import Engine, find_docker_client
 from raybuild.errors import EngineError
+from raybuild.image.build import default_ca_bundle
 
 PUBLIC_REGISTRY = "registry-1.docker.io"
 LOCAL_REGISTRY = "http://127.0.0.1:5000/v2/"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from raybuild.build import Builder, BuiltImage
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, EngineError
-from raybuild.smoke import smoke_test
+from raybuild.image.build import Builder, BuiltImage
+from raybuild.verify.smoke import smoke_test
 
 pytestmark = pytest.mark.docker
 
@@ -132,7 +132,7 @@ def test_ca_bundle_is_a_secret_not_a_layer(engine: Engine, project_copy: Path, t
     app_dir = project_copy / "apps" / "hello"
     (app_dir / "requirements.in").write_text("orjson\ntomli-w\n")
     config = load_config(project_copy / "raybuild.toml")
-    from raybuild.lock import lock
+    from raybuild.lock.resolve import lock
 
     lock(config, config.select(("hello",)))
     image = next(
@@ -184,7 +184,7 @@ def test_failed_build_names_the_step_and_leaves_no_tag(engine: Engine, project_c
         builder.build(config.select(("hello",)))
     assert "[app 1/2]" in info.value.message
     assert "hash" in info.value.output_tail.lower()
-    from raybuild.build import image_ref, stage_context
+    from raybuild.image.build import image_ref, stage_context
 
     ctx = project_copy / "ctx"
     ctx.mkdir()

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from raybuild import cluster as local
-from raybuild.build import Builder
 from raybuild.config import LoadedConfig, load_config
-from raybuild.drill import run_drill
 from raybuild.engine import Engine
 from raybuild.errors import RaybuildError
-from raybuild.smoke import http
+from raybuild.image.build import Builder
+from raybuild.local import cluster as local
+from raybuild.local.drill import run_drill
+from raybuild.verify.smoke import http
 
 pytestmark = pytest.mark.docker
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from raybuild import gpu
-from raybuild.build import Builder
 from raybuild.config import load_config
 from raybuild.engine import Engine
+from raybuild.image.build import Builder
+from raybuild.verify import gpu
 from tests.conftest import MainResult
 
 pytestmark = [pytest.mark.gpu, pytest.mark.docker]

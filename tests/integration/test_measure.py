@@ -12,13 +12,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from raybuild.build import Builder, default_ca_bundle
-from raybuild.coldstart import PURPOSE_LABEL, ColdNode
 from raybuild.config import LoadedConfig
 from raybuild.engine import Engine
-from raybuild.measure import MeasureReport, Options, measure
-from raybuild.results import Measurement, schema
-from raybuild.sizes import Registry
+from raybuild.image.build import Builder, default_ca_bundle
+from raybuild.verify.coldstart import PURPOSE_LABEL, ColdNode
+from raybuild.verify.measure import MeasureReport, Options, measure
+from raybuild.verify.results import Measurement, schema
+from raybuild.verify.sizes import Registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from raybuild.build import Builder, load_build_record
 from raybuild.cli import publish_cli
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
-from raybuild.publish import Publisher
-from raybuild.record import HEAD_KEY, PublishRecord, record_path
+from raybuild.image.build import Builder, load_build_record
+from raybuild.ship.publish import Publisher
+from raybuild.state import HEAD_KEY, PublishRecord, record_path
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from raybuild import bases
-from raybuild import lock as locking
 from raybuild.config import BaseImage, LoadedConfig
 from raybuild.errors import EngineError, RaybuildError
-from raybuild.render import render_base
+from raybuild.image import bases
+from raybuild.image.dockerfile import render_base
+from raybuild.lock import resolve as locking
 from tests.conftest import TmpProject
 from tests.unit.fakes import FakeEngine
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from raybuild import bases, build
-from raybuild import lock as locking
-from raybuild.build import Builder, BuiltImage
 from raybuild.config import LoadedConfig
-from raybuild.dockerfiles import image_spec_for
 from raybuild.errors import BuildError, RaybuildError
-from raybuild.render import prune_plan, prune_script, render_dockerfile
+from raybuild.image import bases, build
+from raybuild.image.build import Builder, BuiltImage
+from raybuild.image.dockerfile import prune_plan, prune_script, render_dockerfile
+from raybuild.image.spec import image_spec_for
+from raybuild.lock import resolve as locking
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine
 

@@ -14,9 +14,9 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from raybuild import bases
 from raybuild.cli import cli
 from raybuild.config import load_config
+from raybuild.image import bases
 from tests.conftest import REPO_ROOT, MainResult
 
 GOLDEN = Path(__file__).parent / "golden" / "dockerfiles"

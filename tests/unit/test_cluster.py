@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from raybuild import cluster, k8s, smoke
-from raybuild.build import BuiltImage, save_build_record
-from raybuild.cluster import (
+from raybuild.config import LoadedConfig
+from raybuild.image.build import BuiltImage, save_build_record
+from raybuild.local import cluster
+from raybuild.local.cluster import (
     CLUSTER_LABEL,
     RECONNECT_TIMEOUT_ENV,
     ROLE_LABEL,
@@ -15,7 +16,8 @@ from raybuild.cluster import (
     LocalCluster,
     Node,
 )
-from raybuild.config import LoadedConfig
+from raybuild.manifest import render as k8s
+from raybuild.verify import smoke
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, make_app
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from raybuild import cuda
-from raybuild import lock as locking
 from raybuild.config import LoadedConfig
 from raybuild.errors import ConfigError, LockError
+from raybuild.lock import cuda
+from raybuild.lock import resolve as locking
 from tests.conftest import MainResult, TmpProject
 
 CUDA12_LOCK = """\

@@ -13,8 +13,8 @@ from typing import ClassVar
 
 import pytest
 
-from raybuild import drill
-from raybuild.drill import Latency, RequestLoop, Sample, Window
+from raybuild.local import drill
+from raybuild.local.drill import Latency, RequestLoop, Sample, Window
 
 
 def test_percentile_picks_the_nearest_rank() -> None:

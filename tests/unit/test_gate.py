@@ -13,14 +13,14 @@ from click.testing import CliRunner
 
 from raybuild.cli import cli, main
 from raybuild.config import Gate, parse_config
-from raybuild.gate import (
+from raybuild.verify.gate import (
     DEFAULT_MAX_SIZE_GROWTH,
     DEFAULT_MAX_STARTUP_GROWTH,
     ThresholdPolicy,
     compare,
     judge,
 )
-from raybuild.results import AppResult, Measurement, Size, Startup, stat
+from raybuild.verify.results import AppResult, Measurement, Size, Startup, stat
 
 MB = 1_000_000
 

@@ -13,11 +13,11 @@ from typing import Any, cast
 
 import pytest
 
-from raybuild import gpu, smoke
 from raybuild.config import App, load_config
-from raybuild.cuda import CudaNeed
 from raybuild.engine import Engine, Result
 from raybuild.errors import EngineError, SmokeTestError
+from raybuild.lock.cuda import CudaNeed
+from raybuild.verify import gpu, smoke
 from tests.conftest import REPO_ROOT, MainResult
 
 BUNDLED = str(REPO_ROOT / "raybuild.toml")

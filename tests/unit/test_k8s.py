@@ -12,9 +12,9 @@ import yaml
 
 from raybuild.config import LoadedConfig, load_config
 from raybuild.errors import ConfigError
-from raybuild.k8s import GPU_RESOURCE, LABEL_KEY, render_manifest, store_service
-from raybuild.record import HEAD_KEY, PublishedImage, PublishRecord, local_reference, record_path
-from raybuild.validate import load_crds, validate_manifest
+from raybuild.manifest.render import GPU_RESOURCE, LABEL_KEY, render_manifest, store_service
+from raybuild.manifest.validate import load_crds, validate_manifest
+from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, local_reference, record_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden" / "k8s"

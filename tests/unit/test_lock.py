@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from raybuild import lock as locking
 from raybuild.config import LoadedConfig
 from raybuild.errors import LockError, StaleLockError
+from raybuild.lock import resolve as locking
 from tests.conftest import MainResult, TmpProject
 
 APP_LOCK = """\

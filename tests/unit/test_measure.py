@@ -17,15 +17,21 @@ from typing import TYPE_CHECKING, Any
 import jsonschema
 import pytest
 
-from raybuild import coldstart, sizes
-from raybuild import measure as measure_module
-from raybuild.build import BuiltImage, save_build_record
-from raybuild.coldstart import WarmStart, alive_nodes, healthz_ok, kubelet_probe, kuberay_worker_command
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
-from raybuild.measure import MeasureReport, Options, measure, summary_rows, to_markdown
-from raybuild.results import AppResult, Measurement, Package, Size, Startup, schema, stat
-from raybuild.sizes import (
+from raybuild.image.build import BuiltImage, save_build_record
+from raybuild.verify import coldstart, sizes
+from raybuild.verify import measure as measure_module
+from raybuild.verify.coldstart import (
+    WarmStart,
+    alive_nodes,
+    healthz_ok,
+    kubelet_probe,
+    kuberay_worker_command,
+)
+from raybuild.verify.measure import MeasureReport, Options, measure, summary_rows, to_markdown
+from raybuild.verify.results import AppResult, Measurement, Package, Size, Startup, schema, stat
+from raybuild.verify.sizes import (
     MANIFEST_V2,
     MeasureError,
     gzip_size,

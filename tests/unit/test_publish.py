@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
-from raybuild.build import BuiltImage, save_build_record
 from raybuild.cli import publish_cli
 from raybuild.config import LoadedConfig
 from raybuild.engine import OutputCallback, Result
 from raybuild.errors import EngineError, PublishError, UsageError
-from raybuild.publish import (
+from raybuild.image.build import BuiltImage, save_build_record
+from raybuild.ship.publish import (
     Backoff,
     HttpRegistry,
     Manifest,
@@ -35,7 +35,7 @@ from raybuild.publish import (
     secret_values,
     split_reference,
 )
-from raybuild.record import HEAD_KEY, PublishedImage, PublishRecord, record_path
+from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, record_path
 from tests.conftest import other_app
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together

@@ -14,11 +14,10 @@ from unittest import mock
 
 import pytest
 
-from raybuild import bases
 from raybuild.config import BaseImage, LoadedConfig, load_config
-from raybuild.dockerfiles import generate_all, image_spec_for, nvidia_library_dirs
 from raybuild.errors import ConfigError
-from raybuild.render import (
+from raybuild.image import bases
+from raybuild.image.dockerfile import (
     BUNDLED_TEMPLATES,
     DEFAULT_KEEP,
     DEFAULT_PRUNE_RULES,
@@ -30,6 +29,7 @@ from raybuild.render import (
     render_dockerfile,
     template_dir,
 )
+from raybuild.image.spec import generate_all, image_spec_for, nvidia_library_dirs
 from tests.conftest import REPO_ROOT, TmpProject
 
 GOLDEN = Path(__file__).parent / "golden" / "dockerfiles"

@@ -12,7 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from raybuild.errors import GateError
-from raybuild.results import (
+from raybuild.verify.results import (
     SCHEMA_ID,
     AppResult,
     Dive,

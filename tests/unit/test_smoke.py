@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from raybuild import smoke
 from raybuild.errors import SmokeTestError
+from raybuild.verify import smoke
 from tests.conftest import TmpProject
 from tests.unit.fakes import FakeEngine, make_app
 

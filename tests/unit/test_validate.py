@@ -12,8 +12,8 @@ import yaml
 
 from raybuild.config import load_config
 from raybuild.errors import ManifestError
-from raybuild.k8s import render_manifest
-from raybuild.validate import (
+from raybuild.manifest.render import render_manifest
+from raybuild.manifest.validate import (
     CRD_ENV,
     apply_defaults,
     crds_from_cluster,
@@ -410,7 +410,7 @@ def test_the_cli_reads_the_cluster_crd_through_kubectl(
     monkeypatch: pytest.MonkeyPatch, run_main: Callable[..., Any]
 ) -> None:
     kubectl = FakeKubectl(SERVICE_CRD.read_text(encoding="utf-8"))
-    monkeypatch.setattr("raybuild.validate.kubectl_runner", kubectl)
+    monkeypatch.setattr("raybuild.manifest.validate.kubectl_runner", kubectl)
     result = run_main("--config", str(REPO_ROOT / "raybuild.toml"), "render", "--crd", "cluster")
     assert result.exit_code == 0, result.stderr
     assert kubectl.commands == [["kubectl", "get", "crd", "rayservices.ray.io", "-o", "yaml"]]

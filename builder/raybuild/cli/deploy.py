@@ -9,9 +9,9 @@ import click
 from raybuild.cli.common import State, emit_json, json_option, pass_state
 from raybuild.errors import ManifestError
 from raybuild.fsutil import atomic_write
-from raybuild.k8s import KINDS, STORE_KINDS, Kind, StoreKind, render_manifest
-from raybuild.record import PublishRecord, record_path
-from raybuild.validate import resolve_crds, validate_manifest
+from raybuild.manifest.render import KINDS, STORE_KINDS, Kind, StoreKind, render_manifest
+from raybuild.manifest.validate import resolve_crds, validate_manifest
+from raybuild.state import PublishRecord, record_path
 
 # --with-gcs-store's value -> render_manifest's gcs_store_manifests.
 _STORES: dict[str | None, bool | StoreKind] = {

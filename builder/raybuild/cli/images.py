@@ -6,13 +6,13 @@ from pathlib import Path
 
 import click
 
-from raybuild import bases
 from raybuild import doctor as checks
-from raybuild.build import Builder, built_ref, default_ca_bundle
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
 from raybuild.engine import Engine
 from raybuild.errors import UsageError
-from raybuild.smoke import required_gpus, smoke_test
+from raybuild.image import bases
+from raybuild.image.build import Builder, built_ref, default_ca_bundle
+from raybuild.verify.smoke import required_gpus, smoke_test
 
 ca_option = click.option(
     "--ca-bundle",
@@ -134,8 +134,8 @@ def test_app(
     (app,) = config.select((app_name,))
     engine = engine_for(state)
     if gpu:
-        from raybuild import gpu as gpus
-        from raybuild.lock import cuda_need
+        from raybuild.verify import gpu as gpus
+        from raybuild.lock.resolve import cuda_need
 
         if app.device != "gpu":
             raise UsageError(f'app {app.name!r} is a CPU app; --gpu is for apps with device = "gpu"')

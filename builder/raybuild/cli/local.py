@@ -6,10 +6,10 @@ from typing import cast
 
 import click
 
-from raybuild import cluster as local
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
 from raybuild.cli.images import engine_for
-from raybuild.drill import DrillKind, DrillReport, run_drill
+from raybuild.local import cluster as local
+from raybuild.local.drill import DrillKind, DrillReport, run_drill
 
 
 @click.command()

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from raybuild import lock as locking
 from raybuild import scaffold
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
-from raybuild.dockerfiles import generate_all, image_spec_for
+from raybuild.image.spec import generate_all, image_spec_for
+from raybuild.lock import resolve as locking
 
 
 @click.command()
@@ -130,7 +130,7 @@ def generate(
     selected = config.select(apps)
     if to_stdout:
         for app in selected:
-            from raybuild.render import render_dockerfile, template_dir
+            from raybuild.image.dockerfile import render_dockerfile, template_dir
 
             click.echo(render_dockerfile(image_spec_for(config, app), template_dir(config.root)), nl=False)
         return

@@ -6,7 +6,7 @@ import click
 
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
 from raybuild.cli.images import engine_for
-from raybuild.publish import Publisher
+from raybuild.ship.publish import Publisher
 
 MB = 1_000_000
 

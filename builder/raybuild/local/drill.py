@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from raybuild.cluster import (
+from raybuild.engine import Engine
+from raybuild.local.cluster import (
     ClusterError,
     LocalCluster,
     Node,
@@ -23,8 +24,7 @@ from raybuild.cluster import (
     run_node,
     serve_status,
 )
-from raybuild.engine import Engine
-from raybuild.smoke import LOOPBACK, wait_until
+from raybuild.verify.smoke import LOOPBACK, wait_until
 
 DrillKind = Literal["head-restart", "worker-restart", "gcs-outage"]
 Progress = Callable[[str], None]

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from raybuild.config import App
 from raybuild.engine import Engine, which
 from raybuild.errors import EngineError, SmokeTestError
-from raybuild.smoke import (
+from raybuild.verify.smoke import (
     AGENT_PORT,
     DASHBOARD_PORT,
     GCS_PROBE,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raybuild.config import Gate, RaybuildConfig
-from raybuild.results import AppResult, Measurement
+from raybuild.verify.results import AppResult, Measurement
 
 DEFAULT_MAX_SIZE_GROWTH = 0.05
 # Wider than the size limit: cold starts on shared CI runners vary by 10% or more between identical runs.

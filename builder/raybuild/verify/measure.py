@@ -10,13 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from raybuild import coldstart
-from raybuild.build import built_ref
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import RaybuildError
-from raybuild.results import AppResult, Measurement, Size, Startup, Stat, stat
-from raybuild.sizes import MEASURE_REGISTRY, MeasureError, Registry, measure_ref, measure_size, shared_bytes
+from raybuild.image.build import built_ref
+from raybuild.verify import coldstart
+from raybuild.verify.results import AppResult, Measurement, Size, Startup, Stat, stat
+from raybuild.verify.sizes import (
+    MEASURE_REGISTRY,
+    MeasureError,
+    Registry,
+    measure_ref,
+    measure_size,
+    shared_bytes,
+)
 
 Progress = Callable[[str], None]
 
@@ -42,7 +49,7 @@ class MeasureReport:
 
 
 def _gpu_available() -> bool:
-    from raybuild import gpu
+    from raybuild.verify import gpu
 
     try:
         gpu.detect()

@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar
 
-from raybuild.build import load_build_record
 from raybuild.config import LoadedConfig
 from raybuild.engine import OutputCallback, Result
 from raybuild.errors import EngineError, PublishError, UsageError
-from raybuild.record import HEAD_KEY, PublishedImage, PublishRecord, record_path
+from raybuild.image.build import load_build_record
+from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, record_path
 
 Progress = Callable[[str], None]
 T = TypeVar("T")

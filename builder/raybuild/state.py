@@ -129,7 +129,7 @@ def local_reference(config: LoadedConfig, app: App | None) -> str:
     The content-addressed tag of the last `raybuild build` when there is one, else the `:latest` alias
     that every build also sets.
     """
-    from raybuild.build import load_build_record
+    from raybuild.image.build import load_build_record
 
     built = load_build_record(config).get(HEAD_KEY if app is None else app.name)
     if built is not None:

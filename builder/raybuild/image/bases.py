@@ -22,7 +22,7 @@ from pathlib import Path
 from raybuild.config import BaseImage, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import RaybuildError
-from raybuild.render import BaseSpec, render_base, template_dir
+from raybuild.image.dockerfile import BaseSpec, render_base, template_dir
 
 RUNTIME_PACKAGES = ("python3-minimal", "libpython3-stdlib", "bash", "wget", "ca-certificates", "libstdc++6")
 BUILDER_PACKAGES = (*RUNTIME_PACKAGES, "binutils")
@@ -193,7 +193,7 @@ def ensure_uv_image(engine: Engine, progress: Callable[[str], None]) -> str:
     ref = uv_image()
     if engine.image_exists(ref):
         return ref
-    from raybuild.lock import uv_binary
+    from raybuild.lock.resolve import uv_binary
 
     progress(f"importing {ref} from {uv_binary()}")
     with tempfile.TemporaryDirectory(prefix="raybuild-uv-") as tmp:

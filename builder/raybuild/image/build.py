@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from raybuild import bases, lock
 from raybuild.config import App, LoadedConfig
-from raybuild.dockerfiles import image_spec_for
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, RaybuildError
 from raybuild.fsutil import atomic_write
-from raybuild.render import prune_plan, prune_script, render_dockerfile, template_dir
+from raybuild.image import bases
+from raybuild.image.dockerfile import prune_plan, prune_script, render_dockerfile, template_dir
+from raybuild.image.spec import image_spec_for
+from raybuild.lock import resolve as lock
 
 Progress = Callable[[str], None]
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from raybuild.coldstart import LABELS
 from raybuild.engine import Engine, which
 from raybuild.errors import RaybuildError
-from raybuild.results import Dive, Layer, Package, Size
+from raybuild.verify.coldstart import LABELS
+from raybuild.verify.results import Dive, Layer, Package, Size
 
 MEASURE_REGISTRY = "127.0.0.1:5000"
 MEASURE_NAMESPACE = "raybuild-measure"

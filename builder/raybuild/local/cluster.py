@@ -19,13 +19,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raybuild import bases, k8s
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import EngineError, RaybuildError
 from raybuild.fsutil import atomic_write
-from raybuild.record import PublishRecord
-from raybuild.smoke import (
+from raybuild.image import bases
+from raybuild.manifest import render as k8s
+from raybuild.state import PublishRecord
+from raybuild.verify.smoke import (
     AGENT_PORT,
     DASHBOARD_PORT,
     GCS_PROBE,
@@ -305,7 +306,7 @@ def serve_status(cluster: LocalCluster) -> dict[str, Any]:
 
 def local_images(config: LoadedConfig, apps: tuple[App, ...]) -> dict[str, str]:
     """Images as `raybuild render` would reference them: the publish record's digests, else the last build."""
-    from raybuild.build import load_build_record
+    from raybuild.image.build import load_build_record
 
     record = PublishRecord.load(config.root / ".raybuild" / "publish.json")
     built = load_build_record(config)

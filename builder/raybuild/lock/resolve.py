@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from raybuild import cuda
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import LockError, StaleLockError
 from raybuild.fsutil import atomic_write
+from raybuild.lock import cuda
 
 HEADER_HASH = "# raybuild-inputs-sha256: "
 RAY_LOCK_NAME = "ray"

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from raybuild import gpu as gpus
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import EngineError, SmokeTestError
+from raybuild.verify import gpu as gpus
 
 MANAGED_LABEL = "io.raybuild.managed=true"
 DASHBOARD_PORT = 8265
@@ -62,7 +62,7 @@ def serve_application(
     The node-label pinning is replaced by ``label_selector`` (none by default: a single-node test has no
     worker groups), and ``cpu_mode`` zeroes num_gpus for a GPU app on a machine without a GPU.
     """
-    from raybuild.k8s import serve_application as rendered
+    from raybuild.manifest.render import serve_application as rendered
 
     application = rendered(app)
     for deployment in application["deployments"]:

@@ -15,7 +15,7 @@ import jinja2
 
 from raybuild.errors import ConfigError
 
-BUNDLED_TEMPLATES = Path(__file__).resolve().parent / "templates"
+BUNDLED_TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 
 VENV = "/opt/ray/venv"
 APP_SITE = "/opt/app/site-packages"

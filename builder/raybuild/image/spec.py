@@ -5,11 +5,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from raybuild import bases
 from raybuild.config import App, LoadedConfig
 from raybuild.fsutil import atomic_write
-from raybuild.lock import check_cuda, normalize, parse_pins
-from raybuild.render import APP_SITE, ImageSpec, render_dockerfile, template_dir
+from raybuild.image import bases
+from raybuild.image.dockerfile import APP_SITE, ImageSpec, render_dockerfile, template_dir
+from raybuild.lock.resolve import check_cuda, normalize, parse_pins
 
 
 def lock_hash(config: LoadedConfig, app: App) -> str:

@@ -14,9 +14,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from raybuild.cuda import CudaNeed
 from raybuild.engine import Engine
 from raybuild.errors import RaybuildError
+from raybuild.lock.cuda import CudaNeed
 
 # Minimum Linux x86_64 driver of each CUDA toolkit: the GA driver NVIDIA's CUDA Toolkit release notes list
 # ("CUDA Toolkit and Corresponding Driver Versions", table 3). CUDA 12.7 was never released.

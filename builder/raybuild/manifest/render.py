@@ -18,8 +18,8 @@ import yaml
 
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import ConfigError
-from raybuild.record import HEAD_KEY, PublishRecord, local_reference
-from raybuild.render import template_environment
+from raybuild.image.dockerfile import template_environment
+from raybuild.state import HEAD_KEY, PublishRecord, local_reference
 
 Kind = Literal["RayService", "RayCluster"]
 StoreKind = Literal["redis", "dragonfly"]
@@ -31,7 +31,7 @@ LABEL_KEY = "raybuild.io/app"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # The repository's deploy/ folder; a project's own deploy/ folder overrides it file by file.
-BUNDLED_DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+BUNDLED_DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 
 _TEMPLATES: dict[str, str] = {"RayService": "rayservice.yaml.j2", "RayCluster": "raycluster.yaml.j2"}
 _STORE_TEMPLATE = "gcs-store.yaml.j2"

@@ -1,0 +1,1 @@
+"""Images: the spec, Dockerfile rendering, prune rules, bases and the BuildKit build."""

@@ -1,0 +1,1 @@
+"""Running the RayService topology locally in Docker, and the fault drills against it."""

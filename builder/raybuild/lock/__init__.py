@@ -1,0 +1,1 @@
+"""Locking: resolving each app against the shared Ray lock, and reading the CUDA its wheels need."""

@@ -1,0 +1,1 @@
+"""The KubeRay manifest: rendering the RayService or RayCluster, and validating it against the CRD."""

@@ -1,0 +1,1 @@
+"""Shipping images: pushing to the registry and recording digests."""
