@@ -16,6 +16,8 @@ from raybuild.cli import main
 from raybuild.config import LoadedConfig, load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Whole-file expected outputs (Dockerfiles, manifests); `pytest --update-goldens` rewrites them.
+GOLDEN_DIR = REPO_ROOT / "tests" / "unit" / "golden"
 
 # A valid project with one CPU app, "demo". Tests rewrite it (or append tables) to make it invalid.
 PROJECT_TOML = """\

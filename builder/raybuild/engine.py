@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from raybuild.errors import BuildError, EngineError
+from raybuild.progress import Progress
 
-OutputCallback = Callable[[str], None]
 TAIL_LINES = 40
 
 _DAEMON_DOWN = ("Cannot connect to the Docker daemon", "Is the docker daemon running", "docker.sock: connect")
@@ -105,7 +105,7 @@ class Engine:
 
     client: DockerClient | None = None
     debug: bool = False
-    echo: OutputCallback | None = None
+    echo: Progress | None = None
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -119,7 +119,7 @@ class Engine:
         command: list[str],
         *,
         check: bool = True,
-        on_line: OutputCallback | None = None,
+        on_line: Progress | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,
@@ -238,7 +238,7 @@ class Engine:
         secrets: Mapping[str, Path] | None = None,
         build_args: Mapping[str, str] | None = None,
         labels: Mapping[str, str] | None = None,
-        on_line: OutputCallback | None = None,
+        on_line: Progress | None = None,
         what: str = "docker build",
     ) -> str:
         """Build without tagging, returning the image ID (written by BuildKit to ``iidfile``).
@@ -274,7 +274,7 @@ class Engine:
     def save(self, ref: str, out: Path) -> None:
         self.docker_cmd("save", "-o", str(out), ref, what=f"docker save {ref}")
 
-    def push(self, ref: str, on_line: OutputCallback | None = None) -> Result:
+    def push(self, ref: str, on_line: Progress | None = None) -> Result:
         return self.docker_cmd("push", ref, on_line=on_line, what=f"docker push {ref}")
 
     # -- containers -------------------------------------------------------------------------------------

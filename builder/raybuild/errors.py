@@ -68,6 +68,20 @@ class SmokeTestError(RaybuildError):
     """A built image did not come up or did not answer the way KubeRay expects."""
 
 
+class GpuUnavailable(RaybuildError):
+    """No GPU, no driver, a driver too old for the app's CUDA, or no NVIDIA container runtime."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint or "run `raybuild doctor`, and check `nvidia-smi` on this host")
+
+
+class MeasureError(RaybuildError):
+    """An image could not be measured (an unexpected manifest, history or tool output)."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint or "rerun with --debug to see the tool output that was not understood")
+
+
 class GateError(RaybuildError):
     """A measurement file is malformed."""
 
@@ -78,3 +92,14 @@ class PublishError(RaybuildError):
 
 class ManifestError(RaybuildError):
     """A rendered Kubernetes manifest is invalid."""
+
+
+class StateError(RaybuildError):
+    """What an earlier command recorded under ``.raybuild/`` is missing or unreadable."""
+
+
+class ClusterError(RaybuildError):
+    """The local cluster could not be started or is not running."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message, hint or "run `raybuild down`, then `raybuild up` (add --debug for details)")

@@ -20,7 +20,7 @@ from raybuild.errors import RaybuildError
 from raybuild.image.build import Builder
 from raybuild.local import cluster as local
 from raybuild.local.drill import run_drill
-from raybuild.verify.smoke import http
+from raybuild.loopback import http
 
 pytestmark = pytest.mark.docker
 

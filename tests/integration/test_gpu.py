@@ -16,6 +16,7 @@ import pytest
 
 from raybuild.config import load_config
 from raybuild.engine import Engine
+from raybuild.errors import GpuUnavailable
 from raybuild.image.build import Builder
 from raybuild.verify import gpu
 from tests.conftest import MainResult
@@ -29,7 +30,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.docker]
 def gpu_host() -> gpu.GpuHost:
     try:
         return gpu.detect()
-    except gpu.GpuUnavailable as exc:
+    except GpuUnavailable as exc:
         pytest.skip(f"{exc.message} (GPU tests need an NVIDIA GPU and its container toolkit; CI has none)")
 
 

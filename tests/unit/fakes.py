@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from raybuild.config import App
-from raybuild.engine import DockerClient, Engine, OutputCallback, Result, classify_failure
+from raybuild.engine import DockerClient, Engine, Result, classify_failure
 from raybuild.errors import EngineError
+from raybuild.progress import Progress
 
 DOCKER = DockerClient("/usr/bin/docker", "28.1.1", buildx=True)
 BUILD_OUTPUT = "#1 [internal] load build definition from Dockerfile\n#1 DONE 0.0s\n"
@@ -97,7 +98,7 @@ class FakeEngine(Engine):
         command: list[str],
         *,
         check: bool = True,
-        on_line: OutputCallback | None = None,
+        on_line: Progress | None = None,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
         timeout: float | None = None,

@@ -17,9 +17,9 @@ from click.testing import CliRunner, Result
 from raybuild.cli import cli
 from raybuild.config import load_config
 from raybuild.image import bases
-from tests.conftest import REPO_ROOT, MainResult
+from tests.conftest import GOLDEN_DIR, REPO_ROOT, MainResult
 
-GOLDEN = Path(__file__).parent / "golden" / "dockerfiles"
+GOLDEN = GOLDEN_DIR / "dockerfiles"
 BUNDLED = str(REPO_ROOT / "raybuild.toml")
 
 

@@ -9,7 +9,7 @@ import click
 from raybuild import doctor as checks
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
 from raybuild.engine import Engine
-from raybuild.errors import UsageError
+from raybuild.errors import GpuUnavailable, UsageError
 from raybuild.image import bases
 from raybuild.image.build import Builder, built_ref, default_ca_bundle
 from raybuild.verify.smoke import required_gpus, smoke_test
@@ -134,14 +134,14 @@ def test_app(
     (app,) = config.select((app_name,))
     engine = engine_for(state)
     if gpu:
-        from raybuild.verify import gpu as gpus
         from raybuild.lock.resolve import cuda_need
+        from raybuild.verify import gpu as gpus
 
         if app.device != "gpu":
             raise UsageError(f'app {app.name!r} is a CPU app; --gpu is for apps with device = "gpu"')
         try:
             host = gpus.ensure(cuda_need(config, app), required_gpus(app), engine)
-        except gpus.GpuUnavailable as exc:
+        except GpuUnavailable as exc:
             if not skip_if_unavailable:
                 raise
             if as_json:

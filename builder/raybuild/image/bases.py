@@ -15,14 +15,14 @@ import hashlib
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from raybuild.config import BaseImage, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import RaybuildError
-from raybuild.image.dockerfile import BaseSpec, render_base, template_dir
+from raybuild.image.dockerfile import render_base, template_dir
+from raybuild.progress import Progress, silent
 
 RUNTIME_PACKAGES = ("python3-minimal", "libpython3-stdlib", "bash", "wget", "ca-certificates", "libstdc++6")
 BUILDER_PACKAGES = (*RUNTIME_PACKAGES, "binutils")
@@ -47,6 +47,39 @@ REMOVE_AFTER_BOOTSTRAP = (
     "/var/log/*",
 )
 NAMESPACE = "raybuild"
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """The runtime base or the builder image of one device."""
+
+    kind: str  # "base" or "builder"
+    device: str
+    python: str
+    rootfs: str
+    install_packages: bool
+    packages: tuple[str, ...] = ()
+    uv_image: str = ""
+    parent: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def template(self) -> str:
+        if self.kind == "builder":
+            return "cpu/builder.Dockerfile.j2"
+        if self.kind == "redis":
+            return "common/redis.Dockerfile.j2"
+        return f"{self.device}/base.Dockerfile.j2"
+
+    def context(self) -> dict[str, object]:
+        return {
+            "device": self.device,
+            "python": self.python,
+            "rootfs": self.rootfs,
+            "install_packages": self.install_packages,
+            "packages": list(self.packages),
+            "uv_image": self.uv_image,
+            "parent": self.parent,
+        }
 
 
 def _digest(*parts: str) -> str:
@@ -132,9 +165,7 @@ def redis_ref(config: LoadedConfig) -> str:
     return _ref(config, redis_spec(config), "gcs-redis")
 
 
-def ensure_redis(
-    config: LoadedConfig, engine: Engine, progress: Callable[[str], None] = lambda _: None
-) -> str:
+def ensure_redis(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> str:
     """The Redis image that `raybuild up` uses as its GCS store, made on first use."""
     engine.ping()
     ensure_rootfs(engine, rootfs(config.config.base.cpu, "redis"), progress)
@@ -188,7 +219,7 @@ def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
     return command
 
 
-def ensure_uv_image(engine: Engine, progress: Callable[[str], None]) -> str:
+def ensure_uv_image(engine: Engine, progress: Progress) -> str:
     """A one-file image holding the uv binary raybuild itself uses, for build stages to copy from."""
     ref = uv_image()
     if engine.image_exists(ref):
@@ -204,7 +235,7 @@ def ensure_uv_image(engine: Engine, progress: Callable[[str], None]) -> str:
     return ref
 
 
-def ensure_rootfs(engine: Engine, root: Rootfs, progress: Callable[[str], None]) -> None:
+def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress) -> None:
     if not root.bootstrapped or engine.image_exists(root.ref):
         return
     if shutil.which("mmdebstrap") is None:
@@ -223,9 +254,7 @@ def ensure_rootfs(engine: Engine, root: Rootfs, progress: Callable[[str], None])
         engine.import_tarball(tarball, root.ref, changes=["LABEL io.raybuild.role=rootfs"])
 
 
-def _build_image(
-    engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str, progress: Callable[[str], None]
-) -> None:
+def _build_image(engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str, progress: Progress) -> None:
     if engine.image_exists(ref):
         return
     progress(f"building {ref}")
@@ -247,7 +276,7 @@ def ensure_bases(
     config: LoadedConfig,
     engine: Engine,
     devices: tuple[str, ...] = ("cpu", "gpu"),
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Progress = silent,
 ) -> dict[str, str]:
     """Make (only) the missing base images; returns {"builder": ref, "cpu": ref, ...}."""
     engine.ping()

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,11 +23,12 @@ from raybuild.engine import Engine
 from raybuild.errors import BuildError, RaybuildError
 from raybuild.fsutil import atomic_write
 from raybuild.image import bases
-from raybuild.image.dockerfile import prune_plan, prune_script, render_dockerfile, template_dir
+from raybuild.image.dockerfile import render_dockerfile, template_dir
+from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as lock
+from raybuild.progress import Progress, silent
 
-Progress = Callable[[str], None]
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
 _IGNORED = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git", ".venv", "requirements.in"}
 
@@ -152,7 +153,7 @@ def failing_step(output: str) -> str | None:
     return None
 
 
-def _progress_filter(progress: Progress) -> Callable[[str], None]:
+def _progress_filter(progress: Progress) -> Progress:
     seen: set[str] = set()
 
     def on_line(line: str) -> None:
@@ -172,7 +173,7 @@ class Builder:
     engine: Engine
     ca_bundle: Path | None = None
     netrc: Path | None = None
-    progress: Progress = lambda _: None
+    progress: Progress = silent
 
     def secrets(self) -> dict[str, Path]:
         # BuildKit secrets: mounted for one RUN step, never stored in a layer, cache key or build arg.

@@ -3,13 +3,53 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from raybuild.config import App, LoadedConfig
 from raybuild.fsutil import atomic_write
 from raybuild.image import bases
-from raybuild.image.dockerfile import APP_SITE, ImageSpec, render_dockerfile, template_dir
+from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.lock.resolve import check_cuda, normalize, parse_pins
+
+VENV = "/opt/ray/venv"
+APP_SITE = "/opt/app/site-packages"
+CODE_DIR = "/home/ray/app"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Everything a Dockerfile for one app depends on."""
+
+    app: str
+    device: str
+    python: str
+    ray_version: str
+    base_image: str
+    builder_image: str
+    lock_hash: str
+    env: tuple[tuple[str, str], ...] = ()
+    index_url: str | None = None
+    ld_library_path: tuple[str, ...] = ()
+    cuda: str | None = None
+
+    def context(self) -> dict[str, object]:
+        return {
+            "app": self.app,
+            "device": self.device,
+            "python": self.python,
+            "ray_version": self.ray_version,
+            "base_image": self.base_image,
+            "builder_image": self.builder_image,
+            "lock_hash": self.lock_hash,
+            "env": dict(self.env),
+            "index_url": self.index_url,
+            "ld_library_path": list(self.ld_library_path),
+            "cuda": self.cuda,
+            "venv": VENV,
+            "app_site": APP_SITE,
+            "code_dir": CODE_DIR,
+        }
 
 
 def lock_hash(config: LoadedConfig, app: App) -> str:

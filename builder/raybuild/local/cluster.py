@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.errors import EngineError, RaybuildError
+from raybuild.errors import ClusterError, EngineError, RaybuildError
 from raybuild.fsutil import atomic_write
 from raybuild.image import bases
+from raybuild.loopback import free_port, http, wait_until
 from raybuild.manifest import render as k8s
+from raybuild.progress import Progress, silent
 from raybuild.state import PublishRecord
 from raybuild.verify.smoke import (
     AGENT_PORT,
@@ -33,13 +33,10 @@ from raybuild.verify.smoke import (
     MANAGED_LABEL,
     RAYLET_PROBE,
     SERVE_PORT,
-    http,
     nofile_limit,
     required_cpus,
-    wait_until,
 )
 
-Progress = Callable[[str], None]
 CLUSTER_LABEL = "io.raybuild.cluster"
 ROLE_LABEL = "io.raybuild.role"
 GCS_PORT = 6379
@@ -47,10 +44,6 @@ GCS_PORT = 6379
 # back before it exits (Ray's default is 60 s). Ray reads its config from RAY_<name>, case and all.
 RECONNECT_TIMEOUT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 WORKER_RECONNECT_TIMEOUT_S = "600"
-
-
-class ClusterError(RaybuildError):
-    """The local cluster could not be started or is not running."""
 
 
 @dataclass(frozen=True)
@@ -189,14 +182,6 @@ def plan(
     return LocalCluster(name, name, subnet, nodes, {app.name: app.route_prefix for app in apps})
 
 
-def free_port() -> int:
-    """A free port on 127.0.0.1, chosen up front: Docker gives an ephemeral port a new number on restart."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def run_node(engine: Engine, cluster: LocalCluster, node: Node) -> Node:
     """Start one node's container; returns the node with its published host ports filled in."""
     command = [
@@ -329,7 +314,7 @@ def up(
     engine: Engine,
     apps: tuple[App, ...],
     timeout: float = 300.0,
-    progress: Progress = lambda _: None,
+    progress: Progress = silent,
 ) -> LocalCluster:
     cpu_apps = tuple(a for a in apps if a.device == "cpu")
     if not cpu_apps:
@@ -338,7 +323,7 @@ def up(
             hint="`raybuild up` runs CPU apps; test GPU apps with `raybuild test --gpu`",
         )
     engine.ping()
-    down(config, engine, progress=lambda _: None)
+    down(config, engine, progress=silent)
     images = local_images(config, cpu_apps)
     redis_image = bases.ensure_redis(config, engine, progress)
     name = cluster_name(config)
@@ -375,11 +360,11 @@ def up(
         return cluster
     except (RaybuildError, KeyboardInterrupt):
         # Leave nothing behind but what helps to diagnose: the containers' logs were already read.
-        down(config, engine, progress=lambda _: None)
+        down(config, engine, progress=silent)
         raise
 
 
-def down(config: LoadedConfig, engine: Engine, progress: Progress = lambda _: None) -> int:
+def down(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> int:
     """Remove every container and network with this cluster's label; returns how many were removed."""
     label = f"{CLUSTER_LABEL}={cluster_name(config)}"
     removed = 0

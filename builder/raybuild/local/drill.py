@@ -10,13 +10,12 @@ from __future__ import annotations
 import threading
 import time
 import urllib.error
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from raybuild.engine import Engine
+from raybuild.errors import ClusterError
 from raybuild.local.cluster import (
-    ClusterError,
     LocalCluster,
     Node,
     all_routes_answer,
@@ -24,10 +23,10 @@ from raybuild.local.cluster import (
     run_node,
     serve_status,
 )
-from raybuild.verify.smoke import LOOPBACK, wait_until
+from raybuild.loopback import LOOPBACK, wait_until
+from raybuild.progress import Progress, silent
 
 DrillKind = Literal["head-restart", "worker-restart", "gcs-outage"]
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ def run_drill(
     app: str | None = None,
     outage: float = 5.0,
     timeout: float = 120.0,
-    progress: Progress = lambda _: None,
+    progress: Progress = silent,
 ) -> DrillReport:
     if not all_routes_answer(cluster):
         raise ClusterError("not every app answers before the drill", hint="check `raybuild up`, or rerun it")

@@ -24,6 +24,7 @@ from raybuild.config import App, LoadedConfig
 from raybuild.errors import LockError, StaleLockError
 from raybuild.fsutil import atomic_write
 from raybuild.lock import cuda
+from raybuild.progress import Progress, silent
 
 HEADER_HASH = "# raybuild-inputs-sha256: "
 RAY_LOCK_NAME = "ray"
@@ -319,7 +320,7 @@ def lock(
     config: LoadedConfig,
     apps: tuple[App, ...],
     runner: Runner = _run,
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Progress = silent,
 ) -> list[LockResult]:
     results = []
     ray = ray_target(config)

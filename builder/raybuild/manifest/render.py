@@ -18,8 +18,8 @@ import yaml
 
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import ConfigError
-from raybuild.image.dockerfile import template_environment
 from raybuild.state import HEAD_KEY, PublishRecord, local_reference
+from raybuild.templating import template_environment
 
 Kind = Literal["RayService", "RayCluster"]
 StoreKind = Literal["redis", "dragonfly"]

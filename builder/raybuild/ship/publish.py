@@ -25,12 +25,12 @@ from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar
 
 from raybuild.config import LoadedConfig
-from raybuild.engine import OutputCallback, Result
+from raybuild.engine import Result
 from raybuild.errors import EngineError, PublishError, UsageError
 from raybuild.image.build import load_build_record
+from raybuild.progress import Progress, silent
 from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, record_path
 
-Progress = Callable[[str], None]
 T = TypeVar("T")
 HEAD_NAME = "ray-head"
 ACCEPT = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
@@ -95,7 +95,7 @@ class RegistryClient(Protocol):
 class DockerEngine(Protocol):
     def inspect(self, ref: str) -> dict[str, Any]: ...
     def tag(self, source: str, target: str) -> None: ...
-    def push(self, ref: str, on_line: OutputCallback | None = None) -> Result: ...
+    def push(self, ref: str, on_line: Progress | None = None) -> Result: ...
 
 
 def is_loopback(host: str) -> bool:
@@ -209,7 +209,7 @@ class Publisher:
     engine: DockerEngine
     registry: str | None = None  # HOST[:PORT]/NAMESPACE; default [project].registry
     client: RegistryClient = field(default_factory=HttpRegistry)
-    progress: Progress = lambda _: None
+    progress: Progress = silent
     output: Progress | None = None  # docker push lines; default: progress
     sleep: Callable[[float], None] = time.sleep
     backoff: Backoff = Backoff()

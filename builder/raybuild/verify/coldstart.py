@@ -21,7 +21,6 @@ import shlex
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,24 +28,23 @@ from typing import TYPE_CHECKING, Any
 from raybuild.config import App
 from raybuild.engine import Engine, which
 from raybuild.errors import EngineError, SmokeTestError
+from raybuild.loopback import http, wait_until
+from raybuild.progress import Progress, silent
 from raybuild.verify.smoke import (
     AGENT_PORT,
     DASHBOARD_PORT,
     GCS_PROBE,
     RAYLET_PROBE,
     SERVE_PORT,
-    http,
     kuberay_head_command,
     nofile_limit,
     required_cpus,
     serve_application,
-    wait_until,
 )
 
 if TYPE_CHECKING:
     from testcontainers.core.container import DockerContainer
 
-Progress = Callable[[str], None]
 
 LABELS = {"io.raybuild.managed": "true", "io.raybuild.purpose": "measure"}
 PURPOSE_LABEL = "io.raybuild.purpose=measure"
@@ -183,7 +181,7 @@ def warm_start(
     cpu_mode: bool,
     gpu: bool = False,
     timeout: float = 180.0,
-    progress: Progress = lambda _: None,
+    progress: Progress = silent,
 ) -> WarmStart:
     """One head, one worker and the app's Serve deployment on this host's engine, timed phase by phase.
 
@@ -262,7 +260,7 @@ class ColdNode:
 
     engine: Engine
     root: Path = COLD_ROOT
-    progress: Progress = field(default=lambda _: None)
+    progress: Progress = field(default=silent)
     _node_engine: Engine | None = field(default=None, init=False, repr=False)
 
     @property

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raybuild.engine import Engine
-from raybuild.errors import RaybuildError
+from raybuild.errors import GpuUnavailable
 from raybuild.lock.cuda import CudaNeed
 
 # Minimum Linux x86_64 driver of each CUDA toolkit: the GA driver NVIDIA's CUDA Toolkit release notes list
@@ -51,10 +51,6 @@ TOOLKIT_HINT = (
     "install the NVIDIA container toolkit, run `nvidia-ctk runtime configure --runtime=docker` and "
     "restart dockerd"
 )
-
-
-class GpuUnavailable(RaybuildError):
-    """No GPU, no driver, a driver too old for the app's CUDA, or no NVIDIA container runtime."""
 
 
 @dataclass(frozen=True)

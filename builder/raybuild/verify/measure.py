@@ -7,25 +7,23 @@ a head start on the cold node. Containers are swept by label before and after, w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.errors import RaybuildError
+from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
 from raybuild.image.build import built_ref
+from raybuild.progress import Progress, silent
 from raybuild.verify import coldstart
 from raybuild.verify.results import AppResult, Measurement, Size, Startup, Stat, stat
 from raybuild.verify.sizes import (
     MEASURE_REGISTRY,
-    MeasureError,
     Registry,
     measure_ref,
     measure_size,
     shared_bytes,
 )
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ def _gpu_available() -> bool:
 
     try:
         gpu.detect()
-    except gpu.GpuUnavailable:
+    except GpuUnavailable:
         return False
     return True
 
@@ -146,7 +144,7 @@ def measure(
     apps: Sequence[App],
     engine: Engine,
     options: Options = Options(),
-    progress: Progress = lambda _: None,
+    progress: Progress = silent,
 ) -> MeasureReport:
     """Measure ``apps`` (all of the project's when empty): sizes, then ``options.runs`` cold starts each."""
     apps = list(apps) or list(config.apps)

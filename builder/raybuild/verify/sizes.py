@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from raybuild.engine import Engine, which
-from raybuild.errors import RaybuildError
+from raybuild.errors import MeasureError
 from raybuild.verify.coldstart import LABELS
 from raybuild.verify.results import Dive, Layer, Package, Size
 
@@ -32,10 +32,6 @@ MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 TOP_PACKAGES = 10
 PRUNE_REPORTS = ("/opt/ray/venv/raybuild-prune.json", "/opt/app/site-packages/raybuild-prune.json")
 _PRUNE_MARK = "@@raybuild-prune "
-
-
-class MeasureError(RaybuildError):
-    """An image could not be measured (an unexpected manifest, history or tool output)."""
 
 
 @dataclass(frozen=True)

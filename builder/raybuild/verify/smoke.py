@@ -14,17 +14,17 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.errors import EngineError, SmokeTestError
+from raybuild.errors import EngineError, GpuUnavailable, SmokeTestError
+from raybuild.loopback import http, wait_until
+from raybuild.progress import Progress, silent
 from raybuild.verify import gpu as gpus
 
 MANAGED_LABEL = "io.raybuild.managed=true"
@@ -116,34 +116,6 @@ class SmokeResult:
         return self.__dict__.copy()
 
 
-# Every URL raybuild requests itself is on 127.0.0.1: an HTTP(S)_PROXY in the environment must not see it.
-LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
-    """(status, body); status 0 when nothing answered."""
-    data = json.dumps(payload).encode() if payload is not None else None
-    request = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    try:
-        with LOOPBACK.open(request, timeout=timeout) as response:
-            return int(response.status), response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
-
-
-def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return False
-
-
 @contextmanager
 def head_container(
     engine: Engine, image: str, num_cpus: int, gpu: int = 0, env: dict[str, str] | None = None
@@ -177,7 +149,7 @@ def head_container(
     except EngineError as exc:
         engine.remove_container(name)
         if gpu and gpus.no_device_driver(exc.output_tail):
-            raise gpus.GpuUnavailable(
+            raise GpuUnavailable(
                 "Docker could not give the container a GPU (no NVIDIA device driver in dockerd)",
                 hint=gpus.TOOLKIT_HINT,
             ) from exc
@@ -204,7 +176,7 @@ def smoke_test(
     *,
     gpu: bool = False,
     timeout: float = 180.0,
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Progress = silent,
 ) -> SmokeResult:
     cpu_mode = app.device == "gpu" and not gpu
     num_gpus = required_gpus(app) if gpu else 0

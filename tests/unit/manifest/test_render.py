@@ -15,9 +15,9 @@ from raybuild.errors import ConfigError
 from raybuild.manifest.render import GPU_RESOURCE, LABEL_KEY, render_manifest, store_service
 from raybuild.manifest.validate import load_crds, validate_manifest
 from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, local_reference, record_path
+from tests.conftest import GOLDEN_DIR, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = Path(__file__).parent / "golden" / "k8s"
+GOLDEN = GOLDEN_DIR / "k8s"
 CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay"
 
 needs_crd = pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR}")

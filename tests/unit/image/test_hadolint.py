@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.unit.test_render import GOLDEN_NAMES, generated_dockerfiles
+from tests.unit.image.test_dockerfile import GOLDEN_NAMES, generated_dockerfiles
 
 CONFIG = REPO_ROOT / ".hadolint.yaml"
 

@@ -18,9 +18,10 @@ import pytest
 
 from raybuild.cli import publish_cli
 from raybuild.config import LoadedConfig
-from raybuild.engine import OutputCallback, Result
+from raybuild.engine import Result
 from raybuild.errors import EngineError, PublishError, UsageError
 from raybuild.image.build import BuiltImage, save_build_record
+from raybuild.progress import Progress
 from raybuild.ship.publish import (
     Backoff,
     HttpRegistry,
@@ -117,7 +118,7 @@ class FakeEngine:
         self.tags.append((source, target))
         self.images[target] = self.images[source]
 
-    def push(self, ref: str, on_line: OutputCallback | None = None) -> Result:
+    def push(self, ref: str, on_line: Progress | None = None) -> Result:
         self.pushed.append(ref)
         outcome = self.script.pop(0) if self.script else None
         if isinstance(outcome, EngineError):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from raybuild.config import LoadedConfig
+from raybuild.errors import ClusterError
 from raybuild.image.build import BuiltImage, save_build_record
 from raybuild.local import cluster
 from raybuild.local.cluster import (
     CLUSTER_LABEL,
     RECONNECT_TIMEOUT_ENV,
     ROLE_LABEL,
-    ClusterError,
     LocalCluster,
     Node,
 )

@@ -19,6 +19,7 @@ import pytest
 
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
+from raybuild.errors import MeasureError
 from raybuild.image.build import BuiltImage, save_build_record
 from raybuild.verify import coldstart, sizes
 from raybuild.verify import measure as measure_module
@@ -33,7 +34,6 @@ from raybuild.verify.measure import MeasureReport, Options, measure, summary_row
 from raybuild.verify.results import AppResult, Measurement, Package, Size, Startup, schema, stat
 from raybuild.verify.sizes import (
     MANIFEST_V2,
-    MeasureError,
     gzip_size,
     history_sizes,
     map_layers,

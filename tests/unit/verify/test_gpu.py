@@ -15,7 +15,7 @@ import pytest
 
 from raybuild.config import App, load_config
 from raybuild.engine import Engine, Result
-from raybuild.errors import EngineError, SmokeTestError
+from raybuild.errors import EngineError, GpuUnavailable, SmokeTestError
 from raybuild.lock.cuda import CudaNeed
 from raybuild.verify import gpu, smoke
 from tests.conftest import REPO_ROOT, MainResult
@@ -86,12 +86,12 @@ def test_plain_cuda_wheels_need_the_majors_driver_and_torch_its_toolkits() -> No
     gpu.check_driver("535.54.03", cudart)  # minor version compatibility
     gpu.check_driver("570.86.15", torch)
     gpu.check_driver("400.1", None)  # no CUDA wheels: any driver
-    with pytest.raises(gpu.GpuUnavailable) as caught:
+    with pytest.raises(GpuUnavailable) as caught:
         gpu.check_driver("560.35.03", torch)
     assert caught.value.message == (
         "host driver 560.35.03 is too old for the app's torch built for CUDA 12.8: it needs 570.26 or newer"
     )
-    with pytest.raises(gpu.GpuUnavailable) as caught:
+    with pytest.raises(GpuUnavailable) as caught:
         gpu.check_driver("520.61.05", cudart)
     assert caught.value.message == (
         "host driver 520.61.05 is too old for the app's CUDA 12.x wheels: it needs 525.60.13 or newer"
@@ -144,8 +144,8 @@ class FakeHost:
         return gpu.detect(runner=self.run, nvml=lambda: self.nvml_host, which=self.which)
 
 
-def _unavailable(host: FakeHost) -> gpu.GpuUnavailable:
-    with pytest.raises(gpu.GpuUnavailable) as caught:
+def _unavailable(host: FakeHost) -> GpuUnavailable:
+    with pytest.raises(GpuUnavailable) as caught:
         host.detect()
     return caught.value
 
@@ -198,9 +198,9 @@ def test_ensure_checks_the_driver_and_the_gpu_count() -> None:
     host = FakeHost(smi=(0, "560.35.03, NVIDIA L4\n"))
     kwargs: dict[str, Any] = {"runner": host.run, "which": host.which, "nvml": lambda: None}
     assert gpu.ensure(CudaNeed("12.9", ()), 1, **kwargs).driver == "560.35.03"
-    with pytest.raises(gpu.GpuUnavailable, match=r"too old for the app's torch built for CUDA 12\.8"):
+    with pytest.raises(GpuUnavailable, match=r"too old for the app's torch built for CUDA 12\.8"):
         gpu.ensure(CudaNeed("12.8", (), torch="12.8"), 1, **kwargs)
-    with pytest.raises(gpu.GpuUnavailable) as caught:
+    with pytest.raises(GpuUnavailable) as caught:
         gpu.ensure(None, 2, **kwargs)
     assert caught.value.message == "the app needs 2 GPUs at its minimum replicas; this host has 1"
 
@@ -256,7 +256,7 @@ def test_head_container_without_gpus_requests_none() -> None:
 def test_docker_without_a_gpu_driver_is_gpu_unavailable() -> None:
     fake = FakeEngine(run_error='docker: Error response from daemon: could not select device driver "" '
                                 "with capabilities: [[gpu]].")  # fmt: skip
-    with pytest.raises(gpu.GpuUnavailable) as caught, smoke.head_container(_engine(fake), "img:1", 2, gpu=1):
+    with pytest.raises(GpuUnavailable) as caught, smoke.head_container(_engine(fake), "img:1", 2, gpu=1):
         pass
     assert caught.value.message.startswith("Docker could not give the container a GPU")
     assert len(fake.removed) == 1
@@ -309,7 +309,7 @@ def test_the_images_own_libraries_must_resolve(lib: str) -> None:
 def _reason_here() -> str:
     try:
         gpu.detect()
-    except gpu.GpuUnavailable as exc:
+    except GpuUnavailable as exc:
         return exc.message
     pytest.skip("this machine has a GPU; tests/integration/test_gpu.py runs `raybuild test cuda --gpu` here")
 

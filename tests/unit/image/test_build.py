@@ -11,7 +11,8 @@ from raybuild.config import LoadedConfig
 from raybuild.errors import BuildError, RaybuildError
 from raybuild.image import bases, build
 from raybuild.image.build import Builder, BuiltImage
-from raybuild.image.dockerfile import prune_plan, prune_script, render_dockerfile
+from raybuild.image.dockerfile import render_dockerfile
+from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
 from tests.conftest import TmpProject, other_app

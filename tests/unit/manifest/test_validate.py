@@ -24,8 +24,8 @@ from raybuild.manifest.validate import (
     to_json_schema,
     validate_manifest,
 )
+from tests.conftest import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay"
 SERVICE_CRD = CRD_DIR / "ray.io_rayservices.yaml"
 

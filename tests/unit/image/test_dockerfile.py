@@ -17,22 +17,14 @@ import pytest
 from raybuild.config import BaseImage, LoadedConfig, load_config
 from raybuild.errors import ConfigError
 from raybuild.image import bases
-from raybuild.image.dockerfile import (
-    BUNDLED_TEMPLATES,
-    DEFAULT_KEEP,
-    DEFAULT_PRUNE_RULES,
-    BaseSpec,
-    ImageSpec,
-    dockerfile_string,
-    prune_plan,
-    render_base,
-    render_dockerfile,
-    template_dir,
-)
-from raybuild.image.spec import generate_all, image_spec_for, nvidia_library_dirs
-from tests.conftest import REPO_ROOT, TmpProject
+from raybuild.image.bases import BaseSpec
+from raybuild.image.dockerfile import dockerfile_string, render_base, render_dockerfile, template_dir
+from raybuild.image.prune import DEFAULT_KEEP, DEFAULT_PRUNE_RULES, prune_plan
+from raybuild.image.spec import ImageSpec, generate_all, image_spec_for, nvidia_library_dirs
+from raybuild.templating import BUNDLED_TEMPLATES
+from tests.conftest import GOLDEN_DIR, REPO_ROOT, TmpProject
 
-GOLDEN = Path(__file__).parent / "golden" / "dockerfiles"
+GOLDEN = GOLDEN_DIR / "dockerfiles"
 BUNDLED_APPS = ("hello", "sklearn", "cuda")
 # The builder image's name hashes the uv version raybuild runs with; fix it so goldens ignore the host.
 UV_VERSION = "0.13.9"
