@@ -54,7 +54,7 @@ def _store_choice(ctx: click.Context, param: click.Parameter, value: str | None)
     metavar="PATH|cluster",
     default=None,
     help="CRD file or folder for --validate (implied), or 'cluster' to read it with kubectl "
-    "[default: $RAYBUILD_CRD_DIR, else ../shared/kuberay beside the project].",
+    "[default: $RAYBUILD_CRD_DIR, else the KubeRay v1.7.0 CRDs raybuild ships].",
 )
 @click.option(
     "--with-gcs-store",
@@ -84,7 +84,7 @@ def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | N
         click.secho(f"warning: {warning}", err=True, fg="yellow")
     check = check or crd is not None
     if check:
-        errors = validate_manifest(manifest.documents(), resolve_crds(crd, config.root))
+        errors = validate_manifest(manifest.documents(), resolve_crds(crd))
         if errors:
             for error in errors:
                 click.echo(f"  {error}", err=True)

@@ -19,7 +19,7 @@ import yaml
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import ConfigError
 from raybuild.state import HEAD_KEY, PublishRecord, local_reference
-from raybuild.templating import template_environment
+from raybuild.templating import BUNDLED_TEMPLATES, template_environment
 
 Kind = Literal["RayService", "RayCluster"]
 StoreKind = Literal["redis", "dragonfly"]
@@ -30,8 +30,8 @@ STORE_KINDS: tuple[str, ...] = get_args(StoreKind)
 LABEL_KEY = "raybuild.io/app"
 GPU_RESOURCE = "nvidia.com/gpu"
 
-# The repository's deploy/ folder; a project's own deploy/ folder overrides it file by file.
-BUNDLED_DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+# raybuild's own manifest templates; a project's deploy/ folder overrides them file by file.
+BUNDLED_DEPLOY = BUNDLED_TEMPLATES / "deploy"
 
 _TEMPLATES: dict[str, str] = {"RayService": "rayservice.yaml.j2", "RayCluster": "raycluster.yaml.j2"}
 _STORE_TEMPLATE = "gcs-store.yaml.j2"

@@ -27,6 +27,9 @@ API_VERSION = "ray.io/v1"
 MAX_NAME_LENGTH = 47
 GPU_RESOURCE = "nvidia.com/gpu"
 CRD_ENV = "RAYBUILD_CRD_DIR"
+# KubeRay v1.7.0's CRDs, vendored with their license notice (crds/NOTICE.md).
+BUNDLED_CRDS = Path(__file__).resolve().parent / "crds"
+KUBERAY_VERSION = "1.7.0"
 
 _DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -126,25 +129,17 @@ def crds_from_cluster(runner: Runner | None = None) -> dict[str, Mapping[str, An
     return schemas_from_documents(docs, "the cluster's rayservices.ray.io")
 
 
-def default_crd_path(project_root: Path) -> Path:
-    """RAYBUILD_CRD_DIR when set (an explicit choice wins), else the shared KubeRay v1.7.0 copy."""
+def default_crd_path() -> Path:
+    """RAYBUILD_CRD_DIR when set (an explicit choice wins), else the KubeRay CRDs raybuild ships."""
     env = os.environ.get(CRD_ENV)
-    if env:
-        return Path(env)
-    shared = project_root / ".." / "shared" / "kuberay"
-    if shared.is_dir():
-        return shared.resolve()
-    raise ManifestError(
-        f"no KubeRay CRD found: {shared} does not exist and {CRD_ENV} is not set",
-        hint=f"pass --crd PATH (a CRD file or folder) or --crd cluster, or set {CRD_ENV}",
-    )
+    return Path(env) if env else BUNDLED_CRDS
 
 
-def resolve_crds(option: str | None, project_root: Path, runner: Runner | None = None) -> Schemas:
+def resolve_crds(option: str | None, runner: Runner | None = None) -> Schemas:
     """The schemas that ``--crd`` names: a path, ``cluster`` (kubectl), or the default copy."""
     if option == "cluster":
         return crds_from_cluster(runner)
-    return load_crds(Path(option) if option else default_crd_path(project_root))
+    return load_crds(Path(option) if option else default_crd_path())
 
 
 # --- CRD schema to JSON Schema ------------------------------------------------------------------------

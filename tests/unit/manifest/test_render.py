@@ -13,14 +13,12 @@ import yaml
 from raybuild.config import LoadedConfig, load_config
 from raybuild.errors import ConfigError
 from raybuild.manifest.render import GPU_RESOURCE, LABEL_KEY, render_manifest, store_service
-from raybuild.manifest.validate import load_crds, validate_manifest
+from raybuild.manifest.validate import BUNDLED_CRDS, load_crds, validate_manifest
 from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, local_reference, record_path
 from tests.conftest import GOLDEN_DIR, REPO_ROOT
 
 GOLDEN = GOLDEN_DIR / "k8s"
-CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay"
-
-needs_crd = pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR}")
+CRD_DIR = BUNDLED_CRDS
 
 # Two apps, one of each device, covering env, autoscaling, memory and GPU options. Written here rather than
 # shared, so that the goldens change only when rendering does.
@@ -112,8 +110,6 @@ def fixture(tmp_path: Path) -> LoadedConfig:
 
 @pytest.fixture(scope="module")
 def crds() -> Any:
-    if not CRD_DIR.is_dir():
-        pytest.skip(f"KubeRay CRDs not found at {CRD_DIR}")
     return load_crds(CRD_DIR)
 
 
@@ -495,7 +491,6 @@ def test_cli_render_uses_the_publish_record(fixture: LoadedConfig, run_main: Cal
     assert "warning" not in result.stderr
 
 
-@needs_crd
 def test_cli_render_validate_out(fixture: LoadedConfig, run_main: Callable[..., Any], tmp_path: Path) -> None:
     out = tmp_path / "out" / "rayservice.yaml"
     result = run_main(
@@ -507,7 +502,6 @@ def test_cli_render_validate_out(fixture: LoadedConfig, run_main: Callable[..., 
     assert "is valid" in result.stderr
 
 
-@needs_crd
 def test_cli_validation_failure_writes_nothing(tmp_path: Path, run_main: Callable[..., Any]) -> None:
     toml = fixture_toml().replace('name = "fixture-serve"', f'name = "{"x" * 48}"')
     config = write_fixture(tmp_path / "project", toml=toml)

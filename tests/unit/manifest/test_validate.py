@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
+import raybuild
 from raybuild.config import load_config
 from raybuild.errors import ManifestError
 from raybuild.manifest.render import render_manifest
 from raybuild.manifest.validate import (
+    BUNDLED_CRDS,
     CRD_ENV,
     apply_defaults,
     crds_from_cluster,
@@ -26,10 +28,9 @@ from raybuild.manifest.validate import (
 )
 from tests.conftest import REPO_ROOT
 
-CRD_DIR = REPO_ROOT.parent / "shared" / "kuberay"
+CRD_DIR = BUNDLED_CRDS
 SERVICE_CRD = CRD_DIR / "ray.io_rayservices.yaml"
 
-pytestmark = pytest.mark.skipif(not CRD_DIR.is_dir(), reason=f"KubeRay CRDs not found at {CRD_DIR}")
 
 WORKERS = "spec.rayClusterConfig.workerGroupSpecs"
 
@@ -380,7 +381,7 @@ def test_crd_from_the_cluster_as_a_list() -> None:
     kubectl = FakeKubectl(
         yaml.dump({"apiVersion": "v1", "kind": "List", "items": [crd]}, Dumper=yaml.CSafeDumper)
     )
-    assert "RayService" in resolve_crds("cluster", REPO_ROOT, runner=kubectl)
+    assert "RayService" in resolve_crds("cluster", runner=kubectl)
 
 
 def test_crd_from_the_cluster_that_is_not_yaml() -> None:
@@ -388,22 +389,21 @@ def test_crd_from_the_cluster_that_is_not_yaml() -> None:
         crds_from_cluster(FakeKubectl("error: [\n"))
 
 
-def test_default_crd_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_default_crd_path_is_the_packaged_copy_unless_the_environment_names_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv(CRD_ENV, raising=False)
-    assert default_crd_path(REPO_ROOT) == CRD_DIR.resolve()
-    project = tmp_path / "a" / "project"
-    project.mkdir(parents=True)
-    with pytest.raises(ManifestError, match=CRD_ENV):
-        default_crd_path(project)
+    assert default_crd_path() == BUNDLED_CRDS
+    assert BUNDLED_CRDS.is_relative_to(Path(raybuild.__file__).parent)  # inside the package, not the repo
+    assert (BUNDLED_CRDS / "NOTICE.md").read_text(encoding="utf-8").count("Apache License") == 1
     monkeypatch.setenv(CRD_ENV, str(tmp_path / "crds"))
-    assert default_crd_path(project) == tmp_path / "crds"
-    assert default_crd_path(REPO_ROOT) == tmp_path / "crds"  # an explicit setting wins
+    assert default_crd_path() == tmp_path / "crds"  # an explicit setting wins
 
 
 def test_resolve_crds_with_a_path_and_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CRD_ENV, raising=False)
-    assert sorted(resolve_crds(str(SERVICE_CRD), REPO_ROOT)) == ["RayCluster", "RayService"]
-    assert sorted(resolve_crds(None, REPO_ROOT)) == ["RayCluster", "RayService"]
+    assert sorted(resolve_crds(str(SERVICE_CRD))) == ["RayCluster", "RayService"]
+    assert sorted(resolve_crds(None)) == ["RayCluster", "RayService"]
 
 
 def test_the_cli_reads_the_cluster_crd_through_kubectl(
@@ -420,4 +420,4 @@ def test_the_cli_reads_the_cluster_crd_through_kubectl(
 def test_crd_cluster_without_kubectl(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("raybuild.engine.which", lambda tool: None)
     with pytest.raises(ManifestError, match="needs kubectl on PATH"):
-        resolve_crds("cluster", REPO_ROOT)
+        resolve_crds("cluster")
