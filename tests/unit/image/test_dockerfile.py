@@ -69,7 +69,10 @@ def generated_dockerfiles() -> dict[str, str]:
 
 def test_the_bundled_templates_are_the_projects_images_folder() -> None:
     assert template_dir(REPO_ROOT) == REPO_ROOT / "images"
-    assert BUNDLED_TEMPLATES.resolve() == (REPO_ROOT / "images").resolve()
+    # The package ships the bundled project's own templates (linked, so the two never drift).
+    for folder in ("common", "cpu", "gpu"):
+        assert (BUNDLED_TEMPLATES / folder).resolve() == (REPO_ROOT / "images" / folder).resolve()
+    assert (BUNDLED_TEMPLATES / "deploy").resolve() == (REPO_ROOT / "deploy").resolve()
 
 
 GOLDEN_NAMES = (
