@@ -1,0 +1,112 @@
+"""The build-time import check: the probe's report, turned into deployments or one error naming the cause."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raybuild.errors import BuildError
+from raybuild.image.introspect import MARK, PROBE, introspect, parse_report
+from tests.unit.fakes import FakeEngine, make_app
+
+
+def _report(**fields: object) -> str:
+    return "some import noise\n" + MARK + json.dumps(fields) + "\n"
+
+
+def test_a_good_report_lists_the_deployments_serve_built() -> None:
+    deployments = [{"name": "Hello", "num_replicas": 2}, {"name": "Ingress"}]
+    app = parse_report(make_app(), _report(ok=True, deployments=deployments))
+    assert app.names == ("Hello", "Ingress")
+    assert app.deployments[0] == {"name": "Hello", "num_replicas": 2}
+
+
+@pytest.mark.parametrize(
+    ("report", "message"),
+    [
+        (
+            {
+                "ok": False,
+                "type": "SyntaxError",
+                "message": "invalid syntax",
+                "file": "/home/ray/app/pkg/m.py",
+                "line": 3,
+            },
+            "demo_app:app does not import as a Serve app: SyntaxError: invalid syntax (pkg/m.py, line 3)",
+        ),
+        (
+            {
+                "ok": False,
+                "type": "ModuleNotFoundError",
+                "message": "No module named 'numpyy'",
+                "file": None,
+                "line": None,
+            },
+            "does not import as a Serve app: ModuleNotFoundError: No module named 'numpyy'",
+        ),
+        (
+            {
+                "ok": False,
+                "type": "AttributeError",
+                "message": "module has no attribute 'ap'\nmore",
+                "file": "/x.py",
+                "line": 9,
+            },
+            "AttributeError: module has no attribute 'ap' (/x.py, line 9)",
+        ),
+    ],
+)
+def test_a_failed_import_is_one_line_with_type_message_and_place(
+    report: dict[str, object], message: str
+) -> None:
+    with pytest.raises(BuildError) as raised:
+        parse_report(make_app(), _report(**report))
+    assert raised.value.message.startswith("app 'demo': ")
+    assert raised.value.message.endswith(message)
+    assert "\n" not in raised.value.message
+    assert "raybuild build demo" in (raised.value.hint or "")
+
+
+def test_no_report_at_all_says_so_with_the_output_tail() -> None:
+    with pytest.raises(BuildError, match="printed no report: exec format error"):
+        parse_report(make_app(), "exec format error\n")
+
+
+def test_introspect_runs_the_probe_offline_in_a_throwaway_container() -> None:
+    engine = FakeEngine()
+    engine.script("run", "--rm", output=_report(ok=True, deployments=[{"name": "Demo"}]))
+    assert introspect(engine, "img:1", make_app()).names == ("Demo",)
+    (args,) = engine.calls("run")
+    assert args[args.index("--network") + 1] == "none"
+    assert args[-4:] == ["img:1", "-", "demo_app:app", "/home/ray/app"]
+
+
+def _run_probe(tmp_path: Path, code: str, import_path: str) -> str:
+    (tmp_path / "mod.py").write_text(code, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, "-", import_path, str(tmp_path)],
+        input=PROBE.read_text(encoding="utf-8"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    ).stdout
+
+
+def test_the_probe_reports_the_apps_own_syntax_error_with_its_line(tmp_path: Path) -> None:
+    report = json.loads(_run_probe(tmp_path, "x = 1\ndef broken(:\n", "mod:app").split(MARK, 1)[1])
+    assert (report["ok"], report["type"], report["file"], report["line"]) == (
+        False,
+        "SyntaxError",
+        str(tmp_path / "mod.py"),
+        2,
+    )
+
+
+def test_the_probe_reports_an_error_raised_at_import_in_the_apps_code(tmp_path: Path) -> None:
+    report = json.loads(_run_probe(tmp_path, "import json\n\nvalue = 1 / 0\n", "mod:app").split(MARK, 1)[1])
+    assert (report["type"], report["message"], report["line"]) == ("ZeroDivisionError", "division by zero", 3)
