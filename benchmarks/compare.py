@@ -246,7 +246,6 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="cold starts per image")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     work = HERE / "work"
     engine = Engine()
     engine.ping()

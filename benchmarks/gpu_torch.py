@@ -360,7 +360,7 @@ def main() -> int:
     result["build_seconds"]["raybuild"] = round(time.monotonic() - started, 1)
     ref = next(image.ref for image in built if image.app == app.name)
     try:
-        smoke = smoke_test(config, app, ref, engine, timeout=600, progress=log)
+        smoke = smoke_test(app, ref, engine, timeout=600, progress=log)
         result["smoke"] = {"t_head": smoke.t_head, "t_serve": smoke.t_serve, "body": smoke.body}
     except RaybuildError as exc:
         result["smoke"] = {"error": exc.message}

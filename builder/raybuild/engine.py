@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,13 @@ from raybuild.errors import BuildError, EngineError
 from raybuild.progress import Progress
 
 TAIL_LINES = 40
+
+# Labels on every container and network raybuild makes, so that a sweep by label finds what an interrupted
+# run left behind. MANAGED_LABEL marks them all; the others say what they serve.
+MANAGED_LABEL = "io.raybuild.managed"
+PURPOSE_LABEL = "io.raybuild.purpose"  # smoke or measure
+CLUSTER_LABEL = "io.raybuild.cluster"  # the local cluster's name
+ROLE_LABEL = "io.raybuild.role"  # the local cluster node's role: gcs, head or worker
 
 _DAEMON_DOWN = ("Cannot connect to the Docker daemon", "Is the docker daemon running", "docker.sock: connect")
 _DISK_FULL = ("no space left on device",)
@@ -89,7 +97,18 @@ def find_docker_client(
     )
 
 
-def classify_failure(message: str, output: str) -> str | None:
+def object_labels(
+    *, purpose: str | None = None, cluster: str | None = None, role: str | None = None
+) -> dict[str, str]:
+    """The labels of a container or network that raybuild makes."""
+    labels = {MANAGED_LABEL: "true"}
+    for key, value in ((PURPOSE_LABEL, purpose), (CLUSTER_LABEL, cluster), (ROLE_LABEL, role)):
+        if value:
+            labels[key] = value
+    return labels
+
+
+def classify_failure(output: str) -> str | None:
     """A hint for the failures users hit most: daemon down, disk full."""
     lowered = output.lower()
     if any(marker.lower() in lowered for marker in _DAEMON_DOWN):
@@ -187,7 +206,7 @@ class Engine:
                 command=command,
                 returncode=returncode,
                 output_tail=text,
-                hint=classify_failure(what or "", text),
+                hint=classify_failure(text),
             )
         return Result(command, returncode, output)
 
@@ -287,9 +306,58 @@ class Engine:
     def remove_container(self, name: str) -> None:
         self.docker_cmd("rm", "--force", "--volumes", name, check=False)
 
+    def published_port(self, container: str, port: int) -> int:
+        """The host port that Docker published a container's TCP ``port`` on."""
+        result = self.docker_cmd("port", container, f"{port}/tcp", what=f"docker port {container} {port}")
+        lines = result.output.strip().splitlines()
+        try:
+            return int(lines[0].rsplit(":", 1)[1])
+        except (IndexError, ValueError) as exc:
+            raise EngineError(
+                f"docker port {container} {port}: unexpected answer {result.output.strip()[:100]!r}",
+                command=result.command,
+            ) from exc
+
     def containers_with_label(self, label: str) -> list[str]:
         result = self.docker_cmd("ps", "-aq", "--filter", f"label={label}", check=False)
         return [line for line in result.output.split() if line]
+
+    # -- networks ---------------------------------------------------------------------------------------
+
+    def create_network(
+        self,
+        name: str,
+        labels: Mapping[str, str],
+        *,
+        subnet: str | None = None,
+        ip_range: str | None = None,
+        check: bool = True,
+    ) -> Result:
+        command = ["network", "create", "--driver", "bridge"]
+        if subnet:
+            command += ["--subnet", subnet]
+        if ip_range:
+            command += ["--ip-range", ip_range]
+        for key, value in labels.items():
+            command += ["--label", f"{key}={value}"]
+        return self.docker_cmd(*command, name, check=check, what=f"docker network create {name}")
+
+    def remove_network(self, name: str) -> bool:
+        return self.docker_cmd("network", "rm", name, check=False).returncode == 0
+
+    def remove_labelled(self, label: str) -> int:
+        """Remove every container, then every network, labelled ``label`` (KEY=VALUE); how many went."""
+        containers = self.containers_with_label(label)
+        for container in containers:
+            self.remove_container(container)
+        listed = self.docker_cmd("network", "ls", "-q", "--filter", f"label={label}", check=False)
+        networks = [line for line in listed.output.split() if line]
+        for network in networks:
+            # dockerd may still hold an endpoint of a container removed a moment ago: one retry, later.
+            if not self.remove_network(network):
+                time.sleep(1)
+                self.remove_network(network)
+        return len(containers) + len(networks)
 
     def logs(self, container: str, tail: int = 30) -> str:
         return self.docker_cmd("logs", "--tail", str(tail), container, check=False).output

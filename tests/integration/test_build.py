@@ -43,7 +43,7 @@ def test_bundled_app_builds_and_serves(
 ) -> None:
     (app,) = bundled.select((app_name,))
     # The GPU app runs in CPU mode here: CUDA libraries must resolve and the app must import.
-    result = smoke_test(bundled, app, built[app_name].ref, engine, timeout=240)
+    result = smoke_test(app, built[app_name].ref, engine, timeout=240)
     assert result.status == 200
     assert result.body
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from raybuild import kuberay
 from raybuild.config import LoadedConfig, load_config
-from raybuild.engine import Engine
-from raybuild.errors import RaybuildError
+from raybuild.engine import CLUSTER_LABEL, Engine
+from raybuild.errors import ClusterError, RaybuildError
 from raybuild.image.build import Builder
 from raybuild.local import cluster as local
 from raybuild.local.drill import run_drill
@@ -55,7 +56,7 @@ def test_up_runs_every_cpu_app_on_its_own_worker(engine: Engine, running: local.
         assert len(urls) == 2, "each app answers through every worker's Serve port"
         for url in urls:
             assert http("GET", url)[0] == 200, f"{app} at {url}"
-    assert local.alive_nodes(running) == 3
+    assert kuberay.alive_nodes(running.dashboard) == 3
     head = engine.inspect_container(running.node("head").name)
     assert any(e.startswith("RAY_REDIS_ADDRESS=") for e in head["Config"]["Env"])
     # Like excludeHeadPodFromServeSvc: the head publishes its dashboard only, never a Serve port.
@@ -80,11 +81,13 @@ def test_unpinned_app_fails_where_its_code_is_missing(
     unpinned.update(name="unpinned", route_prefix="/unpinned")
     for deployment in unpinned["deployments"]:
         deployment["ray_actor_options"].pop("label_selector")
-    local.deploy(running, {**body, "applications": [*body["applications"], unpinned]})
+    kuberay.deploy(
+        running.dashboard, {**body, "applications": [*body["applications"], unpinned]}, ClusterError
+    )
     deadline = time.monotonic() + 120
     status = {}
     while time.monotonic() < deadline:
-        status = local.serve_status(running)
+        status = kuberay.serve_status(running.dashboard)
         if status.get("unpinned", {}).get("status") in ("DEPLOY_FAILED", "RUNNING"):
             break
         time.sleep(2)
@@ -95,13 +98,13 @@ def test_unpinned_app_fails_where_its_code_is_missing(
         or "ModuleNotFoundError" in status["unpinned"]["message"]
     )
     assert status["sklearn"]["status"] == "RUNNING"
-    local.deploy(running, body)  # back to the rendered config
+    kuberay.deploy(running.dashboard, body, ClusterError)  # back to the rendered config
 
 
 def test_down_leaves_nothing_behind(
     engine: Engine, project: LoadedConfig, running: local.LocalCluster
 ) -> None:
-    label = f"{local.CLUSTER_LABEL}={local.cluster_name(project)}"
+    label = f"{CLUSTER_LABEL}={local.cluster_name(project)}"
     local.down(project, engine)
     assert engine.containers_with_label(label) == []
     networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={label}").output.split()
@@ -119,5 +122,5 @@ def test_down_after_a_failed_up_cleans_up(engine: Engine, project: LoadedConfig,
             local.up(project, engine, project.apps, timeout=30)
     finally:
         record.write_text(saved)
-    label = f"{local.CLUSTER_LABEL}={local.cluster_name(project)}"
+    label = f"{CLUSTER_LABEL}={local.cluster_name(project)}"
     assert engine.containers_with_label(label) == []

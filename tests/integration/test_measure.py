@@ -15,7 +15,7 @@ import pytest
 from raybuild.config import LoadedConfig
 from raybuild.engine import Engine
 from raybuild.image.build import Builder, default_ca_bundle
-from raybuild.verify.coldstart import PURPOSE_LABEL, ColdNode
+from raybuild.verify.coldstart import MEASURE_LABEL, ColdNode
 from raybuild.verify.measure import MeasureReport, Options, measure
 from raybuild.verify.results import Measurement, schema
 from raybuild.verify.sizes import Registry
@@ -85,9 +85,9 @@ def test_every_phase_is_timed_once_and_t_cold_is_pull_plus_cold_head(report: Mea
 
 
 def test_no_measure_container_is_left(engine: Engine, report: MeasureReport) -> None:
-    assert engine.containers_with_label(PURPOSE_LABEL) == []
+    assert engine.containers_with_label(MEASURE_LABEL) == []
     node = ColdNode(engine)
     if node.running():
-        assert node.node.containers_with_label(PURPOSE_LABEL) == []
-    networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={PURPOSE_LABEL}").output.split()
+        assert node.node.containers_with_label(MEASURE_LABEL) == []
+    networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={MEASURE_LABEL}").output.split()
     assert networks == []

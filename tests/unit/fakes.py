@@ -123,7 +123,7 @@ class FakeEngine(Engine):
                 command=list(command),
                 returncode=reply.returncode,
                 output_tail=reply.output,
-                hint=classify_failure(what or "", reply.output),
+                hint=classify_failure(reply.output),
             )
         return Result(list(command), reply.returncode, reply.output)
 

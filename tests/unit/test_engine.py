@@ -102,18 +102,18 @@ def test_classify_daemon_down() -> None:
     output = (
         "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
     )
-    hint = classify_failure("docker build", output)
+    hint = classify_failure(output)
     assert hint is not None and "daemon is not running" in hint
 
 
 def test_classify_disk_full_ignores_case() -> None:
     output = "ERROR: failed to copy: write /var/lib/docker/tmp/x: No space left on device"
-    hint = classify_failure("docker build", output)
+    hint = classify_failure(output)
     assert hint is not None and "disk is full" in hint
 
 
 def test_classify_other_failures_gives_no_hint() -> None:
-    assert classify_failure("docker build", "ERROR: process did not complete successfully: exit 1") is None
+    assert classify_failure("ERROR: process did not complete successfully: exit 1") is None
 
 
 # -- running commands for real ----------------------------------------------------------------------------
@@ -256,3 +256,70 @@ def test_a_command_past_its_timeout_is_killed() -> None:
         Engine().run(command, timeout=0.2, what="docker info")
     assert str(raised.value) == "docker info timed out after 0.2s"
     assert raised.value.output_tail == "started"
+
+
+# -- labels, networks and the sweep -----------------------------------------------------------------------
+
+
+def test_object_labels_mark_everything_raybuild_makes() -> None:
+    assert engines.object_labels() == {"io.raybuild.managed": "true"}
+    assert engines.object_labels(purpose="measure") == {
+        "io.raybuild.managed": "true",
+        "io.raybuild.purpose": "measure",
+    }
+    assert engines.object_labels(cluster="raybuild-serve", role="head") == {
+        "io.raybuild.managed": "true",
+        "io.raybuild.cluster": "raybuild-serve",
+        "io.raybuild.role": "head",
+    }
+
+
+def test_create_network_with_a_subnet_and_labels() -> None:
+    engine = FakeEngine()
+    engine.create_network(
+        "net", {"io.raybuild.managed": "true"}, subnet="10.1.0.0/24", ip_range="10.1.0.128/25"
+    )
+    assert engine.calls("network") == [
+        ["network", "create", "--driver", "bridge", "--subnet", "10.1.0.0/24", "--ip-range", "10.1.0.128/25",
+         "--label", "io.raybuild.managed=true", "net"],
+    ]  # fmt: skip
+    assert engine.networks == {"net": {"io.raybuild.managed": "true"}}
+    assert engine.remove_network("net")
+    assert engine.networks == {}
+
+
+def test_remove_labelled_removes_containers_then_networks_with_the_label_only() -> None:
+    engine = FakeEngine()
+    engine.create_network("mine", {"io.raybuild.purpose": "measure"})
+    engine.create_network("theirs", {"io.raybuild.purpose": "smoke"})
+    for name, purpose in [("a", "measure"), ("b", "measure"), ("c", "smoke")]:
+        engine.docker_cmd("run", "-d", "--name", name, "--label", f"io.raybuild.purpose={purpose}", "img")
+    assert engine.remove_labelled("io.raybuild.purpose=measure") == 3
+    assert list(engine.containers) == ["c"]
+    assert list(engine.networks) == ["theirs"]
+    removals = [call[0] for call in engine.calls() if call[0] == "rm" or call[:2] == ["network", "rm"]]
+    assert removals == ["rm", "rm", "network"], "containers go before the network they sit on"
+    assert engine.remove_labelled("io.raybuild.purpose=measure") == 0
+
+
+def test_remove_labelled_retries_a_network_that_is_still_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = FakeEngine()
+    engine.create_network("net", {"io.raybuild.cluster": "c"})
+    engine.script("network", "rm", "net", returncode=1, output="error: network net has active endpoints")
+    naps: list[float] = []
+    monkeypatch.setattr(engines.time, "sleep", naps.append)
+    assert engine.remove_labelled("io.raybuild.cluster=c") == 1
+    assert len(engine.calls("network", "rm", "net")) == 2
+    assert naps == [1]
+
+
+def test_published_port_reads_docker_port() -> None:
+    engine = FakeEngine()
+    engine.script("port", "head", "8265/tcp", output="127.0.0.1:49153\n")
+    assert engine.published_port("head", 8265) == 49153
+
+
+def test_published_port_refuses_an_answer_without_a_port() -> None:
+    engine = FakeEngine()
+    with pytest.raises(EngineError, match="docker port head 8265: unexpected answer ''"):
+        engine.published_port("head", 8265)

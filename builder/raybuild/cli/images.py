@@ -12,7 +12,8 @@ from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, UsageError
 from raybuild.image import bases
 from raybuild.image.build import Builder, built_ref, default_ca_bundle
-from raybuild.verify.smoke import required_gpus, smoke_test
+from raybuild.kuberay import required_gpus
+from raybuild.verify.smoke import smoke_test
 
 ca_option = click.option(
     "--ca-bundle",
@@ -151,7 +152,7 @@ def test_app(
             return
         progress(f"GPU host: driver {host.driver}, {host.gpus} GPU(s) {', '.join(host.names)}".rstrip())
     ref = image or built_ref(config, app.name)
-    result = smoke_test(config, app, ref, engine, gpu=gpu, timeout=timeout, progress=progress)
+    result = smoke_test(app, ref, engine, gpu=gpu, timeout=timeout, progress=progress)
     if as_json:
         emit_json(result.to_dict())
         return

@@ -12,38 +12,32 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from raybuild import kuberay
 from raybuild.config import App, LoadedConfig
-from raybuild.engine import Engine
-from raybuild.errors import ClusterError, EngineError, RaybuildError
+from raybuild.engine import CLUSTER_LABEL, Engine, object_labels
+from raybuild.errors import ClusterError, RaybuildError
 from raybuild.fsutil import atomic_write
 from raybuild.image import bases
+from raybuild.kuberay import (
+    DASHBOARD_PORT,
+    GCS_PORT,
+    LABEL_KEY,
+    RECONNECT_TIMEOUT_ENV,
+    REDIS_PASSWORD_ENV,
+    SERVE_PORT,
+    WORKER_RECONNECT_TIMEOUT_S,
+    NodeSpec,
+    required_cpus,
+)
 from raybuild.loopback import free_port, http, wait_until
 from raybuild.manifest import render as k8s
 from raybuild.progress import Progress, silent
 from raybuild.state import PublishRecord
-from raybuild.verify.smoke import (
-    AGENT_PORT,
-    DASHBOARD_PORT,
-    GCS_PROBE,
-    MANAGED_LABEL,
-    RAYLET_PROBE,
-    SERVE_PORT,
-    nofile_limit,
-    required_cpus,
-)
-
-CLUSTER_LABEL = "io.raybuild.cluster"
-ROLE_LABEL = "io.raybuild.role"
-GCS_PORT = 6379
-# KubeRay sets this on workers when GCS fault tolerance is on: how long a raylet waits for the GCS to come
-# back before it exits (Ray's default is 60 s). Ray reads its config from RAY_<name>, case and all.
-RECONNECT_TIMEOUT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
-WORKER_RECONNECT_TIMEOUT_S = "600"
 
 
 @dataclass(frozen=True)
@@ -119,24 +113,6 @@ def cluster_name(config: LoadedConfig) -> str:
     return name if name.startswith("raybuild") else f"raybuild-{name}"
 
 
-def head_command(with_gcs: bool) -> str:
-    # The same flags KubeRay derives from rayStartParams for the rendered head group.
-    password = " --redis-password=$REDIS_PASSWORD" if with_gcs else ""
-    return (
-        f"ulimit -n 65536; ray start --head --block --dashboard-host=0.0.0.0 --num-cpus=0 "
-        f"--dashboard-agent-listen-port={AGENT_PORT} --metrics-export-port=8080 "
-        f"--disable-usage-stats{password}"
-    )
-
-
-def worker_command(head_ip: str, app: App) -> str:
-    return (
-        f"ulimit -n 65536; ray start --block --address={head_ip}:{GCS_PORT} --num-cpus={required_cpus(app)} "
-        f"--dashboard-agent-listen-port={AGENT_PORT} --metrics-export-port=8080 --disable-usage-stats "
-        f"--labels={k8s.LABEL_KEY}={app.name}"
-    )
-
-
 def plan(
     config: LoadedConfig,
     images: dict[str, str],
@@ -149,18 +125,16 @@ def plan(
     name = cluster_name(config)
     prefix = subnet.rsplit(".", 1)[0]
     gcs_ip, head_ip = f"{prefix}.10", f"{prefix}.11"
-    head_env = {
-        "RAY_REDIS_ADDRESS": f"{gcs_ip}:{GCS_PORT}",
-        "REDIS_PASSWORD": password,
-        "RAY_external_storage_namespace": config.config.cluster.name,
-    }
+    # The head schedules nothing (num-cpus 0, like the rendered head group) and keeps its state in the store.
+    head_command = kuberay.head_command(0, gcs_fault_tolerance=True, usage_stats=False)
+    head_env = kuberay.gcs_head_env(f"{gcs_ip}:{GCS_PORT}", password, config.config.cluster.name)
     nodes = [
-        Node(f"{name}-gcs", "gcs", redis_image, "", {"REDIS_PASSWORD": password}, ip=gcs_ip),
+        Node(f"{name}-gcs", "gcs", redis_image, "", {REDIS_PASSWORD_ENV: password}, ip=gcs_ip),
         Node(
             f"{name}-head",
             "head",
             images["_head"],
-            head_command(True),
+            head_command,
             head_env,
             ip=head_ip,
             publish={DASHBOARD_PORT: 0},
@@ -173,7 +147,9 @@ def plan(
                 f"{name}-worker-{app.name}",
                 "worker",
                 images[app.name],
-                worker_command(head_ip, app),
+                kuberay.worker_command(
+                    head_ip, required_cpus(app), labels={LABEL_KEY: app.name}, usage_stats=False
+                ),
                 env,
                 app=app.name,
                 publish={SERVE_PORT: 0},
@@ -182,62 +158,43 @@ def plan(
     return LocalCluster(name, name, subnet, nodes, {app.name: app.route_prefix for app in apps})
 
 
-def run_node(engine: Engine, cluster: LocalCluster, node: Node) -> Node:
-    """Start one node's container; returns the node with its published host ports filled in."""
-    command = [
-        "run",
-        "-d",
-        "--name",
-        node.name,
-        "--hostname",
-        node.name,
-        "--network",
-        cluster.network,
-        "--label",
-        MANAGED_LABEL,
-        "--label",
-        f"{CLUSTER_LABEL}={cluster.name}",
-        "--label",
-        f"{ROLE_LABEL}={node.role}",
-        "--ulimit",
-        f"nofile={nofile_limit()}:{nofile_limit()}",
-    ]
-    if node.role != "gcs":
+def node_spec(cluster: LocalCluster, node: Node) -> NodeSpec:
+    """The container of one node: on the cluster's network, under its own name, with its fixed IP."""
+    ray_node = node.role != "gcs"
+    return NodeSpec(
+        name=node.name,
+        image=node.image,
+        command=node.command,
+        labels=object_labels(cluster=cluster.name, role=node.role),
+        env=node.env,
+        publish=node.publish,
+        network=cluster.network,
+        ip=node.ip,
+        hostname=node.name,
+        shm_size="1g" if ray_node else None,
         # Kubernetes restarts a pod's container when it exits (restartPolicy Always); a head whose GCS lost
         # its store exits on purpose so that this restart brings it back.
-        command += ["--shm-size=1g", "--restart", "on-failure"]
-    if node.ip:
-        command += ["--ip", node.ip]
+        restart="on-failure" if ray_node else None,
+    )
+
+
+def run_node(engine: Engine, cluster: LocalCluster, node: Node) -> Node:
+    """Start one node's container; returns the node with its published host ports filled in."""
     publish = {port: host_port or free_port() for port, host_port in node.publish.items()}
-    for port, host_port in sorted(publish.items()):
-        command += ["-p", f"127.0.0.1:{host_port}:{port}"]
-    for key, value in sorted(node.env.items()):
-        command += ["-e", f"{key}={value}"]
-    command.append(node.image)
-    if node.command:
-        command += ["/bin/bash", "-c", "--", node.command]
-    engine.docker_cmd(*command, what=f"docker run {node.name}")
-    return Node(node.name, node.role, node.image, node.command, node.env, node.ip, node.app, publish)
+    started = replace(node, publish=publish)
+    kuberay.start(engine, node_spec(cluster, started))
+    return started
 
 
 def _create_network(engine: Engine, name: str) -> str:
     """A user-defined network with a subnet of its own (needed for fixed IPs); the first free /24 wins."""
     for third in range(213, 250):
         subnet = f"172.29.{third}.0/24"
-        result = engine.docker_cmd(
-            "network",
-            "create",
-            "--driver",
-            "bridge",
-            "--subnet",
-            subnet,
-            "--ip-range",
-            f"172.29.{third}.128/25",
-            "--label",
-            MANAGED_LABEL,
-            "--label",
-            f"{CLUSTER_LABEL}={name}",
+        result = engine.create_network(
             name,
+            object_labels(cluster=name),
+            subnet=subnet,
+            ip_range=f"172.29.{third}.128/25",
             check=False,
         )
         if result.returncode == 0:
@@ -245,21 +202,6 @@ def _create_network(engine: Engine, name: str) -> str:
         if "already exists" in result.output and "network with name" in result.output:
             raise ClusterError(f"network {name} already exists", hint="run `raybuild down` first")
     raise ClusterError("no free subnet for the cluster network in 172.29.213-249.0/24")
-
-
-def node_healthy(engine: Engine, node: Node) -> bool:
-    checks = [RAYLET_PROBE, GCS_PROBE] if node.role == "head" else [RAYLET_PROBE]
-    return all(engine.exec(node.name, ["bash", "-c", c], timeout=10).returncode == 0 for c in checks)
-
-
-def alive_nodes(cluster: LocalCluster) -> int:
-    status, text = http("GET", f"{cluster.dashboard}/api/v0/nodes?limit=100")
-    if status != 200:
-        return 0
-    try:
-        return sum(1 for n in json.loads(text)["data"]["result"]["result"] if n.get("state") == "ALIVE")
-    except (ValueError, KeyError, TypeError):
-        return 0
 
 
 def serve_body(config: LoadedConfig, apps: tuple[App, ...]) -> dict[str, Any]:
@@ -271,22 +213,8 @@ def serve_body(config: LoadedConfig, apps: tuple[App, ...]) -> dict[str, Any]:
     return body
 
 
-def deploy(cluster: LocalCluster, body: dict[str, Any]) -> None:
-    status, text = http("PUT", f"{cluster.dashboard}/api/serve/applications/", body, timeout=60)
-    if status != 200:
-        raise ClusterError(f"Serve deploy request returned {status}: {text[:300]}")
-
-
 def all_routes_answer(cluster: LocalCluster) -> bool:
     return all(http("GET", url, timeout=5)[0] == 200 for urls in cluster.urls().values() for url in urls)
-
-
-def serve_status(cluster: LocalCluster) -> dict[str, Any]:
-    status, text = http("GET", f"{cluster.dashboard}/api/serve/applications/")
-    if status != 200:
-        return {}
-    data: dict[str, Any] = json.loads(text).get("applications", {})
-    return data
 
 
 def local_images(config: LoadedConfig, apps: tuple[App, ...]) -> dict[str, str]:
@@ -342,21 +270,20 @@ def up(
                     started + cluster.nodes[len(started) :],
                     cluster.routes,
                 )
-                if not wait_until(lambda: node_healthy(engine, started[-1]), timeout):
+                if not wait_until(partial(kuberay.probe, engine, node.name, "head"), timeout):
                     raise ClusterError(f"head never became healthy: {engine.logs(node.name, 5)!r}")
         cluster = LocalCluster(cluster.name, cluster.network, cluster.subnet, started, cluster.routes)
         atomic_write(state_path(config), cluster.to_json())
         state_path(config).chmod(0o600)  # it holds the local store's password
         progress("waiting for every worker to join the head")
-        if not wait_until(lambda: alive_nodes(cluster) >= len(started) - 1, timeout, interval=1.0):
-            raise ClusterError(f"only {alive_nodes(cluster)} of {len(started) - 1} Ray nodes joined")
+        dashboard, ray_nodes = cluster.dashboard, len(started) - 1
+        if not wait_until(lambda: kuberay.alive_nodes(dashboard) >= ray_nodes, timeout, interval=1.0):
+            raise ClusterError(f"only {kuberay.alive_nodes(dashboard)} of {ray_nodes} Ray nodes joined")
         progress("deploying serveConfigV2 through the dashboard")
-        deploy(cluster, serve_body(config, cpu_apps))
+        kuberay.deploy(dashboard, serve_body(config, cpu_apps), ClusterError)
         if not wait_until(lambda: all_routes_answer(cluster), timeout, interval=1.0):
-            raise ClusterError(
-                f"not every app answered within {timeout:.0f}s: "
-                f"{ {k: v.get('status') for k, v in serve_status(cluster).items()} }"
-            )
+            statuses = {k: v.get("status") for k, v in kuberay.serve_status(dashboard).items()}
+            raise ClusterError(f"not every app answered within {timeout:.0f}s: {statuses}")
         return cluster
     except (RaybuildError, KeyboardInterrupt):
         # Leave nothing behind but what helps to diagnose: the containers' logs were already read.
@@ -366,21 +293,7 @@ def up(
 
 def down(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> int:
     """Remove every container and network with this cluster's label; returns how many were removed."""
-    label = f"{CLUSTER_LABEL}={cluster_name(config)}"
-    removed = 0
-    for container in engine.containers_with_label(label):
-        engine.remove_container(container)
-        removed += 1
-    networks = engine.docker_cmd(
-        "network", "ls", "-q", "--filter", f"label={label}", check=False
-    ).output.split()
-    for network in networks:
-        try:
-            engine.docker_cmd("network", "rm", network, what="docker network rm")
-        except EngineError:
-            time.sleep(1)
-            engine.docker_cmd("network", "rm", network, check=False)
-        removed += 1
+    removed = engine.remove_labelled(f"{CLUSTER_LABEL}={cluster_name(config)}")
     state_path(config).unlink(missing_ok=True)
     if removed:
         progress(f"removed {removed} containers and networks of {cluster_name(config)}")

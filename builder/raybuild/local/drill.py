@@ -13,16 +13,10 @@ import urllib.error
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from raybuild import kuberay
 from raybuild.engine import Engine
 from raybuild.errors import ClusterError
-from raybuild.local.cluster import (
-    LocalCluster,
-    Node,
-    all_routes_answer,
-    node_healthy,
-    run_node,
-    serve_status,
-)
+from raybuild.local.cluster import LocalCluster, Node, all_routes_answer, run_node
 from raybuild.loopback import LOOPBACK, wait_until
 from raybuild.progress import Progress, silent
 
@@ -180,7 +174,7 @@ def run_drill(
 ) -> DrillReport:
     if not all_routes_answer(cluster):
         raise ClusterError("not every app answers before the drill", hint="check `raybuild up`, or rerun it")
-    before = replica_ids(serve_status(cluster))
+    before = replica_ids(kuberay.serve_status(cluster.dashboard))
     urls = [url for app_urls in cluster.urls().values() for url in app_urls]
     loop = RequestLoop(urls, rps, duration)
     loop.start()
@@ -201,7 +195,7 @@ def run_drill(
         time.sleep(outage)
         engine.docker_cmd("start", target.name, check=False)
     checked = cluster.node("head") if kind == "gcs-outage" else target
-    recovered = wait_until(lambda: node_healthy(engine, checked), timeout, interval=0.5)
+    recovered = wait_until(lambda: kuberay.probe(engine, checked.name, checked.role), timeout, interval=0.5)
     t_healthy = loop.now()
     progress(
         f"t={t_healthy:.1f}s: {checked.role} {'healthy again' if recovered else 'NOT healthy'}; "
@@ -210,9 +204,11 @@ def run_drill(
     samples = loop.join()
     # Replicas may take a moment to report again after the controller restarts with the new head.
     wait_until(
-        lambda: all(i.get("status") == "RUNNING" for i in serve_status(cluster).values()), 60, interval=1.0
+        lambda: all(i.get("status") == "RUNNING" for i in kuberay.serve_status(cluster.dashboard).values()),
+        60,
+        interval=1.0,
     )
-    after_status = serve_status(cluster)
+    after_status = kuberay.serve_status(cluster.dashboard)
     errors: dict[str, int] = {}
     for sample in samples:
         if not sample.ok:

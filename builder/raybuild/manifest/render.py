@@ -18,6 +18,7 @@ import yaml
 
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import ConfigError
+from raybuild.kuberay import LABEL_KEY
 from raybuild.state import HEAD_KEY, PublishRecord, local_reference
 from raybuild.templating import BUNDLED_TEMPLATES, template_environment
 
@@ -26,8 +27,6 @@ StoreKind = Literal["redis", "dragonfly"]
 KINDS: tuple[str, ...] = get_args(Kind)
 STORE_KINDS: tuple[str, ...] = get_args(StoreKind)
 
-# A Ray node label key (Kubernetes label syntax). Ray reserves the ray.io/ prefix for its own labels.
-LABEL_KEY = "raybuild.io/app"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 # raybuild's own manifest templates; a project's deploy/ folder overrides them file by file.

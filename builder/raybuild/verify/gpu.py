@@ -199,11 +199,6 @@ def ensure(
     return host
 
 
-def device_request_args(count: int | str = "all") -> list[str]:
-    """docker run arguments for Docker's GPU device request (what KubeRay's nvidia.com/gpu limit becomes)."""
-    return ["--gpus", "all" if count == "all" else f"count={count}"]
-
-
 def no_device_driver(output: str) -> bool:
     """`docker run --gpus` failed because dockerd has no GPU device driver (no NVIDIA toolkit)."""
     return "could not select device driver" in output

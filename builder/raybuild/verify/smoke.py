@@ -12,46 +12,18 @@ pod's nvidia.com/gpu limit to `ray start`; Ray must report them, and the app dep
 from __future__ import annotations
 
 import json
-import math
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from raybuild.config import App, LoadedConfig
-from raybuild.engine import Engine
-from raybuild.errors import EngineError, GpuUnavailable, SmokeTestError
-from raybuild.loopback import http, wait_until
+from raybuild import kuberay
+from raybuild.config import App
+from raybuild.engine import Engine, object_labels
+from raybuild.errors import SmokeTestError
+from raybuild.kuberay import DASHBOARD_PORT, SERVE_PORT, NodeSpec, required_cpus, required_gpus
+from raybuild.loopback import wait_until
 from raybuild.progress import Progress, silent
-from raybuild.verify import gpu as gpus
-
-MANAGED_LABEL = "io.raybuild.managed=true"
-DASHBOARD_PORT = 8265
-SERVE_PORT = 8000
-AGENT_PORT = 52365
-
-# KubeRay's readiness/liveness exec probes for the head (ray-operator, probes for Ray containers).
-RAYLET_PROBE = f"wget -T 2 -q -O- http://localhost:{AGENT_PORT}/api/local_raylet_healthz | grep success"
-GCS_PROBE = f"wget -T 2 -q -O- http://localhost:{DASHBOARD_PORT}/api/gcs_healthz | grep success"
-
-
-def nofile_limit() -> int:
-    """KubeRay runs `ulimit -n 65536`; give the container that much where this host's hard limit allows."""
-    import resource
-
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    return 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
-
-
-def kuberay_head_command(num_cpus: float | int, extra: str = "") -> str:
-    """The head container's command, as KubeRay generates it for `rayStartParams`."""
-    cpus = int(num_cpus) if float(num_cpus).is_integer() else num_cpus
-    return (
-        "ulimit -n 65536; ray start --head --block --dashboard-host=0.0.0.0 "
-        f"--dashboard-agent-listen-port={AGENT_PORT} --metrics-export-port=8080 --num-cpus={cpus}{extra}"
-    )
 
 
 def serve_application(
@@ -77,30 +49,6 @@ def serve_application(
     return application
 
 
-def _min_replicas(app: App) -> list[tuple[int, float, float]]:
-    """(replicas, num_cpus, num_gpus) per deployment, every replica at its minimum (at least one)."""
-    rows = []
-    for deployment in app.deployments:
-        replicas = deployment.num_replicas or (
-            deployment.autoscaling.min_replicas if deployment.autoscaling else 1
-        )
-        options = deployment.ray_actor_options
-        rows.append((max(replicas, 1), options.num_cpus or 1.0, options.num_gpus or 0.0))
-    return rows
-
-
-def required_cpus(app: App) -> int:
-    """CPUs for a single-node smoke test: every replica at its minimum, plus one for Serve's own actors."""
-    total = sum(replicas * cpus for replicas, cpus, _ in _min_replicas(app))
-    return max(2, int(total + 0.999) + 1)
-
-
-def required_gpus(app: App) -> int:
-    """GPUs for a single-node GPU smoke test: every replica at its minimum, and at least one."""
-    total = sum(replicas * gpu for replicas, _, gpu in _min_replicas(app))
-    return max(1, math.ceil(total - 1e-9))
-
-
 @dataclass(frozen=True)
 class SmokeResult:
     app: str
@@ -116,60 +64,19 @@ class SmokeResult:
         return self.__dict__.copy()
 
 
-@contextmanager
-def head_container(
-    engine: Engine, image: str, num_cpus: int, gpu: int = 0, env: dict[str, str] | None = None
-) -> Iterator[tuple[str, int]]:
-    """A head container started like KubeRay starts it, with ``gpu`` GPUs; yields (name, dashboard port)."""
-    name = f"raybuild-smoke-{uuid.uuid4().hex[:8]}"
-    command = [
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--label",
-        MANAGED_LABEL,
-        "--label",
-        "io.raybuild.purpose=smoke",
-        "--ulimit",
-        f"nofile={nofile_limit()}:{nofile_limit()}",
-        "--shm-size=1g",
-        "-p",
-        f"127.0.0.1::{DASHBOARD_PORT}",
-    ]
-    if gpu:
-        command += gpus.device_request_args(gpu)
-    for key, value in sorted((env or {}).items()):
-        command += ["-e", f"{key}={value}"]
-    # KubeRay passes a container's nvidia.com/gpu limit to `ray start` as --num-gpus.
-    extra = f" --num-gpus={gpu}" if gpu else ""
-    command += [image, "/bin/bash", "-c", "--", kuberay_head_command(num_cpus, extra)]
-    try:
-        engine.docker_cmd(*command, what=f"docker run {image}")
-    except EngineError as exc:
-        engine.remove_container(name)
-        if gpu and gpus.no_device_driver(exc.output_tail):
-            raise GpuUnavailable(
-                "Docker could not give the container a GPU (no NVIDIA device driver in dockerd)",
-                hint=gpus.TOOLKIT_HINT,
-            ) from exc
-        raise
-    try:
-        port_out = engine.docker_cmd("port", name, f"{DASHBOARD_PORT}/tcp").output.strip().splitlines()[0]
-        yield name, int(port_out.rsplit(":", 1)[1])
-    finally:
-        engine.remove_container(name)
-
-
-def probe(engine: Engine, container: str) -> bool:
-    return all(
-        engine.exec(container, ["bash", "-c", cmd], timeout=10).returncode == 0
-        for cmd in (RAYLET_PROBE, GCS_PROBE)
+def head_spec(image: str, num_cpus: int, gpus: int = 0) -> NodeSpec:
+    """A single-node cluster's head, as KubeRay starts it, with ``gpus`` GPUs; its dashboard published."""
+    return NodeSpec(
+        name=f"raybuild-smoke-{uuid.uuid4().hex[:8]}",
+        image=image,
+        command=kuberay.head_command(num_cpus, num_gpus=gpus),
+        labels=object_labels(purpose="smoke"),
+        publish={DASHBOARD_PORT: 0},
+        gpus=gpus,
     )
 
 
 def smoke_test(
-    config: LoadedConfig,
     app: App,
     image: str,
     engine: Engine,
@@ -181,10 +88,12 @@ def smoke_test(
     cpu_mode = app.device == "gpu" and not gpu
     num_gpus = required_gpus(app) if gpu else 0
     ray_gpus = 0.0
-    with head_container(engine, image, required_cpus(app), gpu=num_gpus) as (container, port):
+    with kuberay.running(engine, head_spec(image, required_cpus(app), num_gpus)) as head:
+        container = head.name
+        dashboard = f"http://127.0.0.1:{engine.published_port(container, DASHBOARD_PORT)}"
         started = time.monotonic()
         progress(f"{app.name}: waiting for KubeRay's probes in {container}")
-        if not wait_until(lambda: probe(engine, container), timeout):
+        if not wait_until(lambda: kuberay.probe(engine, container), timeout):
             raise SmokeTestError(
                 f"app {app.name!r}: head never passed KubeRay's probes within {timeout:.0f}s; "
                 f"last logs: {engine.logs(container, 5)!r}",
@@ -199,9 +108,7 @@ def smoke_test(
         progress(f"{app.name}: head ready in {t_head:.1f}s; deploying Serve config through the dashboard")
         body = {"applications": [serve_application(app, cpu_mode=cpu_mode)]}
         deploy_started = time.monotonic()
-        status, text = http("PUT", f"http://127.0.0.1:{port}/api/serve/applications/", body, timeout=60)
-        if status != 200:
-            raise SmokeTestError(f"app {app.name!r}: Serve deploy request returned {status}: {text[:200]}")
+        kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ")
         route = app.route_prefix.rstrip("/") + "/"
         fetch = f"wget -q -S -O- http://localhost:{SERVE_PORT}{route} 2>&1"
         last: list[str] = [""]
@@ -212,23 +119,13 @@ def smoke_test(
             return result.returncode == 0 and " 200 " in result.output
 
         if not wait_until(answered, timeout, interval=0.5):
-            _, apps_state = http("GET", f"http://127.0.0.1:{port}/api/serve/applications/")
             raise SmokeTestError(
                 f"app {app.name!r}: no HTTP 200 on {route} within {timeout:.0f}s: "
-                f"{_serve_status(apps_state, app.name)}"
+                f"{kuberay.app_status(dashboard, app.name)}"
             )
         t_serve = time.monotonic() - deploy_started
         payload = last[0].strip().splitlines()[-1] if last[0].strip() else ""
         return SmokeResult(app.name, image, gpu, round(t_head, 2), round(t_serve, 2), 200, payload, ray_gpus)
-
-
-def _serve_status(text: str, app: str) -> str:
-    try:
-        data = json.loads(text)
-        info = data["applications"][app]
-        return f"status {info.get('status')}: {str(info.get('message', ''))[:300]}"
-    except (ValueError, KeyError, TypeError):
-        return text[:300]
 
 
 # Libraries that the node provides, not the image, so a missing one is not an error here:

@@ -3,21 +3,22 @@ the state file, and the containers and networks it asks the fake engine for."""
 
 from __future__ import annotations
 
+import json
+import resource
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
+from raybuild import kuberay
 from raybuild.config import LoadedConfig
+from raybuild.engine import CLUSTER_LABEL, ROLE_LABEL
 from raybuild.errors import ClusterError
 from raybuild.image.build import BuiltImage, save_build_record
+from raybuild.kuberay import LABEL_KEY, RECONNECT_TIMEOUT_ENV
 from raybuild.local import cluster
-from raybuild.local.cluster import (
-    CLUSTER_LABEL,
-    RECONNECT_TIMEOUT_ENV,
-    ROLE_LABEL,
-    LocalCluster,
-    Node,
-)
+from raybuild.local.cluster import LocalCluster, Node
 from raybuild.manifest import render as k8s
-from raybuild.verify import smoke
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, make_app
 
@@ -62,8 +63,8 @@ def test_the_head_schedules_nothing_and_keeps_its_state_in_the_store(planned: Lo
     head = planned.node("head")
     assert head.image == "reg/ray-head:1"
     assert head.command == (
-        "ulimit -n 65536; ray start --head --block --dashboard-host=0.0.0.0 --num-cpus=0 "
-        "--dashboard-agent-listen-port=52365 --metrics-export-port=8080 --disable-usage-stats "
+        "ulimit -n 65536; ray start --head --block --dashboard-agent-listen-port=52365 "
+        "--dashboard-host=0.0.0.0 --disable-usage-stats --metrics-export-port=8080 --num-cpus=0 "
         "--redis-password=$REDIS_PASSWORD"
     )
     assert head.env == {
@@ -71,7 +72,7 @@ def test_the_head_schedules_nothing_and_keeps_its_state_in_the_store(planned: Lo
         "REDIS_PASSWORD": "s3cret",
         "RAY_external_storage_namespace": "raybuild-serve",
     }
-    assert head.publish == {smoke.DASHBOARD_PORT: 0}, "the dashboard only; Serve traffic goes to workers"
+    assert head.publish == {8265: 0}, "the dashboard only; Serve traffic goes to workers"
 
 
 def test_workers_carry_the_app_label_and_wait_for_the_gcs(
@@ -82,12 +83,13 @@ def test_workers_carry_the_app_label_and_wait_for_the_gcs(
         assert worker.image == IMAGES[app.name]
         assert worker.app == app.name
         assert worker.command == (
-            f"ulimit -n 65536; ray start --block --address=172.29.213.11:6379 "
-            f"--num-cpus={smoke.required_cpus(app)} --dashboard-agent-listen-port=52365 "
-            f"--metrics-export-port=8080 --disable-usage-stats --labels={k8s.LABEL_KEY}={app.name}"
+            "ulimit -n 65536; ray start --address=172.29.213.11:6379 --block "
+            "--dashboard-agent-listen-port=52365 --disable-usage-stats "
+            f"--labels=raybuild.io/app={app.name} --metrics-export-port=8080 "
+            f"--num-cpus={kuberay.required_cpus(app)}"
         )
         assert worker.env == {RECONNECT_TIMEOUT_ENV: "600"}
-        assert worker.publish == {smoke.SERVE_PORT: 0}
+        assert worker.publish == {8000: 0}
     assert "--num-cpus=4" in planned.node("worker", "other").command
     assert RECONNECT_TIMEOUT_ENV == "RAY_gcs_rpc_server_reconnect_timeout_s"
     assert all(RECONNECT_TIMEOUT_ENV not in n.env for n in planned.nodes if n.role != "worker")
@@ -123,8 +125,8 @@ def test_every_deployment_is_pinned_to_its_apps_workers(project: LoadedConfig) -
         for deployment in application["deployments"]
     }
     assert selectors == {
-        ("demo", "Demo"): {k8s.LABEL_KEY: "demo"},
-        ("other", "Other"): {k8s.LABEL_KEY: "other"},
+        ("demo", "Demo"): {LABEL_KEY: "demo"},
+        ("other", "Other"): {LABEL_KEY: "other"},
     }
 
 
@@ -193,37 +195,33 @@ def test_local_images_come_from_the_last_build(project: LoadedConfig) -> None:
 # -- containers and networks, with the fake engine --------------------------------------------------------
 
 
-def test_run_node_starts_a_ray_node_as_kubernetes_would_restart_it(planned: LocalCluster) -> None:
+def test_run_node_starts_a_ray_node_as_kubernetes_would_restart_it(
+    planned: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    monkeypatch.setattr(cluster, "free_port", lambda: 40123)
     engine = FakeEngine()
     head = cluster.run_node(engine, planned, planned.node("head"))
-    [run] = engine.calls("run")
-    port = head.publish[smoke.DASHBOARD_PORT]
-    assert port > 0
-    limit = smoke.nofile_limit()
-    assert run[:10] == [
-        "run",
-        "-d",
-        "--name",
-        "raybuild-serve-head",
-        "--hostname",
-        "raybuild-serve-head",
-        "--network",
-        "raybuild-serve",
-        "--label",
-        "io.raybuild.managed=true",
-    ]
-    assert run[run.index("--ulimit") + 1] == f"nofile={limit}:{limit}"
-    assert run[run.index("--restart") + 1] == "on-failure"
-    assert "--shm-size=1g" in run
-    assert run[run.index("--ip") + 1] == "172.29.213.11"
-    assert [run[i + 1] for i, a in enumerate(run) if a == "-p"] == [f"127.0.0.1:{port}:8265"]
-    assert run[-5:] == ["reg/ray-head:1", "/bin/bash", "-c", "--", planned.node("head").command]
+    assert engine.calls() == [
+        [
+            "run", "-d", "--name", "raybuild-serve-head", "--hostname", "raybuild-serve-head",
+            "--network", "raybuild-serve", "--ip", "172.29.213.11",
+            "--label", "io.raybuild.cluster=raybuild-serve", "--label", "io.raybuild.managed=true",
+            "--label", "io.raybuild.role=head",
+            "--ulimit", "nofile=4096:4096", "--shm-size=1g", "--restart", "on-failure",
+            "-p", "127.0.0.1:40123:8265",
+            "-e", "RAY_REDIS_ADDRESS=172.29.213.10:6379",
+            "-e", "RAY_external_storage_namespace=raybuild-serve",
+            "-e", "REDIS_PASSWORD=s3cret",
+            "reg/ray-head:1", "/bin/bash", "-c", "--", planned.node("head").command,
+        ]
+    ]  # fmt: skip
     assert engine.containers["raybuild-serve-head"] == {
         "io.raybuild.managed": "true",
         CLUSTER_LABEL: "raybuild-serve",
         ROLE_LABEL: "head",
     }
-    assert head.env == planned.node("head").env and head.ip == "172.29.213.11"
+    assert head == replace(planned.node("head"), publish={8265: 40123})
 
 
 def test_run_node_starts_the_gcs_store_without_restarts_or_a_command(planned: LocalCluster) -> None:
@@ -293,3 +291,68 @@ def test_up_refuses_a_selection_without_cpu_apps(project: LoadedConfig) -> None:
     with pytest.raises(ClusterError, match="no CPU app selected"):
         cluster.up(project, engine, (make_app("cuda", device="gpu"),))
     assert engine.commands == []
+
+
+NODES_ALIVE = json.dumps(
+    {"data": {"result": {"result": [{"state": "ALIVE"}, {"state": "ALIVE"}, {"state": "ALIVE"}]}}}
+)
+
+
+@pytest.fixture
+def built(project: LoadedConfig, monkeypatch: pytest.MonkeyPatch) -> LoadedConfig:
+    """A project whose images were built; the GCS store's image is made without Docker."""
+    save_build_record(
+        project,
+        [
+            BuiltImage("_head", "reg/ray-head:1", "sha256:1", "cpu", cached=False),
+            BuiltImage("demo", "reg/demo:1", "sha256:2", "cpu", cached=False),
+            BuiltImage("other", "reg/other:1", "sha256:3", "cpu", cached=False),
+        ],
+    )
+    monkeypatch.setattr(cluster.bases, "ensure_redis", lambda *args: REDIS)
+    return project
+
+
+def test_up_starts_the_topology_probes_the_head_and_deploys_the_rendered_config(
+    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests: list[tuple[str, str, Any]] = []
+
+    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
+        requests.append((method, url, payload))
+        return 200, NODES_ALIVE if "/api/v0/nodes" in url else "{}"
+
+    monkeypatch.setattr(kuberay, "http", http)
+    monkeypatch.setattr(cluster, "http", http)
+    engine = FakeEngine()
+    running = cluster.up(built, engine, built.apps, timeout=5)
+
+    assert [node.role for node in running.nodes] == ["gcs", "head", "worker", "worker"]
+    assert list(engine.containers) == [node.name for node in running.nodes]
+    assert cluster.load_cluster(built) == running
+    probes = [call[-1] for call in engine.calls("exec", "raybuild-serve-head")]
+    assert probes == [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]
+    [deploy] = [request for request in requests if request[0] == "PUT"]
+    assert deploy == (
+        "PUT",
+        f"{running.dashboard}/api/serve/applications/",
+        cluster.serve_body(built, built.apps),
+    )
+    routes = [url for method, url, _ in requests if method == "GET" and "/api/" not in url]
+    assert sorted(routes) == sorted(url for urls in running.urls().values() for url in urls)
+
+
+def test_a_refused_deploy_takes_the_cluster_down_again(
+    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
+        if method == "PUT":
+            return 400, "invalid serve config"
+        return 200, NODES_ALIVE
+
+    monkeypatch.setattr(kuberay, "http", http)
+    engine = FakeEngine()
+    with pytest.raises(ClusterError, match=r"^Serve deploy request returned 400: invalid serve config$"):
+        cluster.up(built, engine, built.apps, timeout=5)
+    assert engine.containers == {} and engine.networks == {}
+    assert not cluster.state_path(built).exists()

@@ -1,8 +1,10 @@
-"""Drill reports without a cluster: percentiles, outage windows, replica identity, and the bounded request
-loop against a tiny HTTP server on 127.0.0.1. Nothing here asserts on how long anything took."""
+"""Drills without a cluster: percentiles, outage windows, replica identity, the bounded request loop against
+a tiny HTTP server on 127.0.0.1, and whole drills whose nodes are the fake engine's. Nothing here asserts on
+how long anything took."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -13,8 +15,11 @@ from typing import ClassVar
 
 import pytest
 
+from raybuild import kuberay
 from raybuild.local import drill
+from raybuild.local.cluster import LocalCluster, Node
 from raybuild.local.drill import Latency, RequestLoop, Sample, Window
+from tests.unit.fakes import FakeEngine
 
 
 def test_percentile_picks_the_nearest_rank() -> None:
@@ -155,3 +160,58 @@ def test_the_loop_never_exceeds_its_budget(server: tuple[str, list[str]]) -> Non
     loop.start()
     assert len(loop.join()) == 3
     assert len(hits) == 3
+
+
+# -- a whole drill, with the fake engine ------------------------------------------------------------------
+
+SERVE_STATUS = {"demo": {"status": "RUNNING", "deployments": {"Demo": {"replicas": [{"replica_id": "r1"}]}}}}
+
+
+def _cluster(port: int) -> LocalCluster:
+    nodes = [
+        Node("c-gcs", "gcs", "redis:1", "", {"REDIS_PASSWORD": "pw"}, ip="172.29.213.10"),
+        Node("c-head", "head", "head:1", "ray start --head", {}, ip="172.29.213.11", publish={8265: 40001}),
+        Node("c-worker-demo", "worker", "demo:1", "ray start", {}, app="demo", publish={8000: port}),
+    ]
+    return LocalCluster("c", "c", "172.29.213.0", nodes, {"demo": "/demo"})
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "probed", "probes"),
+    [
+        ("worker-restart", "c-worker-demo", "c-worker-demo", [kuberay.RAYLET_PROBE]),
+        ("head-restart", "c-head", "c-head", [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]),
+        ("gcs-outage", "c-gcs", "c-head", [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]),
+    ],
+)
+def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
+    server: tuple[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    kind: drill.DrillKind,
+    target: str,
+    probed: str,
+    probes: list[str],
+) -> None:
+    base, hits = server
+    cluster = _cluster(int(base.rsplit(":", 1)[1]))
+    status = json.dumps({"applications": SERVE_STATUS})
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, status))
+    engine = FakeEngine()
+    report = drill.run_drill(engine, cluster, kind, duration=0.3, rps=10, outage=0.01, timeout=5)
+
+    assert (report.target, report.recovered, report.apps_running, report.replicas_unchanged) == (
+        target,
+        True,
+        True,
+        True,
+    )
+    assert report.total.failed == 0 and report.total.sent == 3
+    assert set(hits) == {"/demo"}
+    assert [call[-1] for call in engine.calls("exec", probed)] == probes
+    if kind == "gcs-outage":
+        assert engine.calls("stop") == [["stop", "-t", "0", "c-gcs"]]
+        assert engine.calls("start") == [["start", "c-gcs"]]
+    else:
+        [run] = engine.calls("run")
+        assert engine.calls("kill") == [["kill", target]]
+        assert run[run.index("--name") + 1] == target, "the replacement keeps the name, IP and ports"

@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 
+from raybuild import kuberay
 from raybuild.config import App, load_config
 from raybuild.engine import Engine, Result
 from raybuild.errors import EngineError, GpuUnavailable, SmokeTestError
@@ -101,11 +102,6 @@ def test_plain_cuda_wheels_need_the_majors_driver_and_torch_its_toolkits() -> No
 def test_parse_nvidia_smi_reads_driver_and_name_per_gpu() -> None:
     assert gpu.parse_nvidia_smi(SMI_TWO_GPUS) == [("570.86.15", "NVIDIA H200")] * 2
     assert gpu.parse_nvidia_smi("No devices were found\n") == []
-
-
-def test_device_request_args() -> None:
-    assert gpu.device_request_args() == ["--gpus", "all"]
-    assert gpu.device_request_args(2) == ["--gpus", "count=2"]
 
 
 # -- detect() with fake commands ----------------------------------------------------------------------------
@@ -236,19 +232,19 @@ def _bundled_cuda() -> App:
     return load_config(REPO_ROOT / "raybuild.toml").select(("cuda",))[0]
 
 
-def test_head_container_requests_gpus_and_gives_ray_their_number() -> None:
+def test_the_head_requests_gpus_and_gives_ray_their_number() -> None:
     fake = FakeEngine()
-    with smoke.head_container(_engine(fake), "img:1", 2, gpu=2) as (name, port):
-        assert port == 49153
+    with kuberay.running(_engine(fake), smoke.head_spec("img:1", 2, gpus=2)) as head:
+        pass
     run = fake.calls[0]
     assert run[run.index("--gpus") + 1] == "count=2"
     assert run[-1].endswith("--num-cpus=2 --num-gpus=2")
-    assert fake.removed == [name]
+    assert fake.removed == [head.name]
 
 
-def test_head_container_without_gpus_requests_none() -> None:
+def test_a_head_without_gpus_requests_none() -> None:
     fake = FakeEngine()
-    with smoke.head_container(_engine(fake), "img:1", 2):
+    with kuberay.running(_engine(fake), smoke.head_spec("img:1", 2)):
         pass
     assert "--gpus" not in fake.calls[0] and "--num-gpus" not in fake.calls[0][-1]
 
@@ -256,7 +252,10 @@ def test_head_container_without_gpus_requests_none() -> None:
 def test_docker_without_a_gpu_driver_is_gpu_unavailable() -> None:
     fake = FakeEngine(run_error='docker: Error response from daemon: could not select device driver "" '
                                 "with capabilities: [[gpu]].")  # fmt: skip
-    with pytest.raises(GpuUnavailable) as caught, smoke.head_container(_engine(fake), "img:1", 2, gpu=1):
+    with (
+        pytest.raises(GpuUnavailable) as caught,
+        kuberay.running(_engine(fake), smoke.head_spec("img:1", 2, 1)),
+    ):
         pass
     assert caught.value.message.startswith("Docker could not give the container a GPU")
     assert len(fake.removed) == 1
@@ -264,9 +263,9 @@ def test_docker_without_a_gpu_driver_is_gpu_unavailable() -> None:
 
 def test_required_gpus_counts_every_replica_at_its_minimum() -> None:
     app = _bundled_cuda()
-    assert smoke.required_gpus(app) == 1
+    assert kuberay.required_gpus(app) == 1
     two = app.deployments[0].model_copy(update={"num_replicas": 3})
-    assert smoke.required_gpus(app.model_copy(update={"deployments": [two]})) == 3
+    assert kuberay.required_gpus(app.model_copy(update={"deployments": [two]})) == 3
     assert smoke.serve_application(app)["deployments"][0]["ray_actor_options"]["num_gpus"] == 1.0
     assert smoke.serve_application(app, cpu_mode=True)["deployments"][0]["ray_actor_options"]["num_gpus"] == 0
 

@@ -23,13 +23,7 @@ from raybuild.errors import MeasureError
 from raybuild.image.build import BuiltImage, save_build_record
 from raybuild.verify import coldstart, sizes
 from raybuild.verify import measure as measure_module
-from raybuild.verify.coldstart import (
-    WarmStart,
-    alive_nodes,
-    healthz_ok,
-    kubelet_probe,
-    kuberay_worker_command,
-)
+from raybuild.verify.coldstart import WarmStart
 from raybuild.verify.measure import MeasureReport, Options, measure, summary_rows, to_markdown
 from raybuild.verify.results import AppResult, Measurement, Package, Size, Startup, schema, stat
 from raybuild.verify.sizes import (
@@ -195,76 +189,6 @@ def test_gzip_size_matches_gzip() -> None:
     assert gzip_size(io.BytesIO(data)) == len(gzip.compress(data, compresslevel=6, mtime=0))
 
 
-# -- warm-node answers --------------------------------------------------------------------------------------
-
-
-def test_healthz_needs_raylet_and_gcs_success() -> None:
-    assert healthz_ok(200, "raylet: success\ngcs: success")
-    assert not healthz_ok(503, "raylet: success\ngcs: GCS health check failed.")
-    assert not healthz_ok(200, "raylet: success")
-    assert not healthz_ok(0, "connection refused")
-
-
-def test_alive_nodes_from_the_state_api() -> None:
-    body = {
-        "result": True,
-        "data": {
-            "result": {
-                "total": 3,
-                "result": [
-                    {"node_id": "a", "state": "ALIVE"},
-                    {"node_id": "b", "state": "ALIVE"},
-                    {"node_id": "c", "state": "DEAD"},
-                ],
-            }
-        },
-    }
-    assert alive_nodes(200, json.dumps(body)) == 2
-    assert alive_nodes(200, "not json") == 0
-    assert alive_nodes(500, json.dumps(body)) == 0
-
-
-def test_worker_command_is_kuberay_style() -> None:
-    assert kuberay_worker_command("head") == (
-        "ulimit -n 65536; ray start --address=head:6379 --block --dashboard-agent-listen-port=52365 "
-        "--metrics-export-port=8080 --num-cpus=1"
-    )
-
-
-@dataclass
-class ExecRecorder:
-    exits: list[int]
-    commands: list[list[str]] = field(default_factory=list)
-
-    def exec(
-        self, container: str, command: list[str], check: bool = False, timeout: float | None = None
-    ) -> Result:
-        self.commands.append(command)
-        return Result(["docker", "exec", container, *command], self.exits.pop(0), "")
-
-
-def test_cold_node_probes_are_kuberays_bounded_like_kubelet() -> None:
-    engine = ExecRecorder(exits=[0, 0])
-    assert kubelet_probe(engine, "head")  # type: ignore[arg-type]
-    assert engine.commands == [
-        [
-            "timeout",
-            "2",
-            "bash",
-            "-c",
-            "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success",
-        ],
-        [
-            "timeout",
-            "2",
-            "bash",
-            "-c",
-            "wget -T 2 -q -O- http://localhost:8265/api/gcs_healthz | grep success",
-        ],
-    ]
-    assert not kubelet_probe(ExecRecorder(exits=[124]), "head")  # type: ignore[arg-type]
-
-
 # -- a fake engine and registry -----------------------------------------------------------------------------
 
 
@@ -362,8 +286,9 @@ class FakeEngine:
             Path(command[2]).write_text(json.dumps(DIVE_REPORT), encoding="utf-8")
         return Result(command, 0, "")
 
-    def containers_with_label(self, label: str) -> list[str]:
-        return []
+    def remove_labelled(self, label: str) -> int:
+        self.calls.append(["sweep", label])
+        return 0
 
     def remove_container(self, name: str) -> None:
         self.calls.append(["rm", name])
@@ -445,6 +370,8 @@ def test_sizes_only_run_shares_layers_with_unmeasured_apps(
     assert demo.size.shared_bytes == 90_000_000 + 270_000_000
     assert demo.startup == Startup(t_head=None, t_worker=None, t_serve=None, t_pull=None, t_cold=None)
     assert not any(call[0] == "pull" for call in engine.calls)
+    sweeps = [call for call in engine.calls if call[0] == "sweep"]
+    assert sweeps == [["sweep", "io.raybuild.purpose=measure"]] * 2, "leftovers swept before and after"
 
 
 @pytest.mark.usefixtures("no_dive")

@@ -1,31 +1,23 @@
-"""The smoke test's pure parts (KubeRay's command line, the Serve config, CPU sizing, status parsing) and its
-container steps against the fake engine. The GPU mode is covered in test_gpu.py."""
+"""The smoke test's Serve config and head, and its container steps against the fake engine. KubeRay's command
+lines, probes and REST calls are covered in test_kuberay.py, the GPU mode in test_gpu.py."""
 
 from __future__ import annotations
 
 import json
-import resource
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from raybuild import kuberay
+from raybuild.config import App
+from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
 from raybuild.verify import smoke
-from tests.conftest import TmpProject
 from tests.unit.fakes import FakeEngine, make_app
 
-HEAD = (
-    "ulimit -n 65536; ray start --head --block --dashboard-host=0.0.0.0 --dashboard-agent-listen-port=52365 "
-    "--metrics-export-port=8080 --num-cpus="
-)
-
-
-def test_head_command_is_kuberays() -> None:
-    assert smoke.kuberay_head_command(2) == HEAD + "2"
-    assert smoke.kuberay_head_command(3.0) == HEAD + "3"
-    assert smoke.kuberay_head_command(1.5) == HEAD + "1.5"
-    assert smoke.kuberay_head_command(2, " --num-gpus=1") == HEAD + "2 --num-gpus=1"
-
+if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
+    from tests.conftest import MainResult, TmpProject
 
 # -- serve config -----------------------------------------------------------------------------------------
 
@@ -71,54 +63,6 @@ def test_serve_application_in_cpu_mode_asks_for_no_gpus() -> None:
     assert "runtime_env" not in application
 
 
-@pytest.mark.parametrize(
-    ("deployments", "cpus"),
-    [
-        ([{"name": "A", "num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}}], 2),  # at least 2
-        ([{"name": "A", "num_replicas": 2, "ray_actor_options": {"num_cpus": 1.5}}], 4),  # 3 + Serve's own
-        ([{"name": "A", "num_replicas": 1, "ray_actor_options": {"num_cpus": 2.2}}], 4),  # rounded up
-        ([{"name": "A", "autoscaling": {"min_replicas": 3, "max_replicas": 9}}], 4),  # minimum, 1 CPU each
-        ([{"name": "A", "autoscaling": {"min_replicas": 0, "max_replicas": 2}}], 2),  # one replica at least
-        (
-            [
-                {"name": "A", "num_replicas": 2, "ray_actor_options": {"num_cpus": 1}},
-                {"name": "B", "num_replicas": 3, "ray_actor_options": {"num_cpus": 1}},
-            ],
-            6,
-        ),
-    ],
-)
-def test_required_cpus_fits_every_replica_at_its_minimum(
-    deployments: list[dict[str, Any]], cpus: int
-) -> None:
-    assert smoke.required_cpus(make_app(deployments=deployments)) == cpus
-
-
-@pytest.mark.parametrize(
-    ("hard", "expected"), [(resource.RLIM_INFINITY, 65536), (1_048_576, 65536), (4096, 4096)]
-)
-def test_nofile_limit_is_kuberays_within_the_hosts_hard_limit(
-    monkeypatch: pytest.MonkeyPatch, hard: int, expected: int
-) -> None:
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, hard))
-    assert smoke.nofile_limit() == expected
-
-
-def test_serve_status_names_the_apps_status_and_message() -> None:
-    text = json.dumps(
-        {"applications": {"demo": {"status": "DEPLOY_FAILED", "message": "ImportError: x" + "y" * 400}}}
-    )
-    status = smoke._serve_status(text, "demo")
-    assert status.startswith("status DEPLOY_FAILED: ImportError: xy")
-    assert len(status) == len("status DEPLOY_FAILED: ") + 300
-
-
-def test_serve_status_falls_back_to_the_raw_text() -> None:
-    assert smoke._serve_status('{"applications": {}}', "demo") == '{"applications": {}}'
-    assert smoke._serve_status("<html>" + "x" * 500, "demo") == ("<html>" + "x" * 500)[:300]
-    assert smoke._serve_status("null", "demo") == "null"
-
-
 # -- inside the container, with the fake engine -----------------------------------------------------------
 
 LDD_MISSING = "/opt/app/site-packages/torch/lib/libtorch_cuda.so: \tlibcudnn.so.9 => not found\n"
@@ -153,49 +97,33 @@ def test_resolved_libraries_and_a_clean_import_pass() -> None:
     assert imported == ["exec", "head", "python", "-c", "import cuda_app"]
 
 
-def test_head_container_runs_kuberays_command_with_labels_and_is_always_removed() -> None:
-    engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
-    inside: list[tuple[str, int, bool]] = []
-
-    def use_and_fail() -> None:
-        with smoke.head_container(engine, "img:1", 3, env={"B": "2", "A": "1"}) as (name, port):
-            inside.append((name, port, name in engine.containers))
-            raise RuntimeError("the body failed")
-
-    with pytest.raises(RuntimeError):
-        use_and_fail()
-    [(name, port, running)] = inside
-    assert (port, running) == (49153, True)
-    assert engine.calls("rm", "--force", "--volumes", name), "removed after the body failed"
-    assert engine.containers == {}
-    [run] = engine.calls("run")
-    limit = smoke.nofile_limit()
-    assert run[run.index("--ulimit") + 1] == f"nofile={limit}:{limit}"
-    assert run[run.index("-p") + 1] == "127.0.0.1::8265"
-    assert run[run.index("-e") : run.index("-e") + 4] == ["-e", "A=1", "-e", "B=2"]
-    assert run[-5:] == ["img:1", "/bin/bash", "-c", "--", HEAD + "3"]
-    assert "io.raybuild.managed=true" in run and "io.raybuild.purpose=smoke" in run
+def test_the_head_is_kuberays_with_smoke_labels_and_its_dashboard_published() -> None:
+    spec = smoke.head_spec("img:1", 3)
+    assert spec.name.startswith("raybuild-smoke-")
+    assert spec.command == kuberay.head_command(3)
+    assert dict(spec.labels) == {"io.raybuild.managed": "true", "io.raybuild.purpose": "smoke"}
+    assert dict(spec.publish) == {8265: 0}
+    assert (spec.gpus, spec.network, spec.restart) == (0, None, None)
+    assert smoke.head_spec("img:1", 3).name != spec.name, "each smoke test has a container of its own"
 
 
-def test_probe_needs_both_of_kuberays_probes() -> None:
-    engine = FakeEngine()
-    assert smoke.probe(engine, "head")
-    assert [c[4] for c in engine.calls("exec")] == [smoke.RAYLET_PROBE, smoke.GCS_PROBE]
-    engine.script("exec", "head", "bash", "-c", smoke.GCS_PROBE, returncode=1)
-    assert not smoke.probe(engine, "head")
+def test_a_gpu_head_asks_docker_and_ray_for_the_same_gpus() -> None:
+    spec = smoke.head_spec("img:1", 2, gpus=2)
+    assert spec.gpus == 2
+    assert spec.command == kuberay.head_command(2, num_gpus=2)
+
+
+FETCH = "wget -q -S -O- http://localhost:8000/demo/ 2>&1"
 
 
 def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(
     tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = tmp_project.load()
-    app = config.apps[0]
+    app = tmp_project.load().apps[0]
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
-    fetch = "wget -q -S -O- http://localhost:8000/demo/ 2>&1"
+    engine.script("port", "*", "8265/tcp", output="127.0.0.1:49153\n")
     engine.script(
-        "exec", "*", "bash", "-c", fetch, output="  HTTP/1.1 200 OK\n  content-type: text/plain\ndemo"
+        "exec", "*", "bash", "-c", FETCH, output="  HTTP/1.1 200 OK\n  content-type: text/plain\ndemo"
     )
     requests: list[tuple[str, str, Any]] = []
 
@@ -203,8 +131,8 @@ def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(
         requests.append((method, url, payload))
         return 200, "{}"
 
-    monkeypatch.setattr(smoke, "http", http)
-    result = smoke.smoke_test(config, app, "img:1", engine, timeout=5)
+    monkeypatch.setattr(kuberay, "http", http)
+    result = smoke.smoke_test(app, "img:1", engine, timeout=5)
     assert (result.app, result.status, result.body, result.gpu) == ("demo", 200, "demo", False)
     assert requests == [
         (
@@ -213,6 +141,10 @@ def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(
             {"applications": [smoke.serve_application(app)]},
         )
     ]
+    [run] = engine.calls("run")
+    assert run[-1] == kuberay.head_command(kuberay.required_cpus(app))
+    probes = [call[-1] for call in engine.calls("exec") if call[2] == "timeout"]
+    assert probes == [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE], "KubeRay's probes, bounded, before the deploy"
     assert engine.containers == {}
 
 
@@ -222,8 +154,56 @@ def test_smoke_test_reports_a_failed_deploy_and_removes_the_container(
     config = tmp_project.load()
     engine = FakeEngine()
     engine.script("port", output="127.0.0.1:49153\n")
-    monkeypatch.setattr(smoke, "http", lambda *args, **kwargs: (500, "Internal Server Error"))
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (500, "Internal Server Error"))
     with pytest.raises(SmokeTestError) as raised:
-        smoke.smoke_test(config, config.apps[0], "img:1", engine, timeout=5)
+        smoke.smoke_test(config.apps[0], "img:1", engine, timeout=5)
     assert str(raised.value) == "app 'demo': Serve deploy request returned 500: Internal Server Error"
     assert engine.containers == {}
+
+
+def test_smoke_test_names_the_apps_serve_status_when_the_route_never_answers(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine()
+    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="HTTP/1.1 404 Not Found")
+    status = {"applications": {"demo": {"status": "DEPLOY_FAILED", "message": "ImportError: demo_app"}}}
+    answers = {"PUT": (200, "{}"), "GET": (200, json.dumps(status))}
+    monkeypatch.setattr(kuberay, "http", lambda method, *args, **kwargs: answers[method])
+    with pytest.raises(SmokeTestError) as raised:
+        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, timeout=0.1)
+    assert str(raised.value) == (
+        "app 'demo': no HTTP 200 on /demo/ within 0s: status DEPLOY_FAILED: ImportError: demo_app"
+    )
+    assert engine.containers == {}
+
+
+def test_a_head_that_never_passes_its_probes_is_reported_with_its_logs(tmp_project: TmpProject) -> None:
+    engine = FakeEngine()
+    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("exec", "*", "timeout", returncode=124)
+    engine.script("logs", output="raylet died")
+    with pytest.raises(SmokeTestError) as raised:
+        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, timeout=0.1)
+    assert str(raised.value) == (
+        "app 'demo': head never passed KubeRay's probes within 0s; last logs: 'raylet died'"
+    )
+    assert engine.containers == {}
+
+
+def test_the_test_command_smoke_tests_the_given_image(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raybuild.cli import images
+
+    calls: list[tuple[str, str, bool, float]] = []
+
+    def fake_smoke_test(app: App, image: str, engine: Engine, **options: Any) -> smoke.SmokeResult:
+        calls.append((app.name, image, options["gpu"], options["timeout"]))
+        return smoke.SmokeResult(app.name, image, False, 1.5, 0.5, 200, "hi")
+
+    monkeypatch.setattr(images, "smoke_test", fake_smoke_test)
+    result = run_main("--config", str(tmp_project.config_path), "test", "demo", "--image", "img:1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert calls == [("demo", "img:1", False, 180.0)]
+    assert json.loads(result.stdout)["body"] == "hi"

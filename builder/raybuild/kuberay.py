@@ -1,0 +1,294 @@
+"""The KubeRay node contract, written once: what a head or worker pod runs, and how KubeRay checks it.
+
+KubeRay turns a group's rayStartParams into the Ray container's command (`ulimit -n 65536; ray start ...`),
+probes the container with exec probes, and its RayService controller deploys Serve through the dashboard's
+REST API. The smoke test, the cold starts and the local cluster all start their nodes from here, so each
+of them runs a node the way a pod runs it: the same command line, ports, probes and Serve requests.
+
+A ``NodeSpec`` is one container as `docker run` starts it; ``start`` and ``running`` make it through the
+engine, and ``probe`` tells whether it is ready. Every wait on a node has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from raybuild.config import App
+from raybuild.engine import Engine
+from raybuild.errors import EngineError, GpuUnavailable, RaybuildError
+from raybuild.loopback import http
+from raybuild.verify.gpu import TOOLKIT_HINT, no_device_driver
+
+GCS_PORT = 6379
+DASHBOARD_PORT = 8265
+AGENT_PORT = 52365
+SERVE_PORT = 8000
+METRICS_PORT = 8080
+
+# A Ray node label key (Kubernetes label syntax). Ray reserves the ray.io/ prefix for its own labels.
+LABEL_KEY = "raybuild.io/app"
+
+# GCS fault tolerance, as KubeRay sets it up from gcsFaultToleranceOptions: the head reads the store's
+# address and namespace from these variables, and `ray start` gets the password through $REDIS_PASSWORD
+# (KubeRay fills that variable from the password Secret).
+REDIS_ADDRESS_ENV = "RAY_REDIS_ADDRESS"
+REDIS_PASSWORD_ENV = "REDIS_PASSWORD"
+STORAGE_NAMESPACE_ENV = "RAY_external_storage_namespace"
+# KubeRay sets this on workers when GCS fault tolerance is on: how long a raylet waits for the GCS to come
+# back before it exits (Ray's default is 60 s). Ray reads its config from RAY_<name>, case and all.
+RECONNECT_TIMEOUT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+WORKER_RECONNECT_TIMEOUT_S = "600"
+
+Role = Literal["head", "worker"]
+
+
+# -- the `ray start` command lines ------------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _ray_start(role: Role, params: Mapping[str, str]) -> str:
+    """The container's command, as KubeRay generates it from a group's rayStartParams.
+
+    KubeRay adds the parameters it always sets (block, the agent and metrics ports), writes them in key
+    order, and turns a "true" value into a bare flag; `ulimit -n 65536` comes first.
+    """
+    defaults = {
+        "block": "true",
+        "dashboard-agent-listen-port": str(AGENT_PORT),
+        "metrics-export-port": str(METRICS_PORT),
+    }
+    flags = [
+        f"--{key}" if value == "true" else f"--{key}={value}"
+        for key, value in sorted({**defaults, **params}.items())
+    ]
+    start = ["ray", "start", "--head"] if role == "head" else ["ray", "start"]
+    return "ulimit -n 65536; " + " ".join([*start, *flags])
+
+
+def head_command(
+    num_cpus: float, *, num_gpus: int = 0, gcs_fault_tolerance: bool = False, usage_stats: bool = True
+) -> str:
+    """A head's command. KubeRay passes the container's nvidia.com/gpu limit to `ray start` as num-gpus."""
+    params = {"dashboard-host": "0.0.0.0", "num-cpus": _number(num_cpus)}
+    if num_gpus:
+        params["num-gpus"] = str(num_gpus)
+    if gcs_fault_tolerance:
+        params["redis-password"] = f"${REDIS_PASSWORD_ENV}"
+    if not usage_stats:
+        params["disable-usage-stats"] = "true"
+    return _ray_start("head", params)
+
+
+def worker_command(
+    head: str, num_cpus: float, *, labels: Mapping[str, str] | None = None, usage_stats: bool = True
+) -> str:
+    """A worker's command: it joins the GCS on ``head`` and carries its group's Ray node labels."""
+    params = {"address": f"{head}:{GCS_PORT}", "num-cpus": _number(num_cpus)}
+    if labels:
+        params["labels"] = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+    if not usage_stats:
+        params["disable-usage-stats"] = "true"
+    return _ray_start("worker", params)
+
+
+def gcs_head_env(redis_address: str, password: str, namespace: str) -> dict[str, str]:
+    """The head's environment under GCS fault tolerance (see REDIS_ADDRESS_ENV)."""
+    return {REDIS_ADDRESS_ENV: redis_address, REDIS_PASSWORD_ENV: password, STORAGE_NAMESPACE_ENV: namespace}
+
+
+# -- sizing a node for an app -----------------------------------------------------------------------------
+
+
+def _min_replicas(app: App) -> list[tuple[int, float, float]]:
+    """(replicas, num_cpus, num_gpus) per deployment, every replica at its minimum (at least one)."""
+    rows = []
+    for deployment in app.deployments:
+        replicas = deployment.num_replicas or (
+            deployment.autoscaling.min_replicas if deployment.autoscaling else 1
+        )
+        options = deployment.ray_actor_options
+        rows.append((max(replicas, 1), options.num_cpus or 1.0, options.num_gpus or 0.0))
+    return rows
+
+
+def required_cpus(app: App) -> int:
+    """CPUs for a node that holds every replica at its minimum, plus one for Serve's own actors."""
+    total = sum(replicas * cpus for replicas, cpus, _ in _min_replicas(app))
+    return max(2, int(total + 0.999) + 1)
+
+
+def required_gpus(app: App) -> int:
+    """GPUs for a node that holds every replica at its minimum, and at least one."""
+    total = sum(replicas * gpu for replicas, _, gpu in _min_replicas(app))
+    return max(1, math.ceil(total - 1e-9))
+
+
+def nofile_limit() -> int:
+    """KubeRay runs `ulimit -n 65536`; give the container that much where this host's hard limit allows."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
+
+
+# -- one container ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One container as `docker run` starts it: a Ray node, or the local cluster's GCS store."""
+
+    name: str
+    image: str
+    command: str = ""  # run with /bin/bash -c, as KubeRay runs it; empty: the image's own command
+    labels: Mapping[str, str] = field(default_factory=dict)  # Docker object labels (engine.object_labels)
+    env: Mapping[str, str] = field(default_factory=dict)
+    publish: Mapping[int, int] = field(default_factory=dict)  # port -> host port on 127.0.0.1 (0: any)
+    network: str | None = None  # "none" for no network at all
+    ip: str | None = None
+    hostname: str | None = None
+    gpus: int | Literal["all"] = 0  # Docker's GPU device request, what a pod's nvidia.com/gpu limit becomes
+    shm_size: str | None = "1g"  # Ray's object store lives in /dev/shm
+    nofile: int | None = field(default_factory=nofile_limit)
+    restart: str | None = None
+
+    def run_args(self) -> list[str]:
+        """The `docker run` arguments (after the docker binary)."""
+        args = ["run", "-d", "--name", self.name]
+        if self.hostname:
+            args += ["--hostname", self.hostname]
+        if self.network:
+            args += ["--network", self.network]
+        if self.ip:
+            args += ["--ip", self.ip]
+        for key, value in sorted(self.labels.items()):
+            args += ["--label", f"{key}={value}"]
+        if self.nofile:
+            args += ["--ulimit", f"nofile={self.nofile}:{self.nofile}"]
+        if self.shm_size:
+            args.append(f"--shm-size={self.shm_size}")
+        if self.restart:
+            args += ["--restart", self.restart]
+        if self.gpus:
+            args += ["--gpus", "all" if self.gpus == "all" else f"count={self.gpus}"]
+        for port, host_port in sorted(self.publish.items()):
+            args += ["-p", f"127.0.0.1:{host_port or ''}:{port}"]
+        for key, value in sorted(self.env.items()):
+            args += ["-e", f"{key}={value}"]
+        args.append(self.image)
+        if self.command:
+            args += ["/bin/bash", "-c", "--", self.command]
+        return args
+
+
+def start(engine: Engine, spec: NodeSpec) -> None:
+    """Start the container; a failed start leaves no container behind."""
+    try:
+        engine.docker_cmd(*spec.run_args(), what=f"docker run {spec.name} ({spec.image})")
+    except EngineError as exc:
+        engine.remove_container(spec.name)
+        if spec.gpus and no_device_driver(exc.output_tail):
+            raise GpuUnavailable(
+                "Docker could not give the container a GPU (no NVIDIA device driver in dockerd)",
+                hint=TOOLKIT_HINT,
+            ) from exc
+        raise
+
+
+@contextmanager
+def running(engine: Engine, spec: NodeSpec) -> Iterator[NodeSpec]:
+    """The container started, and removed on the way out whatever happens."""
+    start(engine, spec)
+    try:
+        yield spec
+    finally:
+        engine.remove_container(spec.name)
+
+
+# -- KubeRay's probes -------------------------------------------------------------------------------------
+
+RAYLET_HEALTH_PATH = "/api/local_raylet_healthz"
+GCS_HEALTH_PATH = "/api/gcs_healthz"
+AGENT_HEALTH_PATH = "/api/healthz"  # the agent's view of both: raylet and GCS
+# KubeRay's readiness and liveness exec probes (ray-operator's initLivenessAndReadinessProbe): a head checks
+# its raylet and the GCS, a worker its raylet only.
+RAYLET_PROBE = f"wget -T 2 -q -O- http://localhost:{AGENT_PORT}{RAYLET_HEALTH_PATH} | grep success"
+GCS_PROBE = f"wget -T 2 -q -O- http://localhost:{DASHBOARD_PORT}{GCS_HEALTH_PATH} | grep success"
+# kubelet's timeoutSeconds for a worker's readiness probe; each of a head's two checks gets as much.
+PROBE_TIMEOUT_S = 2
+# A bound on `docker exec` itself, for a daemon that does not answer.
+EXEC_TIMEOUT_S = 10
+
+
+def probe(engine: Engine, container: str, role: str = "head") -> bool:
+    """KubeRay's exec probes for a node, each bounded the way kubelet bounds an exec probe (timeoutSeconds).
+
+    Unbounded, a probe sent before the port listens does not fail: under `--network none` wget's connect
+    to localhost's ::1 fails with "Cannot assign requested address", which wget retries 20 times with a
+    growing back-off, so the head would look ready seconds after it is.
+    """
+    checks = (RAYLET_PROBE, GCS_PROBE) if role == "head" else (RAYLET_PROBE,)
+    return all(
+        engine.exec(
+            container, ["timeout", str(PROBE_TIMEOUT_S), "bash", "-c", check], timeout=EXEC_TIMEOUT_S
+        ).returncode
+        == 0
+        for check in checks
+    )
+
+
+def healthz_ok(status: int, body: str) -> bool:
+    """Ray 2.60's agent `/api/healthz`: HTTP 200 with `raylet: success` and `gcs: success` lines."""
+    checks = dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
+    return status == 200 and all(checks.get(name, "").startswith("success") for name in ("raylet", "gcs"))
+
+
+# -- the dashboard's REST API -----------------------------------------------------------------------------
+
+SERVE_APPLICATIONS_PATH = "/api/serve/applications/"
+
+
+def alive_nodes(dashboard: str) -> int:
+    """ALIVE nodes in the dashboard's state API (GET /api/v0/nodes); 0 when it does not answer."""
+    status, body = http("GET", f"{dashboard}/api/v0/nodes?limit=100", timeout=5)
+    if status != 200:
+        return 0
+    try:
+        nodes = json.loads(body)["data"]["result"]["result"]
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return sum(1 for node in nodes if isinstance(node, dict) and node.get("state") == "ALIVE")
+
+
+def deploy(dashboard: str, body: Mapping[str, Any], error: type[RaybuildError], context: str = "") -> None:
+    """PUT a Serve config, as KubeRay's RayService controller sends it; ``error`` when it is refused."""
+    status, text = http("PUT", f"{dashboard}{SERVE_APPLICATIONS_PATH}", dict(body), timeout=60)
+    if status != 200:
+        raise error(f"{context}Serve deploy request returned {status}: {text[:300]}")
+
+
+def serve_status(dashboard: str) -> dict[str, Any]:
+    """Each Serve application's status by name; empty when the dashboard does not answer."""
+    status, text = http("GET", f"{dashboard}{SERVE_APPLICATIONS_PATH}")
+    if status != 200:
+        return {}
+    try:
+        applications = json.loads(text)["applications"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return applications if isinstance(applications, dict) else {}
+
+
+def app_status(dashboard: str, app: str) -> str:
+    """One line on an app's Serve status, for an error message."""
+    info = serve_status(dashboard).get(app)
+    if not isinstance(info, dict):
+        return f"Serve reports no status for {app!r}"
+    return f"status {info.get('status')}: {str(info.get('message', ''))[:300]}"

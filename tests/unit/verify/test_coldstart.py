@@ -1,0 +1,214 @@
+"""Cold starts against the fake engine: the warm node's phases, its failure messages and its cleanup, and the
+cold node's head. A fake `http` and a fake clock stand in for Ray; nothing here starts a container."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from raybuild import kuberay
+from raybuild.errors import EngineError, SmokeTestError
+from raybuild.verify import coldstart
+from raybuild.verify.coldstart import ColdNode, WarmStart, warm_start
+from tests.unit.fakes import FakeEngine, make_app
+
+AGENT, DASHBOARD, SERVE = "http://127.0.0.1:40001", "http://127.0.0.1:40002", "http://127.0.0.1:40003"
+HEALTHZ = f"{AGENT}/api/healthz"
+GCS = f"{DASHBOARD}/api/gcs_healthz"
+NODES = f"{DASHBOARD}/api/v0/nodes?limit=100"
+APPS = f"{DASHBOARD}/api/serve/applications/"
+ROUTE = f"{SERVE}/demo/"
+TWO_ALIVE = json.dumps({"data": {"result": {"result": [{"state": "ALIVE"}, {"state": "ALIVE"}]}}})
+HEALTHY = "raylet: success\ngcs: success"
+
+
+class Ray:
+    """Answers the warm node's requests, and moves a clock on by how long each answer took to come."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.requests: list[tuple[str, str]] = []
+        self.answers: dict[tuple[str, str], tuple[int, str]] = {
+            ("GET", HEALTHZ): (200, HEALTHY),
+            ("GET", GCS): (200, "success"),
+            ("GET", NODES): (200, TWO_ALIVE),
+            ("PUT", APPS): (200, "{}"),
+            ("GET", ROUTE): (200, "hello"),
+            ("GET", APPS): (200, '{"applications": {"demo": {"status": "DEPLOYING", "message": "waiting"}}}'),
+        }
+        # Seconds until each answer: the head is healthy after 3 s, the worker joins after 2 s, the route
+        # answers 1.25 s after the deploy request was sent; the dashboard's 0.5 s is timed by no phase.
+        self.delays = {HEALTHZ: 3.0, GCS: 0.5, NODES: 2.0, APPS: 1.0, ROUTE: 0.25}
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def http(self, method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
+        self.requests.append((method, url))
+        self.now += self.delays.get(url, 0.0)
+        return self.answers.get((method, url), (0, "connection refused"))
+
+
+@pytest.fixture
+def ray(monkeypatch: pytest.MonkeyPatch) -> Ray:
+    fake = Ray()
+    monkeypatch.setattr(coldstart, "http", fake.http)
+    monkeypatch.setattr(kuberay, "http", fake.http)
+    monkeypatch.setattr(coldstart, "time", SimpleNamespace(monotonic=fake.monotonic))
+    return fake
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    engine = FakeEngine()
+    for port, url in ((52365, AGENT), (8265, DASHBOARD), (8000, SERVE)):
+        engine.script("port", "*", f"{port}/tcp", output=url.removeprefix("http://") + "\n")
+    engine.script("logs", output="last log line")
+    return engine
+
+
+def test_warm_start_times_head_worker_and_serve_each_from_its_own_start(ray: Ray, engine: FakeEngine) -> None:
+    assert warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=5) == WarmStart(3.0, 2.0, 1.25)
+    assert ray.requests == [
+        ("GET", HEALTHZ),
+        ("GET", GCS),
+        ("GET", NODES),
+        ("PUT", APPS),
+        ("GET", ROUTE),
+    ]
+
+
+def test_warm_start_runs_kuberays_head_and_worker_on_a_network_of_their_own(
+    ray: Ray, engine: FakeEngine
+) -> None:
+    warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=5)
+    [create] = engine.calls("network", "create")
+    network = create[-1]
+    assert network.startswith("raybuild-measure-")
+    head, worker = engine.calls("run")
+    assert head[head.index("--network") + 1] == worker[worker.index("--network") + 1] == network
+    assert head[-1] == kuberay.head_command(kuberay.required_cpus(make_app()))
+    assert worker[-1] == kuberay.worker_command(f"{network}-head", 1), "the worker finds the head by name"
+    published = [head[i + 1] for i, arg in enumerate(head) if arg == "-p"]
+    assert published == ["127.0.0.1::8000", "127.0.0.1::8265", "127.0.0.1::52365"]
+    assert "-p" not in worker and "--gpus" not in head + worker
+    assert engine.containers == {} and engine.networks == {}
+    removals = [c[-1] for c in engine.calls() if c[0] == "rm" or c[:2] == ["network", "rm"]]
+    assert removals == [f"{network}-worker", f"{network}-head", network], "containers before their network"
+
+
+def test_warm_start_in_gpu_mode_gives_every_node_all_gpus(ray: Ray, engine: FakeEngine) -> None:
+    warm_start(engine, make_app(), "img:1", cpu_mode=False, gpu=True, timeout=5)
+    for run in engine.calls("run"):
+        assert run[run.index("--gpus") + 1] == "all"
+
+
+def test_warm_start_deploys_the_app_with_a_reachable_proxy(
+    ray: Ray, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bodies: list[Any] = []
+
+    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
+        if method == "PUT":
+            bodies.append(payload)
+        return ray.http(method, url, payload, timeout)
+
+    monkeypatch.setattr(kuberay, "http", http)
+    app = make_app("demo", device="gpu")
+    warm_start(engine, app, "img:1", cpu_mode=True, timeout=5)
+    assert bodies == [
+        {
+            "http_options": {"host": "0.0.0.0", "port": 8000},
+            "applications": [coldstart.serve_application(app, cpu_mode=True)],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (("GET", HEALTHZ), "app 'demo': head not healthy within 0s: last log line"),
+        (("GET", GCS), "app 'demo': dashboard never answered: last log line"),
+        (("GET", NODES), "app 'demo': worker never joined: last log line"),
+        (("PUT", APPS), "app 'demo': Serve deploy request returned 0: connection refused"),
+        (("GET", ROUTE), f"app 'demo': no HTTP 200 on {ROUTE} within 0s: status DEPLOYING: waiting"),
+    ],
+)
+def test_a_failed_phase_says_which_and_leaves_nothing_behind(
+    ray: Ray, engine: FakeEngine, answer: tuple[str, str], message: str
+) -> None:
+    del ray.answers[answer]
+    with pytest.raises(SmokeTestError) as raised:
+        warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=0.05)
+    assert str(raised.value) == message
+    assert engine.containers == {} and engine.networks == {}
+
+
+def test_a_worker_that_cannot_start_leaves_nothing_behind(
+    ray: Ray, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(coldstart, "uuid", SimpleNamespace(uuid4=lambda: SimpleNamespace(hex="0123456789")))
+    worker = "raybuild-measure-01234567-worker"
+    engine.script("run", "-d", "--name", worker, returncode=125, output="No such image: img:1")
+    with pytest.raises(EngineError) as raised:
+        warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=5)
+    assert str(raised.value) == f"docker run {worker} (img:1) failed (exit 125)"
+    assert engine.containers == {} and engine.networks == {}
+    assert engine.calls("rm", "--force", "--volumes", "raybuild-measure-01234567-head")
+
+
+# -- the cold node ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ColdNode, FakeEngine]:
+    """A cold node whose daemon is the fake engine."""
+    node_engine = FakeEngine()
+    monkeypatch.setattr(ColdNode, "node", property(lambda self: node_engine))
+    return ColdNode(FakeEngine(), root=tmp_path), node_engine
+
+
+def test_the_cold_head_runs_without_a_network_until_kuberays_probes_pass(
+    cold: tuple[ColdNode, FakeEngine],
+) -> None:
+    node, engine = cold
+    assert node.head(make_app(), "127.0.0.1:5000/m/demo:1", timeout=5) >= 0
+    [run] = engine.calls("run")
+    assert run[run.index("--network") + 1] == "none"
+    assert "-p" not in run and "--gpus" not in run
+    assert run[-1] == kuberay.head_command(kuberay.required_cpus(make_app()))
+    assert dict(engine.containers) == {}
+    probes = [call[2:] for call in engine.calls("exec")]
+    assert probes == [
+        ["timeout", "2", "bash", "-c", kuberay.RAYLET_PROBE],
+        ["timeout", "2", "bash", "-c", kuberay.GCS_PROBE],
+    ]
+
+
+def test_a_cold_head_that_never_passes_its_probes_is_removed(cold: tuple[ColdNode, FakeEngine]) -> None:
+    node, engine = cold
+    engine.script("exec", "*", "timeout", returncode=124)
+    engine.script("logs", output="GCS failed to start")
+    with pytest.raises(SmokeTestError) as raised:
+        node.head(make_app(), "ref:1", gpu=True, timeout=0.05)
+    assert str(raised.value) == (
+        "app 'demo': cold-node head never passed KubeRay's probes within 0s: GCS failed to start"
+    )
+    [run] = engine.calls("run")
+    assert run[run.index("--gpus") + 1] == "all"
+    assert engine.containers == {}
+
+
+def test_clearing_the_cold_node_sweeps_measure_leftovers_and_every_image(
+    cold: tuple[ColdNode, FakeEngine],
+) -> None:
+    node, engine = cold
+    engine.docker_cmd("run", "-d", "--name", "left", "--label", "io.raybuild.purpose=measure", "img")
+    engine.script("image", "ls", output="sha256:a\nsha256:b\nsha256:a\n")
+    node.clear()
+    assert engine.containers == {}
+    assert engine.calls("image", "rm") == [["image", "rm", "--force", "sha256:a", "sha256:b"]]
