@@ -28,7 +28,6 @@ STORE_KINDS: tuple[str, ...] = get_args(StoreKind)
 
 # A Ray node label key (Kubernetes label syntax). Ray reserves the ray.io/ prefix for its own labels.
 LABEL_KEY = "raybuild.io/app"
-GPU_RESOURCE = "nvidia.com/gpu"
 
 # raybuild's own manifest templates; a project's deploy/ folder overrides them file by file.
 BUNDLED_DEPLOY = BUNDLED_TEMPLATES / "deploy"
