@@ -362,19 +362,27 @@ def parse_config(data: dict[str, Any], path: Path) -> RaybuildConfig:
         raise _message(first, path) from exc
 
 
-def load_config(path: Path) -> LoadedConfig:
-    """Read, validate and check the files that ``path`` refers to."""
-    if path.is_dir():
-        path = path / CONFIG_NAME
-    if not path.is_file():
-        raise ConfigError(
-            f"{path}: no such file", hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml"
-        )
+def _config_file(path: Path) -> Path:
+    """``--config`` may name the file or the folder that holds it."""
+    return path / CONFIG_NAME if path.is_dir() else path
+
+
+def _read(path: Path) -> RaybuildConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path.name}: not valid TOML: {exc}") from exc
-    config = parse_config(data, path)
+    return parse_config(data, path)
+
+
+def load_config(path: Path) -> LoadedConfig:
+    """Read, validate and check the files that ``path`` refers to."""
+    path = _config_file(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"{path}: no such file", hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml"
+        )
+    config = _read(path)
     root = path.parent.resolve()
     for index, app in enumerate(config.apps):
         if not (root / app.path).is_dir():
@@ -390,3 +398,22 @@ def load_config(path: Path) -> LoadedConfig:
                 hint="create it (it may be empty) or fix the path",
             )
     return LoadedConfig(config, root, path.resolve())
+
+
+def load_gate_config(path: Path, *, required: bool) -> LoadedConfig | None:
+    """The config read for the gate's limits ([gate], [apps.gate]); None when there is none to read.
+
+    Unlike ``load_config``, app folders and requirements files need not exist: a gate job may run with
+    nothing checked out but the two measure files. A missing file is an error only when ``required`` (the
+    user named it); a file that exists but is invalid is always one, so that a typo in [gate] cannot
+    silently loosen the gate.
+    """
+    path = _config_file(path)
+    if not path.is_file():
+        if required:
+            raise ConfigError(
+                f"{path}: no such file",
+                hint="fix --config / RAYBUILD_CONFIG, or leave both unset to use the defaults",
+            )
+        return None
+    return LoadedConfig(_read(path), path.parent.resolve(), path.resolve())

@@ -12,6 +12,7 @@ from urllib.error import URLError
 from raybuild.engine import Engine, find_docker_client
 from raybuild.errors import EngineError
 from raybuild.image.build import default_ca_bundle
+from raybuild.loopback import http
 
 PUBLIC_REGISTRY = "registry-1.docker.io"
 LOCAL_REGISTRY = "http://127.0.0.1:5000/v2/"
@@ -61,18 +62,18 @@ def check_public_registry() -> Check:
     return Check("public-registry", True, f"{PUBLIC_REGISTRY} resolves", required=False)
 
 
-def check_local_registry() -> Check:
-    try:
-        with urllib.request.urlopen(LOCAL_REGISTRY, timeout=3) as response:
-            return Check("local-registry", response.status == 200, LOCAL_REGISTRY, required=False)
-    except (URLError, OSError) as exc:
-        return Check(
-            "local-registry",
-            False,
-            f"{LOCAL_REGISTRY} not reachable ({exc})",
-            "sudo scripts/setup starts docker-registry on 127.0.0.1:5000",
-            required=False,
-        )
+def check_local_registry(url: str = LOCAL_REGISTRY) -> Check:
+    # Through loopback.http, never an environment proxy: a proxy cannot reach this host's 127.0.0.1.
+    status, body = http("GET", url, timeout=3)
+    if status == 200:
+        return Check("local-registry", True, url, required=False)
+    return Check(
+        "local-registry",
+        False,
+        f"{url} not reachable ({body if status == 0 else f'HTTP {status}'})",
+        "sudo scripts/setup starts docker-registry on 127.0.0.1:5000",
+        required=False,
+    )
 
 
 def check_tls_proxy() -> Check:

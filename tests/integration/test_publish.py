@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from raybuild.cli import publish_cli
+from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder, load_build_record

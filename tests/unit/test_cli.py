@@ -5,6 +5,7 @@ Errors are checked through main(), which turns them into what users see.
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+import raybuild.cli as cli_package
 from raybuild.cli import cli
+from raybuild.cli import drill as drill_cli
 from raybuild.config import load_config
 from raybuild.image import bases
 from tests.conftest import GOLDEN_DIR, REPO_ROOT, MainResult
@@ -223,6 +226,59 @@ def test_every_command_has_help(path: tuple[str, ...], command: click.Command) -
     assert result.exit_code == 0
     first_paragraph = command.help.strip().split("\n\n")[0]
     assert " ".join(first_paragraph.split()) in " ".join(result.stdout.split())
+
+
+def test_the_group_options_have_help() -> None:
+    for param in cli.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            assert param.help, f"`raybuild {param.opts[0]}` has no help text"
+
+
+@pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[" ".join(path) for path, _ in COMMANDS])
+def test_every_command_lives_in_a_module_named_after_it(
+    path: tuple[str, ...], command: click.Command
+) -> None:
+    module = {"list": "list_apps"}.get(path[-1], path[-1])
+    assert command.callback is not None
+    assert command.callback.__module__ == f"raybuild.cli.{module}"
+
+
+CLI_DIR = Path(cli_package.__file__).parent
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in CLI_DIR.glob("*.py") if p.name != "__init__.py"))
+def test_commands_exit_only_through_main(module: str) -> None:
+    # A command returns (an exit code at most) or raises RaybuildError; main() alone ends the process.
+    tree = ast.parse((CLI_DIR / module).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            assert node.attr not in ("exit", "abort"), f"{module}:{node.lineno} calls .{node.attr}()"
+        if isinstance(node, ast.Name):
+            assert node.id != "SystemExit", f"{module}:{node.lineno} raises SystemExit"
+
+
+# -- exit codes a command returns ---------------------------------------------------------------------------
+
+
+class _Drill:
+    def __init__(self, ok: bool) -> None:
+        self.ok = ok
+
+    def to_dict(self) -> dict[str, bool]:
+        return {"ok": self.ok}
+
+
+@pytest.mark.parametrize(("ok", "allow", "code"), [(True, False, 0), (False, False, 1), (False, True, 0)])
+def test_a_drill_with_failed_requests_exits_1_unless_allowed(
+    monkeypatch: pytest.MonkeyPatch, run_main: Callable[..., MainResult], ok: bool, allow: bool, code: int
+) -> None:
+    monkeypatch.setattr(drill_cli.local, "load_cluster", lambda config: None)
+    monkeypatch.setattr(drill_cli, "run_drill", lambda *args, **kwargs: _Drill(ok))
+    args = ["--config", BUNDLED, "drill", "head-restart", "--json", *(["--allow-failures"] if allow else [])]
+    result = run_main(*args)
+    assert (result.exit_code, json.loads(result.stdout), result.stderr) == (code, {"ok": ok}, "")
+    # The group honours the returned code without main() too (CliRunner, `cli()`).
+    assert invoke(*args).exit_code == code
 
 
 def test_version() -> None:

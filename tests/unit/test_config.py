@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raybuild.config import load_config
+from raybuild.config import load_config, load_gate_config
 from raybuild.errors import ConfigError
 from tests.conftest import PROJECT_TOML, MainResult, TmpProject
 
@@ -187,6 +188,35 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_missing_apps_table(tmp_project: TmpProject) -> None:
     error = config_error(tmp_project, PROJECT_TOML.split("[[apps]]")[0])
     assert error.message == "raybuild.toml: missing required key 'apps'"
+
+
+# -- the gate's reading: limits only -------------------------------------------------------------------------
+
+
+def test_gate_config_needs_no_app_folders(tmp_project: TmpProject) -> None:
+    # A gate job may check out nothing but the measure files.
+    tmp_project.write_config(replaced("[[apps]]", "[gate]\nmax_size_growth = 0.15\n\n[[apps]]"))
+    shutil.rmtree(tmp_project.app_dir)
+    loaded = load_gate_config(tmp_project.root, required=True)
+    assert loaded is not None
+    assert loaded.config.gate.max_size_growth == 0.15
+    assert loaded.root == tmp_project.root.resolve()
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_project.config_path)
+
+
+def test_gate_config_that_is_missing_is_none_unless_required(tmp_path: Path) -> None:
+    assert load_gate_config(tmp_path / "raybuild.toml", required=False) is None
+    with pytest.raises(ConfigError) as caught:
+        load_gate_config(tmp_path / "raybuild.toml", required=True)
+    assert caught.value.message == f"{tmp_path / 'raybuild.toml'}: no such file"
+    assert caught.value.hint is not None and "--config" in caught.value.hint
+
+
+def test_gate_config_that_is_invalid_is_an_error_not_the_defaults(tmp_project: TmpProject) -> None:
+    tmp_project.write_config(replaced("[[apps]]", "[gate]\nmax_size_grwth = 0.5\n\n[[apps]]"))
+    with pytest.raises(ConfigError, match=r"unknown key 'gate\.max_size_grwth'"):
+        load_gate_config(tmp_project.config_path, required=False)
 
 
 # -- what the user sees: main() turns the error into one line, --debug brings the traceback back ----------

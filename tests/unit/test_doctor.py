@@ -6,8 +6,10 @@ import json
 import shutil
 import socket
 import ssl
+import threading
 import urllib.request
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
@@ -18,6 +20,7 @@ from raybuild import doctor
 from raybuild.doctor import Check
 from raybuild.engine import DockerClient
 from raybuild.errors import EngineError
+from raybuild.loopback import free_port
 from tests.conftest import MainResult
 from tests.unit.fakes import FakeEngine
 
@@ -94,26 +97,93 @@ def test_a_docker_binary_that_cannot_run_fails_the_daemon_check() -> None:
     assert (check.ok, check.detail) == (False, "/usr/bin/docker not found")
 
 
+@pytest.fixture
+def registry_v2() -> Iterator[tuple[str, list[str]]]:
+    """A throwaway HTTP server on 127.0.0.1 that answers GET /v2/ with 200, like a registry."""
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            self.send_response(200 if self.path == "/v2/" else 404)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v2/", paths
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_registries_that_cannot_be_reached_are_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_dns(*args: Any) -> Any:
         raise socket.gaierror(-3, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    monkeypatch.setattr(
-        urllib.request, "urlopen", urlopen_raising(URLError(ConnectionRefusedError(111, "refused")))
-    )
-    public, local = doctor.check_public_registry(), doctor.check_local_registry()
+    public = doctor.check_public_registry()
     assert (public.ok, public.required) == (False, False)
     assert "mmdebstrap" in public.fix
+    nobody = f"http://127.0.0.1:{free_port()}/v2/"
+    local = doctor.check_local_registry(nobody)
     assert (local.ok, local.required) == (False, False)
-    assert local.detail.startswith("http://127.0.0.1:5000/v2/ not reachable")
+    assert local.detail.startswith(f"{nobody} not reachable (")
+    assert "127.0.0.1:5000" in local.fix
 
 
-def test_reachable_registries_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_local_registry_check_asks_127_0_0_1_port_5000(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, str]] = []
+
+    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
+        asked.append((method, url))
+        return 0, "<urlopen error [Errno 111] Connection refused>"
+
+    monkeypatch.setattr(doctor, "http", http)
+    check = doctor.check_local_registry()
+    assert asked == [("GET", "http://127.0.0.1:5000/v2/")]
+    assert check.detail == (
+        "http://127.0.0.1:5000/v2/ not reachable (<urlopen error [Errno 111] Connection refused>)"
+    )
+
+
+def test_a_public_registry_that_resolves_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", lambda *args: [("addr",)])
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *args, **kwargs: _Response())
     assert doctor.check_public_registry().ok
-    assert doctor.check_local_registry().ok
+
+
+def test_a_local_registry_that_answers_passes(registry_v2: tuple[str, list[str]]) -> None:
+    url, paths = registry_v2
+    assert doctor.check_local_registry(url) == Check("local-registry", True, url, required=False)
+    assert paths == ["/v2/"]
+
+
+def test_a_registry_answering_an_error_is_not_reachable(registry_v2: tuple[str, list[str]]) -> None:
+    url, _ = registry_v2
+    check = doctor.check_local_registry(url.replace("/v2/", "/nope/"))
+    assert not check.ok and check.detail.endswith("not reachable (HTTP 404)")
+
+
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "http_proxy"])
+def test_the_local_registry_is_reached_past_a_proxy_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch, registry_v2: tuple[str, list[str]], variable: str
+) -> None:
+    # A proxy cannot reach this host's 127.0.0.1; here it cannot be reached at all.
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, f"http://127.0.0.1:{free_port()}")
+    # urllib builds its default opener, proxies included, on first use: drop any built before this test,
+    # so that a check going through urllib.request.urlopen would meet the dead proxy.
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    url, paths = registry_v2
+    assert doctor.check_local_registry(url).ok
+    assert paths == ["/v2/"]
 
 
 # -- TLS interception ---------------------------------------------------------------------------------------

@@ -21,17 +21,13 @@ from raybuild.config import parse_config
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / ".github" / "workflows" / "images.yml"
 
-# Commands the workflow calls before they are written. Each may be missing only while it is unregistered;
-# once registered, its options are checked like any other command's. Remove a name when its command lands.
-PLANNED = {"measure", "publish", "render"}
-
 # Shell words that can precede a command on the same line.
 _PREFIXES = {"then", "do", "else", "if", "elif", "while", "until", "!", "time", "exec", "{", "("}
 _REDIRECT = re.compile(r"^\d*(>>?|<|>&|&>)")
 
 
-def load() -> dict[str, Any]:
-    data: dict[str, Any] = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+def load(path: Path = WORKFLOW) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
     return data
 
 
@@ -71,8 +67,8 @@ def invocations(script: str) -> list[list[str]]:
     return found
 
 
-def all_invocations() -> list[list[str]]:
-    data, found = load(), []
+def all_invocations(data: dict[str, Any] | None = None) -> list[list[str]]:
+    data, found = data or load(), []
     for job in data["jobs"].values():
         for step in job["steps"]:
             if "run" in step:
@@ -144,8 +140,13 @@ def check_invocation(args: list[str]) -> list[str]:
     name, rest = args[0], args[1:]
     command = cli.commands.get(name)
     if command is None:
-        return errors if name in PLANNED else [*errors, f"no command {name!r} (and it is not planned)"]
+        return [*errors, f"no command {name!r}"]
     return errors + [f"raybuild {name}: {e}" for e in problems(command, rest)]
+
+
+def workflow_problems(data: dict[str, Any]) -> list[str]:
+    """Problems with every ``raybuild`` call in a workflow."""
+    return [problem for args in all_invocations(data) for problem in check_invocation(list(args))]
 
 
 def test_workflow_parses() -> None:
@@ -178,10 +179,49 @@ def test_raybuild_calls_match_the_cli(args: list[str]) -> None:
     assert check_invocation(list(args)) == []
 
 
-def test_planned_commands_are_really_planned() -> None:
-    # Keeps PLANNED honest: a name here must be one the workflow calls.
-    called = {args[0] for args in all_invocations() if args}
-    assert called >= PLANNED
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        ("raybuild publish", "raybuild ship", "no command 'ship'"),
+        ("raybuild render --validate", "raybuild render --check", "raybuild render: no such option --check"),
+        # The old `measure --json FILE`: --json is a flag, so FILE lands in [APP]...
+        (
+            'raybuild measure --out "$MEASURE_JSON"',
+            'raybuild measure --json "$MEASURE_JSON"',
+            "raybuild measure: '.raybuild/measure.json' is not an app in raybuild.toml",
+        ),
+    ],
+)
+def test_a_broken_call_in_a_copy_of_the_workflow_is_caught(
+    tmp_path: Path, old: str, new: str, problem: str
+) -> None:
+    # The real workflow passes; the same file with one call broken must not.
+    assert workflow_problems(load()) == []
+    text = WORKFLOW.read_text(encoding="utf-8")
+    assert old in text
+    copy = tmp_path / WORKFLOW.name
+    copy.write_text(text.replace(old, new), encoding="utf-8")
+    assert problem in workflow_problems(load(copy))
+
+
+def test_raybuild_is_installed_as_users_install_it() -> None:
+    installs = [step["run"] for step in steps() if "pip install" in step.get("run", "")]
+    assert len(installs) == len(load()["jobs"]), "each job installs raybuild once"
+    for command in installs:
+        words = shlex.split(command)
+        assert "." in words or "raybuild" in words, command
+        assert "-e" not in words and "--editable" not in words, command
+        assert not any("[dev]" in word for word in words), f"the tool needs no dev extras: {command}"
+
+
+def test_render_validates_against_the_crds_raybuild_ships() -> None:
+    # raybuild carries KubeRay's CRDs (manifest/crds/): CI fetches none and points at none.
+    for step in steps():
+        script = step.get("run", "")
+        assert "RAYBUILD_CRD_DIR" not in script and "RAYBUILD_CRD_DIR" not in step.get("env", {}), step
+        assert "ray.io_" not in script, step
+    renders = [args for args in all_invocations() if args[0] == "render"]
+    assert renders and all("--validate" in args and "--crd" not in args for args in renders)
 
 
 def test_baseline_artifact_round_trip() -> None:
@@ -214,7 +254,7 @@ def test_baseline_artifact_round_trip() -> None:
             "raybuild lock --resolver poetry",
             ["raybuild lock: --resolver 'poetry': 'poetry' is not one of 'uv', 'pip-tools'."],
         ),
-        ("raybuild deploy", ["no command 'deploy' (and it is not planned)"]),
+        ("raybuild deploy", ["no command 'deploy'"]),
         (
             "raybuild lock --json .raybuild/measure.json",
             ["raybuild lock: '.raybuild/measure.json' is not an app in raybuild.toml"],
@@ -243,6 +283,6 @@ def test_invocations_read_shell() -> None:
 
 
 def test_env_values_are_expanded() -> None:
-    assert expand('raybuild measure --json "$MEASURE_JSON" ${OTHER}', {"MEASURE_JSON": "m.json"}) == (
-        'raybuild measure --json "m.json" ${OTHER}'
+    assert expand('raybuild measure --out "$MEASURE_JSON" ${OTHER}', {"MEASURE_JSON": "m.json"}) == (
+        'raybuild measure --out "m.json" ${OTHER}'
     )

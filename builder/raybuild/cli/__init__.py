@@ -1,7 +1,9 @@
-"""The raybuild command line: thin Click commands over the library.
+"""The raybuild command line: thin Click commands over the library, one module per command.
 
-Each command parses options, loads the config, calls one library function and prints the result. Library
-errors (``RaybuildError``) become one line with a hint; ``--debug`` shows the traceback.
+Each command parses options, loads the config, calls the library and prints the result. It ends in one
+of two ways: it returns (an exit code where its own report already said what failed: the doctor table,
+the gate report, a drill), or it raises ``RaybuildError``. ``main()`` alone turns either into the process's
+exit: an error becomes one ``error:`` line with a ``hint:`` (``--debug`` shows the traceback instead).
 """
 
 from __future__ import annotations
@@ -10,8 +12,26 @@ import os
 import sys
 
 import click
+from click.core import ParameterSource
 
 from raybuild import __version__
+from raybuild.cli import (
+    base,
+    build,
+    check,
+    doctor,
+    down,
+    drill,
+    generate,
+    init,
+    list_apps,
+    lock,
+    measure,
+    publish,
+    render,
+    test,
+    up,
+)
 from raybuild.cli.common import State, render_error
 from raybuild.errors import RaybuildError
 
@@ -35,18 +55,36 @@ def cli(ctx: click.Context, config_path: str, debug: bool) -> None:
     raybuild locks each app against one shared Ray, generates multi-stage Dockerfiles on slim bases,
     builds them with BuildKit, measures size and cold start, and renders the RayService that runs them.
     """
-    ctx.obj = State(config_path=config_path, debug=debug)
+    given = ctx.get_parameter_source("config_path") not in (None, ParameterSource.DEFAULT)
+    ctx.obj = State(config_path=config_path, debug=debug, config_given=given)
 
 
-def _register() -> None:
-    from raybuild.cli import deploy, images, local, measure_cli, measure_run, project, publish_cli
+@cli.result_callback()
+def _exit_code(result: object, **_: object) -> None:
+    # Click drops a command's return value in standalone mode (CliRunner, `cli()`); make a returned exit
+    # code Click's own exit, which main() receives as cli.main()'s result.
+    if isinstance(result, int) and result:
+        click.get_current_context().exit(result)
 
-    for module in (project, images, measure_run, measure_cli, deploy, local, publish_cli):
-        for command in module.COMMANDS:
-            cli.add_command(command)
 
-
-_register()
+for _command in (
+    init.init,
+    list_apps.list_apps,
+    lock.lock,
+    generate.generate,
+    doctor.doctor,
+    base.base,
+    build.build,
+    test.test_app,
+    measure.measure,
+    check.check,
+    publish.publish,
+    render.render,
+    up.up,
+    down.down,
+    drill.drill,
+):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,9 +1,8 @@
-"""What every command shares: the state object, the --json option, config loading and error output."""
+"""What every command shares: the state object, shared options, config loading, the engine and output."""
 
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import click
 
 from raybuild.config import LoadedConfig, load_config
+from raybuild.engine import Engine
 from raybuild.errors import EngineError, RaybuildError
 
 
@@ -18,6 +18,8 @@ from raybuild.errors import EngineError, RaybuildError
 class State:
     config_path: str
     debug: bool = False
+    # --config or RAYBUILD_CONFIG was given: a missing file is then an error even where a default would do.
+    config_given: bool = False
     _config: LoadedConfig | None = None
 
     def config(self) -> LoadedConfig:
@@ -30,6 +32,11 @@ pass_state = click.make_pass_decorator(State)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 apps_argument = click.argument("apps", nargs=-1, metavar="[APP]...")
+
+
+def engine_for(state: State) -> Engine:
+    """The engine a command runs Docker through; with --debug it echoes every command to stderr."""
+    return Engine(debug=state.debug, echo=lambda line: click.echo(line, err=True))
 
 
 def emit_json(payload: Any) -> None:
@@ -58,7 +65,3 @@ def table(headers: list[str], rows: list[list[Any]]) -> None:
     click.echo(line.rstrip())
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
-def is_tty() -> bool:
-    return sys.stdout.isatty()

@@ -95,12 +95,16 @@ def default_out_dir(config: LoadedConfig) -> Path:
     return config.root / ".raybuild" / "dockerfiles"
 
 
+def dockerfile_for(config: LoadedConfig, app: App) -> str:
+    """The app's Dockerfile, from the project's templates (or the bundled ones)."""
+    return render_dockerfile(image_spec_for(config, app), template_dir(config.root))
+
+
 def generate_all(config: LoadedConfig, apps: tuple[App, ...], out_dir: Path | None = None) -> dict[str, Path]:
     out = out_dir or default_out_dir(config)
     written = {}
     for app in apps:
-        text = render_dockerfile(image_spec_for(config, app), template_dir(config.root))
         path = out / f"{app.name}.Dockerfile"
-        atomic_write(path, text)
+        atomic_write(path, dockerfile_for(config, app))
         written[app.name] = path
     return written

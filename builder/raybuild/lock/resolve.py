@@ -361,11 +361,6 @@ def check(config: LoadedConfig, apps: tuple[App, ...]) -> None:
         raise StaleLockError(found)
 
 
-def cuda_versions(lock_text: str) -> set[str]:
-    """The CUDA majors that the locked wheels were built for."""
-    return {evidence.major for evidence in cuda.cuda_evidence(parse_pins(lock_text))}
-
-
 def cuda_need(config: LoadedConfig, app: App) -> cuda.CudaNeed | None:
     """What CUDA an app's locked wheels need (None without CUDA wheels or a lockfile)."""
     path = config.lockfile(app)

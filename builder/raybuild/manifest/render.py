@@ -27,7 +27,6 @@ StoreKind = Literal["redis", "dragonfly"]
 KINDS: tuple[str, ...] = get_args(Kind)
 STORE_KINDS: tuple[str, ...] = get_args(StoreKind)
 
-GPU_RESOURCE = "nvidia.com/gpu"
 
 # raybuild's own manifest templates; a project's deploy/ folder overrides them file by file.
 BUNDLED_DEPLOY = BUNDLED_TEMPLATES / "deploy"

@@ -14,8 +14,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from raybuild.config import App
 from raybuild.engine import Engine
-from raybuild.errors import GpuUnavailable
+from raybuild.errors import GpuUnavailable, UsageError
 from raybuild.lock.cuda import CudaNeed
 
 # Minimum Linux x86_64 driver of each CUDA toolkit: the GA driver NVIDIA's CUDA Toolkit release notes list
@@ -197,6 +198,31 @@ def ensure(
     if host.gpus < gpus:
         raise GpuUnavailable(f"the app needs {gpus} GPUs at its minimum replicas; this host has {host.gpus}")
     return host
+
+
+@dataclass(frozen=True)
+class Skip:
+    """This host cannot run the GPU test, and the caller asked to skip rather than fail."""
+
+    reason: str  # GpuUnavailable's one line
+
+
+def ready_for(
+    app: App, need: CudaNeed | None, gpus: int, engine: Engine, *, skip_if_unavailable: bool = False
+) -> GpuHost | Skip:
+    """The host that runs ``app``'s GPU test (``gpus`` GPUs, ``need``'s CUDA), or a Skip saying why not.
+
+    A CPU app is a UsageError. Without ``skip_if_unavailable`` a host that cannot run it raises
+    GpuUnavailable; with it, CI machines without a GPU pass on purpose and print the reason.
+    """
+    if app.device != "gpu":
+        raise UsageError(f'app {app.name!r} is a CPU app; --gpu is for apps with device = "gpu"')
+    try:
+        return ensure(need, gpus, engine)
+    except GpuUnavailable as exc:
+        if not skip_if_unavailable:
+            raise
+        return Skip(exc.message)
 
 
 def no_device_driver(output: str) -> bool:

@@ -24,8 +24,6 @@ SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "measure.schema.json"
 # Relative to the project root (the folder holding raybuild.toml), next to the generated Dockerfiles.
 DEFAULT_MEASURE_PATH = Path(".raybuild") / "measure.json"
 
-StartupMetric = Literal["t_head", "t_worker", "t_serve", "t_pull", "t_cold"]
-
 
 class _Model(BaseModel):
     # Strict: a size written as 1.5e9 or a median written as "2.1" is a bug in the writer, not something to
@@ -139,7 +137,7 @@ class Measurement(_Model):
         except json.JSONDecodeError as exc:
             raise GateError(
                 f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-                hint="is it the file `raybuild measure --json` wrote?",
+                hint="is it the file `raybuild measure` wrote?",
             ) from exc
         if not isinstance(data, dict):
             raise GateError(f"{source}: expected a JSON object, got {type(data).__name__}")

@@ -62,7 +62,11 @@ def pins(text: str) -> dict[str, str]:
 # -- what the wheels say ------------------------------------------------------------------------------------
 
 
-def test_cuda_versions_reads_nvidia_cupy_jax_and_torch_wheels() -> None:
+def majors(text: str) -> set[str]:
+    return {evidence.major for evidence in cuda.cuda_evidence(pins(text))}
+
+
+def test_cuda_evidence_reads_nvidia_cupy_jax_and_torch_wheels() -> None:
     text = (
         "nvidia-cublas-cu12==12.9.1.4\n"
         "nvidia-cuda-runtime-cu12==12.9.79\n"
@@ -71,9 +75,16 @@ def test_cuda_versions_reads_nvidia_cupy_jax_and_torch_wheels() -> None:
         "torch==2.9.0+cu128\n"
         "numpy==2.4.6\n"
     )
-    assert locking.cuda_versions(text) == {"12"}
-    assert locking.cuda_versions("nvidia-cudnn-cu11==8.9.6\ntorch==2.9.0+cu118\n") == {"11"}
-    assert locking.cuda_versions("numpy==2.4.6\ntorch==2.9.0+cpu\n") == set()
+    assert majors(text) == {"12"}
+    assert [e.pin for e in cuda.cuda_evidence(pins(text))] == [
+        "cupy-cuda12x==13.6.0",
+        "jax-cuda12-plugin==0.7.2",
+        "nvidia-cublas-cu12==12.9.1.4",
+        "nvidia-cuda-runtime-cu12==12.9.79",
+        "torch==2.9.0+cu128",
+    ]
+    assert majors("nvidia-cudnn-cu11==8.9.6\ntorch==2.9.0+cu118\n") == {"11"}
+    assert majors("numpy==2.4.6\ntorch==2.9.0+cpu\n") == set()
 
 
 @pytest.mark.parametrize(

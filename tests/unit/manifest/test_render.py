@@ -12,8 +12,8 @@ import yaml
 
 from raybuild.config import LoadedConfig, load_config
 from raybuild.errors import ConfigError
-from raybuild.manifest.render import GPU_RESOURCE, LABEL_KEY, render_manifest, store_service
-from raybuild.manifest.validate import BUNDLED_CRDS, load_crds, validate_manifest
+from raybuild.manifest.render import LABEL_KEY, render_manifest, store_service
+from raybuild.manifest.validate import BUNDLED_CRDS, GPU_RESOURCE, load_crds, validate_manifest
 from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, local_reference, record_path
 from tests.conftest import GOLDEN_DIR, REPO_ROOT
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 
-from raybuild.cli import publish_cli
+from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
 from raybuild.errors import EngineError, PublishError, UsageError

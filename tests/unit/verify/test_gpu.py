@@ -16,7 +16,7 @@ import pytest
 from raybuild import kuberay
 from raybuild.config import App, load_config
 from raybuild.engine import Engine, Result
-from raybuild.errors import EngineError, GpuUnavailable, SmokeTestError
+from raybuild.errors import EngineError, GpuUnavailable, SmokeTestError, UsageError
 from raybuild.lock.cuda import CudaNeed
 from raybuild.verify import gpu, smoke
 from tests.conftest import REPO_ROOT, MainResult
@@ -349,3 +349,35 @@ def test_gpu_test_of_a_cpu_app_is_a_usage_error(run_main: Callable[..., MainResu
     assert result.stderr.splitlines()[0] == (
         "error: app 'hello' is a CPU app; --gpu is for apps with device = \"gpu\""
     )
+
+
+# -- the GPU test's gate: run, skip or fail -----------------------------------------------------------------
+
+
+def _cuda_app() -> App:
+    (app,) = load_config(REPO_ROOT / "raybuild.toml").select(("cuda",))
+    return app
+
+
+NEED_12 = CudaNeed("12", ("nvidia-cuda-runtime-cu12==12.9.79",))
+
+
+def test_ready_for_returns_the_host_that_can_run_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu, "detect", lambda *a, **k: gpu.GpuHost("570.86.15", 2))
+    for skip in (False, True):
+        host = gpu.ready_for(_cuda_app(), NEED_12, 2, Engine(), skip_if_unavailable=skip)
+        assert host == gpu.GpuHost("570.86.15", 2)
+
+
+def test_ready_for_skips_with_the_reason_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu, "detect", lambda *a, **k: gpu.GpuHost("570.86.15", 1))
+    reason = "the app needs 2 GPUs at its minimum replicas; this host has 1"
+    assert gpu.ready_for(_cuda_app(), NEED_12, 2, Engine(), skip_if_unavailable=True) == gpu.Skip(reason)
+    with pytest.raises(GpuUnavailable, match=reason):
+        gpu.ready_for(_cuda_app(), NEED_12, 2, Engine())
+
+
+def test_ready_for_a_cpu_app_is_a_usage_error_even_when_skipping() -> None:
+    (hello,) = load_config(REPO_ROOT / "raybuild.toml").select(("hello",))
+    with pytest.raises(UsageError, match="'hello' is a CPU app"):
+        gpu.ready_for(hello, None, 1, Engine(), skip_if_unavailable=True)

@@ -480,13 +480,10 @@ def test_summary_rows_and_markdown() -> None:
     )
 
 
-def test_cli_writes_the_default_document_and_the_requested_files(
-    tmp_project: TmpProject,
-    run_main: Callable[..., MainResult],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    from raybuild.cli import measure_run
+@pytest.fixture
+def measured(monkeypatch: pytest.MonkeyPatch) -> list[Options]:
+    """`raybuild measure` with the library replaced by example_document(); the options it was called with."""
+    from raybuild.cli import measure as measure_cli
 
     seen: list[Options] = []
 
@@ -496,7 +493,13 @@ def test_cli_writes_the_default_document_and_the_requested_files(
         seen.append(options)
         return MeasureReport(example_document())
 
-    monkeypatch.setattr(measure_run, "measure_apps", fake_measure)
+    monkeypatch.setattr(measure_cli, "measure_apps", fake_measure)
+    return seen
+
+
+def test_cli_writes_the_requested_files(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult], measured: list[Options], tmp_path: Path
+) -> None:
     out, markdown = tmp_path / "out" / "m.json", tmp_path / "m.md"
     result = run_main(
         "--config",
@@ -506,18 +509,18 @@ def test_cli_writes_the_default_document_and_the_requested_files(
         "--runs",
         "2",
         "--no-pull",
-        "--json",
+        "--out",
         str(out),
         "--markdown",
         str(markdown),
     )
     assert result.exit_code == 0, result.stderr
-    assert seen == [Options(runs=2, startup=True, pull=False, timeout=180.0)]
-    default = tmp_project.root / ".raybuild" / "measure.json"
+    assert measured == [Options(runs=2, startup=True, pull=False, timeout=180.0)]
     written = Measurement.load(out)
-    assert Measurement.load(default) == written
+    assert not (tmp_project.root / ".raybuild" / "measure.json").exists()  # --out replaces the default
     assert written.model_dump(exclude={"created"}) == example_document().model_dump(exclude={"created"})
     assert markdown.read_text(encoding="utf-8") == to_markdown(written)
+    assert result.stderr.splitlines()[-1] == f"wrote {out}"
     assert result.stdout.splitlines()[0].split() == [
         "APP",
         "SIZE",
@@ -537,6 +540,19 @@ def test_cli_writes_the_default_document_and_the_requested_files(
         "T_COLD",
         "S",
     ]
+
+
+def test_cli_json_prints_the_document_it_writes_where_check_looks(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult], measured: list[Options]
+) -> None:
+    result = run_main("--config", str(tmp_project.config_path), "measure", "--no-startup", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert measured == [Options(runs=3, startup=False, pull=True, timeout=180.0)]
+    default = tmp_project.root / ".raybuild" / "measure.json"
+    # stdout is the document alone, byte for byte the file `raybuild check` reads by default.
+    assert result.stdout == default.read_text(encoding="utf-8")
+    assert Measurement.from_json(result.stdout).schema_ == "raybuild.measure/v1"
+    assert result.stderr.splitlines()[-1] == f"wrote {default}"
 
 
 def test_cli_refuses_zero_runs(tmp_project: TmpProject, run_main: Callable[..., MainResult]) -> None:

@@ -194,7 +194,7 @@ def test_a_head_that_never_passes_its_probes_is_reported_with_its_logs(tmp_proje
 def test_the_test_command_smoke_tests_the_given_image(
     tmp_project: TmpProject, run_main: Callable[..., MainResult], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from raybuild.cli import images
+    from raybuild.cli import test as test_command
 
     calls: list[tuple[str, str, bool, float]] = []
 
@@ -202,7 +202,7 @@ def test_the_test_command_smoke_tests_the_given_image(
         calls.append((app.name, image, options["gpu"], options["timeout"]))
         return smoke.SmokeResult(app.name, image, False, 1.5, 0.5, 200, "hi")
 
-    monkeypatch.setattr(images, "smoke_test", fake_smoke_test)
+    monkeypatch.setattr(test_command, "smoke_test", fake_smoke_test)
     result = run_main("--config", str(tmp_project.config_path), "test", "demo", "--image", "img:1", "--json")
     assert result.exit_code == 0, result.stderr
     assert calls == [("demo", "img:1", False, 180.0)]

@@ -1,4 +1,4 @@
-"""Local cluster commands: up, down, drill."""
+"""`raybuild drill`: break a node of the local cluster under load and report what clients saw."""
 
 from __future__ import annotations
 
@@ -6,54 +6,9 @@ from typing import cast
 
 import click
 
-from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
-from raybuild.cli.images import engine_for
+from raybuild.cli.common import State, emit_json, engine_for, json_option, pass_state, progress, table
 from raybuild.local import cluster as local
 from raybuild.local.drill import DrillKind, DrillReport, run_drill
-
-
-@click.command()
-@apps_argument
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for nodes and routes.")
-@json_option
-@pass_state
-def up(state: State, apps: tuple[str, ...], timeout: float, as_json: bool) -> None:
-    """Run the rendered RayService locally: Redis GCS store, head, one worker per app image.
-
-    Uses the publish record's digests when there is one (else the last build), deploys serveConfigV2
-    through the dashboard as KubeRay does, and waits until every app answers on every worker's Serve port.
-    """
-    config = state.config()
-    cluster = local.up(config, engine_for(state), config.select(apps), timeout=timeout, progress=progress)
-    urls = cluster.urls()
-    if as_json:
-        emit_json(
-            {
-                "cluster": cluster.name,
-                "dashboard": cluster.dashboard,
-                "urls": urls,
-                "nodes": [
-                    {"name": n.name, "role": n.role, "image": n.image, "app": n.app} for n in cluster.nodes
-                ],
-            }
-        )
-        return
-    table(["node", "role", "app", "image"], [[n.name, n.role, n.app or "", n.image] for n in cluster.nodes])
-    click.echo(f"\ndashboard: {cluster.dashboard}")
-    for app, app_urls in urls.items():
-        click.echo(f"{app}: {'  '.join(app_urls)}")
-
-
-@click.command()
-@json_option
-@pass_state
-def down(state: State, as_json: bool) -> None:
-    """Remove everything `raybuild up` started (by label), even after a failed `up`."""
-    removed = local.down(state.config(), engine_for(state), progress=progress)
-    if as_json:
-        emit_json({"removed": removed})
-    else:
-        click.echo(f"removed {removed} containers and networks")
 
 
 @click.command()
@@ -76,7 +31,7 @@ def drill(
     outage: float,
     allow_failures: bool,
     as_json: bool,
-) -> None:
+) -> int:
     """Kill and replace a node under a bounded request loop, and report what clients saw.
 
     head-restart: the head pod restarts with the same GCS store; with GCS fault tolerance, 0 requests fail.
@@ -101,8 +56,8 @@ def drill(
         emit_json(report.to_dict())
     else:
         _print(report)
-    if not report.ok and not allow_failures:
-        raise SystemExit(1)
+    # The report above says what failed: the exit code is all that is left to say.
+    return 1 if not report.ok and not allow_failures else 0
 
 
 def _print(report: DrillReport) -> None:
@@ -123,6 +78,3 @@ def _print(report: DrillReport) -> None:
     )
     if report.errors:
         click.echo("errors: " + ", ".join(f"{k} x{v}" for k, v in report.errors.items()))
-
-
-COMMANDS = [up, down, drill]

@@ -1,4 +1,4 @@
-"""Deploy commands: render."""
+"""`raybuild render`: the KubeRay RayService (or RayCluster) that runs the apps."""
 
 from __future__ import annotations
 
@@ -108,6 +108,3 @@ def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | N
         click.echo(manifest.text, nl=False)
     else:
         click.echo(f"wrote {kind} to {out}")
-
-
-COMMANDS = [render]

@@ -1,11 +1,19 @@
-"""Publish command: push built images to the registry and pin their digests in .raybuild/publish.json."""
+"""`raybuild publish`: push built images to the registry and pin their digests in .raybuild/publish.json."""
 
 from __future__ import annotations
 
 import click
 
-from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
-from raybuild.cli.images import engine_for
+from raybuild.cli.common import (
+    State,
+    apps_argument,
+    emit_json,
+    engine_for,
+    json_option,
+    pass_state,
+    progress,
+    table,
+)
 from raybuild.ship.publish import Publisher
 
 MB = 1_000_000
@@ -45,6 +53,3 @@ def publish(state: State, apps: tuple[str, ...], registry: str | None, as_json: 
         ["app", "status", "image", "compressed"],
         [[p.key, p.status, p.image.pinned, f"{p.image.compressed_size / MB:.1f} MB"] for p in published],
     )
-
-
-COMMANDS = [publish]

@@ -1,16 +1,13 @@
-"""Measurement commands: check (the regression gate). ``raybuild measure`` itself lives in its own module."""
+"""`raybuild check`: the regression gate between two measurements."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 
-from raybuild.cli.common import State, emit_json, json_option
-from raybuild.config import CONFIG_NAME, RaybuildConfig, parse_config
-from raybuild.errors import ConfigError
+from raybuild.cli.common import State, emit_json, json_option, pass_state
+from raybuild.config import CONFIG_NAME, load_gate_config
 from raybuild.fsutil import atomic_write
 from raybuild.verify.gate import (
     DEFAULT_MAX_SIZE_GROWTH,
@@ -19,8 +16,6 @@ from raybuild.verify.gate import (
     check_files,
 )
 from raybuild.verify.results import DEFAULT_MEASURE_PATH
-
-_growth = click.FloatRange(min=0)
 
 
 @click.command()
@@ -38,7 +33,7 @@ _growth = click.FloatRange(min=0)
 )
 @click.option(
     "--max-size-growth",
-    type=_growth,
+    type=click.FloatRange(min=0),
     default=None,
     metavar="FRACTION",
     help=f"Allowed size growth for every app, overriding raybuild.toml (0.05 = 5%; "
@@ -46,7 +41,7 @@ _growth = click.FloatRange(min=0)
 )
 @click.option(
     "--max-startup-growth",
-    type=_growth,
+    type=click.FloatRange(min=0),
     default=None,
     metavar="FRACTION",
     help=f"Allowed growth of the median cold-start times, overriding raybuild.toml "
@@ -60,16 +55,16 @@ _growth = click.FloatRange(min=0)
     help="Also write the Markdown report to FILE, ready to post as a PR comment.",
 )
 @json_option
-@click.pass_context
+@pass_state
 def check(
-    ctx: click.Context,
+    state: State,
     baseline: Path,
     current: Path | None,
     max_size_growth: float | None,
     max_startup_growth: float | None,
     markdown_path: Path | None,
     as_json: bool,
-) -> None:
+) -> int:
     """Compare a measurement with a baseline; exit 1 if any app grew past its limit.
 
     Gated: size.uncompressed and size.compressed (max_size_growth), and the medians of startup.t_head,
@@ -77,12 +72,15 @@ def check(
     [gate] in raybuild.toml, then the defaults; raybuild.toml is optional here. New and removed apps are
     reported but never fail the gate.
     """
-    state = ctx.find_object(State) or State(config_path=CONFIG_NAME)
-    config, root = _gate_config(ctx, state)
+    loaded = load_gate_config(Path(state.config_path), required=state.config_given)
+    if loaded is None:
+        click.echo(f"note: no {CONFIG_NAME} here; using the default limits", err=True)
     if current is None:
-        current = _shown(root / DEFAULT_MEASURE_PATH) if root is not None else DEFAULT_MEASURE_PATH
+        current = _shown(loaded.root / DEFAULT_MEASURE_PATH) if loaded is not None else DEFAULT_MEASURE_PATH
     policy = ThresholdPolicy.from_config(
-        config, max_size_growth=max_size_growth, max_startup_growth=max_startup_growth
+        loaded.config if loaded is not None else None,
+        max_size_growth=max_size_growth,
+        max_startup_growth=max_startup_growth,
     )
     report = check_files(baseline, current, policy)
     markdown = report.to_markdown()
@@ -93,12 +91,13 @@ def check(
         emit_json(report.to_dict())
     else:
         click.echo(markdown, nl=False)
-    if report.failed:
-        count = len(report.regressions)
-        click.secho(
-            f"gate failed: {count} metric{'s' if count != 1 else ''} grew past the limit", err=True, fg="red"
-        )
-        ctx.exit(1)
+    if not report.failed:
+        return 0
+    count = len(report.regressions)
+    click.secho(
+        f"gate failed: {count} metric{'s' if count != 1 else ''} grew past the limit", err=True, fg="red"
+    )
+    return 1
 
 
 def _shown(path: Path) -> Path:
@@ -107,32 +106,3 @@ def _shown(path: Path) -> Path:
         return path.relative_to(Path.cwd().resolve())
     except ValueError:
         return path
-
-
-def _gate_config(ctx: click.Context, state: State) -> tuple[RaybuildConfig | None, Path | None]:
-    """The config for its limits only, or ``(None, None)`` when there is no raybuild.toml.
-
-    Parsed without ``load_config``'s checks that app folders and requirements exist: a gate job may run
-    with nothing checked out but the two measure files. A config that exists but is invalid is an error,
-    not a fallback to defaults, so that a typo in [gate] cannot silently loosen the gate.
-    """
-    path = Path(state.config_path)
-    if path.is_dir():
-        path = path / CONFIG_NAME
-    if not path.is_file():
-        source = ctx.parent.get_parameter_source("config_path") if ctx.parent is not None else None
-        if source not in (None, ParameterSource.DEFAULT):
-            raise ConfigError(
-                f"{path}: no such file",
-                hint="fix --config / RAYBUILD_CONFIG, or leave both unset to use the defaults",
-            )
-        click.echo(f"note: no {CONFIG_NAME} here; using the default limits", err=True)
-        return None, None
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path.name}: not valid TOML: {exc}") from exc
-    return parse_config(data, path), path.parent.resolve()
-
-
-COMMANDS = [check]

@@ -6,14 +6,11 @@ from pathlib import Path
 
 import click
 
-from raybuild.cli.common import State, apps_argument, pass_state, progress, table
-from raybuild.cli.images import engine_for
+from raybuild.cli.common import State, apps_argument, engine_for, pass_state, progress, table
 from raybuild.fsutil import atomic_write
 from raybuild.verify.measure import HEADERS, Options, summary_rows, to_markdown
 from raybuild.verify.measure import measure as measure_apps
 from raybuild.verify.results import DEFAULT_MEASURE_PATH
-
-_file = click.Path(path_type=Path, dir_okay=False)
 
 
 @click.command()
@@ -26,16 +23,22 @@ _file = click.Path(path_type=Path, dir_okay=False)
     help="Cold starts per app; the document keeps every sample and their median, min and max.",
 )
 @click.option(
-    "--json",
-    "json_path",
-    type=_file,
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help=f"Also write the document to FILE ({DEFAULT_MEASURE_PATH} next to raybuild.toml is always written).",
+    help=f"Write the document to FILE [default: {DEFAULT_MEASURE_PATH} next to raybuild.toml, "
+    "where `raybuild check` looks].",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the document (raybuild.measure/v1) on stdout instead of the summary table.",
 )
 @click.option(
     "--markdown",
     "markdown_path",
-    type=_file,
+    type=click.Path(path_type=Path, dir_okay=False),
     default=None,
     help="Also write the summary table as Markdown to FILE (for a PR comment or job summary).",
 )
@@ -57,7 +60,8 @@ def measure(
     state: State,
     apps: tuple[str, ...],
     runs: int,
-    json_path: Path | None,
+    out: Path | None,
+    as_json: bool,
     markdown_path: Path | None,
     no_startup: bool,
     no_pull: bool,
@@ -74,22 +78,20 @@ def measure(
       (a second container joins), t_serve (Serve config PUT to HTTP 200 on the route), t_pull (pull
       into an empty image store on the cold node) and t_cold (t_pull + the head's start there).
 
-    Run `raybuild build` first. The document goes to .raybuild/measure.json, which `raybuild check`
-    compares with a baseline.
+    Run `raybuild build` first. The document goes to .raybuild/measure.json (or --out FILE), which
+    `raybuild check` compares with a baseline.
     """
     config = state.config()
     selected = config.select(apps)
     options = Options(runs=runs, startup=not no_startup, pull=not no_pull, timeout=timeout)
     report = measure_apps(config, selected, engine_for(state), options, progress)
     document = report.measurement
-    default = config.root / DEFAULT_MEASURE_PATH
-    document.write(default)
-    if json_path is not None and json_path.resolve() != default.resolve():
-        document.write(json_path)
+    path = out or config.root / DEFAULT_MEASURE_PATH
+    document.write(path)
     if markdown_path is not None:
         atomic_write(markdown_path, to_markdown(document))
-    table(HEADERS, summary_rows(document))
-    click.echo(f"wrote {json_path or default}", err=True)
-
-
-COMMANDS = [measure]
+    if as_json:
+        click.echo(document.to_json(), nl=False)
+    else:
+        table(HEADERS, summary_rows(document))
+    click.echo(f"wrote {path}", err=True)

@@ -1,0 +1,71 @@
+"""`raybuild lock`: per-app lockfiles pinned to the shared Ray lock."""
+
+from __future__ import annotations
+
+import click
+
+from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
+from raybuild.lock import resolve as locking
+
+
+@click.command()
+@apps_argument
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every stale or missing lockfile.")
+@click.option(
+    "--resolver",
+    type=click.Choice(["uv", "pip-tools"]),
+    default=None,
+    help="Override [project].resolver for this run.",
+)
+@json_option
+@pass_state
+def lock(state: State, apps: tuple[str, ...], check: bool, resolver: str | None, as_json: bool) -> None:
+    """Compile per-app lockfiles with hashes, every app pinned to the shared Ray lock.
+
+    The shared lock (ray[serve]==VERSION alone) is compiled first; each app is then resolved with it as a
+    constraint, for the image's Python and Linux platform. A GPU app's lockfile records the CUDA version its
+    wheels need (`# CUDA: 12.9`); wheels that mix CUDA majors are refused and the old lockfile is kept.
+    torch comes as the CPU-only build for CPU apps and the CUDA build for GPU apps ([project].torch_backend
+    and gpu_torch_backend, uv's --torch-backend).
+    """
+    config = state.config()
+    if resolver is not None:
+        config = config.with_resolver(resolver)
+    selected = config.select(apps)
+    if check:
+        found = locking.stale(config, selected)
+        if as_json:
+            emit_json({"stale": found, "ok": not found})
+        if found:
+            locking.check(config, selected)
+        if not as_json:
+            click.echo(f"{len(selected) + 1} lockfiles are up to date")
+        return
+    results = locking.lock(config, selected, progress=lambda name: progress(f"locking {name}"))
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": r.name,
+                    "path": str(r.path),
+                    "changed": r.changed,
+                    "packages": r.packages,
+                    "cuda": r.cuda,
+                }
+                for r in results
+            ]
+        )
+        return
+    table(
+        ["lock", "packages", "cuda", "status", "path"],
+        [
+            [
+                r.name,
+                r.packages,
+                r.cuda or "-",
+                "updated" if r.changed else "unchanged",
+                r.path.relative_to(config.root),
+            ]
+            for r in results
+        ],
+    )
