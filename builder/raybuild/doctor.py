@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import ssl
 import urllib.request
 from dataclasses import asdict, dataclass
 from urllib.error import URLError
 
-from raybuild.engine import Engine, find_docker_client
+from raybuild.engine import Engine, find_docker_client, which
 from raybuild.errors import EngineError
 from raybuild.image.build import default_ca_bundle
 from raybuild.loopback import http
@@ -104,8 +103,14 @@ def check_tls_proxy() -> Check:
 
 
 def check_tool(name: str, fix: str, required: bool) -> Check:
-    path = shutil.which(name)
-    return Check(name, path is not None, path or f"{name} not on PATH", fix, required=required)
+    path = which(name)
+    return Check(
+        name,
+        path is not None,
+        path or f"{name} not beside raybuild's Python or on PATH",
+        fix,
+        required=required,
+    )
 
 
 def run_checks(engine: Engine) -> list[Check]:

