@@ -21,6 +21,7 @@ from raybuild.image.build import Builder
 from raybuild.local import cluster as local
 from raybuild.local.drill import run_drill
 from raybuild.loopback import http
+from raybuild.state import build_record_path
 
 pytestmark = pytest.mark.docker
 
@@ -111,7 +112,7 @@ def test_down_leaves_nothing_behind(
 
 def test_down_after_a_failed_up_cleans_up(engine: Engine, project: LoadedConfig, tmp_path: Path) -> None:
     # An image that does not exist makes `up` fail after the network and store were created.
-    record = project.root / ".raybuild" / "build.json"
+    record = build_record_path(project)
     saved = record.read_text()
     record.write_text(saved.replace('"ref": "', '"ref": "raybuild-missing/'))
     try:

@@ -11,7 +11,8 @@ from raybuild.cli.common import State, apps_argument, emit_json, json_option, pa
 from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, UsageError
 from raybuild.image import bases
-from raybuild.image.build import Builder, built_ref, default_ca_bundle
+from raybuild.image.build import Builder, default_ca_bundle
+from raybuild.state import built_ref
 from raybuild.verify.smoke import required_gpus, smoke_test
 
 ca_option = click.option(

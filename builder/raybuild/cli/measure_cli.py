@@ -12,13 +12,13 @@ from raybuild.cli.common import State, emit_json, json_option
 from raybuild.config import CONFIG_NAME, RaybuildConfig, parse_config
 from raybuild.errors import ConfigError
 from raybuild.fsutil import atomic_write
+from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.gate import (
     DEFAULT_MAX_SIZE_GROWTH,
     DEFAULT_MAX_STARTUP_GROWTH,
     ThresholdPolicy,
     check_files,
 )
-from raybuild.verify.results import DEFAULT_MEASURE_PATH
 
 _growth = click.FloatRange(min=0)
 

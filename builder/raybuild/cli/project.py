@@ -10,6 +10,7 @@ from raybuild import scaffold
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state, progress, table
 from raybuild.image.spec import generate_all, image_spec_for
 from raybuild.lock import resolve as locking
+from raybuild.state import DOCKERFILES_DIR
 
 
 @click.command()
@@ -118,7 +119,7 @@ def lock(state: State, apps: tuple[str, ...], check: bool, resolver: str | None,
     "--out-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where to write Dockerfiles [default: .raybuild/dockerfiles].",
+    help=f"Where to write Dockerfiles [default: {DOCKERFILES_DIR}].",
 )
 @json_option
 @pass_state

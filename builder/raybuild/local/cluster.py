@@ -25,7 +25,7 @@ from raybuild.image import bases
 from raybuild.loopback import free_port, http, wait_until
 from raybuild.manifest import render as k8s
 from raybuild.progress import Progress, silent
-from raybuild.state import PublishRecord
+from raybuild.state import HEAD_KEY, image_references, load_publish_record
 from raybuild.verify.smoke import (
     AGENT_PORT,
     DASHBOARD_PORT,
@@ -290,23 +290,15 @@ def serve_status(cluster: LocalCluster) -> dict[str, Any]:
 
 
 def local_images(config: LoadedConfig, apps: tuple[App, ...]) -> dict[str, str]:
-    """Images as `raybuild render` would reference them: the publish record's digests, else the last build."""
-    from raybuild.image.build import load_build_record
-
-    record = PublishRecord.load(config.root / ".raybuild" / "publish.json")
-    built = load_build_record(config)
-    images: dict[str, str] = {}
-    for key in ["_head", *(app.name for app in apps)]:
-        if record is not None and key in record.images:
-            images[key] = record.images[key].pinned
-        elif key in built:
-            images[key] = str(built[key]["ref"])
-        else:
+    """Images as `raybuild render` references them, except that an image never built is an error here."""
+    images = image_references(config, load_publish_record(config), apps)
+    for image in images.images.values():
+        if not image.recorded:
             raise ClusterError(
-                f"no image for {'the head' if key == '_head' else repr(key)}",
+                f"no image for {'the head' if image.key == HEAD_KEY else repr(image.key)}",
                 hint="run `raybuild build` (and `raybuild publish` to test the published digests)",
             )
-    return images
+    return images.refs()
 
 
 def up(

@@ -1,5 +1,5 @@
-"""Building app images without Docker: the staged context and its hash, refs, BuildKit output parsing, the
-build record, and Builder against the fake engine (cached images, failed builds, tagging order)."""
+"""Building app images without Docker: the staged context and its hash, the head image's hash, BuildKit output
+parsing, secrets, and Builder against the fake engine (cached images, failed builds, tagging order)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from raybuild.config import LoadedConfig
-from raybuild.errors import BuildError, RaybuildError
+from raybuild.errors import BuildError, UsageError
 from raybuild.image import bases, build
-from raybuild.image.build import Builder, BuiltImage
+from raybuild.image.build import Builder
 from raybuild.image.dockerfile import render_dockerfile
 from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
+from raybuild.state import HEAD_KEY, BuiltImage, head_ref, image_ref, load_build_record
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine
 
@@ -176,18 +177,7 @@ def test_a_stale_lockfile_is_refused(project: LoadedConfig, tmp_project: TmpProj
     assert not (tmp_path / "context" / "Dockerfile").exists()
 
 
-# -- refs -------------------------------------------------------------------------------------------------
-
-
-def test_image_and_head_refs(project: LoadedConfig) -> None:
-    app = project.apps[0]
-    assert build.image_ref(project, app, "0123456789ab") == (
-        "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-0123456789ab"
-    )
-    assert (
-        build.head_ref(project, "ba9876543210")
-        == "127.0.0.1:5000/demo/ray-head:ray2.60.0-py3.11-ba9876543210"
-    )
+# -- the head image's hash ---------------------------------------------------------------------------------
 
 
 def test_head_hash_is_the_same_for_every_app_of_a_project(tmp_project: TmpProject, tmp_path: Path) -> None:
@@ -288,48 +278,24 @@ def test_default_ca_bundle_skips_directories_and_empty_values(
     assert build.default_ca_bundle() is None
 
 
-def test_secrets_name_the_missing_file(project: LoadedConfig, tmp_path: Path) -> None:
-    with pytest.raises(RaybuildError, match=r"^--ca-bundle .*ca\.pem: no such file$"):
+def test_a_missing_ca_bundle_is_a_usage_error(project: LoadedConfig, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"^--ca-bundle .*ca\.pem: no such file$") as raised:
         Builder(project, FakeEngine(), ca_bundle=tmp_path / "ca.pem").secrets()
-    with pytest.raises(RaybuildError, match=r"^--netrc .*netrc: no such file$"):
+    assert raised.value.exit_code == 2
+
+
+def test_a_missing_netrc_is_a_usage_error(project: LoadedConfig, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"^--netrc .*netrc: no such file$") as raised:
         Builder(project, FakeEngine(), netrc=tmp_path / "netrc").secrets()
+    assert raised.value.exit_code == 2
+
+
+def test_secrets_are_the_files_given(project: LoadedConfig, tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("cert")
     (tmp_path / "netrc").write_text("machine x")
     builder = Builder(project, FakeEngine(), ca_bundle=tmp_path / "ca.pem", netrc=tmp_path / "netrc")
     assert builder.secrets() == {"ca_bundle": tmp_path / "ca.pem", "netrc": tmp_path / "netrc"}
     assert Builder(project, FakeEngine()).secrets() == {}
-
-
-# -- the build record -------------------------------------------------------------------------------------
-
-
-def test_build_record_merges_builds_and_round_trips(project: LoadedConfig) -> None:
-    assert build.load_build_record(project) == {}
-    build.save_build_record(project, [BuiltImage("demo", "r/demo:1", "sha256:1", "cpu", cached=False)])
-    build.save_build_record(project, [BuiltImage("_head", "r/ray-head:1", "sha256:2", "cpu", cached=True)])
-    build.save_build_record(project, [BuiltImage("demo", "r/demo:2", "sha256:3", "cpu", cached=False)])
-    assert build.load_build_record(project) == {
-        "_head": {"ref": "r/ray-head:1", "image_id": "sha256:2", "device": "cpu"},
-        "demo": {"ref": "r/demo:2", "image_id": "sha256:3", "device": "cpu"},
-    }
-    assert build.built_ref(project, "demo") == "r/demo:2"
-    assert list(build.build_record_path(project).parent.iterdir()) == [build.build_record_path(project)]
-
-
-@pytest.mark.parametrize("text", ["not json", '{"version": 1}', "[]"])
-def test_a_malformed_build_record_is_an_error(project: LoadedConfig, text: str) -> None:
-    path = build.build_record_path(project)
-    path.parent.mkdir(parents=True)
-    path.write_text(text)
-    with pytest.raises(RaybuildError, match="malformed build record") as raised:
-        build.load_build_record(project)
-    assert raised.value.hint == "rerun `raybuild build`"
-
-
-def test_built_ref_of_an_unbuilt_app_says_to_build_it(project: LoadedConfig) -> None:
-    with pytest.raises(RaybuildError) as raised:
-        build.built_ref(project, "demo")
-    assert raised.value.hint == "run `raybuild build demo`"
 
 
 # -- Builder with the fake engine -------------------------------------------------------------------------
@@ -339,7 +305,7 @@ def refs(config: LoadedConfig, tmp_path: Path) -> tuple[str, str]:
     """The app ref and head ref that Builder computes, from a context staged the same way."""
     context = tmp_path / "refs"
     content = stage(config, context)
-    return build.image_ref(config, config.apps[0], content), build.head_ref(config, build._head_hash(context))
+    return image_ref(config, config.apps[0], content), head_ref(config, build._head_hash(context))
 
 
 def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, tmp_path: Path) -> None:
@@ -347,7 +313,7 @@ def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, 
     engine = FakeEngine(images=[ref, head])
     image, head_image = Builder(project, engine).build_app(project.apps[0])
     assert image == BuiltImage("demo", ref, engine.images[ref], "cpu", cached=True)
-    assert head_image == BuiltImage("_head", head, engine.images[head], "cpu", cached=True)
+    assert head_image == BuiltImage(HEAD_KEY, head, engine.images[head], "cpu", cached=True)
     assert engine.builds() == []
     assert engine.calls("tag") == []
 
@@ -406,6 +372,6 @@ def test_build_makes_bases_then_tags_the_head_and_records_every_image(
     engine = FakeEngine(images=[head])
     built = Builder(project, engine).build(project.apps)
     assert ensured == [("cpu",)]
-    assert [(b.app, b.ref, b.cached) for b in built] == [("_head", head, True), ("demo", ref, False)]
+    assert [(b.app, b.ref, b.cached) for b in built] == [(HEAD_KEY, head, True), ("demo", ref, False)]
     assert engine.images["127.0.0.1:5000/demo/ray-head:latest"] == engine.images[head]
-    assert {k: v["ref"] for k, v in build.load_build_record(project).items()} == {"_head": head, "demo": ref}
+    assert {k: v.ref for k, v in load_build_record(project).items()} == {HEAD_KEY: head, "demo": ref}

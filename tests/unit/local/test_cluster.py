@@ -7,7 +7,6 @@ import pytest
 
 from raybuild.config import LoadedConfig
 from raybuild.errors import ClusterError
-from raybuild.image.build import BuiltImage, save_build_record
 from raybuild.local import cluster
 from raybuild.local.cluster import (
     CLUSTER_LABEL,
@@ -17,6 +16,7 @@ from raybuild.local.cluster import (
     Node,
 )
 from raybuild.manifest import render as k8s
+from raybuild.state import BuiltImage, PublishedImage, PublishRecord, publish_record_path, save_build_record
 from raybuild.verify import smoke
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, make_app
@@ -186,8 +186,19 @@ def test_local_images_come_from_the_last_build(project: LoadedConfig) -> None:
         "_head": "reg/ray-head:7",
         "demo": "reg/demo:7",
     }
-    with pytest.raises(ClusterError, match="no image for 'other'"):
+    with pytest.raises(ClusterError, match="no image for 'other'") as raised:
         cluster.local_images(project, project.apps)
+    assert raised.value.hint == "run `raybuild build` (and `raybuild publish` to test the published digests)"
+
+
+def test_local_images_prefer_the_published_digests(project: LoadedConfig) -> None:
+    other = PublishedImage("reg/other:7", "sha256:" + "f" * 64, 1, 1)
+    PublishRecord({"other": other}).save(publish_record_path(project))
+    save_build_record(project, [BuiltImage("_head", "reg/ray-head:7", "sha256:1", "cpu", cached=False)])
+    assert cluster.local_images(project, project.apps[1:]) == {
+        "_head": "reg/ray-head:7",
+        "other": other.pinned,
+    }
 
 
 # -- containers and networks, with the fake engine --------------------------------------------------------
