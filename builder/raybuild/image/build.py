@@ -3,12 +3,13 @@
 The context holds only what the Dockerfile reads (the generated Dockerfile, the shared Ray lock, the app's
 extra packages, the prune script and rules, and the app code), so unrelated repository changes never
 invalidate a layer. The tag is a hash of that context: an unchanged app is a no-op, and a changed one gets
-a new tag only after its build succeeded.
+a new tag only after its build succeeded. The head image's tag is a hash of its own inputs (`head_hash`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -95,20 +96,31 @@ def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _head_hash(context: Path) -> str:
-    """The head image depends on the Ray lock, the prune rules for Ray, and the Dockerfile above stage 2."""
-    dockerfile = (context / "Dockerfile").read_text(encoding="utf-8")
-    stage1 = dockerfile.split("# ---- Stage 1", 1)[-1].split("# ---- Stage 2", 1)[0]
-    shared = stage1 + dockerfile.split("# ---- Stage 3", 1)[-1].split("# ---- Stage 4")[0]
-    digest = hashlib.sha256()
-    for part in (
-        shared,
-        (context / "ray.lock").read_text(),
-        (context / "prune-ray.json").read_text(),
-        (context / "prune.py").read_text(),
-    ):
-        digest.update(part.encode() + b"\0")
-    return digest.hexdigest()[:12]
+# The head image is stages 1 and 3 of the app Dockerfile (Ray on the builder, copied onto the base), rendered
+# from these templates. Their whole text counts, so an edit anywhere in them gives a new head tag.
+HEAD_TEMPLATES = ("cpu/Dockerfile.j2", "common/app.Dockerfile.j2")
+# What those stages read from the spec. The rest (the app's name, lock, env, CUDA) reaches stages 2 and 4.
+_HEAD_SPEC_KEYS = (
+    "base_image", "builder_image", "python", "ray_version", "index_url", "venv", "app_site", "code_dir",
+)  # fmt: skip
+
+
+def head_hash(config: LoadedConfig, app: App) -> str:
+    """The head image's tag suffix, from its inputs rather than from the Dockerfile rendered for ``app``.
+
+    The inputs: the base and builder images, Python and Ray, the Ray lock, the prune rules applied to Ray
+    (rules an app keeps apply there too) and the prune script, and the text of the templates. Nothing of
+    the app's code or of its own packages, so CPU apps with the same prune rules share one head.
+    """
+    templates = template_dir(config.root)
+    spec = image_spec_for(config, app).context()
+    inputs: dict[str, object] = {key: spec[key] for key in _HEAD_SPEC_KEYS}
+    inputs["ray.lock"] = config.ray_lockfile().read_text(encoding="utf-8")
+    inputs["prune-ray.json"] = _prune_plan(app).to_json()
+    inputs["prune.py"] = prune_script(templates).read_text(encoding="utf-8")
+    for name in HEAD_TEMPLATES:
+        inputs[name] = (templates / name).read_text(encoding="utf-8")
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
 _STEP = re.compile(r"^#\d+ \[([^\]]+)\] (.*)$")
@@ -196,7 +208,7 @@ class Builder:
             ref = image_ref(self.config, app, stage_context(self.config, app, context))
             head: BuiltImage | None = None
             if app.device == "cpu":
-                hr = head_ref(self.config, _head_hash(context))
+                hr = head_ref(self.config, head_hash(self.config, app))
                 if self.engine.image_exists(hr):
                     head = BuiltImage(HEAD_KEY, hr, self.engine.inspect(hr)["Id"], "cpu", cached=True)
                 else:

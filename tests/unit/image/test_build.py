@@ -3,6 +3,7 @@ parsing, secrets, and Builder against the fake engine (cached images, failed bui
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from raybuild.config import LoadedConfig
 from raybuild.errors import BuildError, UsageError
 from raybuild.image import bases, build
 from raybuild.image.build import Builder
-from raybuild.image.dockerfile import render_dockerfile
+from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
@@ -180,34 +181,76 @@ def test_a_stale_lockfile_is_refused(project: LoadedConfig, tmp_project: TmpProj
 # -- the head image's hash ---------------------------------------------------------------------------------
 
 
+def copy_templates(tmp_project: TmpProject) -> Path:
+    """The project's own images/ folder, as `raybuild init` leaves it for users to edit."""
+    shutil.copytree(template_dir(None), tmp_project.root / "images", ignore=shutil.ignore_patterns("deploy"))
+    assert template_dir(tmp_project.root) == tmp_project.root / "images"
+    return tmp_project.root / "images"
+
+
 def test_head_hash_is_the_same_for_every_app_of_a_project(tmp_project: TmpProject, tmp_path: Path) -> None:
     tmp_project.append_config(OTHER_APP)
     tmp_project.add_app("other", "numpy\n")
     config = tmp_project.load()
     write_locks(config)
-    demo = stage(config, tmp_path / "demo", 0)
-    other = stage(config, tmp_path / "other", 1)
-    assert demo != other
-    assert build._head_hash(tmp_path / "demo") == build._head_hash(tmp_path / "other")
+    assert stage(config, tmp_path / "demo", 0) != stage(config, tmp_path / "other", 1)
+    assert build.head_hash(config, config.apps[0]) == build.head_hash(config, config.apps[1])
 
 
-def head_hash(config: LoadedConfig, folder: Path) -> str:
-    stage(config, folder)
-    return build._head_hash(folder)
+def test_head_hash_does_not_depend_on_the_apps_code(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    app = project.apps[0]
+    head, content = build.head_hash(project, app), stage(project, tmp_path / "one")
+    (tmp_project.app_dir / "demo_app.py").write_text("app = None\n")
+    assert stage(project, tmp_path / "two") != content
+    assert build.head_hash(project, app) == head
 
 
-def test_head_hash_changes_with_the_ray_lock_and_rays_prune_rules(
-    tmp_project: TmpProject, tmp_path: Path
+def test_head_hash_is_the_same_for_the_same_inputs(project: LoadedConfig) -> None:
+    first = build.head_hash(project, project.apps[0])
+    assert build.head_hash(project, project.apps[0]) == first
+    assert len(first) == 12 and int(first, 16) >= 0
+
+
+def test_editing_a_template_comment_changes_the_head_hash_and_undoing_it_restores_it(
+    project: LoadedConfig, tmp_project: TmpProject
+) -> None:
+    bundled = build.head_hash(project, project.apps[0])
+    images = copy_templates(tmp_project)
+    assert build.head_hash(project, project.apps[0]) == bundled  # the same text, wherever it lives
+    template = images / "common" / "app.Dockerfile.j2"
+    original = template.read_text()
+    for edited in (
+        original.replace("# ---- Stage 4: the app image", "# ---- Stage 4: the app image (edited)"),
+        original.replace("# ---- Stage 1", "# ---- stage 1"),
+    ):
+        assert edited != original
+        template.write_text(edited)
+        changed = build.head_hash(project, project.apps[0])
+        assert changed != bundled
+        assert build.head_hash(project, project.apps[0]) == changed
+    template.write_text(original)
+    assert build.head_hash(project, project.apps[0]) == bundled
+
+
+def test_head_hash_changes_with_the_ray_lock_rays_prune_rules_and_the_index(
+    tmp_project: TmpProject,
 ) -> None:
     config = tmp_project.load()
     write_locks(config)
-    first = head_hash(config, tmp_path / "one")
+    first = build.head_hash(config, config.apps[0])
     write_locks(config, ray_body=RAY_BODY.replace("3.14.5", "3.14.6"))
-    second = head_hash(config, tmp_path / "two")
+    second = build.head_hash(config, config.apps[0])
     # Rules kept for an app apply to the Ray venv too (Ray Data lives in it): a different head.
     tmp_project.append_config('[apps.prune]\nkeep = ["ray-ml-libraries"]\n')
-    third = head_hash(tmp_project.load(), tmp_path / "three")
-    assert len({first, second, third}) == 3
+    third = build.head_hash(tmp_project.load(), tmp_project.load().apps[0])
+    text = tmp_project.config_path.read_text()
+    tmp_project.write_config(
+        text.replace('python = "3.11"', 'python = "3.11"\nindex_url = "https://i.example/simple"')
+    )
+    fourth = build.head_hash(tmp_project.load(), tmp_project.load().apps[0])
+    assert len({first, second, third, fourth}) == 4
 
 
 # -- BuildKit output --------------------------------------------------------------------------------------
@@ -303,9 +346,9 @@ def test_secrets_are_the_files_given(project: LoadedConfig, tmp_path: Path) -> N
 
 def refs(config: LoadedConfig, tmp_path: Path) -> tuple[str, str]:
     """The app ref and head ref that Builder computes, from a context staged the same way."""
-    context = tmp_path / "refs"
-    content = stage(config, context)
-    return image_ref(config, config.apps[0], content), head_ref(config, build._head_hash(context))
+    app = config.apps[0]
+    content = stage(config, tmp_path / "refs")
+    return image_ref(config, app, content), head_ref(config, build.head_hash(config, app))
 
 
 def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, tmp_path: Path) -> None:
