@@ -32,8 +32,9 @@ from typing import Any
 
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
-from raybuild.image.build import Builder, BuiltImage, default_ca_bundle, save_build_record
+from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.lock.resolve import uv_binary
+from raybuild.state import BuiltImage, save_build_record, state_dir
 from raybuild.verify.measure import Options, measure
 from raybuild.verify.results import Measurement
 
@@ -111,7 +112,7 @@ def build_naive(
 ) -> tuple[str, float]:
     """The naive image of ``app_name``; returns its reference and the build's wall time."""
     app = next(a for a in config.apps if a.name == app_name)
-    context = config.root / ".raybuild" / "naive-context"
+    context = state_dir(config) / "naive-context"
     if context.exists():
         shutil.rmtree(context)
     shutil.copytree(

@@ -43,6 +43,7 @@ from raybuild.engine import Engine
 from raybuild.errors import LockError, RaybuildError
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.lock import resolve as locking
+from raybuild.state import STATE_DIR
 from raybuild.verify.smoke import smoke_test
 
 HERE = Path(__file__).resolve().parent
@@ -182,7 +183,7 @@ def ensure_naive_base(engine: Engine) -> None:
 
 def build_naive(engine: Engine, config: LoadedConfig, ca_bundle: Path | None) -> float:
     app = config.apps[0]
-    context = WORK / ".raybuild" / "naive-context"
+    context = WORK / STATE_DIR / "naive-context"
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(
         config.app_dir(app), context / "app", ignore=shutil.ignore_patterns("__pycache__", "*.in")

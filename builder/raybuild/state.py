@@ -1,28 +1,164 @@
-"""The publish record, ``.raybuild/publish.json``: which registry digest each image was pushed as.
+"""What raybuild's commands leave for each other under ``.raybuild/``, and the image references made from it.
 
-`raybuild render` pins images by these digests, so a manifest names exactly the bytes that were measured
-and published, not whatever a tag points at later.
+`build` records the content-addressed tag of each image it made (``build.json``), `publish` the registry
+digest each was pushed as (``publish.json``). `render`, `up` and `measure` turn both records into image
+references through one function, `image_references`: pinned by digest where published, else the last
+build's tag, else the ``:latest`` alias every build also sets. This module is the only one that knows the
+folder's layout, the head image's key and name, and the tag scheme.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from raybuild.config import App, LoadedConfig
-from raybuild.errors import ConfigError
+from raybuild.errors import StateError
 from raybuild.fsutil import atomic_write
+
+# Relative to the project root (the folder holding raybuild.toml).
+STATE_DIR = Path(".raybuild")
+BUILD_RECORD = STATE_DIR / "build.json"
+PUBLISH_RECORD = STATE_DIR / "publish.json"
+CLUSTER_RECORD = STATE_DIR / "up.json"
+DOCKERFILES_DIR = STATE_DIR / "dockerfiles"
+DEFAULT_MEASURE_PATH = STATE_DIR / "measure.json"  # what `measure` always writes and `check` reads
 
 RECORD_VERSION = 1
 # The head runs the Ray-only base image; a leading underscore cannot collide with an app name.
 HEAD_KEY = "_head"
+HEAD_IMAGE = "ray-head"
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_REBUILD = "rerun `raybuild build`"
+_REPUBLISH = "fix or delete the file, then run `raybuild publish` again"
+
+
+def state_dir(config: LoadedConfig) -> Path:
+    return config.root / STATE_DIR
+
+
+def build_record_path(config: LoadedConfig) -> Path:
+    return config.root / BUILD_RECORD
+
+
+def publish_record_path(config: LoadedConfig) -> Path:
+    return config.root / PUBLISH_RECORD
+
+
+def cluster_record_path(config: LoadedConfig) -> Path:
+    """What `raybuild up` started, for `down` and the drills."""
+    return config.root / CLUSTER_RECORD
+
+
+def dockerfiles_dir(config: LoadedConfig) -> Path:
+    return config.root / DOCKERFILES_DIR
+
+
+# -- names and tags -----------------------------------------------------------------------------------------
+
+
+def repository_name(key: str) -> str:
+    """The image's name under a registry namespace: the app's name, or the head image's."""
+    return HEAD_IMAGE if key == HEAD_KEY else key
+
+
+def _repository(config: LoadedConfig, key: str) -> str:
+    return f"{config.project.registry}/{repository_name(key)}"
+
+
+def image_ref(config: LoadedConfig, app: App, content_hash: str) -> str:
+    """An app image's tag: the hash of its staged build context, so an unchanged app is a no-op."""
+    project = config.project
+    tag = f"ray{project.ray_version}-py{project.python}-{app.device}-{content_hash}"
+    return f"{_repository(config, app.name)}:{tag}"
+
+
+def head_ref(config: LoadedConfig, head_hash: str) -> str:
+    project = config.project
+    return f"{_repository(config, HEAD_KEY)}:ray{project.ray_version}-py{project.python}-{head_hash}"
+
+
+def latest_ref(config: LoadedConfig, key: str) -> str:
+    """The alias every successful build moves to its newest image."""
+    return f"{_repository(config, key)}:latest"
+
+
+# -- the build record ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    app: str  # app name, or HEAD_KEY
+    ref: str
+    image_id: str
+    device: str
+    cached: bool  # made by an earlier build: every image read back from the record is
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def load_build_record(config: LoadedConfig) -> dict[str, BuiltImage]:
+    """The last build of each image, by app name (and HEAD_KEY); empty when nothing was built yet."""
+    path = build_record_path(config)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StateError(f"{path}: malformed build record ({exc})", hint=_REBUILD) from exc
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, dict) or data.get("version") != RECORD_VERSION:
+        raise StateError(
+            f"{path}: malformed build record (expected version {RECORD_VERSION} and an 'images' object)",
+            hint=_REBUILD,
+        )
+    built = {}
+    for key, entry in sorted(images.items()):
+        fields = entry if isinstance(entry, dict) else {}
+        ref, image_id, device = (fields.get(name) for name in ("ref", "image_id", "device"))
+        if not (isinstance(ref, str) and isinstance(image_id, str) and isinstance(device, str) and ref):
+            raise StateError(
+                f"{path}: malformed build record (key 'images.{key}' needs ref, image_id and device)",
+                hint=_REBUILD,
+            )
+        built[key] = BuiltImage(key, ref, image_id, device, cached=True)
+    return built
+
+
+def save_build_record(config: LoadedConfig, built: Iterable[BuiltImage]) -> None:
+    """Merge this build's images into the record (atomically): images not built this time keep their entry."""
+    images = load_build_record(config)
+    images.update((image.app, image) for image in built)
+    payload = {
+        "version": RECORD_VERSION,
+        "images": {
+            key: {"ref": image.ref, "image_id": image.image_id, "device": image.device}
+            for key, image in sorted(images.items())
+        },
+    }
+    atomic_write(build_record_path(config), json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def _not_built(key: str) -> StateError:
+    return StateError(f"app {key!r} has not been built", hint=f"run `raybuild build {key}`")
+
+
+def built_ref(config: LoadedConfig, key: str) -> str:
+    """The tag of the last build of ``key``; StateError when it was never built."""
+    image = load_build_record(config).get(key)
+    if image is None:
+        raise _not_built(key)
+    return image.ref
+
+
+# -- the publish record -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -37,16 +173,17 @@ class PublishedImage:
         return f"{self.reference}@{self.digest}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "reference": self.reference,
-            "digest": self.digest,
-            "size": self.size,
-            "compressed_size": self.compressed_size,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)
 class PublishRecord:
+    """Which registry digest each image was pushed as.
+
+    `raybuild render` pins images by these digests, so a manifest names exactly the bytes that were
+    measured and published, not whatever a tag points at later.
+    """
+
     images: Mapping[str, PublishedImage] = field(default_factory=lambda: MappingProxyType({}))
 
     def get(self, key: str) -> PublishedImage | None:
@@ -60,22 +197,22 @@ class PublishRecord:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{path}: not a readable JSON publish record: {exc}", hint=_REPUBLISH) from exc
+            raise StateError(f"{path}: not a readable JSON publish record: {exc}", hint=_REPUBLISH) from exc
         return cls.from_json(data, path)
 
     @classmethod
     def from_json(cls, data: Any, path: Path) -> PublishRecord:
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object at the top level", hint=_REPUBLISH)
+            raise StateError(f"{path}: expected a JSON object at the top level", hint=_REPUBLISH)
         if data.get("version") != RECORD_VERSION:
-            raise ConfigError(
+            raise StateError(
                 f"{path}: key 'version': expected {RECORD_VERSION} (got {data.get('version')!r})",
                 hint=_REPUBLISH,
             )
         raw_images = data.get("images")
         if not isinstance(raw_images, dict):
-            raise ConfigError(f"{path}: key 'images': expected an object of image entries", hint=_REPUBLISH)
-        images = {key: _image(raw_images[key], f"images.{key}", path) for key in sorted(raw_images)}
+            raise StateError(f"{path}: key 'images': expected an object of image entries", hint=_REPUBLISH)
+        images = {key: _published(raw_images[key], f"images.{key}", path) for key in sorted(raw_images)}
         return cls(MappingProxyType(images))
 
     def to_json(self) -> str:
@@ -89,22 +226,19 @@ class PublishRecord:
         atomic_write(path, self.to_json())
 
 
-_REPUBLISH = "fix or delete the file, then run `raybuild publish` again"
-
-
-def _image(raw: Any, key: str, path: Path) -> PublishedImage:
+def _published(raw: Any, key: str, path: Path) -> PublishedImage:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: key '{key}': expected an object", hint=_REPUBLISH)
+        raise StateError(f"{path}: key '{key}': expected an object", hint=_REPUBLISH)
     reference = raw.get("reference")
     if not isinstance(reference, str) or not reference or "@" in reference:
-        raise ConfigError(
+        raise StateError(
             f"{path}: key '{key}.reference': expected 'registry/name:tag' without a digest "
             f"(got {reference!r})",
             hint=_REPUBLISH,
         )
     digest = raw.get("digest")
     if not isinstance(digest, str) or not _DIGEST.match(digest):
-        raise ConfigError(
+        raise StateError(
             f"{path}: key '{key}.digest': expected 'sha256:' and 64 hex digits (got {digest!r})",
             hint=_REPUBLISH,
         )
@@ -112,28 +246,101 @@ def _image(raw: Any, key: str, path: Path) -> PublishedImage:
     for name in ("size", "compressed_size"):
         value = raw.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(
+            raise StateError(
                 f"{path}: key '{key}.{name}': expected a byte count (got {value!r})", hint=_REPUBLISH
             )
         sizes[name] = value
     return PublishedImage(reference, digest, sizes["size"], sizes["compressed_size"])
 
 
-def record_path(config: LoadedConfig) -> Path:
-    return config.root / ".raybuild" / "publish.json"
+def load_publish_record(config: LoadedConfig) -> PublishRecord | None:
+    return PublishRecord.load(publish_record_path(config))
 
 
-def local_reference(config: LoadedConfig, app: App | None) -> str:
-    """The tag a local build leaves behind for ``app`` (None: the head's Ray-only base).
+# -- from records to image references -----------------------------------------------------------------------
 
-    The content-addressed tag of the last `raybuild build` when there is one, else the `:latest` alias
-    that every build also sets.
-    """
-    from raybuild.image.build import load_build_record
 
-    built = load_build_record(config).get(HEAD_KEY if app is None else app.name)
-    if built is not None:
-        return str(built["ref"])
-    if app is None:
-        return f"{config.project.registry}/ray-head:latest"
-    return f"{config.image_name(app)}:latest"
+@dataclass(frozen=True)
+class ImageReference:
+    key: str  # app name, or HEAD_KEY
+    built: str | None  # the last build's tag
+    latest: str  # the alias every build also sets
+    published: PublishedImage | None
+
+    @property
+    def local(self) -> str:
+        """The tag in this host's engine: the last build's, else the ``:latest`` alias."""
+        return self.built or self.latest
+
+    @property
+    def ref(self) -> str:
+        """What a cluster should run: pinned by digest where published, else the local tag."""
+        return self.published.pinned if self.published is not None else self.local
+
+    @property
+    def recorded(self) -> bool:
+        """Whether either record has the image: else ``ref`` is only the ``:latest`` guess."""
+        return self.published is not None or self.built is not None
+
+
+@dataclass(frozen=True)
+class ImageReferences:
+    """The head's image and each app's, with what a user should know about where they came from."""
+
+    images: Mapping[str, ImageReference]  # HEAD_KEY first, then the apps in config order
+    publish_record: bool  # whether there is one at all
+    warnings: tuple[str, ...] = ()
+
+    def __getitem__(self, key: str) -> ImageReference:
+        return self.images[key]
+
+    def refs(self) -> dict[str, str]:
+        return {key: image.ref for key, image in self.images.items()}
+
+    def built(self, key: str) -> str:
+        """The last build's tag of ``key``; StateError when it was never built."""
+        built = self.images[key].built
+        if built is None:
+            raise _not_built(key)
+        return built
+
+    @property
+    def note(self) -> str:
+        """Where the references come from, for the manifest's header comment."""
+        if not self.publish_record:
+            return "local tags, not published"
+        if all(image.published is not None for image in self.images.values()):
+            return f"pinned by digest from {PUBLISH_RECORD}"
+        return f"pinned by digest from {PUBLISH_RECORD} where published, else local tags"
+
+
+def image_references(
+    config: LoadedConfig, record: PublishRecord | None, apps: Sequence[App] | None = None
+) -> ImageReferences:
+    """The head's and each app's image (all of the project's apps when ``apps`` is None)."""
+    built = load_build_record(config)
+    keys = [HEAD_KEY, *(app.name for app in (config.apps if apps is None else apps))]
+    images = {
+        key: ImageReference(
+            key,
+            built[key].ref if key in built else None,
+            latest_ref(config, key),
+            record.get(key) if record is not None else None,
+        )
+        for key in keys
+    }
+    warnings = []
+    missing = [
+        "head (Ray base)" if key == HEAD_KEY else repr(key) for key in keys if images[key].published is None
+    ]
+    if record is None:
+        warnings.append(
+            f"no publish record ({PUBLISH_RECORD}): images use local tags, which a cluster may not be "
+            "able to pull and which can change under a running cluster; run `raybuild publish` to pin digests"
+        )
+    elif missing:
+        warnings.append(
+            f"the publish record has no image for {', '.join(missing)}: using local tags; "
+            "run `raybuild publish` to pin them by digest"
+        )
+    return ImageReferences(MappingProxyType(images), record is not None, tuple(warnings))

@@ -16,7 +16,8 @@ import pytest
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, EngineError
-from raybuild.image.build import Builder, BuiltImage
+from raybuild.image.build import Builder
+from raybuild.state import HEAD_KEY, BuiltImage
 from raybuild.verify.smoke import smoke_test
 
 pytestmark = pytest.mark.docker
@@ -89,7 +90,7 @@ def test_no_devel_files_in_gpu_image(engine: Engine, built: dict[str, BuiltImage
 
 def test_cpu_images_share_base_and_ray_layers(engine: Engine, built: dict[str, BuiltImage]) -> None:
     hello, sklearn, cuda, head = (
-        _layers(engine, built[n].ref) for n in ("hello", "sklearn", "cuda", "_head")
+        _layers(engine, built[n].ref) for n in ("hello", "sklearn", "cuda", HEAD_KEY)
     )
     # The head image is base + Ray; every app image starts with exactly those layers.
     assert hello[: len(head)] == head
@@ -184,7 +185,8 @@ def test_failed_build_names_the_step_and_leaves_no_tag(engine: Engine, project_c
         builder.build(config.select(("hello",)))
     assert "[app 1/2]" in info.value.message
     assert "hash" in info.value.output_tail.lower()
-    from raybuild.image.build import image_ref, stage_context
+    from raybuild.image.build import stage_context
+    from raybuild.state import image_ref
 
     ctx = project_copy / "ctx"
     ctx.mkdir()

@@ -22,6 +22,7 @@ from raybuild.image.build import Builder
 from raybuild.local import cluster as local
 from raybuild.local.drill import run_drill
 from raybuild.loopback import http
+from raybuild.state import build_record_path, cluster_record_path
 
 pytestmark = pytest.mark.docker
 
@@ -109,12 +110,12 @@ def test_down_leaves_nothing_behind(
     assert engine.containers_with_label(label) == []
     networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={label}").output.split()
     assert networks == []
-    assert not local.state_path(project).exists()
+    assert not cluster_record_path(project).exists()
 
 
 def test_down_after_a_failed_up_cleans_up(engine: Engine, project: LoadedConfig, tmp_path: Path) -> None:
     # An image that does not exist makes `up` fail after the network and store were created.
-    record = project.root / ".raybuild" / "build.json"
+    record = build_record_path(project)
     saved = record.read_text()
     record.write_text(saved.replace('"ref": "', '"ref": "raybuild-missing/'))
     try:

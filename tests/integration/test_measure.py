@@ -15,17 +15,18 @@ import pytest
 from raybuild.config import LoadedConfig
 from raybuild.engine import Engine
 from raybuild.image.build import Builder, default_ca_bundle
+from raybuild.registry import HttpRegistry
 from raybuild.verify.coldstart import MEASURE_LABEL, ColdNode
 from raybuild.verify.measure import MeasureReport, Options, measure
 from raybuild.verify.results import Measurement, schema
-from raybuild.verify.sizes import Registry
+from raybuild.verify.sizes import MEASURE_REGISTRY
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
 
 @pytest.fixture(scope="module")
 def hello_ref(engine: Engine, bundled: LoadedConfig) -> str:
-    if not Registry().reachable():
+    if not HttpRegistry(MEASURE_REGISTRY).reachable():
         if os.environ.get("CI") == "true":
             pytest.fail(
                 "CI=true but no registry on 127.0.0.1:5000; scripts/setup should start it", pytrace=False

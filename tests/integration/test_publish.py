@@ -20,9 +20,9 @@ import pytest
 from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
-from raybuild.image.build import Builder, load_build_record
+from raybuild.image.build import Builder
 from raybuild.ship.publish import Publisher
-from raybuild.state import HEAD_KEY, PublishRecord, record_path
+from raybuild.state import HEAD_KEY, PublishRecord, load_build_record, publish_record_path, repository_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -81,27 +81,27 @@ def test_publish_round_trip_then_skip(
     assert "digest: sha256:" in result.stderr  # docker's progress went to stderr, the JSON to stdout
 
     built = load_build_record(project)
-    record = PublishRecord.load(record_path(project))
+    record = PublishRecord.load(publish_record_path(project))
     assert record is not None and set(record.images) == {HEAD_KEY, "hello"}
     for key, row in rows.items():
-        tag = str(built[key]["ref"]).rsplit(":", 1)[1]
-        assert row["reference"] == f"{namespace}/{'ray-head' if key == HEAD_KEY else key}:{tag}"
+        tag = built[key].ref.rsplit(":", 1)[1]
+        assert row["reference"] == f"{namespace}/{repository_name(key)}:{tag}"
         assert record.images[key].pinned == row["pinned"]
         assert 0 < row["compressed_size"] < row["size"]
         # Pull by digest with the pushed tag gone: the registry hands back exactly the built image.
         engine.remove_image(row["reference"])
         assert not engine.image_exists(row["reference"])
         engine.docker_cmd("pull", row["pinned"], what=f"docker pull {row['pinned']}")
-        assert engine.inspect(row["pinned"])["Id"] == built[key]["image_id"]
+        assert engine.inspect(row["pinned"])["Id"] == built[key].image_id
 
-    before = record_path(project).read_bytes()
+    before = publish_record_path(project).read_bytes()
     again = publish("hello", "--registry", namespace, "--json")
     assert again.exit_code == 0, again.stderr
     rows_again = {row["app"]: row for row in json.loads(again.stdout)}
     assert {row["status"] for row in rows_again.values()} == {"skipped"}
     assert {k: r["digest"] for k, r in rows_again.items()} == {k: r["digest"] for k, r in rows.items()}
     assert "The push refers to" not in again.stderr
-    assert record_path(project).read_bytes() == before
+    assert publish_record_path(project).read_bytes() == before
 
 
 def test_registry_down_fails_clearly_and_keeps_the_record(
@@ -111,7 +111,7 @@ def test_registry_down_fails_clearly_and_keeps_the_record(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert publish("hello", "--registry", namespace).exit_code == 0
-    before = record_path(project).read_bytes()
+    before = publish_record_path(project).read_bytes()
     sleeps: list[float] = []
     monkeypatch.setattr(publish_cli, "Publisher", partial(Publisher, sleep=sleeps.append))
 
@@ -122,4 +122,4 @@ def test_registry_down_fails_clearly_and_keeps_the_record(
     assert f"curl http://{DOWN}/v2/" in result.stderr
     assert "Traceback" not in result.stderr
     assert sleeps == [1.0, 2.0, 4.0]
-    assert record_path(project).read_bytes() == before
+    assert publish_record_path(project).read_bytes() == before

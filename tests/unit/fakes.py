@@ -1,8 +1,10 @@
-"""Test doubles for the one seam to Docker: a fake engine, a scripted docker CLI, and an app builder.
+"""Test doubles for the seams to Docker and to registries: a fake engine, a scripted docker CLI, a registry
+in memory, and an app builder.
 
 ``FakeEngine`` subclasses ``Engine`` and replaces only ``run``, the method every docker call goes through, so
 tests see the commands that the real engine builds (build, tag, import, run ...). It keeps the little Docker
 state that code checks before it acts (images, containers, networks), and answers from a script first.
+``FakeRegistry`` implements ``raybuild.registry.Registry`` for publish and measure alike.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from raybuild.config import App
 from raybuild.engine import DockerClient, Engine, Result, classify_failure
 from raybuild.errors import EngineError
 from raybuild.progress import Progress
+from raybuild.registry import DOCKER_MANIFEST, Manifest, parse_manifest
 
 DOCKER = DockerClient("/usr/bin/docker", "28.1.1", buildx=True)
 BUILD_OUTPUT = "#1 [internal] load build definition from Dockerfile\n#1 DONE 0.0s\n"
@@ -209,3 +212,78 @@ def make_app(name: str = "demo", **fields: Any) -> App:
         **fields,
     }
     return App.model_validate(data)
+
+
+def manifest_body(config_digest: str, layer_sizes: Sequence[int] = (1000, 2000)) -> bytes:
+    """An image manifest as `docker push` writes it (Docker v2, gzip layers)."""
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": 900,
+                "digest": config_digest,
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                    "size": size,
+                    "digest": f"sha256:{i:064x}",
+                }
+                for i, size in enumerate(layer_sizes)
+            ],
+        }
+    ).encode()
+
+
+@dataclass
+class FakeRegistry:
+    """A registry in memory: manifests by (repository, tag or digest), blobs by digest.
+
+    ``failures`` are raised first, one per manifest or blob read; ``up`` is what ``reachable`` answers.
+    ``connect`` stands in for ``HttpRegistry`` as a factory and records each address asked for.
+    """
+
+    address: str = "127.0.0.1:5000"
+    manifests: dict[tuple[str, str], Manifest] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    failures: list[Exception] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)
+    connected: list[str] = field(default_factory=list)
+    up: bool = True
+
+    def connect(self, address: str) -> FakeRegistry:
+        self.connected.append(address)
+        return self
+
+    def reachable(self) -> bool:
+        return self.up
+
+    def manifest(self, repository: str, reference: str) -> Manifest | None:
+        self._read(f"{repository}:{reference}")
+        return self.manifests.get((repository, reference))
+
+    def blob(self, repository: str, digest: str) -> bytes | None:
+        self._read(f"{repository}@{digest}")
+        return self.blobs.get(digest)
+
+    def _read(self, what: str) -> None:
+        self.reads.append(what)
+        if self.failures:
+            raise self.failures.pop(0)
+
+    def store(
+        self,
+        repository: str,
+        tag: str,
+        config_digest: str,
+        layer_sizes: Sequence[int] = (1000, 2000),
+        config: bytes | None = None,
+    ) -> Manifest:
+        """What a push leaves: the manifest under its tag and its digest, and the config blob if given."""
+        manifest = parse_manifest(manifest_body(config_digest, layer_sizes))
+        self.manifests[(repository, tag)] = self.manifests[(repository, manifest.digest)] = manifest
+        if config is not None:
+            self.blobs[config_digest] = config
+        return manifest

@@ -9,13 +9,13 @@ import click
 from raybuild.cli.common import State, emit_json, json_option, pass_state
 from raybuild.config import CONFIG_NAME, load_gate_config
 from raybuild.fsutil import atomic_write
+from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.gate import (
     DEFAULT_MAX_SIZE_GROWTH,
     DEFAULT_MAX_STARTUP_GROWTH,
     ThresholdPolicy,
     check_files,
 )
-from raybuild.verify.results import DEFAULT_MEASURE_PATH
 
 
 @click.command()

@@ -8,6 +8,7 @@ import click
 
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state
 from raybuild.image.spec import dockerfile_for, generate_all
+from raybuild.state import DOCKERFILES_DIR
 
 
 @click.command()
@@ -17,7 +18,7 @@ from raybuild.image.spec import dockerfile_for, generate_all
     "--out-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where to write Dockerfiles [default: .raybuild/dockerfiles].",
+    help=f"Where to write Dockerfiles [default: {DOCKERFILES_DIR}].",
 )
 @json_option
 @pass_state

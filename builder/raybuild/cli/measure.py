@@ -8,9 +8,9 @@ import click
 
 from raybuild.cli.common import State, apps_argument, engine_for, pass_state, progress, table
 from raybuild.fsutil import atomic_write
+from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.measure import HEADERS, Options, summary_rows, to_markdown
 from raybuild.verify.measure import measure as measure_apps
-from raybuild.verify.results import DEFAULT_MEASURE_PATH
 
 
 @click.command()

@@ -11,7 +11,7 @@ from raybuild.errors import ManifestError
 from raybuild.fsutil import atomic_write
 from raybuild.manifest.render import KINDS, STORE_KINDS, Kind, StoreKind, render_manifest
 from raybuild.manifest.validate import resolve_crds, validate_manifest
-from raybuild.state import PublishRecord, record_path
+from raybuild.state import load_publish_record
 
 # --with-gcs-store's value -> render_manifest's gcs_store_manifests.
 _STORES: dict[str | None, bool | StoreKind] = {
@@ -78,7 +78,7 @@ def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | N
     yours to edit. Warnings go to stderr, so stdout stays a clean manifest.
     """
     config = state.config()
-    record = PublishRecord.load(record_path(config))
+    record = load_publish_record(config)
     manifest = render_manifest(config, record, kind=kind, gcs_store_manifests=_STORES[gcs_store])
     for warning in manifest.warnings:
         click.secho(f"warning: {warning}", err=True, fg="yellow")

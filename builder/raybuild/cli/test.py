@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from raybuild.cli.common import State, emit_json, engine_for, json_option, pass_state, progress
-from raybuild.image.build import built_ref
 from raybuild.kuberay import required_gpus
 from raybuild.lock.resolve import cuda_need
+from raybuild.state import built_ref
 from raybuild.verify import gpu as gpus
 from raybuild.verify.smoke import smoke_test
 

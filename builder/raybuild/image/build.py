@@ -3,7 +3,7 @@
 The context holds only what the Dockerfile reads (the generated Dockerfile, the shared Ray lock, the app's
 extra packages, the prune script and rules, and the app code), so unrelated repository changes never
 invalidate a layer. The tag is a hash of that context: an unchanged app is a no-op, and a changed one gets
-a new tag only after its build succeeded.
+a new tag only after its build succeeded. The head image's tag is a hash of its own inputs (`head_hash`).
 """
 
 from __future__ import annotations
@@ -15,34 +15,22 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.errors import BuildError, RaybuildError
-from raybuild.fsutil import atomic_write
+from raybuild.errors import BuildError, UsageError
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
-from raybuild.image.prune import prune_plan, prune_script
+from raybuild.image.prune import PrunePlan, prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as lock
 from raybuild.progress import Progress, silent
+from raybuild.state import HEAD_KEY, BuiltImage, head_ref, image_ref, latest_ref, save_build_record
 
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
 _IGNORED = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git", ".venv", "requirements.in"}
-
-
-@dataclass(frozen=True)
-class BuiltImage:
-    app: str
-    ref: str
-    image_id: str
-    device: str
-    cached: bool
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def default_ca_bundle() -> Path | None:
@@ -62,6 +50,11 @@ def _code_files(app_dir: Path) -> Iterator[Path]:
         yield path
 
 
+def _prune_plan(app: App) -> PrunePlan:
+    # One plan for both venvs: Ray's and the app's (Ray Data, say, lives in Ray's).
+    return prune_plan(tuple(app.prune.remove), tuple(app.prune.keep))
+
+
 def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
     """Write the app's build context into ``context``; return its content hash (the image tag's suffix)."""
     lockfile = config.lockfile(app)
@@ -78,7 +71,7 @@ def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
         )
     templates = template_dir(config.root)
     ray_text = config.ray_lockfile().read_text(encoding="utf-8")
-    plan = prune_plan(tuple(app.prune.remove), tuple(app.prune.keep))
+    plan = _prune_plan(app)
     files = {
         "Dockerfile": render_dockerfile(image_spec_for(config, app), templates),
         "ray.lock": ray_text,
@@ -103,30 +96,31 @@ def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def image_ref(config: LoadedConfig, app: App, content_hash: str) -> str:
-    project = config.project
-    return f"{config.image_name(app)}:ray{project.ray_version}-py{project.python}-{app.device}-{content_hash}"
+# The head image is stages 1 and 3 of the app Dockerfile (Ray on the builder, copied onto the base), rendered
+# from these templates. Their whole text counts, so an edit anywhere in them gives a new head tag.
+HEAD_TEMPLATES = ("cpu/Dockerfile.j2", "common/app.Dockerfile.j2")
+# What those stages read from the spec. The rest (the app's name, lock, env, CUDA) reaches stages 2 and 4.
+_HEAD_SPEC_KEYS = (
+    "base_image", "builder_image", "python", "ray_version", "index_url", "venv", "app_site", "code_dir",
+)  # fmt: skip
 
 
-def head_ref(config: LoadedConfig, head_hash: str) -> str:
-    project = config.project
-    return f"{project.registry}/ray-head:ray{project.ray_version}-py{project.python}-{head_hash}"
+def head_hash(config: LoadedConfig, app: App) -> str:
+    """The head image's tag suffix, from its inputs rather than from the Dockerfile rendered for ``app``.
 
-
-def _head_hash(context: Path) -> str:
-    """The head image depends on the Ray lock, the prune rules for Ray, and the Dockerfile above stage 2."""
-    dockerfile = (context / "Dockerfile").read_text(encoding="utf-8")
-    stage1 = dockerfile.split("# ---- Stage 1", 1)[-1].split("# ---- Stage 2", 1)[0]
-    shared = stage1 + dockerfile.split("# ---- Stage 3", 1)[-1].split("# ---- Stage 4")[0]
-    digest = hashlib.sha256()
-    for part in (
-        shared,
-        (context / "ray.lock").read_text(),
-        (context / "prune-ray.json").read_text(),
-        (context / "prune.py").read_text(),
-    ):
-        digest.update(part.encode() + b"\0")
-    return digest.hexdigest()[:12]
+    The inputs: the base and builder images, Python and Ray, the Ray lock, the prune rules applied to Ray
+    (rules an app keeps apply there too) and the prune script, and the text of the templates. Nothing of
+    the app's code or of its own packages, so CPU apps with the same prune rules share one head.
+    """
+    templates = template_dir(config.root)
+    spec = image_spec_for(config, app).context()
+    inputs: dict[str, object] = {key: spec[key] for key in _HEAD_SPEC_KEYS}
+    inputs["ray.lock"] = config.ray_lockfile().read_text(encoding="utf-8")
+    inputs["prune-ray.json"] = _prune_plan(app).to_json()
+    inputs["prune.py"] = prune_script(templates).read_text(encoding="utf-8")
+    for name in HEAD_TEMPLATES:
+        inputs[name] = (templates / name).read_text(encoding="utf-8")
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
 _STEP = re.compile(r"^#\d+ \[([^\]]+)\] (.*)$")
@@ -180,11 +174,11 @@ class Builder:
         out: dict[str, Path] = {}
         if self.ca_bundle is not None:
             if not self.ca_bundle.is_file():
-                raise RaybuildError(f"--ca-bundle {self.ca_bundle}: no such file")
+                raise UsageError(f"--ca-bundle {self.ca_bundle}: no such file")
             out["ca_bundle"] = self.ca_bundle
         if self.netrc is not None:
             if not self.netrc.is_file():
-                raise RaybuildError(f"--netrc {self.netrc}: no such file")
+                raise UsageError(f"--netrc {self.netrc}: no such file")
             out["netrc"] = self.netrc
         return out
 
@@ -214,13 +208,13 @@ class Builder:
             ref = image_ref(self.config, app, stage_context(self.config, app, context))
             head: BuiltImage | None = None
             if app.device == "cpu":
-                hr = head_ref(self.config, _head_hash(context))
+                hr = head_ref(self.config, head_hash(self.config, app))
                 if self.engine.image_exists(hr):
-                    head = BuiltImage("_head", hr, self.engine.inspect(hr)["Id"], "cpu", cached=True)
+                    head = BuiltImage(HEAD_KEY, hr, self.engine.inspect(hr)["Id"], "cpu", cached=True)
                 else:
                     self.progress(f"building head image {hr}")
                     head = BuiltImage(
-                        "_head",
+                        HEAD_KEY,
                         hr,
                         self._build(context, hr, "head", "build of the head image"),
                         "cpu",
@@ -233,7 +227,7 @@ class Builder:
                 ), head
             self.progress(f"building {app.name} -> {ref}")
             image_id = self._build(context, ref, None, f"build of app {app.name!r}")
-        self.engine.tag(ref, f"{self.config.image_name(app)}:latest")
+        self.engine.tag(ref, latest_ref(self.config, app.name))
         return BuiltImage(app.name, ref, image_id, app.device, cached=False), head
 
     def build(self, apps: tuple[App, ...]) -> list[BuiltImage]:
@@ -246,38 +240,7 @@ class Builder:
             built.append(image)
             head = head or app_head
         if head is not None:
-            self.engine.tag(head.ref, f"{self.config.project.registry}/ray-head:latest")
+            self.engine.tag(head.ref, latest_ref(self.config, HEAD_KEY))
             built.insert(0, head)
         save_build_record(self.config, built)
         return built
-
-
-def build_record_path(config: LoadedConfig) -> Path:
-    return config.root / ".raybuild" / "build.json"
-
-
-def load_build_record(config: LoadedConfig) -> dict[str, dict[str, object]]:
-    path = build_record_path(config)
-    if not path.is_file():
-        return {}
-    try:
-        data: dict[str, dict[str, object]] = json.loads(path.read_text())["images"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RaybuildError(f"{path}: malformed build record ({exc})", hint="rerun `raybuild build`") from exc
-    return data
-
-
-def save_build_record(config: LoadedConfig, built: list[BuiltImage]) -> None:
-    """Merge this build's images into .raybuild/build.json (atomically)."""
-    images = load_build_record(config)
-    for image in built:
-        images[image.app] = {"ref": image.ref, "image_id": image.image_id, "device": image.device}
-    payload = {"version": 1, "images": dict(sorted(images.items()))}
-    atomic_write(build_record_path(config), json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def built_ref(config: LoadedConfig, app_name: str) -> str:
-    record = load_build_record(config)
-    if app_name not in record:
-        raise RaybuildError(f"app {app_name!r} has not been built", hint=f"run `raybuild build {app_name}`")
-    return str(record[app_name]["ref"])

@@ -11,6 +11,7 @@ from raybuild.fsutil import atomic_write
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.lock.resolve import check_cuda, normalize, parse_pins
+from raybuild.state import dockerfiles_dir
 
 VENV = "/opt/ray/venv"
 APP_SITE = "/opt/app/site-packages"
@@ -91,17 +92,13 @@ def image_spec_for(config: LoadedConfig, app: App) -> ImageSpec:
     )
 
 
-def default_out_dir(config: LoadedConfig) -> Path:
-    return config.root / ".raybuild" / "dockerfiles"
-
-
 def dockerfile_for(config: LoadedConfig, app: App) -> str:
     """The app's Dockerfile, from the project's templates (or the bundled ones)."""
     return render_dockerfile(image_spec_for(config, app), template_dir(config.root))
 
 
 def generate_all(config: LoadedConfig, apps: tuple[App, ...], out_dir: Path | None = None) -> dict[str, Path]:
-    out = out_dir or default_out_dir(config)
+    out = out_dir or dockerfiles_dir(config)
     written = {}
     for app in apps:
         path = out / f"{app.name}.Dockerfile"

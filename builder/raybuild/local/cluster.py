@@ -14,7 +14,6 @@ import json
 import secrets
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from raybuild import kuberay
@@ -37,7 +36,7 @@ from raybuild.kuberay import (
 from raybuild.loopback import free_port, http, wait_until
 from raybuild.manifest import render as k8s
 from raybuild.progress import Progress, silent
-from raybuild.state import PublishRecord
+from raybuild.state import HEAD_KEY, cluster_record_path, image_references, load_publish_record
 
 
 @dataclass(frozen=True)
@@ -92,12 +91,8 @@ class LocalCluster:
         return cls(data["name"], data["network"], data["subnet"], nodes, data["routes"])
 
 
-def state_path(config: LoadedConfig) -> Path:
-    return config.root / ".raybuild" / "up.json"
-
-
 def load_cluster(config: LoadedConfig) -> LocalCluster:
-    path = state_path(config)
+    path = cluster_record_path(config)
     if not path.is_file():
         raise ClusterError("no local cluster is running", hint="run `raybuild up` first")
     try:
@@ -133,7 +128,7 @@ def plan(
         Node(
             f"{name}-head",
             "head",
-            images["_head"],
+            images[HEAD_KEY],
             head_command,
             head_env,
             ip=head_ip,
@@ -218,23 +213,15 @@ def all_routes_answer(cluster: LocalCluster) -> bool:
 
 
 def local_images(config: LoadedConfig, apps: tuple[App, ...]) -> dict[str, str]:
-    """Images as `raybuild render` would reference them: the publish record's digests, else the last build."""
-    from raybuild.image.build import load_build_record
-
-    record = PublishRecord.load(config.root / ".raybuild" / "publish.json")
-    built = load_build_record(config)
-    images: dict[str, str] = {}
-    for key in ["_head", *(app.name for app in apps)]:
-        if record is not None and key in record.images:
-            images[key] = record.images[key].pinned
-        elif key in built:
-            images[key] = str(built[key]["ref"])
-        else:
+    """Images as `raybuild render` references them, except that an image never built is an error here."""
+    images = image_references(config, load_publish_record(config), apps)
+    for image in images.images.values():
+        if not image.recorded:
             raise ClusterError(
-                f"no image for {'the head' if key == '_head' else repr(key)}",
+                f"no image for {'the head' if image.key == HEAD_KEY else repr(image.key)}",
                 hint="run `raybuild build` (and `raybuild publish` to test the published digests)",
             )
-    return images
+    return images.refs()
 
 
 def up(
@@ -273,8 +260,8 @@ def up(
                 if not wait_until(partial(kuberay.probe, engine, node.name, "head"), timeout):
                     raise ClusterError(f"head never became healthy: {engine.logs(node.name, 5)!r}")
         cluster = LocalCluster(cluster.name, cluster.network, cluster.subnet, started, cluster.routes)
-        atomic_write(state_path(config), cluster.to_json())
-        state_path(config).chmod(0o600)  # it holds the local store's password
+        atomic_write(cluster_record_path(config), cluster.to_json())
+        cluster_record_path(config).chmod(0o600)  # it holds the local store's password
         progress("waiting for every worker to join the head")
         dashboard, ray_nodes = cluster.dashboard, len(started) - 1
         if not wait_until(lambda: kuberay.alive_nodes(dashboard) >= ray_nodes, timeout, interval=1.0):
@@ -294,7 +281,7 @@ def up(
 def down(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> int:
     """Remove every container and network with this cluster's label; returns how many were removed."""
     removed = engine.remove_labelled(f"{CLUSTER_LABEL}={cluster_name(config)}")
-    state_path(config).unlink(missing_ok=True)
+    cluster_record_path(config).unlink(missing_ok=True)
     if removed:
         progress(f"removed {removed} containers and networks of {cluster_name(config)}")
     return removed

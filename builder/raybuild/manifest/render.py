@@ -19,7 +19,7 @@ import yaml
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import ConfigError
 from raybuild.kuberay import LABEL_KEY
-from raybuild.state import HEAD_KEY, PublishRecord, local_reference
+from raybuild.state import HEAD_KEY, PublishRecord, image_references
 from raybuild.templating import BUNDLED_TEMPLATES, template_environment
 
 Kind = Literal["RayService", "RayCluster"]
@@ -109,32 +109,6 @@ def _render_template(dirs: list[Path], name: str, context: dict[str, Any]) -> st
             hint="check the indentation of what you changed in the template",
         ) from exc
     return out
-
-
-def image_refs(config: LoadedConfig, record: PublishRecord | None) -> tuple[dict[str, str], list[str]]:
-    """Image per app name (and HEAD_KEY), pinned by digest where the record has one; plus warnings."""
-    targets: list[tuple[str, App | None]] = [(HEAD_KEY, None), *((app.name, app) for app in config.apps)]
-    refs: dict[str, str] = {}
-    missing: list[str] = []
-    for key, app in targets:
-        published = record.get(key) if record is not None else None
-        if published is not None:
-            refs[key] = published.pinned
-        else:
-            refs[key] = local_reference(config, app)
-            missing.append("head (Ray base)" if app is None else repr(app.name))
-    warnings = []
-    if record is None:
-        warnings.append(
-            "no publish record (.raybuild/publish.json): images use local tags, which a cluster may not be "
-            "able to pull and which can change under a running cluster; run `raybuild publish` to pin digests"
-        )
-    elif missing:
-        warnings.append(
-            f"the publish record has no image for {', '.join(missing)}: using local tags; "
-            "run `raybuild publish` to pin them by digest"
-        )
-    return refs, warnings
 
 
 def _worker_group(app: App, image: str) -> tuple[dict[str, Any], list[str]]:
@@ -252,10 +226,11 @@ def render_manifest(
         raise ConfigError(f"unknown manifest kind {kind!r}", hint="use one of: " + ", ".join(KINDS))
     dirs = templates if templates is not None else template_dirs(config.root)
     cluster = config.config.cluster
-    refs, warnings = image_refs(config, record)
+    images = image_references(config, record)
+    warnings = list(images.warnings)
     groups = []
     for app in config.apps:
-        group, group_warnings = _worker_group(app, refs[app.name])
+        group, group_warnings = _worker_group(app, images[app.name].ref)
         groups.append(group)
         warnings.extend(group_warnings)
     gcs = None
@@ -265,19 +240,13 @@ def render_manifest(
             "secret_name": cluster.gcs.password_secret,
             "secret_key": cluster.gcs.password_key,
         }
-    if record is None:
-        source = "local tags, not published"
-    elif all("@sha256:" in ref for ref in refs.values()):
-        source = "pinned by digest from .raybuild/publish.json"
-    else:
-        source = "pinned by digest from .raybuild/publish.json where published, else local tags"
     context: dict[str, Any] = {
         "name": cluster.name,
         "namespace": cluster.namespace,
         "ray_version": config.project.ray_version,
-        "images_note": f"Images: {source}.",
+        "images_note": f"Images: {images.note}.",
         "head": {
-            "image": refs[HEAD_KEY],
+            "image": images[HEAD_KEY].ref,
             "cpu": cluster.head.cpu,
             "memory": cluster.head.memory,
             "priority_class": cluster.priority_class,

@@ -9,16 +9,9 @@ publish leaves the previous record exactly as it was.
 
 from __future__ import annotations
 
-import hashlib
-import http.client
-import json
 import os
 import re
-import socket
-import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -27,13 +20,25 @@ from typing import Any, Literal, Protocol, TypeVar
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
 from raybuild.errors import EngineError, PublishError, UsageError
-from raybuild.image.build import load_build_record
 from raybuild.progress import Progress, silent
-from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, record_path
+from raybuild.registry import (
+    HttpRegistry,
+    Manifest,
+    Registry,
+    RegistryUnreachable,
+    RegistryUnverifiable,
+    api_url,
+)
+from raybuild.state import (
+    HEAD_KEY,
+    PublishedImage,
+    PublishRecord,
+    load_build_record,
+    publish_record_path,
+    repository_name,
+)
 
 T = TypeVar("T")
-HEAD_NAME = "ray-head"
-ACCEPT = "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json"
 
 _REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
 _PUSH_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")
@@ -52,97 +57,10 @@ _SECRET_ENV = re.compile(r"PASS|TOKEN|SECRET|AUTH|CREDENTIAL|API_?KEY", re.I)
 _PUSH_NOISE = re.compile(r": (Preparing|Waiting|Pushing)\b")
 
 
-@dataclass(frozen=True)
-class Manifest:
-    digest: str  # sha256 of the exact bytes the registry serves
-    config_digest: str | None  # None for a manifest list or index: never equal to a local image ID
-    layer_sizes: tuple[int, ...] = ()
-
-    @property
-    def compressed_size(self) -> int:
-        return sum(self.layer_sizes)
-
-
-def parse_manifest(body: bytes) -> Manifest:
-    data = json.loads(body)
-    digest = "sha256:" + hashlib.sha256(body).hexdigest()
-    config = data.get("config") if isinstance(data, dict) else None
-    if not isinstance(config, dict):
-        return Manifest(digest, None)
-    return Manifest(
-        digest, str(config.get("digest")), tuple(int(x["size"]) for x in data.get("layers") or [])
-    )
-
-
-class RegistryUnreachable(Exception):
-    """Nothing answered (``down``), or the registry failed with a transient or server error."""
-
-    def __init__(self, reason: str, *, down: bool) -> None:
-        super().__init__(reason)
-        self.reason, self.down = reason, down
-
-
-class RegistryUnverifiable(Exception):
-    """The registry will not show the manifest to an anonymous client, or not over this scheme."""
-
-
-class RegistryClient(Protocol):
-    def manifest(self, host: str, repository: str, reference: str) -> Manifest | None:
-        """None when the registry has no such manifest; raises RegistryUnreachable or RegistryUnverifiable."""
-        ...
-
-
 class DockerEngine(Protocol):
     def inspect(self, ref: str) -> dict[str, Any]: ...
     def tag(self, source: str, target: str) -> None: ...
     def push(self, ref: str, on_line: Progress | None = None) -> Result: ...
-
-
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0]
-    return name == "localhost" or name.startswith("127.") or name == "[::1]"
-
-
-@dataclass(frozen=True)
-class HttpRegistry:
-    """Anonymous Registry API v2 reads. Loopback registries speak plain HTTP, as the Docker daemon allows."""
-
-    timeout: float = 10.0
-
-    def manifest(self, host: str, repository: str, reference: str) -> Manifest | None:
-        scheme = "http" if is_loopback(host) else "https"
-        api_host = "registry-1.docker.io" if host == "docker.io" else host
-        url = f"{scheme}://{api_host}/v2/{repository}/manifests/{reference}"
-        # No proxy may stand between us and a registry on this machine.
-        handlers = [urllib.request.ProxyHandler({})] if scheme == "http" else []
-        try:
-            with urllib.request.build_opener(*handlers).open(
-                urllib.request.Request(url, headers={"Accept": ACCEPT}), timeout=self.timeout
-            ) as response:
-                return parse_manifest(response.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            if exc.code >= 500:
-                raise RegistryUnreachable(f"HTTP {exc.code} {exc.reason}", down=False) from None
-            raise RegistryUnverifiable(f"HTTP {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            raise _os_error(reason if isinstance(reason, BaseException) else OSError(reason)) from None
-        except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
-            raise _os_error(exc) from None
-
-
-def _os_error(exc: BaseException) -> Exception:
-    if isinstance(exc, socket.gaierror):
-        return RegistryUnreachable("no such host", down=True)
-    if isinstance(exc, ConnectionRefusedError):
-        return RegistryUnreachable("connection refused", down=True)
-    if isinstance(exc, ssl.SSLError | ValueError | KeyError):
-        return RegistryUnverifiable(f"TLS or response error: {exc}")
-    if isinstance(exc, TimeoutError):
-        return RegistryUnreachable("i/o timeout", down=False)
-    return RegistryUnreachable(str(exc) or type(exc).__name__, down=False)
 
 
 def classify_push_failure(output: str) -> RegistryUnreachable | None:
@@ -208,7 +126,7 @@ class Publisher:
     config: LoadedConfig
     engine: DockerEngine
     registry: str | None = None  # HOST[:PORT]/NAMESPACE; default [project].registry
-    client: RegistryClient = field(default_factory=HttpRegistry)
+    connect: Callable[[str], Registry] = HttpRegistry  # HOST[:PORT] -> its client
     progress: Progress = silent
     output: Progress | None = None  # docker push lines; default: progress
     sleep: Callable[[float], None] = time.sleep
@@ -234,9 +152,9 @@ class Publisher:
         items = []
         for key in [HEAD_KEY, *(app.name for app in selected)]:
             if key in built:
-                ref, image_id = str(built[key]["ref"]), str(built[key]["image_id"])
-                name = HEAD_NAME if key == HEAD_KEY else key
-                items.append(Planned(key, ref, image_id, f"{registry}/{name}:{split_reference(ref)[2]}"))
+                ref, image_id = built[key].ref, built[key].image_id
+                target = f"{registry}/{repository_name(key)}:{split_reference(ref)[2]}"
+                items.append(Planned(key, ref, image_id, target))
         if not items:
             raise PublishError(
                 "nothing to publish: the build record has no images", hint="run `raybuild build`"
@@ -245,7 +163,7 @@ class Publisher:
 
     def publish(self, names: tuple[str, ...] = ()) -> list[Published]:
         """Publish, then merge the results into the record. On any failure the record is left as it was."""
-        path = record_path(self.config)
+        path = publish_record_path(self.config)
         previous = PublishRecord.load(path)  # a malformed record fails here, before anything is pushed
         results = [self._publish_one(item) for item in self.plan(names)]
         images = {**(previous.images if previous else {}), **{r.key: r.image for r in results}}
@@ -281,7 +199,7 @@ class Publisher:
 
     def _remote(self, host: str, repository: str, reference: str) -> Manifest | None:
         try:
-            return self._retrying(host, lambda: self.client.manifest(host, repository, reference))
+            return self._retrying(host, lambda: self.connect(host).manifest(repository, reference))
         except RegistryUnverifiable as exc:
             # Docker may still push (its credential store, insecure-registries): let the push decide.
             self.progress(f"could not read {host}/{repository}:{reference} anonymously ({exc})")
@@ -338,8 +256,10 @@ def _unreachable(host: str, exc: RegistryUnreachable, attempts: int) -> PublishE
     what = "is not reachable" if exc.down else "kept failing"
     message = f"registry {host} {what} ({exc.reason}, {attempts} attempts); nothing was recorded"
     if exc.down:
-        url = f"{'http' if is_loopback(host) else 'https'}://{host}/v2/"
-        hint = f"check that it is running and that --registry (or [project].registry) is right: `curl {url}`"
+        hint = (
+            "check that it is running and that --registry (or [project].registry) is right: "
+            f"`curl {api_url(host)}`"
+        )
     else:
         hint = "the registry or the network is unstable: rerun `raybuild publish` (pushed layers are kept)"
     return PublishError(message, hint=hint)

@@ -12,18 +12,13 @@ from dataclasses import dataclass, field
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
-from raybuild.image.build import built_ref
+from raybuild.errors import GpuUnavailable, MeasureError
 from raybuild.progress import Progress, silent
+from raybuild.registry import HttpRegistry, Registry
+from raybuild.state import HEAD_KEY, ImageReferences, image_references
 from raybuild.verify import coldstart
 from raybuild.verify.results import AppResult, Measurement, Size, Startup, Stat, stat
-from raybuild.verify.sizes import (
-    MEASURE_REGISTRY,
-    Registry,
-    measure_ref,
-    measure_size,
-    shared_bytes,
-)
+from raybuild.verify.sizes import MEASURE_REGISTRY, measure_ref, measure_size, shared_bytes
 
 
 @dataclass(frozen=True)
@@ -60,21 +55,18 @@ def _stat(samples: Sequence[float]) -> Stat | None:
     return stat(samples) if samples else None
 
 
-def _others(config: LoadedConfig, engine: Engine, app: str, measured: Mapping[str, Size]) -> list[list[str]]:
+def _others(
+    images: ImageReferences, engine: Engine, app: str, measured: Mapping[str, Size]
+) -> list[list[str]]:
     """The diff IDs of every other app image of the project: measured ones, and built ones still present."""
     others = []
-    for other in config.apps:
-        if other.name == app:
+    for key, image in images.images.items():
+        if key in (app, HEAD_KEY):
             continue
-        if other.name in measured:
-            others.append([layer.digest for layer in measured[other.name].layers])
-            continue
-        try:
-            ref = built_ref(config, other.name)
-        except RaybuildError:
-            continue
-        if engine.image_exists(ref):
-            others.append(list(engine.inspect(ref)["RootFS"].get("Layers", [])))
+        if key in measured:
+            others.append([layer.digest for layer in measured[key].layers])
+        elif image.built is not None and engine.image_exists(image.built):
+            others.append(list(engine.inspect(image.built)["RootFS"].get("Layers", [])))
     return others
 
 
@@ -107,6 +99,7 @@ def _start_runs(
     options: Options,
     gpu: bool,
     progress: Progress,
+    registry: str = MEASURE_REGISTRY,
 ) -> _Samples:
     """``options.runs`` cold starts of one app: warm node (head, worker, Serve), then the cold node."""
     samples = _Samples()
@@ -126,7 +119,7 @@ def _start_runs(
         samples.serve.append(round(warm.t_serve, 3))
         if node is None:
             continue
-        target = measure_ref(ref, app.name)
+        target = measure_ref(ref, app.name, registry)
         progress(f"{app.name}: cold node: pulling {target} into an empty image store")
         node.clear()
         t_pull = round(node.pull(target), 3)
@@ -145,22 +138,30 @@ def measure(
     engine: Engine,
     options: Options = Options(),
     progress: Progress = silent,
+    registry: Registry | None = None,
 ) -> MeasureReport:
-    """Measure ``apps`` (all of the project's when empty): sizes, then ``options.runs`` cold starts each."""
+    """Measure ``apps`` (all of the project's when empty): sizes, then ``options.runs`` cold starts each.
+
+    ``registry``: where images are pushed to read their compressed sizes, and pulled from by the cold node;
+    by default the local one on MEASURE_REGISTRY. When it does not answer, sizes come from `docker save`.
+    """
     apps = list(apps) or list(config.apps)
-    refs = {app.name: built_ref(config, app.name) for app in apps}
+    # The last build's tags, never published digests: measure pushes and starts images of this engine.
+    images = image_references(config, None)
+    refs = {app.name: images.built(app.name) for app in apps}
     for name, ref in refs.items():
         if not engine.image_exists(ref):
             raise MeasureError(
                 f"app {name!r}: image {ref} is not in the engine", hint=f"run `raybuild build {name}`"
             )
-    registry: Registry | None = Registry()
-    if registry is not None and not registry.reachable():
+    target = registry if registry is not None else HttpRegistry(MEASURE_REGISTRY, timeout=30.0)
+    reachable = target.reachable()
+    if not reachable:
         progress(
-            f"registry {MEASURE_REGISTRY} unreachable: compressed sizes from gzip of `docker save`; "
+            f"registry {target.address} unreachable: compressed sizes from gzip of `docker save`; "
             "no cold-node pulls"
         )
-        registry = None
+    registry = target if reachable else None
     coldstart.sweep(engine)
     node: coldstart.ColdNode | None = None
     try:
@@ -178,7 +179,7 @@ def measure(
             )
             progress(f"{app.name}: compressed size from the {methods[app.name]}")
         for app in apps:
-            shared = shared_bytes(sizes[app.name].layers, _others(config, engine, app.name, sizes))
+            shared = shared_bytes(sizes[app.name].layers, _others(images, engine, app.name, sizes))
             sizes[app.name] = sizes[app.name].model_copy(update={"shared_bytes": shared})
 
         gpu = options.startup and any(app.device == "gpu" for app in apps) and _gpu_available()
@@ -188,7 +189,14 @@ def measure(
             samples = _Samples()
             if options.startup:
                 samples = _start_runs(
-                    engine, node, app, refs[app.name], options, gpu and app.device == "gpu", progress
+                    engine,
+                    node,
+                    app,
+                    refs[app.name],
+                    options,
+                    gpu and app.device == "gpu",
+                    progress,
+                    target.address,
                 )
             cold_heads[app.name] = samples.cold_head
             results[app.name] = AppResult(

@@ -21,8 +21,6 @@ from raybuild.fsutil import atomic_write
 
 SCHEMA_ID = "raybuild.measure/v1"
 SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "measure.schema.json"
-# Relative to the project root (the folder holding raybuild.toml), next to the generated Dockerfiles.
-DEFAULT_MEASURE_PATH = Path(".raybuild") / "measure.json"
 
 
 class _Model(BaseModel):

@@ -13,25 +13,24 @@ import json
 import sys
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from raybuild.engine import Engine, which
 from raybuild.errors import MeasureError
+from raybuild.registry import IMAGE_MANIFEST_TYPES, Registry, RegistryUnreachable, RegistryUnverifiable
 from raybuild.verify.coldstart import LABELS
 from raybuild.verify.results import Dive, Layer, Package, Size
 
 MEASURE_REGISTRY = "127.0.0.1:5000"
 MEASURE_NAMESPACE = "raybuild-measure"
-MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 TOP_PACKAGES = 10
 PRUNE_REPORTS = ("/opt/ray/venv/raybuild-prune.json", "/opt/app/site-packages/raybuild-prune.json")
 _PRUNE_MARK = "@@raybuild-prune "
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -167,41 +166,15 @@ def gzip_size(stream: IO[bytes], level: int = 6) -> int:
 # -- the registry and the engine ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Registry:
-    """The plain-HTTP registry API, enough to read a manifest and the config blob it names."""
-
-    address: str = MEASURE_REGISTRY
-
-    def _get(self, path: str, accept: str = "application/json") -> tuple[int, bytes]:
-        request = urllib.request.Request(f"http://{self.address}/v2/{path}", headers={"Accept": accept})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(request, timeout=30) as response:
-                return int(response.status), response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            return 0, str(exc).encode()
-
-    def reachable(self) -> bool:
-        return self._get("")[0] in (200, 401)
-
-    def json(self, path: str, accept: str = "application/json") -> dict[str, Any]:
-        status, body = self._get(path, accept)
-        if status != 200:
-            raise MeasureError(
-                f"registry {self.address}: GET /v2/{path} returned {status}: {body[:200]!r}",
-                hint=f"is the registry on {self.address} running?",
-            )
-        loaded: dict[str, Any] = json.loads(body)
-        return loaded
-
-    def manifest(self, repository: str, reference: str) -> dict[str, Any]:
-        return self.json(f"{repository}/manifests/{reference}", MANIFEST_V2)
-
-    def blob(self, repository: str, digest: str) -> dict[str, Any]:
-        return self.json(f"{repository}/blobs/{digest}")
+def _read(registry: Registry, what: str, read: Callable[[], T | None]) -> T:
+    hint = f"is the registry on {registry.address} running?"
+    try:
+        found = read()
+    except (RegistryUnreachable, RegistryUnverifiable) as exc:
+        raise MeasureError(f"registry {registry.address}: {what}: {exc}", hint=hint) from None
+    if found is None:
+        raise MeasureError(f"registry {registry.address}: {what}: not found", hint=hint)
+    return found
 
 
 def pushed_layers(engine: Engine, registry: Registry, ref: str, target: str) -> ImageLayers:
@@ -212,11 +185,16 @@ def pushed_layers(engine: Engine, registry: Registry, ref: str, target: str) -> 
     finally:
         engine.docker_cmd("image", "rm", target, check=False)  # only the tag; the image stays
     repository, _, tag = target.removeprefix(f"{registry.address}/").rpartition(":")
-    manifest = registry.manifest(repository, tag)
-    if manifest.get("mediaType") != MANIFEST_V2:
-        raise MeasureError(f"{target}: expected a {MANIFEST_V2} manifest, got {manifest.get('mediaType')!r}")
-    config = registry.blob(repository, manifest["config"]["digest"])
-    return ImageLayers(config, [int(layer["size"]) for layer in manifest["layers"]], "registry manifest")
+    manifest = _read(registry, f"manifest {repository}:{tag}", lambda: registry.manifest(repository, tag))
+    config_digest = manifest.config_digest
+    if manifest.media_type not in IMAGE_MANIFEST_TYPES or config_digest is None:
+        raise MeasureError(f"{target}: expected an image manifest, got {manifest.media_type!r}")
+    blob = _read(registry, f"blob {config_digest}", lambda: registry.blob(repository, config_digest))
+    try:
+        config: dict[str, Any] = json.loads(blob)
+    except ValueError as exc:
+        raise MeasureError(f"{target}: the image config {config_digest} is not JSON: {exc}") from exc
+    return ImageLayers(config, list(manifest.layer_sizes), "registry manifest")
 
 
 def saved_layers(engine: Engine, ref: str) -> ImageLayers:

@@ -1,20 +1,22 @@
-"""Building app images without Docker: the staged context and its hash, refs, BuildKit output parsing, the
-build record, and Builder against the fake engine (cached images, failed builds, tagging order)."""
+"""Building app images without Docker: the staged context and its hash, the head image's hash, BuildKit output
+parsing, secrets, and Builder against the fake engine (cached images, failed builds, tagging order)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from raybuild.config import LoadedConfig
-from raybuild.errors import BuildError, RaybuildError
+from raybuild.errors import BuildError, UsageError
 from raybuild.image import bases, build
-from raybuild.image.build import Builder, BuiltImage
-from raybuild.image.dockerfile import render_dockerfile
+from raybuild.image.build import Builder
+from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
+from raybuild.state import HEAD_KEY, BuiltImage, head_ref, image_ref, load_build_record
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine
 
@@ -176,18 +178,14 @@ def test_a_stale_lockfile_is_refused(project: LoadedConfig, tmp_project: TmpProj
     assert not (tmp_path / "context" / "Dockerfile").exists()
 
 
-# -- refs -------------------------------------------------------------------------------------------------
+# -- the head image's hash ---------------------------------------------------------------------------------
 
 
-def test_image_and_head_refs(project: LoadedConfig) -> None:
-    app = project.apps[0]
-    assert build.image_ref(project, app, "0123456789ab") == (
-        "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-0123456789ab"
-    )
-    assert (
-        build.head_ref(project, "ba9876543210")
-        == "127.0.0.1:5000/demo/ray-head:ray2.60.0-py3.11-ba9876543210"
-    )
+def copy_templates(tmp_project: TmpProject) -> Path:
+    """The project's own images/ folder, as `raybuild init` leaves it for users to edit."""
+    shutil.copytree(template_dir(None), tmp_project.root / "images", ignore=shutil.ignore_patterns("deploy"))
+    assert template_dir(tmp_project.root) == tmp_project.root / "images"
+    return tmp_project.root / "images"
 
 
 def test_head_hash_is_the_same_for_every_app_of_a_project(tmp_project: TmpProject, tmp_path: Path) -> None:
@@ -195,29 +193,64 @@ def test_head_hash_is_the_same_for_every_app_of_a_project(tmp_project: TmpProjec
     tmp_project.add_app("other", "numpy\n")
     config = tmp_project.load()
     write_locks(config)
-    demo = stage(config, tmp_path / "demo", 0)
-    other = stage(config, tmp_path / "other", 1)
-    assert demo != other
-    assert build._head_hash(tmp_path / "demo") == build._head_hash(tmp_path / "other")
+    assert stage(config, tmp_path / "demo", 0) != stage(config, tmp_path / "other", 1)
+    assert build.head_hash(config, config.apps[0]) == build.head_hash(config, config.apps[1])
 
 
-def head_hash(config: LoadedConfig, folder: Path) -> str:
-    stage(config, folder)
-    return build._head_hash(folder)
+def test_head_hash_does_not_depend_on_the_apps_code(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    app = project.apps[0]
+    head, content = build.head_hash(project, app), stage(project, tmp_path / "one")
+    (tmp_project.app_dir / "demo_app.py").write_text("app = None\n")
+    assert stage(project, tmp_path / "two") != content
+    assert build.head_hash(project, app) == head
 
 
-def test_head_hash_changes_with_the_ray_lock_and_rays_prune_rules(
-    tmp_project: TmpProject, tmp_path: Path
+def test_head_hash_is_the_same_for_the_same_inputs(project: LoadedConfig) -> None:
+    first = build.head_hash(project, project.apps[0])
+    assert build.head_hash(project, project.apps[0]) == first
+    assert len(first) == 12 and int(first, 16) >= 0
+
+
+def test_editing_a_template_comment_changes_the_head_hash_and_undoing_it_restores_it(
+    project: LoadedConfig, tmp_project: TmpProject
+) -> None:
+    bundled = build.head_hash(project, project.apps[0])
+    images = copy_templates(tmp_project)
+    assert build.head_hash(project, project.apps[0]) == bundled  # the same text, wherever it lives
+    template = images / "common" / "app.Dockerfile.j2"
+    original = template.read_text()
+    for edited in (
+        original.replace("# ---- Stage 4: the app image", "# ---- Stage 4: the app image (edited)"),
+        original.replace("# ---- Stage 1", "# ---- stage 1"),
+    ):
+        assert edited != original
+        template.write_text(edited)
+        changed = build.head_hash(project, project.apps[0])
+        assert changed != bundled
+        assert build.head_hash(project, project.apps[0]) == changed
+    template.write_text(original)
+    assert build.head_hash(project, project.apps[0]) == bundled
+
+
+def test_head_hash_changes_with_the_ray_lock_rays_prune_rules_and_the_index(
+    tmp_project: TmpProject,
 ) -> None:
     config = tmp_project.load()
     write_locks(config)
-    first = head_hash(config, tmp_path / "one")
+    first = build.head_hash(config, config.apps[0])
     write_locks(config, ray_body=RAY_BODY.replace("3.14.5", "3.14.6"))
-    second = head_hash(config, tmp_path / "two")
+    second = build.head_hash(config, config.apps[0])
     # Rules kept for an app apply to the Ray venv too (Ray Data lives in it): a different head.
     tmp_project.append_config('[apps.prune]\nkeep = ["ray-ml-libraries"]\n')
-    third = head_hash(tmp_project.load(), tmp_path / "three")
-    assert len({first, second, third}) == 3
+    third = build.head_hash(tmp_project.load(), tmp_project.load().apps[0])
+    text = tmp_project.config_path.read_text()
+    tmp_project.write_config(
+        text.replace('python = "3.11"', 'python = "3.11"\nindex_url = "https://i.example/simple"')
+    )
+    fourth = build.head_hash(tmp_project.load(), tmp_project.load().apps[0])
+    assert len({first, second, third, fourth}) == 4
 
 
 # -- BuildKit output --------------------------------------------------------------------------------------
@@ -288,11 +321,19 @@ def test_default_ca_bundle_skips_directories_and_empty_values(
     assert build.default_ca_bundle() is None
 
 
-def test_secrets_name_the_missing_file(project: LoadedConfig, tmp_path: Path) -> None:
-    with pytest.raises(RaybuildError, match=r"^--ca-bundle .*ca\.pem: no such file$"):
+def test_a_missing_ca_bundle_is_a_usage_error(project: LoadedConfig, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"^--ca-bundle .*ca\.pem: no such file$") as raised:
         Builder(project, FakeEngine(), ca_bundle=tmp_path / "ca.pem").secrets()
-    with pytest.raises(RaybuildError, match=r"^--netrc .*netrc: no such file$"):
+    assert raised.value.exit_code == 2
+
+
+def test_a_missing_netrc_is_a_usage_error(project: LoadedConfig, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"^--netrc .*netrc: no such file$") as raised:
         Builder(project, FakeEngine(), netrc=tmp_path / "netrc").secrets()
+    assert raised.value.exit_code == 2
+
+
+def test_secrets_are_the_files_given(project: LoadedConfig, tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("cert")
     (tmp_path / "netrc").write_text("machine x")
     builder = Builder(project, FakeEngine(), ca_bundle=tmp_path / "ca.pem", netrc=tmp_path / "netrc")
@@ -300,46 +341,14 @@ def test_secrets_name_the_missing_file(project: LoadedConfig, tmp_path: Path) ->
     assert Builder(project, FakeEngine()).secrets() == {}
 
 
-# -- the build record -------------------------------------------------------------------------------------
-
-
-def test_build_record_merges_builds_and_round_trips(project: LoadedConfig) -> None:
-    assert build.load_build_record(project) == {}
-    build.save_build_record(project, [BuiltImage("demo", "r/demo:1", "sha256:1", "cpu", cached=False)])
-    build.save_build_record(project, [BuiltImage("_head", "r/ray-head:1", "sha256:2", "cpu", cached=True)])
-    build.save_build_record(project, [BuiltImage("demo", "r/demo:2", "sha256:3", "cpu", cached=False)])
-    assert build.load_build_record(project) == {
-        "_head": {"ref": "r/ray-head:1", "image_id": "sha256:2", "device": "cpu"},
-        "demo": {"ref": "r/demo:2", "image_id": "sha256:3", "device": "cpu"},
-    }
-    assert build.built_ref(project, "demo") == "r/demo:2"
-    assert list(build.build_record_path(project).parent.iterdir()) == [build.build_record_path(project)]
-
-
-@pytest.mark.parametrize("text", ["not json", '{"version": 1}', "[]"])
-def test_a_malformed_build_record_is_an_error(project: LoadedConfig, text: str) -> None:
-    path = build.build_record_path(project)
-    path.parent.mkdir(parents=True)
-    path.write_text(text)
-    with pytest.raises(RaybuildError, match="malformed build record") as raised:
-        build.load_build_record(project)
-    assert raised.value.hint == "rerun `raybuild build`"
-
-
-def test_built_ref_of_an_unbuilt_app_says_to_build_it(project: LoadedConfig) -> None:
-    with pytest.raises(RaybuildError) as raised:
-        build.built_ref(project, "demo")
-    assert raised.value.hint == "run `raybuild build demo`"
-
-
 # -- Builder with the fake engine -------------------------------------------------------------------------
 
 
 def refs(config: LoadedConfig, tmp_path: Path) -> tuple[str, str]:
     """The app ref and head ref that Builder computes, from a context staged the same way."""
-    context = tmp_path / "refs"
-    content = stage(config, context)
-    return build.image_ref(config, config.apps[0], content), build.head_ref(config, build._head_hash(context))
+    app = config.apps[0]
+    content = stage(config, tmp_path / "refs")
+    return image_ref(config, app, content), head_ref(config, build.head_hash(config, app))
 
 
 def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, tmp_path: Path) -> None:
@@ -347,7 +356,7 @@ def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, 
     engine = FakeEngine(images=[ref, head])
     image, head_image = Builder(project, engine).build_app(project.apps[0])
     assert image == BuiltImage("demo", ref, engine.images[ref], "cpu", cached=True)
-    assert head_image == BuiltImage("_head", head, engine.images[head], "cpu", cached=True)
+    assert head_image == BuiltImage(HEAD_KEY, head, engine.images[head], "cpu", cached=True)
     assert engine.builds() == []
     assert engine.calls("tag") == []
 
@@ -406,6 +415,6 @@ def test_build_makes_bases_then_tags_the_head_and_records_every_image(
     engine = FakeEngine(images=[head])
     built = Builder(project, engine).build(project.apps)
     assert ensured == [("cpu",)]
-    assert [(b.app, b.ref, b.cached) for b in built] == [("_head", head, True), ("demo", ref, False)]
+    assert [(b.app, b.ref, b.cached) for b in built] == [(HEAD_KEY, head, True), ("demo", ref, False)]
     assert engine.images["127.0.0.1:5000/demo/ray-head:latest"] == engine.images[head]
-    assert {k: v["ref"] for k, v in build.load_build_record(project).items()} == {"_head": head, "demo": ref}
+    assert {k: v.ref for k, v in load_build_record(project).items()} == {HEAD_KEY: head, "demo": ref}

@@ -14,11 +14,18 @@ from raybuild import kuberay
 from raybuild.config import LoadedConfig
 from raybuild.engine import CLUSTER_LABEL, ROLE_LABEL
 from raybuild.errors import ClusterError
-from raybuild.image.build import BuiltImage, save_build_record
 from raybuild.kuberay import LABEL_KEY, RECONNECT_TIMEOUT_ENV
 from raybuild.local import cluster
 from raybuild.local.cluster import LocalCluster, Node
 from raybuild.manifest import render as k8s
+from raybuild.state import (
+    BuiltImage,
+    PublishedImage,
+    PublishRecord,
+    cluster_record_path,
+    publish_record_path,
+    save_build_record,
+)
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, make_app
 
@@ -168,8 +175,8 @@ def test_load_cluster_without_or_with_a_broken_state_file(project: LoadedConfig)
     with pytest.raises(ClusterError, match="no local cluster is running") as raised:
         cluster.load_cluster(project)
     assert raised.value.hint == "run `raybuild up` first"
-    cluster.state_path(project).parent.mkdir(parents=True)
-    cluster.state_path(project).write_text('{"name": "x"}')
+    cluster_record_path(project).parent.mkdir(parents=True)
+    cluster_record_path(project).write_text('{"name": "x"}')
     with pytest.raises(ClusterError, match="malformed"):
         cluster.load_cluster(project)
 
@@ -188,8 +195,19 @@ def test_local_images_come_from_the_last_build(project: LoadedConfig) -> None:
         "_head": "reg/ray-head:7",
         "demo": "reg/demo:7",
     }
-    with pytest.raises(ClusterError, match="no image for 'other'"):
+    with pytest.raises(ClusterError, match="no image for 'other'") as raised:
         cluster.local_images(project, project.apps)
+    assert raised.value.hint == "run `raybuild build` (and `raybuild publish` to test the published digests)"
+
+
+def test_local_images_prefer_the_published_digests(project: LoadedConfig) -> None:
+    other = PublishedImage("reg/other:7", "sha256:" + "f" * 64, 1, 1)
+    PublishRecord({"other": other}).save(publish_record_path(project))
+    save_build_record(project, [BuiltImage("_head", "reg/ray-head:7", "sha256:1", "cpu", cached=False)])
+    assert cluster.local_images(project, project.apps[1:]) == {
+        "_head": "reg/ray-head:7",
+        "other": other.pinned,
+    }
 
 
 # -- containers and networks, with the fake engine --------------------------------------------------------
@@ -274,14 +292,14 @@ def test_down_removes_this_clusters_containers_and_network_and_state(
         cluster.run_node(engine, planned, node)
     elsewhere = LocalCluster("raybuild-prod", "raybuild-prod", SUBNET, [planned.nodes[0]], {})
     cluster.run_node(engine, elsewhere, Node("raybuild-prod-gcs", "gcs", REDIS, "", {}))
-    cluster.state_path(project).parent.mkdir(parents=True)
-    cluster.state_path(project).write_text(started(planned).to_json())
+    cluster_record_path(project).parent.mkdir(parents=True)
+    cluster_record_path(project).write_text(started(planned).to_json())
     messages: list[str] = []
 
     assert cluster.down(project, engine, progress=messages.append) == 5
     assert list(engine.containers) == ["raybuild-prod-gcs"]
     assert engine.networks == {}
-    assert not cluster.state_path(project).exists()
+    assert not cluster_record_path(project).exists()
     assert messages == ["removed 5 containers and networks of raybuild-serve"]
     assert cluster.down(project, engine) == 0
 
@@ -355,4 +373,4 @@ def test_a_refused_deploy_takes_the_cluster_down_again(
     with pytest.raises(ClusterError, match=r"^Serve deploy request returned 400: invalid serve config$"):
         cluster.up(built, engine, built.apps, timeout=5)
     assert engine.containers == {} and engine.networks == {}
-    assert not cluster.state_path(built).exists()
+    assert not cluster_record_path(built).exists()

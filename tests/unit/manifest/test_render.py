@@ -14,7 +14,7 @@ from raybuild.config import LoadedConfig, load_config
 from raybuild.errors import ConfigError
 from raybuild.manifest.render import LABEL_KEY, render_manifest, store_service
 from raybuild.manifest.validate import BUNDLED_CRDS, GPU_RESOURCE, load_crds, validate_manifest
-from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, local_reference, record_path
+from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, image_references, publish_record_path
 from tests.conftest import GOLDEN_DIR, REPO_ROOT
 
 GOLDEN = GOLDEN_DIR / "k8s"
@@ -179,16 +179,13 @@ def test_images_are_pinned_by_digest_from_the_record(fixture: LoadedConfig) -> N
 def test_without_a_record_local_tags_are_used_with_a_warning(fixture: LoadedConfig) -> None:
     manifest = render_manifest(fixture, None)
     cluster = cluster_of(ray_doc(manifest.text))
-    assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"] == local_reference(
-        fixture, None
-    )
-    web = fixture.apps[0]
-    assert cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"] == local_reference(
-        fixture, web
-    )
-    assert local_reference(fixture, web) == "registry.example:5000/fixture/web:latest"
-    assert local_reference(fixture, None) == "registry.example:5000/fixture/ray-head:latest"
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["image"]
+    web = cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["image"]
+    assert head == "registry.example:5000/fixture/ray-head:latest"
+    assert web == "registry.example:5000/fixture/web:latest"
+    assert manifest.warnings == image_references(fixture, None).warnings
     assert any("no publish record" in w for w in manifest.warnings)
+    assert "# Images: local tags, not published." in manifest.text
 
 
 def test_a_record_without_an_app_falls_back_for_that_app_only(fixture: LoadedConfig) -> None:
@@ -417,62 +414,6 @@ def test_bundled_project_renders_valid_manifests(kind: str, store: Any, crds: An
     assert manifest.text == render_manifest(config, None, kind=kind, gcs_store_manifests=store).text  # type: ignore[arg-type]
 
 
-# --- The publish record -------------------------------------------------------------------------------
-
-
-def test_record_missing_is_none(tmp_path: Path) -> None:
-    assert PublishRecord.load(tmp_path / "publish.json") is None
-
-
-def test_record_round_trip(tmp_path: Path) -> None:
-    path = tmp_path / ".raybuild" / "publish.json"
-    record = fixture_record()
-    record.save(path)
-    assert PublishRecord.load(path) == record
-    assert json.loads(path.read_text())["version"] == 1
-    assert [p.name for p in path.parent.iterdir()] == ["publish.json"]  # no temporary file left behind
-    loaded = PublishRecord.load(path)
-    assert loaded is not None and loaded.get("web") == record.get("web")
-
-
-def test_record_path(fixture: LoadedConfig) -> None:
-    assert record_path(fixture) == fixture.root / ".raybuild" / "publish.json"
-
-
-GOOD_IMAGE = {"reference": "r/x:1", "digest": "sha256:" + "0" * 64, "size": 1, "compressed_size": 1}
-
-
-@pytest.mark.parametrize(
-    ("content", "match"),
-    [
-        ("{not json", "not a readable JSON"),
-        ("[]", "top level"),
-        (json.dumps({"version": 2, "images": {}}), "key 'version'"),
-        (json.dumps({"version": 1}), "key 'images'"),
-        (json.dumps({"version": 1, "images": {"x": "r/x:1"}}), "key 'images.x'"),
-        (
-            json.dumps({"version": 1, "images": {"x": {**GOOD_IMAGE, "digest": "sha256:abc"}}}),
-            "images.x.digest",
-        ),
-        (
-            json.dumps({"version": 1, "images": {"x": {**GOOD_IMAGE, "reference": "r/x@sha256:1"}}}),
-            "reference",
-        ),
-        (json.dumps({"version": 1, "images": {"x": {**GOOD_IMAGE, "size": "1"}}}), "images.x.size"),
-        (
-            json.dumps({"version": 1, "images": {"x": {**GOOD_IMAGE, "compressed_size": True}}}),
-            "compressed_size",
-        ),
-    ],
-)
-def test_record_malformed_names_the_file(tmp_path: Path, content: str, match: str) -> None:
-    path = tmp_path / "publish.json"
-    path.write_text(content, encoding="utf-8")
-    with pytest.raises(ConfigError, match=match) as error:
-        PublishRecord.load(path)
-    assert str(path) in str(error.value)
-
-
 # --- The command --------------------------------------------------------------------------------------
 
 
@@ -484,7 +425,7 @@ def test_cli_render_to_stdout(fixture: LoadedConfig, run_main: Callable[..., Any
 
 
 def test_cli_render_uses_the_publish_record(fixture: LoadedConfig, run_main: Callable[..., Any]) -> None:
-    fixture_record().save(record_path(fixture))
+    fixture_record().save(publish_record_path(fixture))
     result = run_main("--config", str(fixture.path), "render", "--kind", "RayCluster")
     assert result.exit_code == 0
     assert result.stdout == render_manifest(fixture, fixture_record(), kind="RayCluster").text

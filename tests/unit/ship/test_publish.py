@@ -1,18 +1,15 @@
-"""raybuild publish over a fake engine and a fake registry: skip logic, retries, digests, the record, secrets.
+"""raybuild publish over a fake engine and the fake registry: skipping, retries, digests, the record, secrets.
 
-The one real socket is a throwaway HTTP server on 127.0.0.1 that the registry client's tests talk to.
+Nothing here opens a socket; the real registry client is tested in tests/unit/test_registry.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -20,24 +17,27 @@ from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
 from raybuild.errors import EngineError, PublishError, UsageError
-from raybuild.image.build import BuiltImage, save_build_record
 from raybuild.progress import Progress
+from raybuild.registry import Manifest, RegistryUnreachable, RegistryUnverifiable
 from raybuild.ship.publish import (
     Backoff,
-    HttpRegistry,
-    Manifest,
     Publisher,
-    RegistryUnreachable,
-    RegistryUnverifiable,
     classify_push_failure,
-    parse_manifest,
     push_digest,
     redact,
     secret_values,
     split_reference,
 )
-from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, record_path
+from raybuild.state import (
+    HEAD_KEY,
+    BuiltImage,
+    PublishedImage,
+    PublishRecord,
+    publish_record_path,
+    save_build_record,
+)
 from tests.conftest import other_app
+from tests.unit.fakes import FakeRegistry
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
     from tests.conftest import MainResult, TmpProject
@@ -53,49 +53,14 @@ STAGING = "registry.example.com:5000/staging"
 OTHER_APP = "\n" + other_app()
 
 
-def manifest_body(image_id: str, layers: tuple[int, ...] = (1000, 2000)) -> bytes:
-    return json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {
-                "mediaType": "application/vnd.docker.container.image.v1+json",
-                "size": 900,
-                "digest": image_id,
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                    "size": size,
-                    "digest": f"sha256:{i:064x}",
-                }
-                for i, size in enumerate(layers)
-            ],
-        }
-    ).encode()
+def stored(registry: FakeRegistry, ref: str) -> Manifest:
+    _, repository, tag = split_reference(ref)
+    return registry.manifests[(repository, tag)]
 
 
-@dataclass
-class FakeRegistry:
-    """Manifests by (host, repository, tag-or-digest); ``failures`` are raised first, one per call."""
-
-    manifests: dict[tuple[str, str, str], Manifest] = field(default_factory=dict)
-    failures: list[Exception] = field(default_factory=list)
-    calls: list[str] = field(default_factory=list)
-
-    def manifest(self, host: str, repository: str, reference: str) -> Manifest | None:
-        self.calls.append(f"{host}/{repository}:{reference}")
-        if self.failures:
-            raise self.failures.pop(0)
-        return self.manifests.get((host, repository, reference))
-
-    def store(self, ref: str, image_id: str, layers: tuple[int, ...] = (1000, 2000)) -> str:
-        host, repository, tag = split_reference(ref)
-        manifest = parse_manifest(manifest_body(image_id, layers))
-        self.manifests[(host, repository, tag)] = self.manifests[(host, repository, manifest.digest)] = (
-            manifest
-        )
-        return manifest.digest
+def store(registry: FakeRegistry, ref: str, image_id: str, layers: tuple[int, ...] = (1000, 2000)) -> str:
+    _, repository, tag = split_reference(ref)
+    return registry.store(repository, tag, image_id, layers).digest
 
 
 @dataclass
@@ -125,7 +90,7 @@ class FakeEngine:
             for line in outcome.output_tail.splitlines():
                 on_line and on_line(line)
             raise outcome
-        digest = self.registry.store(ref, self.images[ref]["Id"])
+        digest = store(self.registry, ref, self.images[ref]["Id"])
         self.images[ref].setdefault("RepoDigests", []).append(f"{ref.rsplit(':', 1)[0]}@{digest}")
         lines = [
             f"The push refers to repository [{ref.rsplit(':', 1)[0]}]",
@@ -189,7 +154,12 @@ def run() -> Run:
 @pytest.fixture
 def publisher(project: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run) -> Publisher:
     return Publisher(
-        project, engine, client=registry, progress=run.progress.append, sleep=run.sleeps.append, secrets=()
+        project,
+        engine,
+        connect=registry.connect,
+        progress=run.progress.append,
+        sleep=run.sleeps.append,
+        secrets=(),
     )
 
 
@@ -212,16 +182,6 @@ def test_split_reference() -> None:
         "ray2.60.0-cpu",
     )
     assert split_reference("localhost:5000/a/b/c") == ("localhost:5000", "a/b/c", "latest")
-
-
-def test_parse_manifest_digest_config_and_compressed_size() -> None:
-    body = manifest_body(DEMO_ID, (10, 20, 30))
-    manifest = parse_manifest(body)
-    assert manifest.digest == "sha256:" + hashlib.sha256(body).hexdigest()
-    assert manifest.config_digest == DEMO_ID
-    assert manifest.compressed_size == 60
-    index = json.dumps({"schemaVersion": 2, "manifests": [{"digest": DEMO_ID}]}).encode()
-    assert parse_manifest(index).config_digest is None
 
 
 @pytest.mark.parametrize(
@@ -268,18 +228,19 @@ def test_publish_pushes_head_and_apps_and_records_digests(
     assert "not built yet, not published: other" in run.progress
     assert "  0123456789ab: Pushed" in run.progress
     assert not any("Preparing" in line or "Waiting" in line for line in run.progress)
-    record = PublishRecord.load(record_path(project))
+    record = PublishRecord.load(publish_record_path(project))
     assert record is not None
     demo = record.images["demo"]
     assert demo == results[1].image
     assert demo.reference == DEMO_REF
-    assert demo.digest == registry.manifests[split_reference(DEMO_REF)].digest
+    assert demo.digest == stored(registry, DEMO_REF).digest
+    assert set(registry.connected) == {"127.0.0.1:5000"}
     assert (demo.size, demo.compressed_size) == (450_000_000, 3000)
     assert record.images[HEAD_KEY].reference == HEAD_REF
 
 
 def test_another_registry_retags_and_names_the_head_ray_head(
-    publisher: Publisher, engine: FakeEngine
+    publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
 ) -> None:
     publisher.registry = STAGING + "/"
     results = publisher.publish(("demo",))
@@ -289,28 +250,29 @@ def test_another_registry_retags_and_names_the_head_ray_head(
     assert engine.pushed == [head_target, demo_target]
     assert [r.image.reference for r in results] == [head_target, demo_target]
     assert results[1].image.pinned.startswith(demo_target + "@sha256:")
+    assert set(registry.connected) == {"registry.example.com:5000"}
 
 
 def test_images_the_registry_has_are_skipped(
     publisher: Publisher, project: LoadedConfig, engine: FakeEngine, registry: FakeRegistry
 ) -> None:
-    head_digest = registry.store(HEAD_REF, HEAD_ID)
-    demo_digest = registry.store(DEMO_REF, DEMO_ID, (5, 6))
+    head_digest = store(registry, HEAD_REF, HEAD_ID)
+    demo_digest = store(registry, DEMO_REF, DEMO_ID, (5, 6))
     results = publisher.publish()
     assert [r.status for r in results] == ["skipped", "skipped"]
     assert engine.pushed == []
     assert engine.tags == []
     assert [r.image.digest for r in results] == [head_digest, demo_digest]
     assert results[1].image.compressed_size == 11
-    record = PublishRecord.load(record_path(project))
+    record = PublishRecord.load(publish_record_path(project))
     assert record is not None and record.images["demo"].digest == demo_digest
 
 
 def test_a_tag_holding_another_image_is_pushed_over(
     publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
 ) -> None:
-    registry.store(DEMO_REF, OTHER_ID)  # same tag, different bytes
-    registry.store(HEAD_REF, HEAD_ID)
+    store(registry, DEMO_REF, OTHER_ID)  # same tag, different bytes
+    store(registry, HEAD_REF, HEAD_ID)
     results = publisher.publish()
     assert [r.status for r in results] == ["skipped", "pushed"]
     assert engine.pushed == [DEMO_REF]
@@ -321,9 +283,9 @@ def test_publishing_one_app_keeps_the_others_in_the_record(
 ) -> None:
     kept = PublishedImage(OTHER_REF, "sha256:" + "f" * 64, 1, 1)
     stale_demo = PublishedImage(DEMO_REF, "sha256:" + "9" * 64, 1, 1)
-    PublishRecord({"other": kept, "demo": stale_demo}).save(record_path(project))
+    PublishRecord({"other": kept, "demo": stale_demo}).save(publish_record_path(project))
     publisher.publish(("demo",))
-    record = PublishRecord.load(record_path(project))
+    record = PublishRecord.load(publish_record_path(project))
     assert record is not None
     assert sorted(record.images) == [HEAD_KEY, "demo", "other"]
     assert record.images["other"] == kept
@@ -335,7 +297,7 @@ def test_digest_falls_back_to_repo_digests(
 ) -> None:
     engine.print_digest = False
     results = publisher.publish()
-    assert results[1].image.digest == registry.manifests[split_reference(DEMO_REF)].digest
+    assert results[1].image.digest == stored(registry, DEMO_REF).digest
 
 
 def test_registry_that_hides_manifests_still_gets_a_push(
@@ -374,8 +336,9 @@ def test_transient_registry_check_errors_are_retried(
 
 
 def _record_bytes(project: LoadedConfig) -> bytes:
-    PublishRecord({"other": PublishedImage(OTHER_REF, "sha256:" + "f" * 64, 1, 1)}).save(record_path(project))
-    return record_path(project).read_bytes()
+    other = PublishedImage(OTHER_REF, "sha256:" + "f" * 64, 1, 1)
+    PublishRecord({"other": other}).save(publish_record_path(project))
+    return publish_record_path(project).read_bytes()
 
 
 def test_registry_down_fails_clearly_and_leaves_the_record(
@@ -391,7 +354,7 @@ def test_registry_down_fails_clearly_and_leaves_the_record(
     assert failed.value.hint is not None and "curl http://127.0.0.1:5000/v2/" in failed.value.hint
     assert run.sleeps == [1.0, 2.0, 4.0]
     assert engine.pushed == []
-    assert record_path(project).read_bytes() == before
+    assert publish_record_path(project).read_bytes() == before
 
 
 def test_registry_going_down_during_pushes_leaves_the_record(
@@ -407,8 +370,8 @@ def test_registry_going_down_during_pushes_leaves_the_record(
         publisher.publish()
     assert engine.pushed == [HEAD_REF] + [DEMO_REF] * 4
     assert run.sleeps == [1.0, 2.0, 4.0]
-    assert record_path(project).read_bytes() == before
-    assert not list(record_path(project).parent.glob("*.tmp"))
+    assert publish_record_path(project).read_bytes() == before
+    assert not list(publish_record_path(project).parent.glob("*.tmp"))
 
 
 def test_persistent_server_errors_say_the_registry_kept_failing(
@@ -436,7 +399,7 @@ def test_denied_is_not_retried_and_points_at_docker_login(
     )
     assert failed.value.hint is not None and "docker login" in failed.value.hint
     assert run.sleeps == []
-    assert record_path(project).read_bytes() == before
+    assert publish_record_path(project).read_bytes() == before
 
 
 def test_a_daemon_failure_is_not_blamed_on_the_registry(publisher: Publisher, engine: FakeEngine) -> None:
@@ -520,7 +483,7 @@ def test_nothing_built_is_an_error(
     tmp_project: TmpProject, engine: FakeEngine, registry: FakeRegistry
 ) -> None:
     with pytest.raises(PublishError, match="nothing to publish"):
-        Publisher(tmp_project.load(), engine, client=registry).publish()
+        Publisher(tmp_project.load(), engine, connect=registry.connect).publish()
 
 
 def test_a_local_image_that_changed_since_the_build_is_refused(
@@ -529,64 +492,6 @@ def test_a_local_image_that_changed_since_the_build_is_refused(
     engine.images[DEMO_REF] = {"Id": OTHER_ID, "Size": 1}
     with pytest.raises(PublishError, match="no longer the image that was built"):
         publisher.publish(("demo",))
-
-
-# -- the HTTP registry client --------------------------------------------------------------------------------
-
-
-class _Handler(BaseHTTPRequestHandler):
-    routes: ClassVar[dict[str, tuple[int, bytes]]] = {}
-    accepts: ClassVar[list[str]] = []
-
-    def do_GET(self) -> None:
-        self.accepts.append(self.headers.get("Accept", ""))
-        status, body = self.routes.get(self.path, (404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'))
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def http_registry() -> Iterator[tuple[str, type[_Handler]]]:
-    handler = type("Handler", (_Handler,), {"routes": {}, "accepts": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
-
-
-def test_http_registry_reads_manifests(http_registry: tuple[str, type[_Handler]]) -> None:
-    host, handler = http_registry
-    body = manifest_body(DEMO_ID)
-    handler.routes["/v2/ns/demo/manifests/v1"] = (200, body)
-    handler.routes["/v2/ns/demo/manifests/private"] = (401, b"{}")
-    handler.routes["/v2/ns/demo/manifests/broken"] = (503, b"{}")
-    client = HttpRegistry(timeout=5)
-    assert client.manifest(host, "ns/demo", "v1") == parse_manifest(body)
-    assert "application/vnd.docker.distribution.manifest.v2+json" in handler.accepts[0]
-    assert client.manifest(host, "ns/demo", "v2") is None
-    with pytest.raises(RegistryUnverifiable, match="401"):
-        client.manifest(host, "ns/demo", "private")
-    with pytest.raises(RegistryUnreachable, match="503") as failed:
-        client.manifest(host, "ns/demo", "broken")
-    assert failed.value.down is False
-
-
-def test_http_registry_down_is_connection_refused(http_registry: tuple[str, type[_Handler]]) -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port that nothing listens on once this socket is closed
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with pytest.raises(RegistryUnreachable, match="connection refused") as failed:
-        HttpRegistry(timeout=5).manifest(f"127.0.0.1:{port}", "ns/demo", "v1")
-    assert failed.value.down is True
 
 
 # -- the command ---------------------------------------------------------------------------------------------
@@ -602,7 +507,7 @@ def fake_cli(
 ) -> Callable[..., MainResult]:
     monkeypatch.setattr(publish_cli, "engine_for", lambda state: engine)
     monkeypatch.setattr(
-        publish_cli, "Publisher", partial(Publisher, client=registry, sleep=run.sleeps.append)
+        publish_cli, "Publisher", partial(Publisher, connect=registry.connect, sleep=run.sleeps.append)
     )
     return lambda run_main, *args: run_main("--config", str(project.path), "publish", *args)
 
@@ -641,7 +546,7 @@ def test_cli_registry_down_is_one_line_and_exit_1(
     assert result.stdout == ""
     assert "error: registry 127.0.0.1:5000 is not reachable (connection refused" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not record_path(project).exists()
+    assert not publish_record_path(project).exists()
 
 
 def test_publish_has_help() -> None:

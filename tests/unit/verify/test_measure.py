@@ -6,8 +6,10 @@ Nothing here starts a container or opens a socket; the real thing is tests/integ
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
+import re
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,15 +21,16 @@ import pytest
 
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
-from raybuild.errors import MeasureError
-from raybuild.image.build import BuiltImage, save_build_record
+from raybuild.errors import MeasureError, StateError
+from raybuild.progress import Progress, silent
+from raybuild.registry import OCI_INDEX, RegistryUnreachable, RegistryUnverifiable, parse_manifest
+from raybuild.state import BuiltImage, build_record_path, save_build_record
 from raybuild.verify import coldstart, sizes
 from raybuild.verify import measure as measure_module
 from raybuild.verify.coldstart import WarmStart
 from raybuild.verify.measure import MeasureReport, Options, measure, summary_rows, to_markdown
 from raybuild.verify.results import AppResult, Measurement, Package, Size, Startup, schema, stat
 from raybuild.verify.sizes import (
-    MANIFEST_V2,
     gzip_size,
     history_sizes,
     map_layers,
@@ -39,6 +42,7 @@ from raybuild.verify.sizes import (
     shared_bytes,
 )
 from tests.conftest import other_app
+from tests.unit.fakes import FakeRegistry
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
     from tests.conftest import MainResult, TmpProject
@@ -193,23 +197,6 @@ def test_gzip_size_matches_gzip() -> None:
 
 
 @dataclass
-class FakeRegistry:
-    address: str = "127.0.0.1:5000"
-    manifests: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    blobs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    up: bool = True
-
-    def reachable(self) -> bool:
-        return self.up
-
-    def manifest(self, repository: str, reference: str) -> dict[str, Any]:
-        return self.manifests[(repository, reference)]
-
-    def blob(self, repository: str, digest: str) -> dict[str, Any]:
-        return self.blobs[digest]
-
-
-@dataclass
 class FakeImage:
     diff_ids: list[str]
     compressed: list[int]
@@ -245,16 +232,9 @@ class FakeEngine:
         self.calls.append(["push", ref])
         image = self.images[ref]
         name, _, tag = ref.removeprefix(self.registry.address + "/").rpartition(":")
-        config_digest = f"sha256:{len(self.registry.blobs):064x}"
-        self.registry.blobs[config_digest] = image.config
-        self.registry.manifests[(name, tag)] = {
-            "schemaVersion": 2,
-            "mediaType": MANIFEST_V2,
-            "config": {"digest": config_digest, "size": 1},
-            "layers": [
-                {"digest": f"sha256:{i:064x}", "size": size} for i, size in enumerate(image.compressed)
-            ],
-        }
+        config = json.dumps(image.config).encode()
+        config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        self.registry.store(name, tag, config_digest, image.compressed, config=config)
         return Result(["docker", "push", ref], 0, "")
 
     def save(self, ref: str, out: Path) -> None:
@@ -335,6 +315,36 @@ def test_size_without_a_registry_gzips_docker_save_layers() -> None:
     assert size.dive is None
 
 
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (RegistryUnreachable("HTTP 503 Service Unavailable", down=False), "HTTP 503 Service Unavailable"),
+        (RegistryUnverifiable("HTTP 401 Unauthorized"), "HTTP 401 Unauthorized"),
+    ],
+)
+@pytest.mark.usefixtures("no_dive")
+def test_a_registry_that_fails_after_the_push_is_a_measure_error(failure: Exception, said: str) -> None:
+    engine = demo_engine()
+    engine.registry.failures = [failure]
+    with pytest.raises(MeasureError) as raised:
+        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry)  # type: ignore[arg-type]
+    tag = DEMO_REF.rsplit(":", 1)[1]
+    assert str(raised.value) == f"registry 127.0.0.1:5000: manifest raybuild-measure/demo:{tag}: {said}"
+    assert raised.value.hint == "is the registry on 127.0.0.1:5000 running?"
+
+
+@pytest.mark.usefixtures("no_dive")
+def test_a_pushed_image_the_registry_lacks_or_holds_as_an_index_is_a_measure_error() -> None:
+    engine = demo_engine()
+    engine.push = lambda ref: Result(["docker", "push", ref], 0, "")  # type: ignore[method-assign]
+    with pytest.raises(MeasureError, match=r"manifest raybuild-measure/demo:\S+: not found"):
+        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry)  # type: ignore[arg-type]
+    index = parse_manifest(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode())
+    engine.registry.manifests[("raybuild-measure/demo", DEMO_REF.rsplit(":", 1)[1])] = index
+    with pytest.raises(MeasureError, match=re.escape(f"expected an image manifest, got '{OCI_INDEX}'")):
+        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry)  # type: ignore[arg-type]
+
+
 # -- the whole run, sizes only, and the startup statistics --------------------------------------------------
 
 
@@ -353,13 +363,19 @@ def project(tmp_project: TmpProject) -> LoadedConfig:
     return config
 
 
+def measure_demo_sizes(
+    project: LoadedConfig, engine: FakeEngine, progress: Progress = silent
+) -> MeasureReport:
+    """A sizes-only run of "demo" against the engine's registry."""
+    apps = project.select(("demo",))
+    options = Options(startup=False)
+    return measure(project, apps, engine, options, progress, registry=engine.registry)  # type: ignore[arg-type]
+
+
 @pytest.mark.usefixtures("no_dive")
-def test_sizes_only_run_shares_layers_with_unmeasured_apps(
-    project: LoadedConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sizes_only_run_shares_layers_with_unmeasured_apps(project: LoadedConfig) -> None:
     engine = demo_engine()
-    monkeypatch.setattr(measure_module, "Registry", lambda: engine.registry)
-    report = measure(project, project.select(("demo",)), engine, Options(startup=False))  # type: ignore[arg-type]
+    report = measure_demo_sizes(project, engine)
     document = report.measurement
     jsonschema.validate(json.loads(document.to_json()), schema())
     assert document.runs == 0
@@ -372,6 +388,28 @@ def test_sizes_only_run_shares_layers_with_unmeasured_apps(
     assert not any(call[0] == "pull" for call in engine.calls)
     sweeps = [call for call in engine.calls if call[0] == "sweep"]
     assert sweeps == [["sweep", "io.raybuild.purpose=measure"]] * 2, "leftovers swept before and after"
+
+
+@pytest.mark.usefixtures("no_dive")
+def test_an_unreachable_registry_measures_sizes_from_docker_save(project: LoadedConfig) -> None:
+    engine = demo_engine()
+    engine.registry.up = False
+    progress: list[str] = []
+    report = measure_demo_sizes(project, engine, progress.append)
+    assert report.compressed_method == {"demo": "gzip of docker save"}
+    assert not any(call[0] == "push" for call in engine.calls)
+    assert engine.registry.reads == []
+    assert progress[0].startswith("registry 127.0.0.1:5000 unreachable: compressed sizes from gzip")
+
+
+def test_an_app_never_built_is_a_state_error(project: LoadedConfig) -> None:
+    build_record_path(project).unlink()
+    save_build_record(project, [BuiltImage("other", OTHER_REF, "sha256:2", "cpu", False)])
+    engine = demo_engine()
+    with pytest.raises(StateError, match=r"^app 'demo' has not been built$") as raised:
+        measure(project, (), engine, Options(startup=False))  # type: ignore[arg-type]
+    assert raised.value.hint == "run `raybuild build demo`"
+    assert engine.calls == []
 
 
 @pytest.mark.usefixtures("no_dive")
