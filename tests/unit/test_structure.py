@@ -1,0 +1,72 @@
+"""Each concept has one home: the strings that name it appear, as code, in one module only.
+
+Docstrings and comments may mention them; string literals in code may not, outside their owner.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import raybuild
+
+PACKAGE = Path(raybuild.__file__).parent
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "templates" not in p.relative_to(PACKAGE).parts)
+
+
+def _code_strings(path: Path) -> list[str]:
+    """Every string constant in the module's code, docstrings left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docstrings.add(id(first.value))
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
+
+
+def _owners(predicate: object) -> set[str]:
+    assert callable(predicate)
+    return {
+        path.relative_to(PACKAGE).as_posix()
+        for path in _modules()
+        if any(predicate(text) for text in _code_strings(path))
+    }
+
+
+@pytest.mark.parametrize(
+    ("what", "predicate", "owner"),
+    [
+        ("the head key", lambda s: s == "_head", "state.py"),
+        ("the head image name", lambda s: "ray-head" in s, "state.py"),
+        ("paths under .raybuild/", lambda s: s == ".raybuild" or s.startswith(".raybuild/"), "state.py"),
+        (
+            "ray start command lines",
+            lambda s: "ray start" in s or s in ("--head", "ulimit -n 65536; "),
+            "kuberay.py",
+        ),
+        ("KubeRay's probe endpoints", lambda s: "healthz" in s, "kuberay.py"),
+    ],
+)
+def test_a_concept_lives_in_one_module(what: str, predicate: object, owner: str) -> None:
+    assert _owners(predicate) <= {owner}, f"{what} must be written only in {owner}"
+
+
+def test_no_code_reads_a_folder_beside_the_project() -> None:
+    assert _owners(lambda s: s in ("shared", "../shared") or "/shared/" in s) == set()
+
+
+def test_the_checks_see_what_they_look_for() -> None:
+    # Guards the guard: if the scan found nothing at all, every test above would pass vacuously.
+    assert _owners(lambda s: s == "_head") == {"state.py"}
+    assert _owners(lambda s: s == "--head") == {"kuberay.py"}
