@@ -126,7 +126,8 @@ class App(_Model):
     device: Literal["cpu", "gpu"] = "cpu"
     import_path: str
     route_prefix: str
-    deployments: list[Deployment] = Field(min_length=1)
+    # Optional: without it, `raybuild build` finds the deployments in the code (image/introspect.py).
+    deployments: list[Deployment] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     prune: Prune = Prune()
     workers: Workers = Workers()
@@ -281,6 +282,16 @@ class LoadedConfig:
 
     def image_name(self, app: App) -> str:
         return f"{self.project.registry}/{app.name}"
+
+    def with_deployments(self, found: dict[str, list[Deployment]]) -> LoadedConfig:
+        """The config with ``found`` deployments for the apps whose raybuild.toml lists none."""
+        apps = [
+            app.model_copy(update={"deployments": found[app.name]})
+            if not app.deployments and app.name in found
+            else app
+            for app in self.apps
+        ]
+        return LoadedConfig(self.config.model_copy(update={"apps": apps}), self.root, self.path)
 
     def with_resolver(self, resolver: str) -> LoadedConfig:
         project = self.project.model_copy(update={"resolver": resolver})

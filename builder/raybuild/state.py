@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from raybuild.config import App, LoadedConfig
+from raybuild.config import App, Deployment, LoadedConfig
 from raybuild.errors import StateError
 from raybuild.fsutil import atomic_write
 
@@ -99,6 +99,8 @@ class BuiltImage:
     image_id: str
     device: str
     cached: bool  # made by an earlier build: every image read back from the record is
+    # The app's deployments as found in its code at build time, in raybuild.toml's form (not for the head).
+    deployments: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -128,7 +130,13 @@ def load_build_record(config: LoadedConfig) -> dict[str, BuiltImage]:
                 f"{path}: malformed build record (key 'images.{key}' needs ref, image_id and device)",
                 hint=_REBUILD,
             )
-        built[key] = BuiltImage(key, ref, image_id, device, cached=True)
+        deployments = fields.get("deployments", [])
+        if not isinstance(deployments, list) or not all(isinstance(d, dict) for d in deployments):
+            raise StateError(
+                f"{path}: malformed build record (key 'images.{key}.deployments' must be a list of tables)",
+                hint=_REBUILD,
+            )
+        built[key] = BuiltImage(key, ref, image_id, device, cached=True, deployments=tuple(deployments))
     return built
 
 
@@ -140,10 +148,21 @@ def save_build_record(config: LoadedConfig, built: Iterable[BuiltImage]) -> None
         "version": RECORD_VERSION,
         "images": {
             key: {"ref": image.ref, "image_id": image.image_id, "device": image.device}
+            | ({"deployments": list(image.deployments)} if image.deployments else {})
             for key, image in sorted(images.items())
         },
     }
     atomic_write(build_record_path(config), json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def with_found_deployments(config: LoadedConfig) -> LoadedConfig:
+    """The config, with the deployments the last build found in the code for apps that list none."""
+    found = {
+        key: [Deployment.model_validate(table) for table in image.deployments]
+        for key, image in load_build_record(config).items()
+        if image.deployments
+    }
+    return config.with_deployments(found) if found else config
 
 
 def _not_built(key: str) -> StateError:

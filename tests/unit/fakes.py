@@ -24,6 +24,16 @@ from raybuild.errors import EngineError
 from raybuild.progress import Progress
 from raybuild.registry import DOCKER_MANIFEST, Manifest, parse_manifest
 
+# What the build-time import check finds in the apps the tests use (the bundled project, the tmp project's
+# "demo" and "other"), by import path; a test scripts `run --rm` itself for anything else.
+SERVE_DEPLOYMENTS = {
+    "hello_app:app": ["Hello"],
+    "sklearn_app:app": ["Iris"],
+    "cuda_app:app": ["CudaInfo"],
+    "demo_app:app": ["Demo"],
+    "other_app:app": ["Other"],
+}
+
 DOCKER = DockerClient("/usr/bin/docker", "28.1.1", buildx=True)
 BUILD_OUTPUT = "#1 [internal] load build definition from Dockerfile\n#1 DONE 0.0s\n"
 
@@ -156,6 +166,10 @@ class FakeEngine(Engine):
                 Path(_option(args, "--iidfile")).write_text(new_id + "\n")
                 self.images[new_id] = new_id
                 return Reply(0, BUILD_OUTPUT)
+            case ["run", "--rm", "-i", *_, import_path, _code_dir] if "--entrypoint" in args:
+                names = SERVE_DEPLOYMENTS.get(import_path, [])
+                report = {"ok": True, "deployments": [{"name": name} for name in names]}
+                return Reply(0, "@@raybuild-serve-app " + json.dumps(report))
             case ["run", "-d", *_]:
                 name = _option(args, "--name")
                 self.containers[name] = _labels(args)

@@ -31,6 +31,7 @@ from raybuild.state import (
     repository_name,
     save_build_record,
     state_dir,
+    with_found_deployments,
 )
 from tests.conftest import other_app
 
@@ -233,3 +234,34 @@ def test_references_for_some_apps_and_the_last_builds_tag(project: LoadedConfig)
     with pytest.raises(StateError, match=r"^app 'other' has not been built$") as raised:
         images.built("other")
     assert raised.value.hint == "run `raybuild build other`"
+
+
+def test_found_deployments_round_trip_and_fill_only_apps_that_list_none(tmp_project: TmpProject) -> None:
+    text = tmp_project.config_path.read_text(encoding="utf-8")
+    tmp_project.write_config(text[: text.index("[[apps.deployments]]")] + "\n" + other_app())
+    tmp_project.add_app("other")
+    config = tmp_project.load()
+    found = ({"name": "Found", "ray_actor_options": {"num_cpus": 0.25}},)
+    save_build_record(
+        config,
+        [
+            BuiltImage("demo", "r/demo:1", "sha256:" + "a" * 64, "cpu", False, found),
+            BuiltImage("other", "r/other:1", "sha256:" + "b" * 64, "cpu", False, ({"name": "Ignored"},)),
+        ],
+    )
+    assert load_build_record(config)["demo"].deployments == found
+    demo, other = with_found_deployments(config).apps
+    assert [(d.name, d.ray_actor_options.num_cpus) for d in demo.deployments] == [("Found", 0.25)]
+    assert [d.name for d in other.deployments] == ["Other"]  # what raybuild.toml lists wins
+
+
+def test_an_app_without_deployments_that_was_never_built_cannot_be_rendered(tmp_project: TmpProject) -> None:
+    from raybuild.errors import ConfigError
+    from raybuild.manifest.render import serve_application
+
+    text = tmp_project.config_path.read_text(encoding="utf-8")
+    tmp_project.write_config(text[: text.index("[[apps.deployments]]")])
+    (app,) = with_found_deployments(tmp_project.load()).apps
+    with pytest.raises(ConfigError, match="lists no deployments, and no build has found them") as raised:
+        serve_application(app)
+    assert "raybuild build demo" in (raised.value.hint or "")

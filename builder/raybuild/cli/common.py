@@ -12,6 +12,7 @@ import click
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.errors import EngineError, RaybuildError
+from raybuild.state import with_found_deployments
 
 
 @dataclass
@@ -24,7 +25,8 @@ class State:
 
     def config(self) -> LoadedConfig:
         if self._config is None:
-            self._config = load_config(Path(self.config_path))
+            # Apps that list no deployments use what the last build found in their code.
+            self._config = with_found_deployments(load_config(Path(self.config_path)))
         return self._config
 
 

@@ -17,17 +17,27 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, UsageError
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
+from raybuild.image.introspect import introspect
 from raybuild.image.prune import PrunePlan, prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as lock
 from raybuild.progress import Progress, silent
-from raybuild.state import HEAD_KEY, BuiltImage, head_ref, image_ref, latest_ref, save_build_record
+from raybuild.state import (
+    HEAD_KEY,
+    BuiltImage,
+    head_ref,
+    image_ref,
+    latest_ref,
+    load_build_record,
+    save_build_record,
+)
 
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
 _IGNORED = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git", ".venv", "requirements.in"}
@@ -182,9 +192,10 @@ class Builder:
             out["netrc"] = self.netrc
         return out
 
-    def _build(self, context: Path, ref: str, target: str | None, what: str) -> str:
+    def _build(self, context: Path, target: str | None, what: str) -> str:
+        """Build without tagging; the image ID. Callers tag only what passed its checks."""
         try:
-            image_id = self.engine.build(
+            return self.engine.build(
                 context,
                 context / "Dockerfile",
                 iidfile=context / f"iid-{target or 'app'}",
@@ -198,8 +209,15 @@ class Builder:
             if step:
                 exc.message = f"{what} failed at step {step}"
             raise
-        self.engine.tag(image_id, ref)
-        return image_id
+
+    def _deployments(self, app: App, image: str) -> tuple[dict[str, Any], ...]:
+        """Import the app in ``image`` as Serve would; its deployments, or a BuildError naming the cause."""
+        self.progress(f"{app.name}: checking that {app.import_path} imports as a Serve app")
+        found = introspect(self.engine, image, app)
+        found.check_listed(app)
+        for line in found.dropped_options():
+            self.progress(f"{app.name}: warning: {line}")
+        return found.as_config()
 
     def build_app(self, app: App) -> tuple[BuiltImage, BuiltImage | None]:
         """Build one app image; also the head image (base + Ray only) when it is a CPU app."""
@@ -213,22 +231,26 @@ class Builder:
                     head = BuiltImage(HEAD_KEY, hr, self.engine.inspect(hr)["Id"], "cpu", cached=True)
                 else:
                     self.progress(f"building head image {hr}")
-                    head = BuiltImage(
-                        HEAD_KEY,
-                        hr,
-                        self._build(context, hr, "head", "build of the head image"),
-                        "cpu",
-                        cached=False,
-                    )
+                    head_id = self._build(context, "head", "build of the head image")
+                    self.engine.tag(head_id, hr)
+                    head = BuiltImage(HEAD_KEY, hr, head_id, "cpu", cached=False)
             if self.engine.image_exists(ref):
                 self.progress(f"{app.name}: {ref} is up to date")
-                return BuiltImage(
-                    app.name, ref, self.engine.inspect(ref)["Id"], app.device, cached=True
-                ), head
+                recorded = load_build_record(self.config).get(app.name)
+                deployments = (
+                    recorded.deployments
+                    if recorded is not None and recorded.ref == ref and recorded.deployments
+                    else self._deployments(app, ref)
+                )
+                image_id = self.engine.inspect(ref)["Id"]
+                return BuiltImage(app.name, ref, image_id, app.device, True, deployments), head
             self.progress(f"building {app.name} -> {ref}")
-            image_id = self._build(context, ref, None, f"build of app {app.name!r}")
+            image_id = self._build(context, None, f"build of app {app.name!r}")
+        # A broken app fails here, before its content-addressed tag exists: nothing half-made is tagged.
+        deployments = self._deployments(app, image_id)
+        self.engine.tag(image_id, ref)
         self.engine.tag(ref, latest_ref(self.config, app.name))
-        return BuiltImage(app.name, ref, image_id, app.device, cached=False), head
+        return BuiltImage(app.name, ref, image_id, app.device, False, deployments), head
 
     def build(self, apps: tuple[App, ...]) -> list[BuiltImage]:
         devices = tuple(dict.fromkeys(app.device for app in apps)) or ("cpu",)

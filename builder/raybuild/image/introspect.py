@@ -37,6 +37,45 @@ class ServeApp:
     def names(self) -> tuple[str, ...]:
         return tuple(str(d["name"]) for d in self.deployments)
 
+    def as_config(self) -> tuple[dict[str, Any], ...]:
+        """The deployments as raybuild.toml's [[apps.deployments]] tables would list them.
+
+        Only what raybuild renders is kept: the rendered serveConfigV2 overrides the code's options with
+        these, and its ray_actor_options replace the code's whole dict (to add the label selector), so the
+        resources raybuild models are carried over from the code.
+        """
+        tables = []
+        for deployment in self.deployments:
+            table: dict[str, Any] = {"name": deployment["name"]}
+            replicas = deployment.get("num_replicas")
+            if isinstance(replicas, int) and not isinstance(replicas, bool):
+                table["num_replicas"] = replicas
+            options = deployment.get("ray_actor_options") or {}
+            actor = {k: options[k] for k in ("num_cpus", "num_gpus", "memory") if options.get(k) is not None}
+            if actor:
+                table["ray_actor_options"] = actor
+            tables.append(table)
+        return tuple(tables)
+
+    def dropped_options(self) -> list[str]:
+        """Actor options set in the code that the rendered config cannot carry, one line each."""
+        return [
+            f"deployment {d['name']!r}: ray_actor_options.{key} set in the code is not rendered; "
+            "list the deployment in raybuild.toml if it matters"
+            for d in self.deployments
+            for key in sorted(set(d.get("ray_actor_options") or {}) - {"num_cpus", "num_gpus", "memory"})
+        ]
+
+    def check_listed(self, app: App) -> None:
+        """Every deployment raybuild.toml lists must exist in the code."""
+        missing = [d.name for d in app.deployments if d.name not in self.names]
+        if missing:
+            raise BuildError(
+                f"app {app.name!r}: raybuild.toml lists deployment(s) {', '.join(map(repr, missing))}, "
+                f"but {app.import_path} defines {', '.join(map(repr, self.names)) or 'none'}",
+                hint="fix the names under [[apps.deployments]], or drop the tables to use the code's",
+            )
+
 
 def parse_report(app: App, output: str) -> ServeApp:
     """The probe's report; a BuildError naming the exception when the app did not import and build."""

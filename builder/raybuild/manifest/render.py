@@ -164,6 +164,12 @@ def _serve_deployment(app: App, index: int) -> dict[str, Any]:
 
 def serve_application(app: App) -> dict[str, Any]:
     """One entry of serveConfigV2's `applications`, pinned to the app's worker group."""
+    if not app.deployments:
+        raise ConfigError(
+            f"app {app.name!r}: raybuild.toml lists no deployments, and no build has found them in the code",
+            hint=f"run `raybuild build {app.name}` (it imports the app and records its deployments), "
+            "or list them under [[apps.deployments]]",
+        )
     entry: dict[str, Any] = {
         "name": app.name,
         "import_path": app.import_path,

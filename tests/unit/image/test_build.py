@@ -3,6 +3,7 @@ parsing, secrets, and Builder against the fake engine (cached images, failed bui
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,15 @@ from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
-from raybuild.state import HEAD_KEY, BuiltImage, head_ref, image_ref, load_build_record
+from raybuild.state import (
+    HEAD_KEY,
+    BuiltImage,
+    build_record_path,
+    head_ref,
+    image_ref,
+    load_build_record,
+    with_found_deployments,
+)
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine
 
@@ -355,10 +364,90 @@ def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, 
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[ref, head])
     image, head_image = Builder(project, engine).build_app(project.apps[0])
-    assert image == BuiltImage("demo", ref, engine.images[ref], "cpu", cached=True)
+    assert image == BuiltImage("demo", ref, engine.images[ref], "cpu", True, ({"name": "Demo"},))
     assert head_image == BuiltImage(HEAD_KEY, head, engine.images[head], "cpu", cached=True)
     assert engine.builds() == []
     assert engine.calls("tag") == []
+    # No record of its deployments yet, so the cached image was imported once to find them.
+    assert len(engine.calls("run", "--rm")) == 1
+
+
+def test_a_cached_image_with_recorded_deployments_is_not_imported_again(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=[ref, head])
+    Builder(project, engine).build((project.apps[0],))
+    Builder(project, engine).build((project.apps[0],))
+    assert len(engine.calls("run", "--rm")) == 1
+
+
+def _report(**fields: object) -> str:
+    return "@@raybuild-serve-app " + json.dumps(fields)
+
+
+def test_a_broken_app_fails_the_build_before_its_tag_exists(project: LoadedConfig, tmp_path: Path) -> None:
+    ref, _ = refs(project, tmp_path)
+    engine = FakeEngine()
+    engine.script(
+        "run",
+        "--rm",
+        output=_report(
+            ok=False,
+            type="NameError",
+            message="name 'serv' is not defined",
+            file="/home/ray/app/demo_app.py",
+            line=4,
+        ),
+    )
+    with pytest.raises(BuildError) as raised:
+        Builder(project, engine).build((project.apps[0],))
+    assert raised.value.message == (
+        "app 'demo': demo_app:app does not import as a Serve app: NameError: name 'serv' is not defined "
+        "(demo_app.py, line 4)"
+    )
+    assert ref not in engine.images
+    assert not build_record_path(project).exists()
+
+
+def test_a_listed_deployment_the_code_does_not_define_names_both(
+    tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    tmp_project.write_config(tmp_project.config_path.read_text().replace('name = "Demo"', 'name = "Demoo"'))
+    config = tmp_project.load()
+    write_locks(config)
+    with pytest.raises(BuildError, match="lists deployment\\(s\\) 'Demoo', but demo_app:app defines 'Demo'"):
+        Builder(config, FakeEngine()).build(config.apps)
+
+
+def test_deployments_found_in_the_code_fill_an_app_that_lists_none(tmp_project: TmpProject) -> None:
+    text = tmp_project.config_path.read_text()
+    tmp_project.write_config(text[: text.index("[[apps.deployments]]")])
+    config = tmp_project.load()
+    assert config.apps[0].deployments == []
+    write_locks(config)
+    engine = FakeEngine()
+    engine.script(
+        "run",
+        "--rm",
+        output=_report(
+            ok=True,
+            deployments=[
+                {
+                    "name": "Demo",
+                    "num_replicas": 2,
+                    "ray_actor_options": {"num_cpus": 0.25, "resources": {"x": 1}},
+                }
+            ],
+        ),
+    )
+    progress: list[str] = []
+    Builder(config, engine, progress=progress.append).build(config.apps)
+    (app,) = with_found_deployments(config).apps
+    assert [(d.name, d.num_replicas, d.ray_actor_options.num_cpus) for d in app.deployments] == [
+        ("Demo", 2, 0.25)
+    ]
+    assert any("ray_actor_options.resources set in the code is not rendered" in line for line in progress)
 
 
 def test_a_fresh_build_builds_head_then_app_and_tags_only_after_success(
