@@ -194,6 +194,39 @@ def test_failed_build_names_the_step_and_leaves_no_tag(engine: Engine, project_c
     assert not engine.image_exists(ref)
 
 
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (
+            "from ray import serve\n\n\ndef broken(:\n    pass\n",
+            "SyntaxError: invalid syntax (hello_app.py, line 4)",
+        ),
+        (
+            "import not_a_module_anywhere\n",
+            "ModuleNotFoundError: No module named 'not_a_module_anywhere' (hello_app.py, line 1)",
+        ),
+        ("x = 1\nvalue = x / 0\n", "ZeroDivisionError: division by zero (hello_app.py, line 2)"),
+        ("app = 42\n", "TypeError: hello_app:app is a int, not a Serve application"),
+    ],
+)
+def test_a_broken_app_fails_the_build_at_its_import_check(
+    engine: Engine, project_copy: Path, code: str, expected: str
+) -> None:
+    (project_copy / "apps" / "hello" / "hello_app.py").write_text(code + f"# {uuid.uuid4().hex}\n")
+    config = load_config(project_copy / "raybuild.toml")
+    with pytest.raises(BuildError) as info:
+        Builder(config, engine).build(config.select(("hello",)))
+    assert info.value.message.startswith("app 'hello': hello_app:app does not import as a Serve app: ")
+    assert expected in info.value.message
+    from raybuild.image.build import stage_context
+    from raybuild.state import image_ref
+
+    ctx = project_copy / "ctx"
+    ctx.mkdir()
+    ref = image_ref(config, config.apps[0], stage_context(config, config.apps[0], ctx))
+    assert not engine.image_exists(ref)  # nothing half-made is tagged
+
+
 def test_daemon_down_is_one_clear_error(tmp_path: Path) -> None:
     engine = Engine(env={"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"})
     with pytest.raises(EngineError) as info:
