@@ -32,7 +32,7 @@ from raybuild.cli import (
     test,
     up,
 )
-from raybuild.cli.common import State, render_error
+from raybuild.cli.common import CONSOLE, State, render_error
 from raybuild.errors import RaybuildError
 
 
@@ -48,14 +48,23 @@ from raybuild.errors import RaybuildError
     help="The project config file (or its folder).",
 )
 @click.option("--debug", is_flag=True, envvar="RAYBUILD_DEBUG", help="Show tracebacks and every command run.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    envvar="RAYBUILD_VERBOSE",
+    help="Stream the BuildKit, push and bootstrap logs (by default each step is one line).",
+)
 @click.pass_context
-def cli(ctx: click.Context, config_path: str, debug: bool) -> None:
+def cli(ctx: click.Context, config_path: str, debug: bool, verbose: bool) -> None:
     """Build, measure and ship slim Ray Serve images for KubeRay.
 
     raybuild locks each app against one shared Ray, generates multi-stage Dockerfiles on slim bases,
     builds them with BuildKit, measures size and cold start, and renders the RayService that runs them.
     """
     given = ctx.get_parameter_source("config_path") not in (None, ParameterSource.DEFAULT)
+    live = sys.stderr.isatty() and os.environ.get("CI") != "true"
+    CONSOLE.configure(verbose=verbose or debug, live=live)
     ctx.obj = State(config_path=config_path, debug=debug, config_given=given)
 
 
@@ -93,7 +102,10 @@ def main() -> None:
     env_debug = os.environ.get("RAYBUILD_DEBUG", "").lower() in ("1", "true", "t", "yes", "y", "on")
     debug = "--debug" in sys.argv[1:] or env_debug
     try:
-        result = cli.main(standalone_mode=False)
+        try:
+            result = cli.main(standalone_mode=False)
+        finally:
+            CONSOLE.close()
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

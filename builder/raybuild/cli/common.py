@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from rich.status import Status
 
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
@@ -32,6 +37,8 @@ class State:
 
 pass_state = click.make_pass_decorator(State)
 
+FAILURE_TAIL_LINES = 30
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 apps_argument = click.argument("apps", nargs=-1, metavar="[APP]...")
 
@@ -42,18 +49,75 @@ def engine_for(state: State) -> Engine:
 
 
 def emit_json(payload: Any) -> None:
+    CONSOLE.close()  # the live status must not redraw over the result
     click.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
+class Console:
+    """Progress on stderr, so that --json output on stdout stays clean.
+
+    A step is one line. Detail lines, which the library indents by two spaces (BuildKit steps, push and
+    bootstrap logs: hundreds per build), stream only with --verbose. Without a terminal (CI logs) each step
+    line carries the time since the command started, so a slow step shows as a gap; on a terminal a live
+    status shows the step running, its elapsed time and its latest detail, and each finished step stays as
+    one line with its own duration.
+    """
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self.started = time.monotonic()
+        self._live: Status | None = None
+        self._step: tuple[str, float] | None = None
+
+    def configure(self, *, verbose: bool, live: bool) -> None:
+        self.verbose = verbose
+        self.started = time.monotonic()
+        if live and not verbose:
+            from rich.console import Console as RichConsole
+
+            self._live = RichConsole(stderr=True).status("")
+
+    def progress(self, message: str) -> None:
+        if message.startswith("  "):
+            if self.verbose:
+                click.echo(message, err=True)
+            elif self._live is not None and self._step is not None:
+                self._live.update(f"{self._step[0]} [dim]{escape(message.strip()[:90])}[/dim]")
+            return
+        if self._live is None:
+            click.secho(f"==> [{time.monotonic() - self.started:6.1f}s] {message}", err=True, fg="cyan")
+            return
+        self._finish_step()
+        self._step = (escape(message), time.monotonic())
+        self._live.update(self._step[0])
+        self._live.start()
+
+    def _finish_step(self) -> None:
+        if self._live is not None and self._step is not None:
+            self._live.stop()
+            took = time.monotonic() - self._step[1]
+            self._live.console.print(f"[cyan]==>[/cyan] {self._step[0]} [dim]({took:.1f}s)[/dim]")
+            self._step = None
+
+    def close(self) -> None:
+        """End the live status (the last step gets its line); safe to call more than once."""
+        self._finish_step()
+
+
+CONSOLE = Console()
+
+
 def progress(message: str) -> None:
-    """Progress goes to stderr so that --json output on stdout stays clean."""
-    click.secho(f"==> {message}", err=True, fg="cyan")
+    """What commands pass to the library as its Progress."""
+    CONSOLE.progress(message)
 
 
 def render_error(exc: RaybuildError) -> None:
     click.secho(f"error: {exc.message}", err=True, fg="red")
+    CONSOLE.close()
     if isinstance(exc, EngineError) and exc.output_tail:
-        for line in exc.output_tail.rstrip().splitlines()[-15:]:
+        # Whatever the verbosity, a failure shows the last lines of what failed (the failing build step).
+        for line in exc.output_tail.rstrip().splitlines()[-FAILURE_TAIL_LINES:]:
             click.echo(f"  | {line}", err=True)
     if exc.hint:
         click.echo(f"hint: {exc.hint}", err=True)
@@ -61,6 +125,7 @@ def render_error(exc: RaybuildError) -> None:
 
 def table(headers: list[str], rows: list[list[Any]]) -> None:
     """A plain aligned table (readable in CI logs, where rich's box drawing is noise)."""
+    CONSOLE.close()
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
