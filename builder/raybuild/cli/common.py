@@ -75,7 +75,7 @@ class Console:
         if live and not verbose:
             from rich.console import Console as RichConsole
 
-            self._live = RichConsole(stderr=True).status("")
+            self._live = RichConsole(stderr=True, highlight=False).status("")
 
     def progress(self, message: str) -> None:
         if message.startswith("  "):
