@@ -286,3 +286,36 @@ def test_env_values_are_expanded() -> None:
     assert expand('raybuild measure --out "$MEASURE_JSON" ${OTHER}', {"MEASURE_JSON": "m.json"}) == (
         'raybuild measure --out "m.json" ${OTHER}'
     )
+
+
+# -- GitHub's own schema, for this repository's workflow and the one `raybuild init` writes ---------------
+
+
+def _init_workflow(tmp_path: Path) -> Path:
+    from raybuild.scaffold import workflow
+
+    path = tmp_path / "raybuild.yml"
+    path.write_text(workflow(), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("which", ["repository", "init"])
+def test_workflows_validate_against_githubs_workflow_schema(tmp_path: Path, which: str) -> None:
+    import subprocess
+    import sys
+
+    path = WORKFLOW if which == "repository" else _init_workflow(tmp_path)
+    checked = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_init_workflows_raybuild_calls_match_the_cli(tmp_path: Path) -> None:
+    data = load(_init_workflow(tmp_path))
+    called = {args[0] for args in all_invocations(data) if args}
+    assert {"doctor", "lock", "build", "test", "measure", "check", "publish", "render"} <= called
+    assert workflow_problems(data) == []
