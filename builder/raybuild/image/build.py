@@ -129,7 +129,7 @@ def head_hash(config: LoadedConfig, app: App) -> str:
     inputs["prune-ray.json"] = _prune_plan(app).to_json()
     inputs["prune.py"] = prune_script(templates).read_text(encoding="utf-8")
     for name in HEAD_TEMPLATES:
-        inputs[name] = (templates / name).read_text(encoding="utf-8")
+        inputs[name] = templates.path(name).read_text(encoding="utf-8")
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
