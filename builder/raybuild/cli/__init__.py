@@ -29,6 +29,8 @@ from raybuild.cli import (
     measure,
     publish,
     render,
+    sbom,
+    scan,
     test,
     up,
 )
@@ -88,6 +90,8 @@ for _command in (
     measure.measure,
     check.check,
     publish.publish,
+    sbom.sbom,
+    scan.scan,
     render.render,
     up.up,
     down.down,
