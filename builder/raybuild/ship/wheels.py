@@ -159,7 +159,10 @@ class SimpleIndex:
 def shown_index(url: str) -> str:
     """An index URL without any credentials in it, for messages."""
     parts = urllib.parse.urlsplit(url)
-    return parts._replace(netloc=parts.hostname or "").geturl() if parts.username else url
+    if not parts.username:
+        return url
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=host).geturl()
 
 
 @dataclass
