@@ -17,7 +17,9 @@ from raybuild.cli.common import (
     table,
 )
 from raybuild.cli.sbom import offline_option
+from raybuild.errors import UsageError
 from raybuild.state import SBOM_DIR
+from raybuild.verify.results import Severity
 from raybuild.verify.scan import (
     TABLE_HEADERS,
     ScanOptions,
@@ -30,6 +32,22 @@ from raybuild.verify.scan import (
     table_rows,
 )
 
+
+# Generic only from click 8.4 on; subscripting it would break the click 8.1 that pyproject allows.
+class SeverityList(click.ParamType):  # type: ignore[type-arg]
+    """``HIGH,CRITICAL``, checked when the command line is parsed (and by the workflow test's checker)."""
+
+    name = "SEVERITIES"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> object:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_severities(str(value))
+        except UsageError as exc:
+            self.fail(exc.message, param, ctx)
+
+
 # Exit codes: 0 no findings at the chosen severities, 1 findings, 3 trivy or its database missing
 # (ScannerUnavailable), so that CI can tell "vulnerable" from "could not scan".
 FOUND = 1
@@ -39,6 +57,8 @@ FOUND = 1
 @apps_argument
 @click.option(
     "--severity",
+    "severities",
+    type=SeverityList(),
     default="HIGH,CRITICAL",
     show_default=True,
     help="Report only these severities (comma-separated: UNKNOWN, LOW, MEDIUM, HIGH, CRITICAL).",
@@ -66,7 +86,7 @@ FOUND = 1
 def scan(
     state: State,
     apps: tuple[str, ...],
-    severity: str,
+    severities: tuple[Severity, ...],
     ignore_unfixed: bool,
     source: Source,
     sbom_dir: Path | None,
@@ -82,7 +102,6 @@ def scan(
     database cannot be fetched (checked before anything else; TRIVY_DB_REPOSITORY points trivy at a
     mirror, TRIVY_SKIP_DB_UPDATE=true makes it use the database it has).
     """
-    severities = parse_severities(severity)
     trivy = Trivy.find(engine_for(state))
     progress("checking trivy's vulnerability database")
     trivy.ensure_db()

@@ -46,8 +46,8 @@ def parse_severities(text: str) -> tuple[Severity, ...]:
     unknown = [part for part in wanted if part not in SEVERITIES]
     if unknown or not wanted:
         raise UsageError(
-            f"--severity {text!r}: {', '.join(unknown) or 'no severity given'}",
-            hint=f"a comma-separated list of {', '.join(SEVERITIES)}",
+            f"{'unknown severity ' + ', '.join(unknown) if unknown else 'no severity given'} "
+            f"(a comma-separated list of {', '.join(SEVERITIES)})"
         )
     return tuple(s for s in SEVERITIES if s in wanted)
 

@@ -66,8 +66,10 @@ def test_a_report_that_is_not_trivys_is_one_error(text: str) -> None:
 
 def test_severities() -> None:
     assert parse_severities("critical, HIGH") == ("HIGH", "CRITICAL")
-    with pytest.raises(UsageError, match="--severity 'HIGH,SEVERE': SEVERE"):
+    with pytest.raises(UsageError, match=r"^unknown severity SEVERE \(a comma-separated list of UNKNOWN"):
         parse_severities("HIGH,SEVERE")
+    with pytest.raises(UsageError, match="no severity given"):
+        parse_severities(" , ")
 
 
 def test_no_trivy_is_scanner_unavailable_with_its_own_exit_code(monkeypatch: pytest.MonkeyPatch) -> None:
