@@ -353,18 +353,9 @@ class HttpRegistry:
             raise RegistryUnreachable(reason, down=False)
         raise RegistryUnverifiable(reason)
 
-    def _open(
-        self,
-        path: str,
-        accept: str,
-        *,
-        method: str = "GET",
-        data: bytes | None = None,
-        content_type: str | None = None,
-    ) -> _Answer:
-        return self._request(
-            api_url(self.address) + path, accept, method=method, data=data, content_type=content_type
-        )
+    def _open(self, path: str, accept: str, **request: Any) -> _Answer:
+        """A request to a path under the API root; ``request`` as ``_request`` takes it."""
+        return self._request(api_url(self.address) + path, accept, **request)
 
     def _request(
         self,

@@ -18,13 +18,13 @@ from raybuild.cli.common import (
 )
 from raybuild.ship.sbom import SbomMaker, sbom_images, sbom_timestamp, wheel_hashes
 from raybuild.ship.wheels import SimpleIndex, shown_index
-from raybuild.state import SBOM_DIR, sbom_dir
+from raybuild.state import SBOM_DIR, WHEEL_HASHES, sbom_dir
 
 offline_option = click.option(
     "--offline",
     is_flag=True,
     help="Ask no package index which file each lockfile hash is: only single-hash pins and the cache "
-    "(.raybuild/wheel-hashes.json) give components their wheel's SHA-256.",
+    f"({WHEEL_HASHES}) give components their wheel's SHA-256.",
 )
 
 

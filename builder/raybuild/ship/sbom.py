@@ -101,10 +101,6 @@ class Sbom:
     unlocked: tuple[str, ...]  # name==version of distributions no lockfile pins
     path: Path | None = None
 
-    @property
-    def digest(self) -> str:
-        return "sha256:" + hashlib.sha256(self.text.encode()).hexdigest()
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "app": self.image.key,

@@ -224,6 +224,8 @@ def scan_apps(
     """Each selected app's findings. SBOMs are reused when they describe the built image, else made."""
     # The apps only: every app image holds the head image's contents, so its findings are among theirs.
     images = [image for image in sbom_images(config, names) if image.key != HEAD_KEY]
+    if not images:
+        raise UsageError("nothing to scan: no app image has been built", hint="run `raybuild build`")
     ignorefile = ignore_file(config.root)
     out_dir = options.sbom_dir or sbom_dir(config)
     maker: SbomMaker | None = None
