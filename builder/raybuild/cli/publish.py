@@ -14,7 +14,7 @@ from raybuild.cli.common import (
     progress,
     table,
 )
-from raybuild.cli.sbom import offline_option
+from raybuild.cli.sbom import offline_option, report_index_failures
 from raybuild.ship.attach import SbomAttacher
 from raybuild.ship.publish import Publisher
 from raybuild.ship.sbom import SbomMaker, sbom_timestamp, wheel_hashes
@@ -56,9 +56,9 @@ def publish(
     with the same content is not pushed again. The record lists each SBOM artifact's digest.
     """
     config, engine = state.config(), engine_for(state)
-    attacher = None
+    attacher, hashes = None, wheel_hashes(config, offline=offline)
     if with_sbom:
-        maker = SbomMaker(engine, wheel_hashes(config, offline=offline), progress, sbom_timestamp())
+        maker = SbomMaker(engine, hashes, progress, sbom_timestamp())
         attacher = SbomAttacher(config, maker, progress=progress)
     publisher = Publisher(
         config,
@@ -69,6 +69,7 @@ def publish(
         attach_sbom=attacher,
     )
     published = publisher.publish(apps)
+    report_index_failures(hashes)
     if as_json:
         emit_json([result.to_dict() for result in published])
         return

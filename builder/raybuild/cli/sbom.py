@@ -17,7 +17,7 @@ from raybuild.cli.common import (
     table,
 )
 from raybuild.ship.sbom import SbomMaker, sbom_images, sbom_timestamp, wheel_hashes
-from raybuild.ship.wheels import SimpleIndex, shown_index
+from raybuild.ship.wheels import SimpleIndex, WheelHashes, shown_index
 from raybuild.state import SBOM_DIR, WHEEL_HASHES, sbom_dir
 
 offline_option = click.option(
@@ -26,6 +26,16 @@ offline_option = click.option(
     help="Ask no package index which file each lockfile hash is: only single-hash pins and the cache "
     f"({WHEEL_HASHES}) give components their wheel's SHA-256.",
 )
+
+
+def report_index_failures(hashes: WheelHashes) -> None:
+    """One line when the package index could not be asked: some components then lack their hash."""
+    index = hashes.index
+    if isinstance(index, SimpleIndex) and index.failures:
+        progress(
+            f"could not list {len(index.failures)} project(s) on {shown_index(index.url)} "
+            f"(first: {index.failures[0]}): those wheels have no SHA-256 in the SBOM"
+        )
 
 
 @click.command()
@@ -57,12 +67,7 @@ def sbom(state: State, apps: tuple[str, ...], out: Path | None, offline: bool, a
     hashes = wheel_hashes(config, offline=offline)
     maker = SbomMaker(engine_for(state), hashes, progress, sbom_timestamp())
     written = [maker.write(image, out or sbom_dir(config)) for image in images]
-    index = hashes.index
-    if isinstance(index, SimpleIndex) and index.failures:
-        progress(
-            f"could not list {len(index.failures)} project(s) on {shown_index(index.url)} "
-            f"(first: {index.failures[0]}): those wheels have no SHA-256 in the SBOM"
-        )
+    report_index_failures(hashes)
     for result in written:
         if result.unhashed:
             progress(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.error
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from raybuild.cli import sbom as sbom_cli
 from raybuild.config import LoadedConfig
 from raybuild.errors import UsageError
+from raybuild.ship import wheels
 from raybuild.ship.inventory import DebPackage, Inventory, PythonDist
 from raybuild.ship.sbom import (
     MEDIA_TYPE,
@@ -26,6 +28,7 @@ from raybuild.ship.sbom import (
     sbom_image_id,
     sbom_images,
     sbom_timestamp,
+    wheel_hashes,
 )
 from raybuild.ship.wheels import WheelHashes
 from raybuild.state import (
@@ -325,3 +328,17 @@ def test_cli_names_an_app_that_is_not_in_the_config(
 
 def test_sbom_has_help() -> None:
     assert sbom_cli.sbom.help and "CycloneDX" in sbom_cli.sbom.help
+
+
+def test_cli_says_when_the_index_could_not_be_asked(
+    fake_cli: Callable[..., MainResult], run_main: Callable[..., MainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> object:
+        raise urllib.error.URLError("connection refused")
+
+    monkeypatch.setattr(wheels.urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(sbom_cli, "wheel_hashes", lambda config, offline: wheel_hashes(config, offline=False))
+    result = fake_cli(run_main, "demo")  # the fixture asks for --offline; the patch takes it back
+    assert result.exit_code == 0, result.stderr
+    assert "could not list 1 project(s) on https://pypi.org/simple/ (first: orjson:" in result.stderr
+    assert "demo: no wheel SHA-256 for 1 locked distribution(s) (orjson==3.13.0)" in result.stderr
