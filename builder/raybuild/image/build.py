@@ -101,7 +101,8 @@ def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progr
     if (app_dir / ".dockerignore").is_file() and not (app_dir / IGNORE_FILE).is_file():
         progress(f"{app.name}: warning: {app.path}/.dockerignore is not read; put its rules in {IGNORE_FILE}")
     selected = code_files(config, app)
-    progress(f"  {app.name}: {len(selected.files)} files of code ({selected.ignored} entries ignored)")
+    count = len(selected.files)
+    progress(f"  {app.name}: {count} file{'s' if count != 1 else ''} of code, {selected.ignored} ignored")
     for rel, path in selected.files.items():
         (code / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, code / rel)

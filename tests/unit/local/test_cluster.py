@@ -14,6 +14,7 @@ from raybuild import kuberay
 from raybuild.config import LoadedConfig
 from raybuild.engine import CLUSTER_LABEL, PROJECT_LABEL, PURPOSE_LABEL, ROLE_LABEL
 from raybuild.errors import ClusterError, EngineError
+from raybuild.interrupts import Interrupted
 from raybuild.kuberay import LABEL_KEY, RECONNECT_TIMEOUT_ENV
 from raybuild.local import cluster
 from raybuild.local.cluster import LocalCluster, Node
@@ -426,3 +427,39 @@ def test_a_refused_deploy_takes_the_cluster_down_again(
         cluster.up(built, engine, built.apps, timeout=5)
     assert engine.containers == {} and engine.networks == {}
     assert not cluster_record_path(built).exists()
+
+
+def test_an_interrupted_up_takes_its_half_started_cluster_down(
+    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, NODES_ALIVE))
+
+    def sigterm(*args: Any, **kwargs: Any) -> None:
+        raise Interrupted(15)
+
+    monkeypatch.setattr(kuberay, "deploy", sigterm)
+    engine = FakeEngine()
+    engine.containers["unlabelled"] = {}
+    with pytest.raises(Interrupted):
+        cluster.up(built, engine, built.apps, timeout=5)
+    assert list(engine.containers) == ["unlabelled"] and engine.networks == {}
+    assert not cluster_record_path(built).exists()
+
+
+def test_up_warns_when_an_image_was_rebuilt_after_it_was_published(
+    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, NODES_ALIVE))
+    monkeypatch.setattr(cluster, "http", lambda *args, **kwargs: (200, "{}"))
+    published = {
+        key: PublishedImage(f"reg/{name}:0", "sha256:" + c * 64, 1, 1)
+        for key, name, c in (("_head", "ray-head", "a"), ("demo", "demo", "b"), ("other", "other", "c"))
+    }
+    published["_head"] = PublishedImage("reg/ray-head:1", "sha256:" + "a" * 64, 1, 1)  # the build's tag
+    PublishRecord(published).save(publish_record_path(built))
+    said: list[str] = []
+    cluster.up(built, FakeEngine(), built.apps, timeout=5, progress=said.append)
+    assert [line for line in said if line.startswith("warning:")] == [
+        "warning: 'demo', 'other' rebuilt since the last publish: using the older published digest; "
+        "run `raybuild publish` to use the new build"
+    ]
