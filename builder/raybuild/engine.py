@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from raybuild.errors import BuildError, EngineError
+from raybuild.errors import BuildError, DockerRetry, EngineError
 from raybuild.progress import Progress
 
 TAIL_LINES = 40
@@ -355,11 +355,13 @@ class Engine:
         self.docker_cmd("save", "-o", str(out), ref, what=f"docker save {ref}")
 
     def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result:
-        """`docker push`, ended at ``timeout``, and at Docker's first retry of its own.
+        """`docker push`, ended at ``timeout`` (EngineError with ``timed_out``), and at Docker's first retry
+        of its own (DockerRetry).
 
         dockerd retries a failed layer upload five times with growing waits, and no client flag turns that
-        off: stacked under raybuild's retries, an HTTP 500 took minutes to report. Killing the push when
-        Docker announces a retry leaves the retrying (and its one-line log) to the caller alone.
+        off: stacked under raybuild's retries, an HTTP 500 took minutes to report. Killing the client
+        cancels the daemon's push (checked with Docker 20.10: no upload request follows), which leaves the
+        retrying, and its one-line log, to the caller alone. Docker prints no reason before it retries.
         """
         recent: deque[str] = deque(maxlen=TAIL_LINES)
 
@@ -373,8 +375,8 @@ class Engine:
         try:
             return self.docker_cmd("push", ref, on_line=watch, timeout=timeout, what=f"docker push {ref}")
         except _DockerRetry:
-            raise EngineError(
-                f"docker push {ref} failed: Docker began to retry (raybuild retries on its own)",
+            raise DockerRetry(
+                f"docker push {ref}: a layer upload failed and Docker began to retry it",
                 command=[self.docker.path, "push", ref],
                 output_tail="\n".join(recent),
             ) from None

@@ -69,6 +69,11 @@ class BuildError(EngineError):
     """An image build failed."""
 
 
+class DockerRetry(EngineError):
+    """Docker began to retry a layer transfer on its own, which it does only for faults it deems transient
+    (a 5xx answer, a reset connection). The engine stopped it there: retrying is raybuild's to do."""
+
+
 class SmokeTestError(RaybuildError):
     """A built image did not come up or did not answer the way KubeRay expects."""
 

@@ -16,7 +16,7 @@ import pytest
 
 from raybuild import kuberay
 from raybuild.config import LoadedConfig, load_config
-from raybuild.engine import CLUSTER_LABEL, Engine
+from raybuild.engine import Engine
 from raybuild.errors import ClusterError, RaybuildError
 from raybuild.image.build import Builder
 from raybuild.local import cluster as local
@@ -102,14 +102,25 @@ def test_unpinned_app_fails_where_its_code_is_missing(
     kuberay.deploy(running.dashboard, body, ClusterError)  # back to the rendered config
 
 
+def test_another_checkout_with_the_same_cluster_name_never_touches_this_cluster(
+    engine: Engine, project: LoadedConfig, running: local.LocalCluster, tmp_path: Path
+) -> None:
+    from tests.integration.conftest import copy_project
+
+    second = copy_project(project.root, tmp_path / "second")
+    other = load_config(second / "raybuild.toml")
+    assert local.cluster_name(other) == local.cluster_name(project)
+    assert local.down(other, engine) == 0
+    assert local.all_routes_answer(running), "the first checkout's cluster still serves"
+    assert len(engine.container_ids(local.cluster_labels(project))) == len(running.nodes)
+
+
 def test_down_leaves_nothing_behind(
     engine: Engine, project: LoadedConfig, running: local.LocalCluster
 ) -> None:
-    label = f"{CLUSTER_LABEL}={local.cluster_name(project)}"
     local.down(project, engine)
-    assert engine.containers_with_label(label) == []
-    networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={label}").output.split()
-    assert networks == []
+    assert engine.container_ids(local.cluster_labels(project)) == []
+    assert engine.network_ids(local.cluster_labels(project)) == []
     assert not cluster_record_path(project).exists()
 
 
@@ -123,5 +134,4 @@ def test_down_after_a_failed_up_cleans_up(engine: Engine, project: LoadedConfig,
             local.up(project, engine, project.apps, timeout=30)
     finally:
         record.write_text(saved)
-    label = f"{CLUSTER_LABEL}={local.cluster_name(project)}"
-    assert engine.containers_with_label(label) == []
+    assert engine.container_ids(local.cluster_labels(project)) == []

@@ -335,12 +335,17 @@ def test_down_with_the_daemon_unreachable_is_one_error_line_and_keeps_the_record
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text('{"name": "raybuild-serve"}\n')
     engine = FakeEngine()
-    engine.script("ps", returncode=1, stderr="Cannot connect to the Docker daemon at unix:///nonexistent.")
+    unreachable = "Cannot connect to the Docker daemon at unix:///nonexistent. Is the docker daemon running?"
+    engine.script("info", returncode=1, stderr=unreachable)
+    engine.script("ps", returncode=1, stderr=unreachable)
     monkeypatch.setattr(down_cli, "engine_for", lambda state: engine)
     result = run_main("--config", str(tmp_project.config_path), "down")
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert lines[0] == "error: docker ps failed (exit 1)"
-    assert lines[-1].startswith("hint: the Docker daemon is not running")
+    assert lines == [
+        "error: the Docker daemon is not reachable",
+        f"  | {unreachable}",
+        "hint: start it (sudo scripts/setup starts dockerd) and check `docker info`",
+    ]
     assert "removed" not in result.stdout
     assert record.read_text() == '{"name": "raybuild-serve"}\n'

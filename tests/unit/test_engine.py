@@ -11,7 +11,7 @@ import pytest
 
 from raybuild import engine as engines
 from raybuild.engine import DockerClient, Engine, classify_failure, find_docker_client
-from raybuild.errors import BuildError, EngineError
+from raybuild.errors import BuildError, DockerRetry, EngineError
 from tests.unit import fakes
 from tests.unit.fakes import FakeEngine, ScriptedDocker
 
@@ -480,11 +480,12 @@ def test_a_push_ends_at_dockers_first_retry_with_the_reason_in_the_tail() -> Non
         "abc123456789: received unexpected HTTP status: 500 Internal Server Error\n"
         "abc123456789: Retrying in 5 seconds\nabc123456789: Retrying in 4 seconds",
     )
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(DockerRetry) as raised:
         engine.push("reg/x:1", on_line=seen.append, timeout=30)
-    assert "Docker began to retry" in raised.value.message
+    assert raised.value.message == "docker push reg/x:1: a layer upload failed and Docker began to retry it"
     assert "500 Internal Server Error" in raised.value.output_tail
     assert not any("Retrying" in line for line in seen)
+    assert engine.calls("push") == [["push", "reg/x:1"]]
 
 
 def test_a_push_past_its_deadline_is_killed_and_says_so(tmp_path: Path) -> None:

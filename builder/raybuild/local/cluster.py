@@ -314,6 +314,7 @@ def down(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> i
     Honest about failure: when the daemon cannot be asked, or something could not be removed, this raises
     and the record in .raybuild/up.json stays, so that a later `down` can still finish the job.
     """
+    engine.ping()  # "not reachable", with its hint, rather than a failed listing
     removed = engine.remove_labelled(cluster_labels(config))
     cluster_record_path(config).unlink(missing_ok=True)
     if removed:

@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
-from raybuild.errors import EngineError, PublishError, UsageError
+from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
 from raybuild.progress import Progress, silent
 from raybuild.registry import (
     HttpRegistry,
@@ -298,6 +298,10 @@ class Publisher:
 
         try:
             return self.engine.push(ref, on_line=on_line, timeout=max(until - self.clock(), 1.0))
+        except DockerRetry:
+            raise RegistryUnreachable(
+                "a layer upload failed and Docker began to retry it", down=False
+            ) from None
         except EngineError as exc:
             if exc.timed_out:
                 raise PublishError(

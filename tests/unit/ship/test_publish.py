@@ -16,7 +16,7 @@ import pytest
 from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
-from raybuild.errors import EngineError, PublishError, UsageError
+from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
 from raybuild.interrupts import Interrupted
 from raybuild.progress import Progress
 from raybuild.registry import Manifest, RegistryUnreachable, RegistryUnverifiable
@@ -677,12 +677,26 @@ def test_dockers_own_retry_becomes_one_of_raybuilds_attempts(
     publisher: Publisher, engine: FakeEngine, run: Run
 ) -> None:
     # What Engine.push raises when Docker announces a retry (see tests/unit/test_engine.py).
-    docker_retry = EngineError(
-        f"docker push {HEAD_REF} failed: Docker began to retry (raybuild retries on its own)",
-        output_tail="aaaaaaaaaaaa: received unexpected HTTP status: 500 Internal Server Error",
+    docker_retry = DockerRetry(
+        f"docker push {HEAD_REF}: a layer upload failed and Docker began to retry it",
+        output_tail="aaaaaaaaaaaa: Preparing",
     )
     engine.script = [docker_retry, ""]
     publisher.publish(("demo",))
     assert engine.pushed[:2] == [HEAD_REF, HEAD_REF]
     assert run.sleeps == [1.0]
-    assert run.progress.count("registry 127.0.0.1:5000: unexpected http status: 500; attempt 2/4 in 1s") == 1
+    said = "registry 127.0.0.1:5000: a layer upload failed and Docker began to retry it; attempt 2/4 in 1s"
+    assert run.progress.count(said) == 1
+
+
+def test_a_registry_that_keeps_failing_uploads_is_reported_after_raybuilds_attempts(
+    publisher: Publisher, engine: FakeEngine, run: Run
+) -> None:
+    engine.script = [DockerRetry("docker push: a layer upload failed and Docker began to retry it")] * 4
+    with pytest.raises(PublishError) as failed:
+        publisher.publish()
+    assert str(failed.value) == (
+        "registry 127.0.0.1:5000 kept failing (a layer upload failed and Docker began to retry it, 4 attempts); "
+        "nothing was recorded"
+    )
+    assert run.sleeps == [1.0, 2.0, 4.0]
