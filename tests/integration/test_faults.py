@@ -160,7 +160,7 @@ def assert_nothing_left(engine: Engine, config: LoadedConfig, run: Run) -> None:
     assert list(run.tmp.iterdir()) == [], "temporary folders left behind"
 
 
-# -- ownership ------------------------------------------------------------------------------------------------
+# -- ownership ---------------------------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -696,7 +696,7 @@ def test_a_registry_that_keeps_failing_uploads_is_reported_after_raybuilds_attem
     with pytest.raises(PublishError) as failed:
         publisher.publish()
     assert str(failed.value) == (
-        "registry 127.0.0.1:5000 kept failing (a layer upload failed and Docker began to retry it, 4 attempts); "
-        "nothing was recorded"
+        "registry 127.0.0.1:5000 kept failing (a layer upload failed and Docker began to retry it, "
+        "4 attempts); nothing was recorded"
     )
     assert run.sleeps == [1.0, 2.0, 4.0]
