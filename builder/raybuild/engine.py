@@ -4,10 +4,10 @@ It finds a BuildKit-capable client, streams output line by line to a callback, k
 messages, and raises ``EngineError`` (command, exit code, output tail) on failure. Unit tests swap in a
 fake engine; nothing else in raybuild calls subprocess for Docker.
 
-It also owns the labels of every container and network raybuild makes, and the only way to remove them:
-by this project's labels, from IDs that docker printed on stdout in a machine-readable format. A line that
-is not an ID (a warning about a broken ~/.docker/config.json, an error) stops the removal instead of being
-taken for a container's name.
+Its sweeps (``remove_labelled``, ``release``) are the only way raybuild removes containers and networks:
+by this project's labels (see `labels`), from IDs that docker printed on stdout in a machine-readable
+format. A line that is not an ID (a warning about a broken ~/.docker/config.json, an error) stops the
+removal instead of being taken for a container's name.
 """
 
 from __future__ import annotations
@@ -21,29 +21,18 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from raybuild.docker_client import DockerClient, find_docker_client
 from raybuild.errors import BuildError, DockerRetry, EngineError
+from raybuild.labels import PROJECT_LABEL, label_filters, parse_ids
 from raybuild.progress import Progress
 
 TAIL_LINES = 40
 
-# Labels on every container and network raybuild makes, so that a sweep by label finds what an interrupted
-# run left behind, and only that. MANAGED_LABEL marks them all; PROJECT_LABEL names the checkout that made
-# them (two checkouts on one daemon, even with the same cluster name, never touch each other's objects);
-# the others say what they serve.
-MANAGED_LABEL = "io.raybuild.managed"
-PROJECT_LABEL = "io.raybuild.project"  # state.project_id: a hash of the config file's absolute path
-PURPOSE_LABEL = "io.raybuild.purpose"  # smoke, measure, introspect or cluster
-CLUSTER_LABEL = "io.raybuild.cluster"  # the local cluster's name
-ROLE_LABEL = "io.raybuild.role"  # the local cluster node's role: gcs, head or worker
-Purpose = Literal["smoke", "measure", "introspect", "cluster"]
-
-# What `docker ps --no-trunc --format '{{.ID}}'` and `docker network ls` print: nothing else is an ID.
-_OBJECT_ID = re.compile(r"^[0-9a-f]{64}$")
 # Docker's own retry of a failed layer transfer ("Retrying in 5 seconds"); see Engine.push.
 _DOCKER_RETRY = re.compile(r"\bRetrying in \d+ seconds?\b")
 # Bounds on the calls that list and remove objects, for a daemon that does not answer.
@@ -59,97 +48,6 @@ class Result:
     returncode: int
     output: str  # stdout and stderr together, or stdout only (Engine.run's stdout_only)
     stderr: str = ""  # with stdout_only: what the command printed on stderr
-
-
-@dataclass(frozen=True)
-class DockerClient:
-    """A docker CLI binary and how it runs BuildKit builds."""
-
-    path: str
-    version: str
-    buildx: bool
-
-    def build_prefix(self) -> list[str]:
-        # Docker 23+ clients need the buildx plugin for BuildKit; 20.10 clients have BuildKit built in.
-        return [self.path, "buildx", "build", "--load"] if self.buildx else [self.path, "build"]
-
-
-def _major(version: str) -> int:
-    match = re.match(r"(\d+)", version)
-    return int(match.group(1)) if match else 0
-
-
-def _candidates() -> list[str]:
-    found: list[str] = []
-    env = os.environ.get("RAYBUILD_DOCKER")
-    if env:
-        found.append(env)
-    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
-        path = os.path.join(directory, "docker")
-        if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
-            found.append(path)
-    return found
-
-
-def find_docker_client(
-    runner: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None,
-) -> DockerClient:
-    """The first docker client that can run BuildKit builds (buildx plugin, or a built-in BuildKit)."""
-    run = runner or (lambda cmd: subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30))
-    tried = []
-    for path in _candidates():
-        version_out = run([path, "version", "--format", "{{.Client.Version}}"])
-        version = version_out.stdout.strip().splitlines()[0] if version_out.stdout.strip() else ""
-        if not version:
-            tried.append(f"{path} (no version)")
-            continue
-        if run([path, "buildx", "version"]).returncode == 0:
-            return DockerClient(path, version, buildx=True)
-        if _major(version) < 23:
-            return DockerClient(path, version, buildx=False)
-        tried.append(f"{path} {version} without buildx")
-    raise EngineError(
-        "no BuildKit-capable docker client found" + (f" (tried: {'; '.join(tried)})" if tried else ""),
-        hint="install the buildx plugin, or run scripts/setup "
-        "(Debian's docker.io client has BuildKit built in)",
-    )
-
-
-def object_labels(
-    project: str, purpose: Purpose, *, cluster: str | None = None, role: str | None = None
-) -> dict[str, str]:
-    """The labels of a container or network that raybuild makes for ``project`` (state.project_id)."""
-    if not project:
-        raise ValueError("a raybuild object needs its project's id")
-    labels = {MANAGED_LABEL: "true", PROJECT_LABEL: project, PURPOSE_LABEL: purpose}
-    for key, value in ((CLUSTER_LABEL, cluster), (ROLE_LABEL, role)):
-        if value:
-            labels[key] = value
-    return labels
-
-
-def label_filters(labels: Mapping[str, str]) -> list[str]:
-    """``docker ... --filter`` arguments for ``labels``; refuses a filter that is not scoped to a project."""
-    if labels.get(MANAGED_LABEL) != "true" or not labels.get(PROJECT_LABEL):
-        raise ValueError(f"a sweep must select by {MANAGED_LABEL} and {PROJECT_LABEL}, got {dict(labels)}")
-    return [arg for key, value in sorted(labels.items()) for arg in ("--filter", f"label={key}={value}")]
-
-
-def parse_ids(output: str, what: str) -> list[str]:
-    """The object IDs in ``output`` (one per line); an error when any line is something else."""
-    ids = []
-    for line in output.splitlines():
-        word = line.strip()
-        if not word:
-            continue
-        if not _OBJECT_ID.match(word):
-            raise EngineError(
-                f"{what} printed {word[:80]!r}, which is not an object ID; nothing was removed",
-                output_tail=output[-2000:],
-                hint="run `docker ps -a` to see what docker answers (a broken ~/.docker/config.json?)",
-            )
-        ids.append(word)
-    return list(dict.fromkeys(ids))
 
 
 class _DockerRetry(Exception):

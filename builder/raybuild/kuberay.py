@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from raybuild.config import App
-from raybuild.engine import Engine, label_filters
+from raybuild.engine import Engine
 from raybuild.errors import EngineError, GpuUnavailable, RaybuildError
+from raybuild.labels import label_filters
 from raybuild.loopback import http
 from raybuild.verify.gpu import TOOLKIT_HINT, no_device_driver
 

@@ -31,9 +31,10 @@ from typing import ClassVar
 import pytest
 
 from raybuild.config import LoadedConfig, load_config
-from raybuild.engine import MANAGED_LABEL, PROJECT_LABEL, ROLE_LABEL, Engine, object_labels
+from raybuild.engine import Engine
 from raybuild.image import bases
 from raybuild.image.build import Builder
+from raybuild.labels import MANAGED_LABEL, PROJECT_LABEL, ROLE_LABEL, object_labels
 from raybuild.local import cluster as local
 from raybuild.state import build_record_path, cluster_record_path, load_build_record, project_id
 from raybuild.verify.coldstart import measure_labels

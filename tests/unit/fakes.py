@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from raybuild.config import App
-from raybuild.engine import DockerClient, Engine, Result, classify_failure
+from raybuild.docker_client import DockerClient
+from raybuild.engine import Engine, Result, classify_failure
 from raybuild.errors import EngineError
 from raybuild.progress import Progress
 from raybuild.registry import DOCKER_MANIFEST, Manifest, parse_manifest

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from raybuild import docker_client, labels
 from raybuild import engine as engines
-from raybuild.engine import DockerClient, Engine, classify_failure, find_docker_client
+from raybuild.docker_client import DockerClient, find_docker_client
+from raybuild.engine import Engine, classify_failure
 from raybuild.errors import BuildError, DockerRetry, EngineError
 from tests.unit import fakes
 from tests.unit.fakes import FakeEngine, ScriptedDocker
@@ -24,7 +26,7 @@ SH = "/bin/sh"
 def candidates(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The docker binaries find_docker_client tries, in order (a test fills the list)."""
     paths: list[str] = []
-    monkeypatch.setattr(engines, "_candidates", lambda: paths)
+    monkeypatch.setattr(docker_client, "_candidates", lambda: paths)
     return paths
 
 
@@ -91,7 +93,7 @@ def test_candidates_start_with_raybuild_docker_then_path_without_duplicates(
     override = tmp_path / "override-docker"
     monkeypatch.setenv("RAYBUILD_DOCKER", str(override))
     monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "not-executable"), str(first), str(second)]))
-    found = engines._candidates()
+    found = docker_client._candidates()
     assert found[:2] == [str(override), str(first / "docker")]
     assert str(second / "docker") not in found
     assert str(tmp_path / "not-executable" / "docker") not in found
@@ -263,29 +265,12 @@ def test_a_command_past_its_timeout_is_killed() -> None:
 # -- labels, networks and the sweep -----------------------------------------------------------------------
 
 
-MINE = engines.object_labels("a" * 16, "cluster", cluster="raybuild-serve", role="head")
-THEIRS = engines.object_labels("b" * 16, "cluster", cluster="raybuild-serve", role="head")
+MINE = labels.object_labels("a" * 16, "cluster", cluster="raybuild-serve", role="head")
+THEIRS = labels.object_labels("b" * 16, "cluster", cluster="raybuild-serve", role="head")
 BROKEN_CONFIG = (
     "WARNING: Error loading config file: /root/.docker/config.json: json: cannot unmarshal string into "
     "Go struct field ConfigFile.auths of type map[string]types.AuthConfig"
 )
-
-
-def test_object_labels_name_the_project_and_the_purpose() -> None:
-    assert engines.object_labels("p" * 16, "measure") == {
-        "io.raybuild.managed": "true",
-        "io.raybuild.project": "p" * 16,
-        "io.raybuild.purpose": "measure",
-    }
-    assert MINE == {
-        "io.raybuild.managed": "true",
-        "io.raybuild.project": "a" * 16,
-        "io.raybuild.purpose": "cluster",
-        "io.raybuild.cluster": "raybuild-serve",
-        "io.raybuild.role": "head",
-    }
-    with pytest.raises(ValueError, match="project"):
-        engines.object_labels("", "smoke")
 
 
 def test_create_network_with_a_subnet_and_labels() -> None:
@@ -328,7 +313,7 @@ def test_remove_labelled_takes_this_projects_containers_then_networks_and_nothin
 
 def test_the_listing_asks_for_ids_only_filtered_by_every_label() -> None:
     engine = FakeEngine()
-    engine.remove_labelled(engines.object_labels("a" * 16, "measure"))
+    engine.remove_labelled(labels.object_labels("a" * 16, "measure"))
     ps = engine.calls("ps")[0]
     assert ps[:5] == ["ps", "-a", "--no-trunc", "--format", "{{.ID}}"]
     assert ps[5:] == [
@@ -457,15 +442,6 @@ def test_stdout_only_keeps_stderr_apart() -> None:
     with pytest.raises(EngineError) as raised:
         Engine().run([SH, "-c", "echo out; echo 'daemon says no' >&2; exit 1"], stdout_only=True)
     assert raised.value.output_tail == "out\ndaemon says no"
-
-
-def test_parse_ids_takes_full_ids_only() -> None:
-    assert engines.parse_ids("\n" + "a" * 64 + "\n\n" + "b" * 64 + "\n" + "a" * 64, "docker ps") == [
-        "a" * 64,
-        "b" * 64,
-    ]
-    with pytest.raises(EngineError, match="docker ps printed 'Error', which"):
-        engines.parse_ids("Error", "docker ps")
 
 
 # -- pushes: Docker's own retries are cut short ---------------------------------------------------------

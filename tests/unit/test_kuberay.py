@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from raybuild import kuberay
-from raybuild.engine import Result, object_labels
+from raybuild.engine import Result
 from raybuild.errors import ClusterError, EngineError, GpuUnavailable, RaybuildError, SmokeTestError
 from raybuild.interrupts import Interrupted
 from raybuild.kuberay import NodeSpec
+from raybuild.labels import object_labels
 from tests.unit.fakes import FakeEngine, make_app
 
 LABELS = object_labels("a" * 16, "smoke")

@@ -15,9 +15,10 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from raybuild.config import App
-from raybuild.engine import Engine, object_labels
+from raybuild.engine import Engine
 from raybuild.errors import BuildError
 from raybuild.image.spec import CODE_DIR
+from raybuild.labels import object_labels
 from raybuild.templating import BUNDLED_TEMPLATES
 
 PROBE = BUNDLED_TEMPLATES / "probe" / "serve_app.py"

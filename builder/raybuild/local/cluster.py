@@ -20,7 +20,7 @@ from typing import Any
 
 from raybuild import kuberay
 from raybuild.config import App, LoadedConfig
-from raybuild.engine import Engine, object_labels
+from raybuild.engine import Engine
 from raybuild.errors import ClusterError, RaybuildError
 from raybuild.fsutil import atomic_write
 from raybuild.image import bases
@@ -35,6 +35,7 @@ from raybuild.kuberay import (
     NodeSpec,
     required_cpus,
 )
+from raybuild.labels import object_labels
 from raybuild.loopback import free_port, http, wait_until
 from raybuild.manifest import render as k8s
 from raybuild.progress import Progress, silent

@@ -27,7 +27,7 @@ from typing import Literal
 
 from raybuild import kuberay
 from raybuild.config import App
-from raybuild.engine import Engine, object_labels, parse_ids, which
+from raybuild.engine import Engine, which
 from raybuild.errors import EngineError, SmokeTestError
 from raybuild.kuberay import (
     AGENT_HEALTH_PATH,
@@ -39,6 +39,7 @@ from raybuild.kuberay import (
     healthz_ok,
     required_cpus,
 )
+from raybuild.labels import object_labels, parse_ids
 from raybuild.loopback import http, wait_until
 from raybuild.progress import Progress, silent
 from raybuild.verify.smoke import serve_application

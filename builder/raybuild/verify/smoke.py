@@ -19,9 +19,10 @@ from typing import Any
 
 from raybuild import kuberay
 from raybuild.config import App
-from raybuild.engine import Engine, object_labels
+from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
 from raybuild.kuberay import DASHBOARD_PORT, SERVE_PORT, NodeSpec, required_cpus, required_gpus
+from raybuild.labels import object_labels
 from raybuild.loopback import wait_until
 from raybuild.progress import Progress, silent
 

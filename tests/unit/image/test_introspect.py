@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from raybuild.engine import Result, object_labels
+from raybuild.engine import Result
 from raybuild.errors import BuildError
 from raybuild.image.introspect import MARK, PROBE, introspect, parse_report
 from raybuild.interrupts import Interrupted
+from raybuild.labels import object_labels
 from tests.unit.fakes import FakeEngine, make_app
 
 

@@ -12,10 +12,10 @@ import pytest
 
 from raybuild import kuberay
 from raybuild.config import LoadedConfig
-from raybuild.engine import CLUSTER_LABEL, PROJECT_LABEL, PURPOSE_LABEL, ROLE_LABEL
 from raybuild.errors import ClusterError, EngineError
 from raybuild.interrupts import Interrupted
 from raybuild.kuberay import LABEL_KEY, RECONNECT_TIMEOUT_ENV
+from raybuild.labels import CLUSTER_LABEL, PROJECT_LABEL, PURPOSE_LABEL, ROLE_LABEL
 from raybuild.local import cluster
 from raybuild.local.cluster import LocalCluster, Node
 from raybuild.manifest import render as k8s
