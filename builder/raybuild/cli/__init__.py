@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 from click.core import ParameterSource
@@ -103,10 +104,10 @@ def main() -> None:
         _main()
 
 
-def _interrupted(cause: BaseException | None) -> None:
-    signum = cause.name if isinstance(cause, Interrupted) else "SIGINT"
-    click.echo(f"interrupted ({signum}): cleaned up what this command started; nothing half-written was kept",
-               err=True)  # fmt: skip
+def _interrupted(cause: BaseException | None) -> NoReturn:
+    name = cause.name if isinstance(cause, Interrupted) else "SIGINT"
+    message = f"interrupted ({name}): cleaned up what this command started; nothing half-written was kept"
+    click.echo(message, err=True)
     sys.exit(cause.exit_code if isinstance(cause, Interrupted) else 130)
 
 
