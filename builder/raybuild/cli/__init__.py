@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 from click.core import ParameterSource
@@ -36,6 +37,7 @@ from raybuild.cli import (
 )
 from raybuild.cli.common import CONSOLE, State, render_error
 from raybuild.errors import RaybuildError
+from raybuild.interrupts import Interrupted, raised_on_signals
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -101,6 +103,19 @@ for _command in (
 
 
 def main() -> None:
+    # SIGTERM (CI cancelling a job, `timeout`) unwinds the same cleanups as Ctrl-C: see interrupts.py.
+    with raised_on_signals():
+        _main()
+
+
+def _interrupted(cause: BaseException | None) -> NoReturn:
+    name = cause.name if isinstance(cause, Interrupted) else "SIGINT"
+    message = f"interrupted ({name}): cleaned up what this command started; nothing half-written was kept"
+    click.echo(message, err=True)
+    sys.exit(cause.exit_code if isinstance(cause, Interrupted) else 130)
+
+
+def _main() -> None:
     # The --debug option also reads RAYBUILD_DEBUG (as Click reads a flag's envvar); main() needs to know
     # whether to show tracebacks before Click has parsed anything.
     env_debug = os.environ.get("RAYBUILD_DEBUG", "").lower() in ("1", "true", "t", "yes", "y", "on")
@@ -110,7 +125,10 @@ def main() -> None:
             result = cli.main(standalone_mode=False)
         finally:
             CONSOLE.close()
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        # Click turns an interruption inside a command into Abort, with the interruption as its cause.
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            _interrupted(exc.__cause__)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
@@ -121,7 +139,6 @@ def main() -> None:
             raise
         render_error(exc)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted; nothing half-written was kept", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     sys.exit(result if isinstance(result, int) else 0)
