@@ -203,6 +203,8 @@ class Project(_Model):
     index_url: str | None = None
     torch_backend: str = "cpu"
     gpu_torch_backend: str = "cu128"
+    # File times in every image layer (seconds since 1970). Unset: from git, per image (raybuild.image.epoch).
+    source_date_epoch: int | None = Field(default=None, ge=0)
 
     @field_validator("python")
     @classmethod

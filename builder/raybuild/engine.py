@@ -127,6 +127,8 @@ class Engine:
     debug: bool = False
     echo: Progress | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # `docker build --network`: "host" lets RUN steps on a second daemon without NAT reach the index.
+    build_network: str | None = None
 
     @property
     def docker(self) -> DockerClient:
@@ -275,6 +277,8 @@ class Engine:
         ]
         if target:
             command += ["--target", target]
+        if self.build_network:
+            command += ["--network", self.build_network]
         for name, path in sorted((secrets or {}).items()):
             command += ["--secret", f"id={name},src={path}"]
         for key, value in sorted((build_args or {}).items()):
@@ -296,6 +300,9 @@ class Engine:
 
     def push(self, ref: str, on_line: Progress | None = None) -> Result:
         return self.docker_cmd("push", ref, on_line=on_line, what=f"docker push {ref}")
+
+    def pull(self, ref: str, on_line: Progress | None = None) -> Result:
+        return self.docker_cmd("pull", ref, on_line=on_line, what=f"docker pull {ref}")
 
     # -- containers -------------------------------------------------------------------------------------
 

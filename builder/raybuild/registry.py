@@ -111,6 +111,23 @@ class Registry(Protocol):
         ...
 
 
+def split_reference(ref: str) -> tuple[str, str, str]:
+    """``host[:port]/name/space:tag`` -> (host, repository, tag)."""
+    name, tag = ref.rsplit(":", 1) if ":" in ref.rsplit("/", 1)[-1] else (ref, "latest")
+    host, _, repository = name.partition("/")
+    return host, repository, tag
+
+
+def repo_digest(repo_digests: list[str], ref: str) -> str | None:
+    """The registry digest of ``ref``'s repository among an image's RepoDigests (``name@sha256:...``)."""
+    base = ref.split("@", 1)[0]
+    name = base.rsplit(":", 1)[0] if ":" in base.rsplit("/", 1)[-1] else base
+    for entry in repo_digests:
+        if entry.startswith(name + "@"):
+            return entry.split("@", 1)[1]
+    return None
+
+
 def is_loopback(address: str) -> bool:
     name = address.rsplit(":", 1)[0]
     return name == "localhost" or name.startswith("127.") or name == "[::1]"

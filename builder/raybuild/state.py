@@ -101,6 +101,7 @@ class BuiltImage:
     cached: bool  # made by an earlier build: every image read back from the record is
     # The app's deployments as found in its code at build time, in raybuild.toml's form (not for the head).
     deployments: tuple[dict[str, Any], ...] = ()
+    pulled: bool = False  # taken from the registry, which had its tag, rather than built here
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -28,15 +28,22 @@ MB = 1_000_000
     help="Push to this registry and namespace instead of [project].registry "
     "(images are retagged locally), e.g. 127.0.0.1:5000/staging.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite a tag that the registry holds as another image (a warning names both).",
+)
 @json_option
 @pass_state
-def publish(state: State, apps: tuple[str, ...], registry: str | None, as_json: bool) -> None:
+def publish(state: State, apps: tuple[str, ...], registry: str | None, force: bool, as_json: bool) -> None:
     """Push built images (the head image and each APP, default all built apps) and record their digests.
 
-    Images the registry already holds (same image ID) are skipped. Transient registry errors are retried
-    with backoff. Log in with `docker login` first where the registry needs it: raybuild leaves credentials
-    to docker. `raybuild render` pins images by the digests recorded in .raybuild/publish.json, which is
-    written only when every push succeeded.
+    Images the registry already holds (same image ID) are skipped. A tag the registry holds as another
+    image is never moved: publish refuses, naming both, and pushes nothing (--force overwrites it).
+    Transient registry errors are retried with backoff. Log in with `docker login` first where the
+    registry needs it: raybuild leaves credentials to docker. `raybuild render` pins images by the digests
+    recorded in .raybuild/publish.json, which is written only when every push succeeded, and only when it
+    changes.
     """
     publisher = Publisher(
         state.config(),
@@ -44,6 +51,7 @@ def publish(state: State, apps: tuple[str, ...], registry: str | None, as_json: 
         registry=registry,
         progress=progress,
         output=lambda line: click.echo(line, err=True),
+        force=force,
     )
     published = publisher.publish(apps)
     if as_json:

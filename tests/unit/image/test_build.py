@@ -231,7 +231,7 @@ def test_editing_a_template_comment_changes_the_head_hash_and_undoing_it_restore
     template = images / "common" / "app.Dockerfile.j2"
     original = template.read_text()
     for edited in (
-        original.replace("# ---- Stage 4: the app image", "# ---- Stage 4: the app image (edited)"),
+        original.replace("# ---- Stage 5: the app image", "# ---- Stage 5: the app image (edited)"),
         original.replace("# ---- Stage 1", "# ---- stage 1"),
     ):
         assert edited != original
@@ -360,6 +360,18 @@ def refs(config: LoadedConfig, tmp_path: Path) -> tuple[str, str]:
     return image_ref(config, app, content), head_ref(config, build.head_hash(config, app))
 
 
+def base_images(config: LoadedConfig) -> list[str]:
+    """The images `ensure_bases` makes for a CPU project: present, so that only head and app are built."""
+    cpu = config.config.base.cpu
+    return [
+        bases.uv_image(),
+        bases.rootfs(cpu, "builder").ref,
+        bases.builder_ref(config),
+        bases.rootfs(cpu, "runtime").ref,
+        bases.base_ref(config, "cpu"),
+    ]
+
+
 def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, tmp_path: Path) -> None:
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[ref, head])
@@ -454,7 +466,7 @@ def test_a_fresh_build_builds_head_then_app_and_tags_only_after_success(
     project: LoadedConfig, tmp_path: Path
 ) -> None:
     ref, head = refs(project, tmp_path)
-    engine = FakeEngine()
+    engine = FakeEngine(images=base_images(project))
     (tmp_path / "ca.pem").write_text("cert")
     progress: list[str] = []
     image, head_image = Builder(
@@ -474,7 +486,7 @@ def test_a_fresh_build_builds_head_then_app_and_tags_only_after_success(
 
 def test_a_failed_app_build_names_the_step_and_tags_nothing(project: LoadedConfig, tmp_path: Path) -> None:
     ref, head = refs(project, tmp_path)
-    engine = FakeEngine(images=[head])
+    engine = FakeEngine(images=[head, *base_images(project)])
     engine.script("buildx", "build", returncode=1, output=PLAIN_FAILURE)
     with pytest.raises(BuildError) as raised:
         Builder(project, engine).build_app(project.apps[0])
@@ -485,7 +497,7 @@ def test_a_failed_app_build_names_the_step_and_tags_nothing(project: LoadedConfi
 
 
 def test_a_failed_head_build_stops_before_the_app(project: LoadedConfig, tmp_path: Path) -> None:
-    engine = FakeEngine()
+    engine = FakeEngine(images=base_images(project))
     engine.script("buildx", "build", returncode=1, output="#3 ERROR: failed to resolve source metadata")
     with pytest.raises(BuildError, match=r"^build of the head image failed \(exit 1\)$"):
         Builder(project, engine).build_app(project.apps[0])
