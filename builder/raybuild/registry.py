@@ -68,6 +68,7 @@ class Manifest:
     size: int
     config_digest: str | None  # None for an index or manifest list: never equal to a local image ID
     layer_sizes: tuple[int, ...] = ()
+    layer_digests: tuple[str, ...] = ()  # compressed, as pushed: what nodes pull and share
 
     @property
     def compressed_size(self) -> int:
@@ -85,8 +86,10 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
     config = data.get("config")
     if not isinstance(config, dict):
         return Manifest(digest, media_type, len(body), None)
-    layers = tuple(int(layer["size"]) for layer in data.get("layers") or [])
-    return Manifest(digest, media_type, len(body), str(config.get("digest")), layers)
+    layers = data.get("layers") or []
+    sizes = tuple(int(layer["size"]) for layer in layers)
+    digests = tuple(str(layer.get("digest", "")) for layer in layers)
+    return Manifest(digest, media_type, len(body), str(config.get("digest")), sizes, digests)
 
 
 class Registry(Protocol):
