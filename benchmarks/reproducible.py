@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -279,6 +280,7 @@ def main() -> int:
         if not args.keep:
             for node in nodes:
                 node.stop(remove=True)
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -153,7 +153,6 @@ def _progress_filter(progress: Progress) -> Progress:
     return on_line
 
 
-
 # What the registry said about a tag: its manifest, None (no such tag), or _UNKNOWN (it could not be asked).
 _UNKNOWN = object()
 Found = Literal["local", "pulled"]

@@ -91,9 +91,7 @@ def fetch_release_date(url: str, timeout: float = 30.0) -> int:
     raise RaybuildError(f"{url} has no Date field", hint="set [project] source_date_epoch")
 
 
-def rootfs_epoch(
-    config: LoadedConfig, settings: BaseImage, fetch: Callable[[str], int] | None = None
-) -> int:
+def rootfs_epoch(config: LoadedConfig, settings: BaseImage, fetch: Callable[[str], int] | None = None) -> int:
     """The epoch of a bootstrapped root filesystem (and of the bases built on it)."""
     if config.project.source_date_epoch is not None:
         return config.project.source_date_epoch

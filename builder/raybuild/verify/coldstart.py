@@ -255,6 +255,7 @@ class ColdNode:
             wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout, interval=0.5)
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
+            self.engine.run(["ip", "link", "del", self.bridge], check=False)
 
     def clear(self) -> None:
         """Remove every container and image on the cold node: the next pull starts from nothing."""

@@ -11,7 +11,7 @@ import pytest
 
 from raybuild.config import LoadedConfig
 from raybuild.errors import BuildError, UsageError
-from raybuild.image import bases, build
+from raybuild.image import bases, build, epoch
 from raybuild.image.build import Builder
 from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.prune import prune_plan, prune_script
@@ -26,8 +26,9 @@ from raybuild.state import (
     load_build_record,
     with_found_deployments,
 )
+from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
 from tests.conftest import TmpProject, other_app
-from tests.unit.fakes import FakeEngine
+from tests.unit.fakes import FakeEngine, FakeRegistry, image_id
 
 RAY_BODY = """\
 aiohttp==3.14.5 \\
@@ -519,3 +520,140 @@ def test_build_makes_bases_then_tags_the_head_and_records_every_image(
     assert [(b.app, b.ref, b.cached) for b in built] == [(HEAD_KEY, head, True), ("demo", ref, False)]
     assert engine.images["127.0.0.1:5000/demo/ray-head:latest"] == engine.images[head]
     assert {k: v.ref for k, v in load_build_record(project).items()} == {HEAD_KEY: head, "demo": ref}
+
+
+# -- the registry first ------------------------------------------------------------------------------------
+
+DIGEST = "sha256:" + "d" * 64
+
+
+def registry_with(*refs: str) -> FakeRegistry:
+    """A registry holding each ref, as the image FakeEngine's pull of it yields."""
+    registry = FakeRegistry()
+    for ref in refs:
+        _, repository, tag = split_reference(ref)
+        registry.store(repository, tag, image_id(f"registry:{ref}"))
+    return registry
+
+
+def remote_of(*refs: str) -> dict[str, tuple[str, str]]:
+    return {ref: (image_id(f"registry:{ref}"), DIGEST) for ref in refs}
+
+
+def test_a_fresh_engine_pulls_what_the_registry_holds_and_builds_nothing(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(remote=remote_of(ref, head))
+    registry = registry_with(ref, head)
+    built = Builder(project, engine, connect=registry.connect).build(project.apps)
+    assert [(b.app, b.ref, b.pulled, b.image_id) for b in built] == [
+        (HEAD_KEY, head, True, image_id(f"registry:{head}")),
+        ("demo", ref, True, image_id(f"registry:{ref}")),
+    ]
+    assert engine.builds() == []
+    # Nothing was built, so no base image (and no mmdebstrap) was needed either.
+    assert engine.calls("import") == [] and not [c for c in engine.commands if c[0] == "mmdebstrap"]
+    assert engine.images["127.0.0.1:5000/demo/demo:latest"] == image_id(f"registry:{ref}")
+    assert load_build_record(project)["demo"].image_id == image_id(f"registry:{ref}")
+
+
+def test_a_new_app_builds_on_the_head_pulled_from_the_registry_pinned_by_digest(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=base_images(project), remote=remote_of(head))
+    image, head_image = Builder(project, engine, connect=registry_with(head).connect).build_app(
+        project.apps[0]
+    )
+    assert head_image is not None and head_image.pulled
+    (app_build,) = engine.builds()
+    assert f"HEAD_IMAGE={head}@{DIGEST}" in app_build
+    assert not image.pulled and not image.cached and engine.images[ref] == image.image_id
+    # The epochs are build arguments; outside git both are the fallback.
+    assert f"SOURCE_DATE_EPOCH={epoch.FALLBACK_EPOCH}" in app_build
+    assert f"RAY_SOURCE_DATE_EPOCH={epoch.FALLBACK_EPOCH}" in app_build
+
+
+def test_a_head_built_here_and_never_pushed_is_named_by_its_tag(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    _, head = refs(project, tmp_path)
+    engine = FakeEngine(images=[head, *base_images(project)])
+    Builder(project, engine, connect=FakeRegistry().connect).build_app(project.apps[0])
+    (app_build,) = engine.builds()
+    assert f"HEAD_IMAGE={head}" in app_build
+
+
+def test_the_registrys_image_replaces_a_local_one_of_the_same_tag(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=[ref, head], remote=remote_of(ref))
+    registry = registry_with(ref)
+    registry.store(*split_reference(head)[1:], engine.images[head])  # the head matches: kept
+    progress: list[str] = []
+    image, head_image = Builder(
+        project, engine, connect=registry.connect, progress=progress.append
+    ).build_app(project.apps[0])
+    assert image.pulled and image.image_id == engine.images[ref] == image_id(f"registry:{ref}")
+    assert head_image is not None and not head_image.pulled
+    assert engine.calls("pull") == [["pull", ref]]
+    assert any("using the registry's (a content-addressed tag names one image)" in line for line in progress)
+
+
+def test_rebuild_builds_here_even_when_the_registry_has_the_tags(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=base_images(project), remote=remote_of(ref, head))
+    registry = registry_with(ref, head)
+    Builder(project, engine, connect=registry.connect, rebuild=True).build_app(project.apps[0])
+    assert len(engine.builds()) == 2 and engine.calls("pull") == []
+    assert registry.reads == []
+
+
+def test_a_registry_that_is_down_is_asked_once_and_everything_is_built_here(
+    tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    tmp_project.append_config(OTHER_APP)
+    tmp_project.add_app("other", "numpy\n")
+    config = tmp_project.load()
+    write_locks(config)
+    registry = FakeRegistry(failures=[RegistryUnreachable("connection refused", down=True)])
+    progress: list[str] = []
+    engine = FakeEngine(images=base_images(config))
+    Builder(config, engine, connect=registry.connect, progress=progress.append).build(config.apps)
+    assert len(engine.builds()) == 3  # head, demo, other
+    assert len(registry.reads) == 1 and engine.calls("pull") == []
+    assert [line for line in progress if "not reachable" in line] == [
+        "registry 127.0.0.1:5000 is not reachable (connection refused): building what is not here"
+    ]
+
+
+def test_a_registry_that_wants_a_login_is_tried_with_docker_pull(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    """docker pull has docker login's credentials, which raybuild never reads: a miss is "not found"."""
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=base_images(project), remote=remote_of(head))
+    registry = FakeRegistry(failures=[RegistryUnverifiable("HTTP 401 Unauthorized")] * 2)
+    image, head_image = Builder(project, engine, connect=registry.connect).build_app(project.apps[0])
+    assert head_image is not None and head_image.pulled
+    assert engine.calls("pull") == [["pull", head], ["pull", ref]]
+    assert not image.pulled and len(engine.builds()) == 1
+
+
+def test_stage_context_gives_code_the_modes_git_knows(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    script = tmp_project.app_dir / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o775)
+    (tmp_project.app_dir / "demo_app.py").chmod(0o664)
+    (tmp_project.app_dir / "pkg").mkdir(mode=0o775)
+    (tmp_project.app_dir / "pkg" / "mod.py").write_text("")
+    stage(project, tmp_path / "context")
+    code = tmp_path / "context" / "code"
+    modes = {p.relative_to(code).as_posix(): p.stat().st_mode & 0o777 for p in code.rglob("*")}
+    assert modes == {"run.sh": 0o755, "demo_app.py": 0o644, "pkg": 0o755, "pkg/mod.py": 0o644}
