@@ -17,6 +17,7 @@ from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
+from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
@@ -26,7 +27,6 @@ from raybuild.state import (
     load_build_record,
     with_found_deployments,
 )
-from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, FakeRegistry, image_id
 
