@@ -263,3 +263,14 @@ def test_debug_shows_the_traceback(tmp_project: TmpProject, how: str) -> None:
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr
     assert "raybuild.errors.ConfigError" in result.stderr
+
+
+def test_raybuild_registry_overrides_the_projects_registry(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI points every command at a registry that outlives the job (see .github/workflows/images.yml)."""
+    assert tmp_project.load().project.registry == "127.0.0.1:5000/demo"
+    monkeypatch.setenv("RAYBUILD_REGISTRY", "ghcr.io/acme/raybuild/")
+    assert tmp_project.load().project.registry == "ghcr.io/acme/raybuild"
+    monkeypatch.setenv("RAYBUILD_REGISTRY", "")
+    assert tmp_project.load().project.registry == "127.0.0.1:5000/demo"

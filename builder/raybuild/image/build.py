@@ -169,8 +169,7 @@ class Builder:
     connect: Callable[[str], Registry] | None = None  # HOST[:PORT] -> its client; default HttpRegistry
     _offline: set[str] = field(default_factory=set, init=False, repr=False)  # registries that did not answer
     _heads: dict[str, BuiltImage] = field(default_factory=dict, init=False, repr=False)
-    _bases_ready: bool = field(default=False, init=False, repr=False)
-    _devices: tuple[str, ...] = field(default=(), init=False, repr=False)
+    _bases: set[str] = field(default_factory=set, init=False, repr=False)  # devices ensured ("": builder)
 
     def secrets(self) -> dict[str, Path]:
         # BuildKit secrets: mounted for one RUN step, never stored in a layer, cache key or build arg.
@@ -246,12 +245,14 @@ class Builder:
 
     # -- building -------------------------------------------------------------------------------------------
 
-    def _ensure_bases(self, device: str) -> None:
-        # Only before the first real build: a machine that pulls every image needs no base, nor mmdebstrap.
-        if not self._bases_ready:
-            devices = self._devices or (device,)
-            bases.ensure_bases(self.config, self.engine, devices, self.progress)
-            self._bases_ready = True
+    def _ensure_bases(self, *devices: str) -> None:
+        """The base images a build needs, made on first need only: a machine that pulls every image needs no
+        base and no mmdebstrap, and a CPU app built on a head image from the registry needs the builder only.
+        """
+        if "" in self._bases and set(devices) <= self._bases:
+            return
+        bases.ensure_bases(self.config, self.engine, devices, self.progress)
+        self._bases |= {"", *devices, *(("cpu",) if "gpu" in devices else ())}
 
     def _build(self, context: Path, target: str | None, what: str, args: dict[str, str]) -> str:
         """Build without tagging; the image ID. Callers tag only what passed its checks."""
@@ -323,7 +324,8 @@ class Builder:
                     self.engine.tag(ref, latest_ref(self.config, app.name))
                 pulled = found == "pulled"
                 return BuiltImage(app.name, ref, image_id, app.device, True, deployments, pulled), head
-            self._ensure_bases(app.device)
+            # A CPU app's last stage is the head image; a GPU app's is its own base plus Ray.
+            self._ensure_bases(*(("gpu",) if app.device == "gpu" else ()))
             self.progress(f"building {app.name} -> {ref}")
             args = {
                 "SOURCE_DATE_EPOCH": str(image_epoch(self.config, self.engine, app)),
@@ -340,7 +342,6 @@ class Builder:
 
     def build(self, apps: tuple[App, ...]) -> list[BuiltImage]:
         self.engine.ping()
-        self._devices = tuple(dict.fromkeys(app.device for app in apps)) or ("cpu",)
         built: list[BuiltImage] = []
         head: BuiltImage | None = None
         for app in apps:

@@ -516,7 +516,8 @@ def test_build_makes_bases_then_tags_the_head_and_records_every_image(
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[head])
     built = Builder(project, engine).build(project.apps)
-    assert ensured == [("cpu",)]
+    # The head exists: the app's build needs the builder image only, not the runtime base.
+    assert ensured == [()]
     assert [(b.app, b.ref, b.cached) for b in built] == [(HEAD_KEY, head, True), ("demo", ref, False)]
     assert engine.images["127.0.0.1:5000/demo/ray-head:latest"] == engine.images[head]
     assert {k: v.ref for k, v in load_build_record(project).items()} == {HEAD_KEY: head, "demo": ref}
