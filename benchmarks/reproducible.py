@@ -105,9 +105,12 @@ def layers(engine: Engine, built: list[BuiltImage]) -> dict[str, dict[str, Any]]
         host, repository, tag = split_reference(image.ref)
         manifest = HttpRegistry(host).manifest(repository, tag)
         assert manifest is not None, f"{image.ref} is not in the registry"
+        inspected = engine.inspect(image.ref)
         out[image.app] = {
             "ref": image.ref,
-            "diff_ids": engine.inspect(image.ref)["RootFS"]["Layers"],
+            "image_id": inspected["Id"],
+            "created": inspected.get("Created"),
+            "diff_ids": inspected["RootFS"]["Layers"],
             "digests": list(manifest.layer_digests),
             "sizes": list(manifest.layer_sizes),
         }
@@ -128,6 +131,8 @@ def compare(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[
             "bytes": sum(first["sizes"]),
             "identical_bytes": sum(size for size, ok in zip(first["sizes"], same, strict=True) if ok),
             "differing": [i for i, ok in enumerate(same) if not ok],
+            # The image config records when it was built: identical layers still give a new image ID.
+            "same_image_id": first["image_id"] == second["image_id"],
         }
         for digest, size, ok in zip(first["digests"], first["sizes"], same, strict=True):
             unique[digest] = (size, ok)
@@ -191,17 +196,17 @@ def markdown(report: dict[str, Any]) -> str:
         f"Commit `{report['commit']}`, apps {', '.join(report['apps'])}; two cold builds on two empty "
         "dockerds (Docker 20.10, BuildKit), then a warm run on a third.",
         "",
-        "| image | layers | identical | compressed MB | identical MB |",
-        "|---|---:|---:|---:|---:|",
+        "| image | layers | identical | compressed MB | identical MB | same image ID |",
+        "|---|---:|---:|---:|---:|---|",
     ]
     for key, image in r["images"].items():
         lines.append(
             f"| {key} | {image['layers']} | {image['identical']} | {image['bytes'] / mb:.1f} | "
-            f"{image['identical_bytes'] / mb:.1f} |"
+            f"{image['identical_bytes'] / mb:.1f} | {'yes' if image['same_image_id'] else 'no'} |"
         )
     lines += [
         f"| distinct layers | {r['unique_layers']} | {r['unique_identical']} | "
-        f"{r['unique_bytes'] / mb:.1f} | {r['unique_identical_bytes'] / mb:.1f} |",
+        f"{r['unique_bytes'] / mb:.1f} | {r['unique_identical_bytes'] / mb:.1f} | |",
         "",
         "| CI run | build (s) | publish (s) | images |",
         "|---|---:|---:|---|",

@@ -51,6 +51,10 @@ REMOVE_AFTER_BOOTSTRAP = (
 # /etc/resolv.conf over them during each RUN step, no longer creates and deletes them, which stamped /etc
 # with the build's clock in every layer.
 EMPTY_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
+# Debian's .pyc files are compiled during the bootstrap, where SOURCE_DATE_EPOCH makes py_compile choose
+# checked-hash mode. The base's compileall writes unchecked-hash files, takes those for stale and compiles
+# the same modules again into its own layer (4.9 MB twice). Without them, each module is compiled once.
+BYTECODE_UNDER = ("/usr/lib/python3*", "/usr/share/python3")
 NAMESPACE = "raybuild"
 
 
@@ -131,6 +135,7 @@ def rootfs(settings: BaseImage, kind: str) -> Rootfs:
         *PURGE_AFTER_BOOTSTRAP,
         *REMOVE_AFTER_BOOTSTRAP,
         *EMPTY_FILES,
+        *BYTECODE_UNDER,
     )
     return Rootfs(f"{NAMESPACE}/rootfs-{kind}:{settings.suite}-{tag}", settings, packages)
 
@@ -220,6 +225,8 @@ def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
     command.append(f'--customize-hook=chroot "$1" dpkg --purge {purge_flags} {purge}')
     command.append("--customize-hook=rm -rf " + " ".join(f'"$1"{path}' for path in REMOVE_AFTER_BOOTSTRAP))
     command.append("--customize-hook=truncate -s 0 " + " ".join(f'"$1"{path}' for path in EMPTY_FILES))
+    bytecode = " ".join(f'"$1"{path}' for path in BYTECODE_UNDER)
+    command.append(f"--customize-hook=find {bytecode} -name __pycache__ -prune -exec rm -rf {{}} +")
     if settings.snapshot:
         command.append('--aptopt=Acquire::Check-Valid-Until "false"')
     command += [settings.suite, str(out), mirror]

@@ -3,7 +3,7 @@
 # The CPU runtime base: only what a Ray node needs at run time (Python 3.11, bash and wget for
 # KubeRay's exec probes, ca-certificates, libstdc++ for Ray's _raylet.so). No compilers, apt lists, docs,
 # man pages or locales.
-FROM raybuild/rootfs-runtime:bookworm-50a4336a591e
+FROM raybuild/rootfs-runtime:bookworm-2d6beea72bd2
 # Each RUN step ends by setting every file it created or changed to SOURCE_DATE_EPOCH (raybuild passes it;
 # see raybuild/image/epoch.py): the same inputs then give the same layer on any machine. Docker 20.10's
 # BuildKit ignores the variable itself. The mount points BuildKit puts into each step are left alone.

@@ -14,10 +14,10 @@
 # SOURCE_DATE_EPOCH), and / is the one folder that a layer never records.
 # The head image (base and Ray layers). `raybuild build` builds or pulls it first and passes it pinned by
 # digest once the registry has it, so this image shares those layers with every node that runs the head.
-ARG HEAD_IMAGE=127.0.0.1:5000/raybuild/ray-head:ray2.60.0-py3.11-9767dbbef5f8
+ARG HEAD_IMAGE=127.0.0.1:5000/raybuild/ray-head:ray2.60.0-py3.11-9cdebf4f8064
 
 # ---- Stage 1: Ray, from the project's shared Ray lock --------------------------------------------------
-FROM raybuild/builder:py3.11-546394340960 AS ray
+FROM raybuild/builder:py3.11-4e945928ec12 AS ray
 ARG RAY_SOURCE_DATE_EPOCH
 # The CA bundle and index credentials arrive as BuildKit secrets: never a layer, never a build arg.
 RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv \
@@ -41,7 +41,7 @@ RUN --mount=type=bind,source=prune.py,target=/tmp/raybuild/prune.py \
  && find /out -newermt "@${RAY_SOURCE_DATE_EPOCH}" -exec touch --no-dereference --date="@${RAY_SOURCE_DATE_EPOCH}" {} +
 
 # ---- Stage 2: the head image: the base plus Ray, no app (`raybuild build` tags it as the head image) ----
-FROM raybuild/base-cpu:py3.11-555768fa9749 AS head
+FROM raybuild/base-cpu:py3.11-798352c5168f AS head
 # KubeRay 1.4+ starts containers with `/bin/bash -c`, not a login shell, so `ray` must be on ENV PATH.
 ENV PATH=/opt/ray/venv/bin:/opt/app/site-packages/bin:/usr/local/bin:/usr/bin:/bin \
     VIRTUAL_ENV=/opt/ray/venv
@@ -55,7 +55,7 @@ LABEL io.raybuild.ray-version="2.60.0" \
 FROM ${HEAD_IMAGE} AS head-image
 
 # ---- Stage 3: the app's own packages, installed beside the Ray venv ---------------------------------
-FROM raybuild/builder:py3.11-546394340960 AS app
+FROM raybuild/builder:py3.11-4e945928ec12 AS app
 ARG SOURCE_DATE_EPOCH
 COPY --from=head-image /opt/ray/venv /opt/ray/venv
 RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv \
@@ -77,7 +77,7 @@ RUN --mount=type=bind,source=prune.py,target=/tmp/raybuild/prune.py \
  && find /out -newermt "@${SOURCE_DATE_EPOCH}" -exec touch --no-dereference --date="@${SOURCE_DATE_EPOCH}" {} +
 
 # ---- Stage 4: the app code, owned by uid 1000 like the base's home folder ------------------------------
-FROM raybuild/builder:py3.11-546394340960 AS code
+FROM raybuild/builder:py3.11-4e945928ec12 AS code
 ARG SOURCE_DATE_EPOCH
 COPY code/ /out/home/ray/app/
 RUN chown -R 1000:100 /out/home/ray \
