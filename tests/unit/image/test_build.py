@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from raybuild.cli import build as build_cli
 from raybuild.config import LoadedConfig
 from raybuild.errors import BuildError, UsageError
 from raybuild.image import bases, build, epoch
@@ -658,3 +660,24 @@ def test_stage_context_gives_code_the_modes_git_knows(
     code = tmp_path / "context" / "code"
     modes = {p.relative_to(code).as_posix(): p.stat().st_mode & 0o777 for p in code.rglob("*")}
     assert modes == {"run.sh": 0o755, "demo_app.py": 0o644, "pkg": 0o755, "pkg/mod.py": 0o644}
+
+
+def test_build_cli_says_what_it_pulled_and_rebuild_builds_instead(
+    project: LoadedConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_main: Any
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=base_images(project), remote=remote_of(ref, head))
+    monkeypatch.setattr(build_cli, "engine_for", lambda state: engine)
+    registry = registry_with(ref, head)
+    monkeypatch.setattr(build, "HttpRegistry", registry.connect)
+    pulled = run_main("--config", str(project.path), "build", "--json")
+    assert pulled.exit_code == 0, pulled.stderr
+    assert [(row["app"], row["pulled"]) for row in json.loads(pulled.stdout)] == [
+        (HEAD_KEY, True),
+        ("demo", True),
+    ]
+    table = run_main("--config", str(project.path), "build")
+    assert [line.split()[1] for line in table.stdout.splitlines()[1:]] == ["cached", "cached"]
+    rebuilt = run_main("--config", str(project.path), "build", "--rebuild")
+    assert [line.split()[1] for line in rebuilt.stdout.splitlines()[1:]] == ["built", "built"]
+    assert len(engine.builds()) == 2
