@@ -6,9 +6,9 @@ now) and `raybuild check --deployed` (the same, in the pull-request comment) bot
 Two references name the same image when their digests match, or, when either has none yet (a build not
 yet published), when their content-addressed tags match: `raybuild publish` never moves such a tag.
 
-KubeRay (v1.1 to v1.7, `rayservice_controller.go`) decides from the RayService's ``rayClusterConfig``, with
-each worker group's replicas, minReplicas, maxReplicas and workersToDelete left out (the autoscaler owns
-them), and the cluster's own upgradeStrategy too:
+KubeRay (v1.7.0, whose CRDs raybuild ships; `rayservice_controller.go`) decides from the RayService's
+``rayClusterConfig``, with each worker group's replicas, minReplicas, maxReplicas and workersToDelete left
+out (the autoscaler owns them), and the cluster's own upgradeStrategy too:
 - equal: nothing happens to the cluster (a changed serveConfigV2 is applied to the running cluster);
 - equal once new worker groups at the end are ignored: the running cluster is updated in place;
 - anything else: with ``upgradeStrategy.type: NewCluster`` (raybuild's template) a whole new RayCluster
