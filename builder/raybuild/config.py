@@ -5,6 +5,7 @@ Every validation error is turned into one line that names the file, the key and 
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -15,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raybuild.errors import ConfigError
 
 CONFIG_NAME = "raybuild.toml"
+# Overrides [project].registry: CI points every command at a registry that outlives the job, so that a
+# pull request's `raybuild build` pulls what main published (see .github/workflows/images.yml).
+REGISTRY_ENV = "RAYBUILD_REGISTRY"
 DEFAULT_RAY_VERSION = "2.60.0"
 DEFAULT_PYTHON = "3.11"
 
@@ -203,6 +207,8 @@ class Project(_Model):
     index_url: str | None = None
     torch_backend: str = "cpu"
     gpu_torch_backend: str = "cu128"
+    # File times in every image layer (seconds since 1970). Unset: from git, per image (raybuild.image.epoch).
+    source_date_epoch: int | None = Field(default=None, ge=0)
 
     @field_validator("python")
     @classmethod
@@ -407,6 +413,10 @@ def load_config(path: Path) -> LoadedConfig:
             f"{path}: no such file", hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml"
         )
     config = _read(path)
+    registry = os.environ.get(REGISTRY_ENV, "").strip().rstrip("/")
+    if registry:
+        project = config.project.model_copy(update={"registry": registry})
+        config = config.model_copy(update={"project": project})
     root = path.parent.resolve()
     for index, app in enumerate(config.apps):
         if not (root / app.path).is_dir():
