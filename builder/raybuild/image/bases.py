@@ -225,8 +225,11 @@ def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
     command.append(f'--customize-hook=chroot "$1" dpkg --purge {purge_flags} {purge}')
     command.append("--customize-hook=rm -rf " + " ".join(f'"$1"{path}' for path in REMOVE_AFTER_BOOTSTRAP))
     command.append("--customize-hook=truncate -s 0 " + " ".join(f'"$1"{path}' for path in EMPTY_FILES))
-    bytecode = " ".join(f'"$1"{path}' for path in BYTECODE_UNDER)
-    command.append(f"--customize-hook=find {bytecode} -name __pycache__ -prune -exec rm -rf {{}} +")
+    if any(package.startswith("python3") for package in root.packages):
+        # Only a rootfs with Python has Debian's bytecode to drop (the Redis store's has none, and find
+        # fails on the missing folders).
+        bytecode = " ".join(f'"$1"{path}' for path in BYTECODE_UNDER)
+        command.append(f"--customize-hook=find {bytecode} -name __pycache__ -prune -exec rm -rf {{}} +")
     if settings.snapshot:
         command.append('--aptopt=Acquire::Check-Valid-Until "false"')
     command += [settings.suite, str(out), mirror]
