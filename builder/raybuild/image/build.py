@@ -74,11 +74,8 @@ def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
             f"app {app.name!r}: no lockfile at {missing.relative_to(config.root)}",
             hint=f"run `raybuild lock {app.name}`",
         )
-    stale = lock.stale(config, (app,))
-    if stale:
-        raise BuildError(
-            f"app {app.name!r}: stale lockfiles {', '.join(stale)}", hint=f"run `raybuild lock {app.name}`"
-        )
+    # Out of date, edited by hand or cut short: one line naming the file and the `raybuild lock` to run.
+    lock.check(config, (app,))
     templates = template_dir(config.root)
     ray_text = config.ray_lockfile().read_text(encoding="utf-8")
     plan = _prune_plan(app)

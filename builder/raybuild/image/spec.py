@@ -10,7 +10,7 @@ from raybuild.config import App, LoadedConfig
 from raybuild.fsutil import atomic_write
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
-from raybuild.lock.resolve import check_cuda, normalize, parse_pins
+from raybuild.lock.resolve import check_cuda, normalize, parse_pins, trusted_pins
 from raybuild.state import dockerfiles_dir
 
 VENV = "/opt/ray/venv"
@@ -74,8 +74,8 @@ def nvidia_library_dirs(lock_text: str) -> tuple[str, ...]:
 
 
 def image_spec_for(config: LoadedConfig, app: App) -> ImageSpec:
-    lockfile = config.lockfile(app)
-    lock_text = lockfile.read_text(encoding="utf-8") if lockfile.is_file() else ""
+    # A lockfile that is not what raybuild wrote (edited, cut short) fails here, before any Dockerfile.
+    lock_text = trusted_pins(config, app) or ""
     gpu = app.device == "gpu"
     return ImageSpec(
         app=app.name,

@@ -64,5 +64,5 @@ ENV LD_LIBRARY_PATH=/opt/app/site-packages/nvidia/cuda_runtime/lib
 COPY --chown=1000:100 code/ /home/ray/app/
 LABEL io.raybuild.app="cuda" \
       io.raybuild.device="gpu" \
-      io.raybuild.lock-sha256="5ed45101784aeca8" \
+      io.raybuild.lock-sha256="c1f2533da295e6d8" \
       io.raybuild.cuda="12.9"

@@ -62,4 +62,4 @@ ENV GREETING_STYLE="plain"
 COPY --chown=1000:100 code/ /home/ray/app/
 LABEL io.raybuild.app="hello" \
       io.raybuild.device="cpu" \
-      io.raybuild.lock-sha256="53a1c4b53d202dad"
+      io.raybuild.lock-sha256="58d82acb8ba57a36"

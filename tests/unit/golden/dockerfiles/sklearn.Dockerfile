@@ -61,4 +61,4 @@ COPY --from=app /opt/app/site-packages /opt/app/site-packages
 COPY --chown=1000:100 code/ /home/ray/app/
 LABEL io.raybuild.app="sklearn" \
       io.raybuild.device="cpu" \
-      io.raybuild.lock-sha256="ce7b869e3684b2ff"
+      io.raybuild.lock-sha256="b131e3bb62b94158"
