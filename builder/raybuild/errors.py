@@ -86,6 +86,27 @@ def _file_in_the_way(path: Path) -> Path | None:
     return None
 
 
+class ReportedFailure(RaybuildError):
+    """A command's own report (the doctor table, the gate, a drill) shows a failure.
+
+    ``report`` is that report's JSON: with --json, main() prints it inside the one error object, so a
+    script reads the same keys whether the command passed or failed.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message, hint)
+        self.report = report or {}
+
+    def details(self) -> dict[str, Any]:
+        return dict(self.report)
+
+
+class Interrupted(RaybuildError):
+    """Ctrl-C (or an Abort): the command stopped, and every write it had begun was left undone."""
+
+    exit_code = 130
+
+
 class ConfigError(RaybuildError):
     """raybuild.toml (or another input file) is missing or invalid."""
 

@@ -8,6 +8,7 @@ import click
 
 from raybuild.cli.common import State, emit_json, json_option, pass_state
 from raybuild.config import CONFIG_NAME, load_gate_config
+from raybuild.errors import ReportedFailure
 from raybuild.fsutil import atomic_write
 from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.gate import (
@@ -64,7 +65,7 @@ def check(
     max_startup_growth: float | None,
     markdown_path: Path | None,
     as_json: bool,
-) -> int:
+) -> None:
     """Compare a measurement with a baseline; exit 1 if any app grew past its limit.
 
     Gated: size.uncompressed and size.compressed (max_size_growth), and the medians of startup.t_head,
@@ -87,17 +88,18 @@ def check(
     # Written even when the gate fails: CI posts this file as the PR comment that explains the failure.
     if markdown_path is not None:
         atomic_write(markdown_path, markdown)
-    if as_json:
-        emit_json(report.to_dict())
-    else:
+    if not as_json:
         click.echo(markdown, nl=False)
-    if not report.failed:
-        return 0
-    count = len(report.regressions)
-    click.secho(
-        f"gate failed: {count} metric{'s' if count != 1 else ''} grew past the limit", err=True, fg="red"
-    )
-    return 1
+    if report.failed:
+        count = len(report.regressions)
+        raise ReportedFailure(
+            f"gate failed: {count} metric{'s' if count != 1 else ''} grew past the limit",
+            hint="see the report; if the growth is intended, raise max_size_growth or max_startup_growth "
+            "in [gate] or [apps.gate]",
+            report={"ok": False, **report.to_dict()},
+        )
+    if as_json:
+        emit_json({"ok": True, **report.to_dict()})
 
 
 def _shown(path: Path) -> Path:

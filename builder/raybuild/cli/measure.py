@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from raybuild.cli.common import State, apps_argument, engine_for, pass_state, progress, table
+from raybuild.cli.common import State, apps_argument, engine_for, pass_state, progress, remember_json, table
 from raybuild.fsutil import atomic_write
 from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.measure import HEADERS, Options, summary_rows, to_markdown
@@ -33,6 +33,7 @@ from raybuild.verify.measure import measure as measure_apps
     "--json",
     "as_json",
     is_flag=True,
+    callback=remember_json,
     help="Print the document (raybuild.measure/v1) on stdout instead of the summary table.",
 )
 @click.option(

@@ -28,7 +28,11 @@ from raybuild.verify.smoke import smoke_test
 )
 @click.option("--image", default=None, help="Image to test [default: the app's last build].")
 @click.option(
-    "--timeout", default=180.0, show_default=True, help="Seconds to wait for the head and the route."
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=180.0,
+    show_default=True,
+    help="Seconds to wait for the head and the route.",
 )
 @json_option
 @pass_state

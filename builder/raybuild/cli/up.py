@@ -19,7 +19,13 @@ from raybuild.local import cluster as local
 
 @click.command()
 @apps_argument
-@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for nodes and routes.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait for nodes and routes.",
+)
 @json_option
 @pass_state
 def up(state: State, apps: tuple[str, ...], timeout: float, as_json: bool) -> None:
