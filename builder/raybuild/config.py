@@ -5,18 +5,22 @@ Every validation error is turned into one line that names the file, the key and 
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raybuild.errors import ConfigError
+from raybuild.errors import ConfigError, FileError, shown_path
 
 CONFIG_NAME = "raybuild.toml"
 DEFAULT_RAY_VERSION = "2.60.0"
 DEFAULT_PYTHON = "3.11"
+# Python minors that Ray has published wheels for in its recent releases (2.60 ships 3.10 to 3.14). Whether
+# the chosen Ray has wheels for the chosen Python is known only to the index: `raybuild lock` says so.
+SUPPORTED_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 _APP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -209,6 +213,9 @@ class Project(_Model):
     def _python(cls, value: str) -> str:
         if not re.fullmatch(r"3\.\d{1,2}", value):
             raise ValueError(f"{value!r} must be a minor version such as '3.11'")
+        if value not in SUPPORTED_PYTHONS:
+            supported = ", ".join(SUPPORTED_PYTHONS)
+            raise ValueError(f"Python {value} is not one Ray publishes wheels for (supported: {supported})")
         return value
 
     @field_validator("ray_version")
@@ -375,15 +382,66 @@ def parse_config(data: dict[str, Any], path: Path) -> RaybuildConfig:
 
 def _config_file(path: Path) -> Path:
     """``--config`` may name the file or the folder that holds it."""
-    return path / CONFIG_NAME if path.is_dir() else path
+    try:
+        return path / CONFIG_NAME if path.is_dir() else path
+    except OSError as exc:  # a name too long for the file system, say
+        reason = FileError.from_os_error(exc, path, "read").message.rsplit(": ", 1)[-1]
+        raise ConfigError(
+            f"--config {shown_path(path)}: {reason}",
+            hint="pass the path of raybuild.toml, or of the folder that holds it",
+        ) from exc
 
 
 def _read(path: Path) -> RaybuildConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(FileError.not_utf8(path.name, exc).message, hint=f"save {path} as UTF-8") from exc
+    except OSError as exc:
+        error = FileError.from_os_error(exc, path, "read")
+        raise ConfigError(error.message, hint=error.hint) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path.name}: not valid TOML: {exc}") from exc
     return parse_config(data, path)
+
+
+def _leaves_the_project(relative: str) -> bool:
+    """A path from raybuild.toml that is absolute or climbs out of the project's folder (``../..``)."""
+    normal = os.path.normpath(relative)
+    return PurePosixPath(relative).is_absolute() or normal == ".." or normal.startswith("../")
+
+
+def _check_paths(config: RaybuildConfig, path: Path, root: Path) -> None:
+    """Every path raybuild.toml names lies inside the project and is what it should be (file or folder)."""
+    for index, app in enumerate(config.apps):
+        for key, value in (("path", app.path), ("requirements", app.requirements)):
+            if _leaves_the_project(value):
+                raise ConfigError(
+                    f"{path.name}: key 'apps[{index}].{key}': {value!r} lies outside the project",
+                    hint="app code and requirements must live under the folder that holds raybuild.toml "
+                    "(it is copied into the image)",
+                )
+        folder = root / app.path
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise ConfigError(
+                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} {what}",
+                hint="create it or fix the path (relative to raybuild.toml)",
+            )
+        requirements = root / app.requirements
+        if not requirements.is_file():
+            what = "is a folder, not a file" if requirements.is_dir() else "does not exist"
+            raise ConfigError(
+                f"{path.name}: key 'apps[{index}].requirements': app {app.name!r} requirements file "
+                f"{app.requirements!r} {what}",
+                hint="create it (it may be empty) or fix the path",
+            )
+    lock_dir = root / config.project.lock_dir
+    if lock_dir.exists() and not lock_dir.is_dir():
+        raise ConfigError(
+            f"{path.name}: key 'project.lock_dir': {config.project.lock_dir!r} is a file, not a folder",
+            hint="point lock_dir at a folder (raybuild creates it), or move the file away",
+        )
 
 
 def load_config(path: Path) -> LoadedConfig:
@@ -391,23 +449,12 @@ def load_config(path: Path) -> LoadedConfig:
     path = _config_file(path)
     if not path.is_file():
         raise ConfigError(
-            f"{path}: no such file", hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml"
+            f"{shown_path(path)}: no such file",
+            hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml",
         )
     config = _read(path)
     root = path.parent.resolve()
-    for index, app in enumerate(config.apps):
-        if not (root / app.path).is_dir():
-            raise ConfigError(
-                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} "
-                "does not exist",
-                hint="create it or fix the path (relative to raybuild.toml)",
-            )
-        if not (root / app.requirements).is_file():
-            raise ConfigError(
-                f"{path.name}: key 'apps[{index}].requirements': app {app.name!r} requirements file "
-                f"{app.requirements!r} does not exist",
-                hint="create it (it may be empty) or fix the path",
-            )
+    _check_paths(config, path, root)
     return LoadedConfig(config, root, path.resolve())
 
 

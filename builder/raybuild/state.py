@@ -28,6 +28,8 @@ PUBLISH_RECORD = STATE_DIR / "publish.json"
 CLUSTER_RECORD = STATE_DIR / "up.json"
 DOCKERFILES_DIR = STATE_DIR / "dockerfiles"
 DEFAULT_MEASURE_PATH = STATE_DIR / "measure.json"  # what `measure` always writes and `check` reads
+# What a failed Serve deploy leaves behind (its whole traceback, the replica's log): its containers are gone.
+LOGS_DIR = STATE_DIR / "logs"
 
 RECORD_VERSION = 1
 # The head runs the Ray-only base image; a leading underscore cannot collide with an app name.
@@ -58,6 +60,11 @@ def cluster_record_path(config: LoadedConfig) -> Path:
 
 def dockerfiles_dir(config: LoadedConfig) -> Path:
     return config.root / DOCKERFILES_DIR
+
+
+def failure_log_path(config: LoadedConfig, command: str, app: str) -> Path:
+    """Where ``command`` (test, up, measure) keeps what Serve said when ``app`` failed to deploy."""
+    return config.root / LOGS_DIR / f"{command}-{app}.log"
 
 
 # -- names and tags -----------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import click
 from raybuild.cli.common import State, emit_json, engine_for, json_option, pass_state, progress
 from raybuild.kuberay import required_gpus
 from raybuild.lock.resolve import cuda_need
-from raybuild.state import built_ref
+from raybuild.state import built_ref, failure_log_path
 from raybuild.verify import gpu as gpus
 from raybuild.verify.smoke import smoke_test
 
@@ -65,7 +65,8 @@ def test_app(
             return
         progress(f"GPU host: driver {host.driver}, {host.gpus} GPU(s) {', '.join(host.names)}".rstrip())
     ref = image or built_ref(config, app.name)
-    result = smoke_test(app, ref, engine, gpu=gpu, timeout=timeout, progress=progress)
+    log = failure_log_path(config, "test", app.name)
+    result = smoke_test(app, ref, engine, gpu=gpu, timeout=timeout, progress=progress, log_path=log)
     if as_json:
         emit_json(result.to_dict())
         return

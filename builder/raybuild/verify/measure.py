@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, MeasureError
 from raybuild.progress import Progress, silent
 from raybuild.registry import HttpRegistry, Registry
-from raybuild.state import HEAD_KEY, ImageReferences, image_references
+from raybuild.state import HEAD_KEY, ImageReferences, failure_log_path, image_references
 from raybuild.verify import coldstart
 from raybuild.verify.results import AppResult, Measurement, Size, Startup, Stat, stat
 from raybuild.verify.sizes import MEASURE_REGISTRY, measure_ref, measure_size, shared_bytes
@@ -100,6 +101,7 @@ def _start_runs(
     gpu: bool,
     progress: Progress,
     registry: str = MEASURE_REGISTRY,
+    log_path: Path | None = None,
 ) -> _Samples:
     """``options.runs`` cold starts of one app: warm node (head, worker, Serve), then the cold node."""
     samples = _Samples()
@@ -113,6 +115,7 @@ def _start_runs(
             gpu=gpu,
             timeout=options.timeout,
             progress=progress,
+            log_path=log_path,
         )
         samples.head.append(round(warm.t_head, 3))
         samples.worker.append(round(warm.t_worker, 3))
@@ -197,6 +200,7 @@ def measure(
                     gpu and app.device == "gpu",
                     progress,
                     target.address,
+                    failure_log_path(config, "measure", app.name),
                 )
             cold_heads[app.name] = samples.cold_head
             results[app.name] = AppResult(

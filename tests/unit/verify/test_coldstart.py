@@ -15,6 +15,7 @@ from raybuild.errors import EngineError, SmokeTestError
 from raybuild.verify import coldstart
 from raybuild.verify.coldstart import ColdNode, WarmStart, warm_start
 from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.serve_failures import failed_status
 
 AGENT, DASHBOARD, SERVE = "http://127.0.0.1:40001", "http://127.0.0.1:40002", "http://127.0.0.1:40003"
 HEALTHZ = f"{AGENT}/api/healthz"
@@ -212,3 +213,21 @@ def test_clearing_the_cold_node_sweeps_measure_leftovers_and_every_image(
     node.clear()
     assert engine.containers == {}
     assert engine.calls("image", "rm") == [["image", "rm", "--force", "sha256:a", "sha256:b"]]
+
+
+def test_a_failed_deploy_stops_the_warm_start_and_keeps_the_traceback(
+    ray: Ray, engine: FakeEngine, tmp_path: Path
+) -> None:
+    ray.answers[("GET", APPS)] = (200, json.dumps(failed_status()))
+    del ray.answers[("GET", ROUTE)]
+    engine.script("exec", "*", "tail", output="replica log line")
+    log = tmp_path / "measure-demo.log"
+    with pytest.raises(SmokeTestError) as raised:
+        warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=60, log_path=log)
+    assert str(raised.value) == (
+        "app 'demo': Serve could not deploy it: "
+        "FileNotFoundError: model file /models/m.bin is missing (broken_app.py, line 5, in load_model)"
+    )
+    assert ray.requests.count(("GET", APPS)) == 1, "stopped at the first status read"
+    assert "replica log line" in log.read_text()
+    assert engine.containers == {} and engine.networks == {}
