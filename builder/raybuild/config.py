@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raybuild.config_errors import describe_error
 from raybuild.errors import ConfigError, FileError, shown_path
 
 CONFIG_NAME = "raybuild.toml"
@@ -320,64 +321,15 @@ class LoadedConfig:
         return tuple(app for app in self.apps if app.name in names)
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """The keys allowed at the table that holds ``loc``'s last key."""
-    current: type[BaseModel] = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return []
-        current = nested[0]
-    return sorted(current.model_fields)
-
-
-def _message(error: Any, path: Path) -> ConfigError:
-    loc = tuple(error["loc"])
-    key = _format_loc(loc)
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(RaybuildConfig, loc)
-        where = f" (allowed here: {', '.join(allowed)})" if allowed else ""
-        return ConfigError(
-            f"{path.name}: unknown key '{key}'{where}",
-            hint="check the spelling; the README's config reference lists every key",
-        )
-    if kind == "missing":
-        return ConfigError(f"{path.name}: missing required key '{key}'")
-    message = str(error["msg"])
-    message = message.removeprefix("Value error, ")
-    got = error.get("input")
-    if kind.endswith("_type") or kind in ("literal_error", "enum"):
-        shown = repr(got)
-        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
-    where = f" key '{key}':" if key else ""
-    return ConfigError(f"{path.name}:{where} {message}")
-
-
 def parse_config(data: dict[str, Any], path: Path) -> RaybuildConfig:
     try:
         return RaybuildConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise _message(first, path) from exc
+        hint = None
+        if first["type"] == "extra_forbidden":
+            hint = "check the spelling; the README's config reference lists every key"
+        raise ConfigError(describe_error(first, RaybuildConfig, path.name), hint=hint) from exc
 
 
 def _config_file(path: Path) -> Path:
