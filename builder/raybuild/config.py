@@ -375,18 +375,23 @@ def _check_paths(config: RaybuildConfig, path: Path, root: Path) -> None:
                 )
         folder = root / app.path
         if not folder.is_dir():
-            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            exists = folder.exists()
             raise ConfigError(
-                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} {what}",
-                hint="create it or fix the path (relative to raybuild.toml)",
+                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} "
+                + ("is a file, not a folder" if exists else "does not exist"),
+                hint="point it at the folder that holds the app's code (relative to raybuild.toml)"
+                if exists
+                else "create it or fix the path (relative to raybuild.toml)",
             )
         requirements = root / app.requirements
         if not requirements.is_file():
-            what = "is a folder, not a file" if requirements.is_dir() else "does not exist"
+            folder_given = requirements.is_dir()
             raise ConfigError(
                 f"{path.name}: key 'apps[{index}].requirements': app {app.name!r} requirements file "
-                f"{app.requirements!r} {what}",
-                hint="create it (it may be empty) or fix the path",
+                f"{app.requirements!r} " + ("is a folder, not a file" if folder_given else "does not exist"),
+                hint="name the file itself, such as apps/NAME/requirements.in"
+                if folder_given
+                else "create it (it may be empty) or fix the path",
             )
     lock_dir = root / config.project.lock_dir
     if lock_dir.exists() and not lock_dir.is_dir():

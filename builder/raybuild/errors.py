@@ -68,11 +68,18 @@ class FileError(RaybuildError):
 
     @classmethod
     def not_utf8(cls, path: object, exc: UnicodeError, hint: str | None = None) -> FileError:
-        where = ""
-        if isinstance(exc, UnicodeDecodeError):
-            where = f" (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        reason = unreadable(exc) if isinstance(exc, UnicodeDecodeError) else "not valid UTF-8"
         shown = shown_path(path) if path is not None else "a file raybuild read"
-        return cls(f"{shown}: not valid UTF-8{where}", hint=hint or "save it as UTF-8 text, then rerun")
+        return cls(f"{shown}: {reason}", hint=hint or "save it as UTF-8 text, then rerun")
+
+
+def unreadable(exc: OSError | UnicodeError) -> str:
+    """Why a file could not be read, in a few words (for messages that already name the file)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)).lower()
+    return str(exc)
 
 
 def _file_in_the_way(path: Path) -> Path | None:
@@ -124,13 +131,15 @@ class LockError(RaybuildError):
 class StaleLockError(LockError):
     """One or more lockfiles are missing, out of date, or no longer what raybuild wrote."""
 
-    def __init__(self, problems: list[tuple[str, str]], command: str = "raybuild lock") -> None:
+    def __init__(
+        self, problems: list[tuple[str, str]], command: str = "raybuild lock", hint: str | None = None
+    ) -> None:
         if len(problems) == 1:
             message = f"{problems[0][0]}: {problems[0][1]}"
         else:
             listed = "; ".join(f"{path}: {reason}" for path, reason in problems)
             message = f"{len(problems)} lockfiles need regenerating: {listed}"
-        super().__init__(message, hint=f"run `{command}` and commit the result")
+        super().__init__(message, hint=hint or f"run `{command}` and commit the result")
         self.stale = [path for path, _ in problems]
         self.problems = problems
 

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from raybuild.config import App, Deployment, LoadedConfig
-from raybuild.errors import StateError
+from raybuild.errors import StateError, unreadable
 from raybuild.fsutil import atomic_write
 
 # Relative to the project root (the folder holding raybuild.toml).
@@ -120,7 +120,9 @@ def load_build_record(config: LoadedConfig) -> dict[str, BuiltImage]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: unreadable build record ({unreadable(exc)})", hint=_REBUILD) from exc
+    except ValueError as exc:
         raise StateError(f"{path}: malformed build record ({exc})", hint=_REBUILD) from exc
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, dict) or data.get("version") != RECORD_VERSION:
@@ -222,7 +224,11 @@ class PublishRecord:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateError(
+                f"{path}: unreadable publish record ({unreadable(exc)})", hint=_REPUBLISH
+            ) from exc
+        except json.JSONDecodeError as exc:
             raise StateError(f"{path}: not a readable JSON publish record: {exc}", hint=_REPUBLISH) from exc
         return cls.from_json(data, path)
 

@@ -104,8 +104,9 @@ def load_cluster(config: LoadedConfig) -> LocalCluster:
     try:
         return LocalCluster.from_json(path.read_text())
     except (ValueError, KeyError, TypeError) as exc:
+        why = f"no {exc} key" if isinstance(exc, KeyError) else str(exc)
         raise ClusterError(
-            f"{path}: malformed ({exc})", hint="run `raybuild down`, then `raybuild up`"
+            f"{path}: malformed ({why})", hint="run `raybuild down`, then `raybuild up`"
         ) from exc
 
 

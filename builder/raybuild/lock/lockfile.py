@@ -27,6 +27,13 @@ _HEADER_MAX_LINES = 12
 EDITED = "edited by hand or cut short since raybuild wrote it: its pins no longer match the header's hash"
 NOT_RAYBUILDS = "not written by raybuild: it has no raybuild header"
 NO_BODY_HASH = "written by an older raybuild: its header has no hash of the pins"
+A_FOLDER = "a folder, not a file"
+# What raybuild finds where a lockfile should be but did not write: it never writes over either.
+FOREIGN = (NOT_RAYBUILDS, A_FOLDER)
+FOREIGN_HINT = (
+    "raybuild never writes over a file it did not make: move it away, or set [project].lock_dir to a "
+    "folder that only raybuild writes"
+)
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)", re.M)
 
@@ -62,7 +69,7 @@ class Lockfile:
     @property
     def raybuilds(self) -> bool:
         """Whether raybuild wrote this file, and so may replace it."""
-        return self.problem != NOT_RAYBUILDS
+        return self.problem not in FOREIGN
 
 
 def parse(path: Path, raw: bytes) -> Lockfile:
@@ -102,6 +109,8 @@ def read(path: Path) -> Lockfile | None:
         raw = path.read_bytes()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        return Lockfile(path, "", "", None, A_FOLDER)
     except OSError as exc:
         return Lockfile(path, "", "", None, f"cannot be read ({exc.strerror or exc})")
     return parse(path, raw)
@@ -122,10 +131,7 @@ def trusted_body(path: Path, shown: str, regenerate: str) -> str | None:
 
 def problem_error(found: Lockfile, shown: str, regenerate: str) -> LockError:
     if not found.raybuilds:
-        return LockError(
-            f"{shown}: {found.problem}",
-            hint="move it away, or set [project].lock_dir to a folder that only raybuild writes",
-        )
+        return LockError(f"{shown}: {found.problem}", hint=FOREIGN_HINT)
     return LockError(f"{shown}: {found.problem}", hint=f"run `{regenerate}` and commit the result")
 
 

@@ -364,7 +364,9 @@ def check(config: LoadedConfig, apps: tuple[App, ...]) -> None:
     """Raise ``StaleLockError`` (one line naming each file, and the command that repairs them)."""
     found = problems(config, apps)
     if found:
-        raise StaleLockError(found, regenerate_command(config, apps, found))
+        foreign = any(reason in lockfile.FOREIGN for _, reason in found)
+        hint = lockfile.FOREIGN_HINT if foreign else None
+        raise StaleLockError(found, regenerate_command(config, apps, found), hint)
 
 
 def cuda_need(config: LoadedConfig, app: App) -> cuda.CudaNeed | None:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raybuild.errors import GateError
+from raybuild.errors import GateError, unreadable
 from raybuild.fsutil import atomic_write
 
 SCHEMA_ID = "raybuild.measure/v1"
@@ -162,7 +162,7 @@ class Measurement(_Model):
         except FileNotFoundError as exc:
             raise GateError(f"{path}: no such file", hint="run `raybuild measure` first") from exc
         except (OSError, UnicodeDecodeError) as exc:
-            raise GateError(f"{path}: cannot read: {exc}") from exc
+            raise GateError(f"{path}: cannot read it: {unreadable(exc)}") from exc
         return cls.from_json(text, source=str(path))
 
     def write(self, path: Path) -> None:

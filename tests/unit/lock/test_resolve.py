@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from raybuild.config import LoadedConfig
 from raybuild.errors import LockError, StaleLockError
 from raybuild.lock import resolve as locking
 from tests.conftest import MainResult, TmpProject
+from tests.unit.fakes import FakeResolver
 
 APP_LOCK = """\
 aiohttp==3.14.5 \\
@@ -240,32 +240,6 @@ def test_pip_tools_missing_names_the_extra(tmp_project: TmpProject, monkeypatch:
 
 
 # -- inputs hash, header and staleness, with a fake resolver ----------------------------------------------
-
-
-class FakeResolver:
-    """Stands in for uv: writes a lock with one pin per input line, and remembers each command."""
-
-    def __init__(self, fail_with: str | None = None) -> None:
-        self.commands: list[list[str]] = []
-        self.fail_with = fail_with
-
-    def __call__(self, command: list[str]) -> subprocess.CompletedProcess[str]:
-        self.commands.append(command)
-        if self.fail_with is not None:
-            return subprocess.CompletedProcess(command, 1, "", self.fail_with)
-        source = Path(command[command.index("compile") + 1])
-        output = Path(command[command.index("-o") + 1])
-        lines = []
-        for requirement in source.read_text().splitlines():
-            name = re.split(r"[\[<>=;\s]", requirement.strip(), maxsplit=1)[0]
-            if not name or name.startswith("#"):
-                continue
-            lines.append(f"{name}==1.0 \\\n    --hash=sha256:{name}\n    # via -r {source}")
-            if "-c" in command:
-                # Resolvers print the constraint path as they were given it.
-                lines.append(f"    #   -c {command[command.index('-c') + 1]}")
-        output.write_text("\n".join(lines) + "\n")
-        return subprocess.CompletedProcess(command, 0, "", "")
 
 
 def locked(project: TmpProject, resolver: FakeResolver | None = None) -> LoadedConfig:
