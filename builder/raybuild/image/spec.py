@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raybuild.config import App, LoadedConfig
+from raybuild.errors import UsageError
 from raybuild.fsutil import atomic_write
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
@@ -97,11 +98,27 @@ def dockerfile_for(config: LoadedConfig, app: App) -> str:
     return render_dockerfile(image_spec_for(config, app), template_dir(config.root))
 
 
+def _not_generated(path: Path) -> bool:
+    """A file at ``path`` that raybuild did not generate: its first line does not name raybuild."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline()
+    except OSError:  # none there, or not a file: the write says what is wrong
+        return False
+    return bool(first.strip()) and b"raybuild" not in first
+
+
 def generate_all(config: LoadedConfig, apps: tuple[App, ...], out_dir: Path | None = None) -> dict[str, Path]:
+    """Write each app's Dockerfile; nothing at all when one would replace a Dockerfile of the user's own."""
     out = out_dir or dockerfiles_dir(config)
-    written = {}
-    for app in apps:
-        path = out / f"{app.name}.Dockerfile"
-        atomic_write(path, dockerfile_for(config, app))
-        written[app.name] = path
-    return written
+    planned = {app.name: (out / f"{app.name}.Dockerfile", dockerfile_for(config, app)) for app in apps}
+    theirs = [str(path) for path, _ in planned.values() if _not_generated(path)]
+    if theirs:
+        raise UsageError(
+            f"{', '.join(theirs)} already exist{'s' if len(theirs) == 1 else ''} and raybuild did not "
+            "generate them; nothing was written",
+            hint="move them away, or choose another --out-dir",
+        )
+    for path, text in planned.values():
+        atomic_write(path, text)
+    return {name: path for name, (path, _) in planned.items()}
