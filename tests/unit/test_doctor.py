@@ -77,7 +77,8 @@ def test_a_buildkit_client_says_how_it_builds(
     assert check.ok and check.detail == f"/usr/bin/docker {client.version} ({how})"
 
 
-def test_a_daemon_that_is_down_fails_with_the_setup_fix() -> None:
+def test_a_daemon_that_is_down_fails_with_the_setup_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
     engine = FakeEngine()
     engine.script(
         "info", returncode=1, output="Cannot connect to the Docker daemon at unix:///var/run/docker.sock"
