@@ -38,9 +38,11 @@ def publish(state: State, apps: tuple[str, ...], registry: str | None, as_json: 
     to docker. `raybuild render` pins images by the digests recorded in .raybuild/publish.json, which is
     written only when every push succeeded.
     """
+    engine = engine_for(state)
+    engine.ping()  # else a daemon that is down reads as "the image is gone"
     publisher = Publisher(
         state.config(),
-        engine_for(state),
+        engine,
         registry=registry,
         progress=progress,
         output=lambda line: click.echo(line, err=True),

@@ -65,6 +65,7 @@ def test_app(
             return
         progress(f"GPU host: driver {host.driver}, {host.gpus} GPU(s) {', '.join(host.names)}".rstrip())
     ref = image or built_ref(config, app.name)
+    engine.ping()  # a daemon that is down is one line saying so, not a failed `docker run`
     log = failure_log_path(config, "test", app.name)
     result = smoke_test(app, ref, engine, gpu=gpu, timeout=timeout, progress=progress, log_path=log)
     if as_json:

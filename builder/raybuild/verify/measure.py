@@ -152,6 +152,7 @@ def measure(
     # The last build's tags, never published digests: measure pushes and starts images of this engine.
     images = image_references(config, None)
     refs = {app.name: images.built(app.name) for app in apps}
+    engine.ping()  # a daemon that is down is one line saying so, not "the image is not in the engine"
     for name, ref in refs.items():
         if not engine.image_exists(ref):
             raise MeasureError(
