@@ -73,13 +73,22 @@ def _ca_args() -> list[str]:
     return ["--ca-bundle", str(CA)] if CA.is_file() else []
 
 
+NAMESPACE = "127.0.0.1:5000/raybuild-faults"  # this module's images only: their tags go when it ends
+
+
 @pytest.fixture(scope="module")
-def built(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the bundled project with hello (and the head image) built: its build record is there."""
     root = copy_project(REPO_ROOT, tmp_path_factory.mktemp("faults") / "project")
-    config = load_config(root / "raybuild.toml")
+    toml = root / "raybuild.toml"
+    toml.write_text(toml.read_text().replace("127.0.0.1:5000/raybuild-test", NAMESPACE))
+    config = load_config(toml)
     Builder(config, engine, ca_bundle=CA if CA.is_file() else None).build(config.select(("hello",)))
-    return root
+    yield root
+    listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
+    for ref in listed.split():
+        if ref.startswith(NAMESPACE + "/"):
+            engine.remove_image(ref)
 
 
 @pytest.fixture
@@ -220,7 +229,8 @@ def hanging_index() -> Iterator[str]:
 
 
 @pytest.mark.network
-def test_ctrl_c_during_lock_keeps_every_lockfile(project: Path, hanging_index: str) -> None:
+def test_ctrl_c_during_lock_keeps_every_lockfile(project_copy: Path, hanging_index: str) -> None:
+    project = project_copy  # lockfiles only: nothing is built
     (project / "apps" / "hello" / "requirements.in").write_text("orjson\ntomli-w\n")
     lockfiles = project / "lockfiles"
     before = tree(lockfiles)
@@ -313,6 +323,7 @@ class OwnRegistry:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.address = f"127.0.0.1:{probe.getsockname()[1]}"
+        root.mkdir(parents=True, exist_ok=True)
         self.config = root / "config.yml"
         self.config.write_text(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
@@ -342,7 +353,6 @@ class OwnRegistry:
 @pytest.fixture
 def own_registry(tmp_path: Path) -> Iterator[OwnRegistry]:
     registry = OwnRegistry(tmp_path / "registry")
-    registry.config.parent.mkdir()
     registry.start()
     yield registry
     registry.stop()
