@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from raybuild import fsutil
 from raybuild.image import bases
 from raybuild.lock import resolve as locking
 from raybuild.state import BuiltImage, PublishedImage, PublishRecord, save_build_record
+from raybuild.templating import BUNDLED_TEMPLATES
 from raybuild.verify.results import Measurement
 from tests.conftest import MainResult, TmpProject, other_app
 from tests.unit.fakes import FakeEngine, FakeResolver
@@ -204,6 +206,16 @@ def _user_files_in_init_target(bad: Bad) -> None:
     (app / "requirements.in").write_text("numpy\n")
 
 
+def _templates(bad: Bad) -> None:
+    """The project's own copy of the templates (images/, deploy/), with a bad byte in each."""
+    shutil.copytree(
+        BUNDLED_TEMPLATES, bad.root / "images", ignore=shutil.ignore_patterns("deploy", "init", "probe")
+    )
+    shutil.copytree(BUNDLED_TEMPLATES / "deploy", bad.root / "deploy")
+    bad.append("images/common/app.Dockerfile.j2", b"\n# \xff\n")
+    bad.append("deploy/rayservice.yaml.j2", b"\n# \xff\n")
+
+
 def _mkdir(relative: str) -> Callable[[Bad], None]:
     def setup(bad: Bad) -> None:
         path = bad.file(relative)
@@ -352,6 +364,10 @@ CASES = [
          r"cannot write .*report.md: .*baseline.json is a file, not a folder"),
     Case("generate --out-dir is a file", ("generate", "--out-dir", "{root}/baseline.json"), 1,
          r"cannot write .*demo.Dockerfile: .*baseline.json is a file, not a folder"),
+    Case("template not utf-8, generate", ("generate", "--stdout"), 1,
+         r".*/images/common/app.Dockerfile.j2: not valid UTF-8 \(byte 0xff", _templates),
+    Case("template not utf-8, render", ("render",), 1,
+         r".*/deploy/rayservice.yaml.j2: not valid UTF-8 \(byte 0xff", _templates),
     Case("generate over the user's Dockerfile", ("generate", "--out-dir", "{root}/apps/demo"), 2,
          r".*/apps/demo/demo.Dockerfile already exists and raybuild did not generate them",
          _write("apps/demo/demo.Dockerfile", "FROM python:3.11\n")),
