@@ -8,6 +8,7 @@ be read or written is one ``FileError`` naming the path, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -50,6 +51,19 @@ def atomic_write(path: Path, text: str | bytes, *, mode: int | None = None) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, naming ``path``, where writing it later would fail: a file where a folder has to be, or a
+    folder that cannot be written. For commands that work minutes before they write (`raybuild measure`)."""
+    for parent in path.parents:
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise FileError.from_os_error(OSError(errno.ENOTDIR, "Not a directory"), path, "write")
+        if not os.access(parent, os.W_OK):
+            raise FileError.from_os_error(OSError(errno.EACCES, "Permission denied"), path, "write")
+        return
 
 
 def read_text(path: Path, *, hint: str | None = None) -> str:

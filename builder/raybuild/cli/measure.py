@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from raybuild.cli.common import State, apps_argument, engine_for, pass_state, progress, remember_json, table
-from raybuild.fsutil import atomic_write
+from raybuild.fsutil import atomic_write, check_writable
 from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.measure import HEADERS, Options, summary_rows, to_markdown
 from raybuild.verify.measure import measure as measure_apps
@@ -84,6 +84,9 @@ def measure(
     """
     config = state.config()
     selected = config.select(apps)
+    for target in (out, markdown_path):  # before the minutes of measuring, not after
+        if target is not None:
+            check_writable(target)
     options = Options(runs=runs, startup=not no_startup, pull=not no_pull, timeout=timeout)
     report = measure_apps(config, selected, engine_for(state), options, progress)
     document = report.measurement
