@@ -191,6 +191,19 @@ class GateError(RaybuildError):
     """A measurement file is malformed."""
 
 
+class ScanError(EngineError):
+    """A vulnerability scan failed, or its report could not be read."""
+
+
+class ScannerUnavailable(RaybuildError):
+    """trivy is not on PATH, or its vulnerability database cannot be had.
+
+    Its own exit code, so that CI can tell "could not scan" from "vulnerabilities found" (exit 1).
+    """
+
+    exit_code = 3
+
+
 class PublishError(RaybuildError):
     """Pushing to the registry failed."""
 

@@ -17,10 +17,12 @@ Debian's registry 2.8 on 127.0.0.1):
   told from "not allowed" (401) or "failing" (503) without parsing the message.
 - ``get_manifest`` loads credentials from ``~/.docker/config.json``.
 
-Writes will join the Protocol in the same shape (a repository, a reference, the bytes): an OCI artifact
-manifest with a ``subject``, and an image index under the fallback tag ``sha256-<hex>``, which registries
-without the referrers API (Debian's) need. oras 0.2.43 cannot do those either: ``push(subject=...)``
-raises a TypeError and writes no fallback tag.
+Writes attach artifacts (the SBOM) to an image the OCI 1.1 way: blobs, then an artifact manifest whose
+``subject`` is the image's manifest. A registry with the referrers API says so with an ``OCI-Subject``
+header and indexes it itself; one without it (Debian's distribution 2.8) needs the client to keep an
+image index of the image's referrers under the fallback tag ``sha256-<hex of the image digest>``, which is
+where standard tools (oras discover, cosign) look on such registries. oras 0.2.43 cannot do either:
+``push(subject=...)`` raises a TypeError and writes no fallback tag.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import json
 import socket
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from raybuild.loopback import LOOPBACK
 
@@ -45,6 +49,9 @@ DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+jso
 # tag; asking for all four gets what the tag really names.
 MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_LIST)
 IMAGE_MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+# OCI 1.1: an artifact's config is the empty JSON object, under its own media type.
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_JSON = b"{}"
 
 
 class RegistryUnreachable(Exception):
@@ -110,6 +117,138 @@ class Registry(Protocol):
         """A blob's bytes (an image config, say); None when there is none. Raises as ``manifest`` does."""
         ...
 
+    def manifest_body(self, repository: str, reference: str) -> bytes | None:
+        """The exact bytes of a manifest or index; None when there is none. Raises as ``manifest`` does."""
+        ...
+
+    def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
+        """The referrers API's answer for a manifest digest; None when the registry has no such API."""
+        ...
+
+    def put_blob(self, repository: str, data: bytes) -> str:
+        """Upload a blob unless the repository has it; its digest. Raises as ``manifest`` does."""
+        ...
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> bool:
+        """Store a manifest or index under a tag or its digest; whether the registry indexed its subject."""
+        ...
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """An OCI content descriptor: what a manifest or index says about another blob or manifest."""
+
+    media_type: str
+    digest: str
+    size: int
+    artifact_type: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, media_type: str, data: bytes, **fields: Any) -> Descriptor:
+        return cls(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data), **fields)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Descriptor:
+        annotations = data.get("annotations") or {}
+        return cls(
+            str(data["mediaType"]),
+            str(data["digest"]),
+            int(data["size"]),
+            str(data["artifactType"]) if data.get("artifactType") else None,
+            {str(k): str(v) for k, v in annotations.items()},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = dict(sorted(self.annotations.items()))
+        return out
+
+
+def _canonical(data: Mapping[str, Any]) -> bytes:
+    # Sorted keys and no spaces: the same artifact always has the same bytes, so the same digest.
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def fallback_tag(digest: str) -> str:
+    """The OCI 1.1 referrers tag scheme: the subject's digest with ':' as '-'."""
+    algorithm, _, hex_digest = digest.partition(":")
+    return f"{algorithm}-{hex_digest}"
+
+
+def artifact_manifest(
+    artifact_type: str, blob: Descriptor, subject: Descriptor, annotations: Mapping[str, str]
+) -> bytes:
+    """An OCI 1.1 artifact manifest: the empty config, one layer, and the manifest it refers to."""
+    return _canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": artifact_type,
+            "config": Descriptor.of(OCI_EMPTY, EMPTY_JSON).to_json(),
+            "layers": [blob.to_json()],
+            "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
+            "annotations": dict(sorted(annotations.items())),
+        }
+    )
+
+
+def _index_entries(body: bytes | None) -> list[Descriptor]:
+    if body is None:
+        return []
+    try:
+        data = json.loads(body)
+        return [Descriptor.from_json(entry) for entry in data.get("manifests") or []]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RegistryUnverifiable(f"the referrers tag holds no image index: {exc}") from None
+
+
+def find_referrers(
+    registry: Registry, repository: str, subject: str, artifact_type: str | None = None
+) -> list[Descriptor]:
+    """The artifacts attached to manifest ``subject``: by the referrers API, else by the fallback tag."""
+    found = registry.referrers(repository, subject)
+    if found is None:
+        found = _index_entries(registry.manifest_body(repository, fallback_tag(subject)))
+    return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
+
+
+def attach(
+    registry: Registry,
+    repository: str,
+    subject: Descriptor,
+    artifact_type: str,
+    blob: Descriptor,
+    data: bytes,
+    annotations: Mapping[str, str],
+    replaces: Callable[[Descriptor], bool] = lambda _: False,
+) -> Descriptor:
+    """Push ``data`` as an artifact referring to ``subject``; the artifact manifest's descriptor.
+
+    On a registry without the referrers API the fallback index is updated: entries that ``replaces``
+    accepts (an older SBOM of the same image) are dropped, every other referrer is kept.
+    """
+    registry.put_blob(repository, EMPTY_JSON)
+    registry.put_blob(repository, data)
+    body = artifact_manifest(artifact_type, blob, subject, annotations)
+    manifest = Descriptor.of(OCI_MANIFEST, body, artifact_type=artifact_type, annotations=dict(annotations))
+    if registry.put_manifest(repository, manifest.digest, body, OCI_MANIFEST):
+        return manifest
+    tag = fallback_tag(subject.digest)
+    kept = [
+        d
+        for d in _index_entries(registry.manifest_body(repository, tag))
+        if d.digest != manifest.digest and not replaces(d)
+    ]
+    index = _canonical(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [d.to_json() for d in [*kept, manifest]]}
+    )
+    registry.put_manifest(repository, tag, index, OCI_INDEX)
+    return manifest
+
 
 def is_loopback(address: str) -> bool:
     name = address.rsplit(":", 1)[0]
@@ -129,11 +268,12 @@ class _Answer:
     reason: str
     body: bytes
     content_type: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # names in lowercase
 
 
 @dataclass(frozen=True)
 class HttpRegistry:
-    """Anonymous reads over HTTP(S), with urllib: a handful of GETs needs no more."""
+    """Anonymous requests over HTTP(S), with urllib: a handful of GETs and PUTs needs no more."""
 
     address: str  # HOST[:PORT]
     timeout: float = 10.0
@@ -158,6 +298,50 @@ class HttpRegistry:
         answer = self._found(f"{repository}/blobs/{digest}", "*/*")
         return None if answer is None else answer.body
 
+    def manifest_body(self, repository: str, reference: str) -> bytes | None:
+        answer = self._found(f"{repository}/manifests/{reference}", ", ".join(MANIFEST_TYPES))
+        return None if answer is None else answer.body
+
+    def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
+        answer = self._found(f"{repository}/referrers/{digest}", OCI_INDEX)
+        # A registry without the API answers 404 (distribution 2.8 has no such route).
+        if answer is None or not answer.content_type.startswith(OCI_INDEX):
+            return None
+        return _index_entries(answer.body)
+
+    def put_blob(self, repository: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if self._open(f"{repository}/blobs/{digest}", "*/*", method="HEAD").status == 200:
+            return digest
+        started = self._written(
+            self._open(f"{repository}/blobs/uploads/", "*/*", method="POST"), "start upload"
+        )
+        location = started.headers.get("location", "")
+        if not location:
+            raise RegistryUnverifiable("the registry started an upload but gave no Location")
+        # A monolithic upload: the whole blob in the PUT that closes the session.
+        url = urllib.parse.urljoin(api_url(self.address), location)
+        url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
+        self._written(
+            self._request(url, "*/*", method="PUT", data=data, content_type="application/octet-stream"),
+            f"upload blob {digest[:19]}",
+        )
+        return digest
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> bool:
+        answer = self._open(
+            f"{repository}/manifests/{reference}", "*/*", method="PUT", data=body, content_type=media_type
+        )
+        return "oci-subject" in self._written(answer, f"put manifest {reference}").headers
+
+    def _written(self, answer: _Answer, what: str) -> _Answer:
+        if 200 <= answer.status < 300:
+            return answer
+        reason = f"{what}: HTTP {answer.status} {answer.reason}".rstrip()
+        if answer.status >= 500:
+            raise RegistryUnreachable(reason, down=False)
+        raise RegistryUnverifiable(reason)
+
     def _found(self, path: str, accept: str) -> _Answer | None:
         answer = self._open(path, accept)
         if answer.status == 200:
@@ -169,13 +353,28 @@ class HttpRegistry:
             raise RegistryUnreachable(reason, down=False)
         raise RegistryUnverifiable(reason)
 
-    def _open(self, path: str, accept: str) -> _Answer:
-        request = urllib.request.Request(api_url(self.address) + path, headers={"Accept": accept})
+    def _open(self, path: str, accept: str, **request: Any) -> _Answer:
+        """A request to a path under the API root; ``request`` as ``_request`` takes it."""
+        return self._request(api_url(self.address) + path, accept, **request)
+
+    def _request(
+        self,
+        url: str,
+        accept: str,
+        *,
+        method: str = "GET",
+        data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> _Answer:
+        headers = {"Accept": accept} | ({"Content-Type": content_type} if content_type else {})
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         opener = LOOPBACK if is_loopback(self.address) else urllib.request.build_opener()
         try:
             with opener.open(request, timeout=self.timeout) as response:
                 content_type = response.headers.get("Content-Type", "")
-                return _Answer(int(response.status), str(response.reason), response.read(), content_type)
+                body = response.read()
+                answer_headers = {k.lower(): v for k, v in response.headers.items()}
+                return _Answer(int(response.status), str(response.reason), body, content_type, answer_headers)
         except urllib.error.HTTPError as exc:
             return _Answer(exc.code, str(exc.reason), b"", "")
         except urllib.error.URLError as exc:

@@ -30,6 +30,8 @@ DOCKERFILES_DIR = STATE_DIR / "dockerfiles"
 DEFAULT_MEASURE_PATH = STATE_DIR / "measure.json"  # what `measure` always writes and `check` reads
 # What a failed Serve deploy leaves behind (its whole traceback, the replica's log): its containers are gone.
 LOGS_DIR = STATE_DIR / "logs"
+SBOM_DIR = STATE_DIR / "sbom"  # `raybuild sbom` writes <image>.cdx.json here; `scan` and CI read them
+WHEEL_HASHES = STATE_DIR / "wheel-hashes.json"  # which wheel file each lockfile hash is (see ship/wheels.py)
 
 RECORD_VERSION = 1
 # The head runs the Ray-only base image; a leading underscore cannot collide with an app name.
@@ -65,6 +67,19 @@ def dockerfiles_dir(config: LoadedConfig) -> Path:
 def failure_log_path(config: LoadedConfig, command: str, app: str) -> Path:
     """Where ``command`` (test, up, measure) keeps what Serve said when ``app`` failed to deploy."""
     return config.root / LOGS_DIR / f"{command}-{app}.log"
+
+
+def sbom_dir(config: LoadedConfig) -> Path:
+    return config.root / SBOM_DIR
+
+
+def sbom_name(key: str) -> str:
+    """An image's SBOM file name: ``hello.cdx.json``, and the head image's under its image name."""
+    return f"{repository_name(key)}.cdx.json"
+
+
+def wheel_hashes_path(config: LoadedConfig) -> Path:
+    return config.root / WHEEL_HASHES
 
 
 # -- names and tags -----------------------------------------------------------------------------------------
@@ -195,13 +210,17 @@ class PublishedImage:
     digest: str
     size: int
     compressed_size: int
+    sbom: str | None = None  # the digest of the SBOM artifact attached to the image in the registry
 
     @property
     def pinned(self) -> str:
         return f"{self.reference}@{self.digest}"
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.sbom is None:
+            del data["sbom"]  # records written without SBOMs keep their old shape
+        return data
 
 
 @dataclass(frozen=True)
@@ -282,7 +301,12 @@ def _published(raw: Any, key: str, path: Path) -> PublishedImage:
                 f"{path}: key '{key}.{name}': expected a byte count (got {value!r})", hint=_REPUBLISH
             )
         sizes[name] = value
-    return PublishedImage(reference, digest, sizes["size"], sizes["compressed_size"])
+    sbom = raw.get("sbom")
+    if sbom is not None and not (isinstance(sbom, str) and _DIGEST.match(sbom)):
+        raise StateError(
+            f"{path}: key '{key}.sbom': expected 'sha256:' and 64 hex digits (got {sbom!r})", hint=_REPUBLISH
+        )
+    return PublishedImage(reference, digest, sizes["size"], sizes["compressed_size"], sbom)
 
 
 def load_publish_record(config: LoadedConfig) -> PublishRecord | None:

@@ -24,7 +24,7 @@ from raybuild.config import App
 from raybuild.engine import DockerClient, Engine, Result, classify_failure
 from raybuild.errors import EngineError
 from raybuild.progress import Progress
-from raybuild.registry import DOCKER_MANIFEST, Manifest, parse_manifest
+from raybuild.registry import DOCKER_MANIFEST, Descriptor, Manifest, parse_manifest
 
 # What the build-time import check finds in the apps the tests use (the bundled project, the tmp project's
 # "demo" and "other"), by import path; a test scripts `run --rm` itself for anything else.
@@ -258,7 +258,10 @@ class FakeRegistry:
     """A registry in memory: manifests by (repository, tag or digest), blobs by digest.
 
     ``failures`` are raised first, one per manifest or blob read; ``up`` is what ``reachable`` answers.
-    ``connect`` stands in for ``HttpRegistry`` as a factory and records each address asked for.
+    ``connect`` stands in for ``HttpRegistry`` as a factory and records each address asked for. Writes land
+    in ``bodies`` (manifest bytes by (repository, tag or digest)) and ``blobs``; ``writes`` lists them in
+    order. Like Debian's registry 2.8 it has no referrers API unless ``referrers_api`` is set, in which
+    case it indexes manifests with a subject itself and says so.
     """
 
     address: str = "127.0.0.1:5000"
@@ -268,6 +271,10 @@ class FakeRegistry:
     reads: list[str] = field(default_factory=list)
     connected: list[str] = field(default_factory=list)
     up: bool = True
+    bodies: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    writes: list[str] = field(default_factory=list)
+    referrers_api: bool = False
+    write_failures: list[Exception] = field(default_factory=list)
 
     def connect(self, address: str) -> FakeRegistry:
         self.connected.append(address)
@@ -283,6 +290,49 @@ class FakeRegistry:
     def blob(self, repository: str, digest: str) -> bytes | None:
         self._read(f"{repository}@{digest}")
         return self.blobs.get(digest)
+
+    def manifest_body(self, repository: str, reference: str) -> bytes | None:
+        self._read(f"{repository}:{reference}")
+        return self.bodies.get((repository, reference))
+
+    def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
+        if not self.referrers_api:
+            return None
+        found = []
+        for (repo, reference), body in sorted(self.bodies.items()):
+            data = json.loads(body)
+            if (
+                repo == repository
+                and reference.startswith("sha256:")
+                and data.get("subject", {}).get("digest") == digest
+            ):
+                found.append(
+                    Descriptor.of(
+                        data["mediaType"], body, artifact_type=data.get("artifactType"),
+                        annotations=data.get("annotations") or {},
+                    )
+                )  # fmt: skip
+        return found
+
+    def put_blob(self, repository: str, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self._write(f"blob {repository}@{digest}")
+        if digest not in self.blobs:
+            self.writes.append(f"upload {repository}@{digest}")
+            self.blobs[digest] = data
+        return digest
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> bool:
+        self._write(f"manifest {repository}:{reference}")
+        self.writes.append(f"put {repository}:{reference}")
+        self.bodies[(repository, reference)] = body
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        self.bodies[(repository, digest)] = body
+        return self.referrers_api and b'"subject"' in body
+
+    def _write(self, what: str) -> None:
+        if self.write_failures:
+            raise self.write_failures.pop(0)
 
     def _read(self, what: str) -> None:
         self.reads.append(what)

@@ -22,11 +22,15 @@ from raybuild.registry import (
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
     OCI_MANIFEST,
+    Descriptor,
     HttpRegistry,
     Registry,
     RegistryUnreachable,
     RegistryUnverifiable,
     api_url,
+    attach,
+    fallback_tag,
+    find_referrers,
     is_loopback,
     parse_manifest,
 )
@@ -229,3 +233,133 @@ def test_real_and_fake_registries_answer_alike(holding_an_image: Registry) -> No
     assert registry.blob("ns/demo", CONFIG_DIGEST) == CONFIG
     assert registry.manifest("ns/demo", "v2") is None
     assert registry.blob("ns/demo", IMAGE_ID) is None
+
+
+# -- writes: blobs, manifests, referrers ---------------------------------------------------------------------
+
+
+@dataclass
+class Store:
+    """A registry in a throwaway server that takes uploads as distribution 2.8 does, and logs requests."""
+
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    manifests: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    referrers_api: bool = False
+
+
+@pytest.fixture
+def store() -> Iterator[tuple[str, Store]]:
+    state = Store()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _log(self) -> None:
+            state.requests.append(f"{self.command} {self.path}")
+
+        def do_HEAD(self) -> None:
+            self._log()
+            digest = self.path.rsplit("/", 1)[-1]
+            self._answer(200 if digest in state.blobs else 404)
+
+        def do_POST(self) -> None:
+            self._log()
+            # A relative Location with a query of its own, as distribution returns.
+            self._answer(202, headers={"Location": "/v2/ns/demo/blobs/uploads/u1?_state=abc"})
+
+        def do_PUT(self) -> None:
+            self._log()
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            path, _, query = self.path.partition("?")
+            if "/blobs/uploads/" in path:
+                digest = dict(pair.split("=", 1) for pair in query.split("&"))["digest"].replace("%3A", ":")
+                state.blobs[digest] = body
+                self._answer(201)
+                return
+            state.manifests[path.rsplit("/", 1)[-1]] = (body, self.headers.get("Content-Type", ""))
+            subject = {"OCI-Subject": "sha256:x"} if state.referrers_api and b'"subject"' in body else {}
+            self._answer(201, headers=subject)
+
+        def do_GET(self) -> None:
+            self._log()
+            if "/referrers/" in self.path and state.referrers_api:
+                index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode()
+                self._answer(200, index, {"Content-Type": OCI_INDEX})
+                return
+            found = state.manifests.get(self.path.rsplit("/", 1)[-1])
+            if "/manifests/" in self.path and found:
+                self._answer(200, found[0], {"Content-Type": found[1]})
+                return
+            self._answer(404, b'{"errors":[]}')
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{httpd.server_address[1]}", state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_put_blob_uploads_once_in_a_single_put(store: tuple[str, Store]) -> None:
+    address, state = store
+    client = HttpRegistry(address, timeout=5)
+    digest = client.put_blob("ns/demo", b"sbom bytes")
+    assert digest == "sha256:" + hashlib.sha256(b"sbom bytes").hexdigest()
+    assert state.blobs == {digest: b"sbom bytes"}
+    assert state.requests == [
+        f"HEAD /v2/ns/demo/blobs/{digest}",
+        "POST /v2/ns/demo/blobs/uploads/",
+        f"PUT /v2/ns/demo/blobs/uploads/u1?_state=abc&digest={digest.replace(':', '%3A')}",
+    ]
+    state.requests.clear()
+    assert client.put_blob("ns/demo", b"sbom bytes") == digest
+    assert state.requests == [f"HEAD /v2/ns/demo/blobs/{digest}"]  # already there: no upload
+
+
+def test_put_manifest_and_read_it_back_byte_for_byte(store: tuple[str, Store]) -> None:
+    address, state = store
+    client = HttpRegistry(address, timeout=5)
+    body = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+    assert client.put_manifest("ns/demo", "sha256-abc", body, OCI_INDEX) is False
+    assert state.manifests["sha256-abc"] == (body, OCI_INDEX)
+    assert client.manifest_body("ns/demo", "sha256-abc") == body
+    assert client.manifest_body("ns/demo", "sha256-none") is None
+
+
+def test_attach_against_a_registry_without_the_referrers_api(store: tuple[str, Store]) -> None:
+    address, state = store
+    client = HttpRegistry(address, timeout=5)
+    assert client.referrers("ns/demo", IMAGE_ID) is None
+    subject = Descriptor(DOCKER_MANIFEST, IMAGE_ID, 1000)
+    blob = Descriptor.of("application/vnd.cyclonedx+json", b"sbom")
+    manifest = attach(client, "ns/demo", subject, "application/vnd.cyclonedx+json", blob, b"sbom", {"k": "v"})
+    assert fallback_tag(IMAGE_ID) in state.manifests
+    assert find_referrers(client, "ns/demo", IMAGE_ID) == [manifest]
+
+
+def test_a_registry_with_the_referrers_api_indexes_the_subject_itself(store: tuple[str, Store]) -> None:
+    address, state = store
+    state.referrers_api = True
+    client = HttpRegistry(address, timeout=5)
+    assert client.referrers("ns/demo", IMAGE_ID) == []
+    subject = Descriptor(DOCKER_MANIFEST, IMAGE_ID, 1000)
+    blob = Descriptor.of("application/vnd.cyclonedx+json", b"sbom")
+    attach(client, "ns/demo", subject, "application/vnd.cyclonedx+json", blob, b"sbom", {"k": "v"})
+    assert fallback_tag(IMAGE_ID) not in state.manifests
+
+
+def test_a_refused_write_is_unverifiable_and_a_failing_one_unreachable(server: tuple[str, Routes]) -> None:
+    address, _ = server  # answers 404 to HEAD and 501 to POST (BaseHTTPRequestHandler has no do_POST)
+    client = HttpRegistry(address, timeout=5)
+    with pytest.raises(RegistryUnreachable, match="start upload: HTTP 501"):
+        client.put_blob("ns/demo", b"x")

@@ -184,10 +184,16 @@ def test_raybuild_calls_match_the_cli(args: list[str]) -> None:
     [
         ("raybuild publish", "raybuild ship", "no command 'ship'"),
         ("raybuild render --validate", "raybuild render --check", "raybuild render: no such option --check"),
+        (
+            "raybuild scan >",
+            "raybuild scan --severity SEVERE >",
+            "raybuild scan: --severity 'SEVERE': unknown severity SEVERE "
+            "(a comma-separated list of UNKNOWN, LOW, MEDIUM, HIGH, CRITICAL)",
+        ),
         # The old `measure --json FILE`: --json is a flag, so FILE lands in [APP]...
         (
-            'raybuild measure --out "$MEASURE_JSON"',
-            'raybuild measure --json "$MEASURE_JSON"',
+            'raybuild measure --scan --out "$MEASURE_JSON"',
+            'raybuild measure --scan --json "$MEASURE_JSON"',
             "raybuild measure: '.raybuild/measure.json' is not an app in raybuild.toml",
         ),
     ],
@@ -286,3 +292,72 @@ def test_env_values_are_expanded() -> None:
     assert expand('raybuild measure --out "$MEASURE_JSON" ${OTHER}', {"MEASURE_JSON": "m.json"}) == (
         'raybuild measure --out "m.json" ${OTHER}'
     )
+
+
+# -- GitHub's own schema, for this repository's workflow and the one `raybuild init` writes ---------------
+
+
+def _init_workflow(tmp_path: Path) -> Path:
+    from raybuild.scaffold import workflow
+
+    path = tmp_path / "raybuild.yml"
+    path.write_text(workflow(), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("which", ["repository", "init"])
+def test_workflows_validate_against_githubs_workflow_schema(tmp_path: Path, which: str) -> None:
+    import subprocess
+    import sys
+
+    path = WORKFLOW if which == "repository" else _init_workflow(tmp_path)
+    checked = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_init_workflows_raybuild_calls_match_the_cli(tmp_path: Path) -> None:
+    data = load(_init_workflow(tmp_path))
+    called = {args[0] for args in all_invocations(data) if args}
+    assert {
+        "doctor",
+        "lock",
+        "build",
+        "test",
+        "measure",
+        "check",
+        "publish",
+        "render",
+        "sbom",
+        "scan",
+    } <= called
+    assert workflow_problems(data) == []
+
+
+@pytest.mark.parametrize("which", ["repository", "init"])
+def test_both_workflows_scan_with_trivy_and_gate_on_it(tmp_path: Path, which: str) -> None:
+    data = load(WORKFLOW if which == "repository" else _init_workflow(tmp_path))
+    for job in data["jobs"].values():
+        names = [step.get("uses", "").split("@")[0] for step in job["steps"]]
+        # trivy from its official action, pinned, and installed before any scan runs.
+        (setup,) = [
+            step for step in job["steps"] if step.get("uses", "").startswith("aquasecurity/setup-trivy@")
+        ]
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", setup["with"]["version"]), setup
+        calls = [args for step in job["steps"] if "run" in step for args in invocations(step["run"])]
+        commands = [args[0] for args in calls]
+        assert {"sbom", "scan"} <= set(commands), which
+        measures = [args for args in calls if args[0] == "measure"]
+        assert measures and all("--scan" in args for args in measures), "the gate needs the scan in measure"
+        # The SBOM folder is uploaded as an artifact, dot folder included.
+        uploads = [
+            s["with"] for s in job["steps"] if s.get("uses", "").startswith("actions/upload-artifact@")
+        ]
+        assert any(u["path"].rstrip("/") == ".raybuild/sbom" and u["include-hidden-files"] for u in uploads)
+        assert names.index("aquasecurity/setup-trivy") < min(
+            i for i, step in enumerate(job["steps"]) if "raybuild scan" in step.get("run", "")
+        )

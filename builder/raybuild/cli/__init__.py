@@ -32,6 +32,8 @@ from raybuild.cli import (
     measure,
     publish,
     render,
+    sbom,
+    scan,
     test,
     up,
 )
@@ -71,6 +73,14 @@ def cli(ctx: click.Context, config_path: str, debug: bool, verbose: bool) -> Non
     ctx.obj = State(config_path=config_path, debug=debug, config_given=given)
 
 
+@cli.result_callback()
+def _exit_code(result: object, **_: object) -> None:
+    # A command may still end by returning an exit code (its own report already said what failed); make it
+    # Click's own exit, which main() and CliRunner both honour. Raising ReportedFailure says more.
+    if isinstance(result, int) and result:
+        click.get_current_context().exit(result)
+
+
 for _command in (
     init.init,
     list_apps.list_apps,
@@ -83,6 +93,8 @@ for _command in (
     measure.measure,
     check.check,
     publish.publish,
+    sbom.sbom,
+    scan.scan,
     render.render,
     up.up,
     down.down,

@@ -72,6 +72,10 @@ def check(
     t_serve and t_cold (max_startup_growth). Limits come from the flags, then each app's [apps.gate], then
     [gate] in raybuild.toml, then the defaults; raybuild.toml is optional here. New and removed apps are
     reported but never fail the gate.
+
+    When both measurements were made with `raybuild measure --scan`, a HIGH or CRITICAL vulnerability the
+    baseline did not have also fails the gate (a new app is compared with every baseline app's findings),
+    and findings fixed since the baseline are reported.
     """
     loaded = load_gate_config(Path(state.config_path), required=state.config_given)
     if loaded is None:
@@ -91,10 +95,13 @@ def check(
     if not as_json:
         click.echo(markdown, nl=False)
     if report.failed:
-        count = len(report.regressions)
+        count, found = len(report.regressions), report.new_findings
+        reasons = [f"{count} metric{'s' if count != 1 else ''} grew past the limit"] if count else []
+        if found:
+            reasons.append(f"{found} new HIGH/CRITICAL vulnerabilit{'y' if found == 1 else 'ies'}")
         raise ReportedFailure(
-            f"gate failed: {count} metric{'s' if count != 1 else ''} grew past the limit",
-            hint="see the report; if the growth is intended, raise max_size_growth or max_startup_growth "
+            f"gate failed: {'; '.join(reasons)}",
+            hint="see the report; if a growth is intended, raise max_size_growth or max_startup_growth "
             "in [gate] or [apps.gate]",
             report={"ok": False, **report.to_dict()},
         )

@@ -11,6 +11,7 @@ from raybuild.fsutil import atomic_write, check_writable
 from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.measure import HEADERS, Options, summary_rows, to_markdown
 from raybuild.verify.measure import measure as measure_apps
+from raybuild.verify.scan import Trivy, scan_apps, with_vulnerabilities
 
 
 @click.command()
@@ -50,6 +51,12 @@ from raybuild.verify.measure import measure as measure_apps
     help="Skip the cold node (a second dockerd under /var/lib/raybuild/cold): t_pull and t_cold stay null.",
 )
 @click.option(
+    "--scan",
+    is_flag=True,
+    help="Also scan each image with trivy (from its SBOM) and store the findings in the document, "
+    "where `raybuild check` compares them with the baseline's. trivy is checked for first.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=1),
     default=180.0,
@@ -66,6 +73,7 @@ def measure(
     markdown_path: Path | None,
     no_startup: bool,
     no_pull: bool,
+    scan: bool,
     timeout: float,
 ) -> None:
     """Measure the built images: sizes, layers, packages, and KubeRay-style cold starts.
@@ -79,6 +87,9 @@ def measure(
       (a second container joins), t_serve (Serve config PUT to HTTP 200 on the route), t_pull (pull
       into an empty image store on the cold node) and t_cold (t_pull + the head's start there).
 
+    With --scan, each image's trivy findings too (see `raybuild scan`): counts per severity and every
+      HIGH and CRITICAL finding.
+
     Run `raybuild build` first. The document goes to .raybuild/measure.json (or --out FILE), which
     `raybuild check` compares with a baseline.
     """
@@ -87,9 +98,18 @@ def measure(
     for target in (out, markdown_path):  # before the minutes of measuring, not after
         if target is not None:
             check_writable(target)
+    engine = engine_for(state)
+    trivy = None
+    if scan:
+        # Before any measuring: a missing scanner or database is reported in seconds, not after minutes.
+        trivy = Trivy.find(engine)
+        trivy.ensure_db()
     options = Options(runs=runs, startup=not no_startup, pull=not no_pull, timeout=timeout)
-    report = measure_apps(config, selected, engine_for(state), options, progress)
+    report = measure_apps(config, selected, engine, options, progress)
     document = report.measurement
+    if trivy is not None:
+        found = scan_apps(config, tuple(app.name for app in selected), trivy, progress=progress)
+        document = with_vulnerabilities(document, found, trivy.version())
     path = out or config.root / DEFAULT_MEASURE_PATH
     document.write(path)
     if markdown_path is not None:

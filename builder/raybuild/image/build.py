@@ -25,6 +25,7 @@ from raybuild.errors import BuildError, UsageError
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.introspect import introspect
+from raybuild.image.provenance import provenance_labels
 from raybuild.image.prune import PrunePlan, prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as lock
@@ -126,7 +127,7 @@ def head_hash(config: LoadedConfig, app: App) -> str:
     inputs["prune-ray.json"] = _prune_plan(app).to_json()
     inputs["prune.py"] = prune_script(templates).read_text(encoding="utf-8")
     for name in HEAD_TEMPLATES:
-        inputs[name] = (templates / name).read_text(encoding="utf-8")
+        inputs[name] = templates.path(name).read_text(encoding="utf-8")
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -189,7 +190,7 @@ class Builder:
             out["netrc"] = self.netrc
         return out
 
-    def _build(self, context: Path, target: str | None, what: str) -> str:
+    def _build(self, context: Path, target: str | None, what: str, labels: dict[str, str]) -> str:
         """Build without tagging; the image ID. Callers tag only what passed its checks."""
         try:
             return self.engine.build(
@@ -198,6 +199,7 @@ class Builder:
                 iidfile=context / f"iid-{target or 'app'}",
                 target=target,
                 secrets=self.secrets(),
+                labels=labels,
                 what=what,
                 on_line=_progress_filter(self.progress),
             )
@@ -228,7 +230,8 @@ class Builder:
                     head = BuiltImage(HEAD_KEY, hr, self.engine.inspect(hr)["Id"], "cpu", cached=True)
                 else:
                     self.progress(f"building head image {hr}")
-                    head_id = self._build(context, "head", "build of the head image")
+                    labels = provenance_labels(self.engine, self.config, None, hr)
+                    head_id = self._build(context, "head", "build of the head image", labels)
                     self.engine.tag(head_id, hr)
                     head = BuiltImage(HEAD_KEY, hr, head_id, "cpu", cached=False)
             if self.engine.image_exists(ref):
@@ -242,7 +245,8 @@ class Builder:
                 image_id = self.engine.inspect(ref)["Id"]
                 return BuiltImage(app.name, ref, image_id, app.device, True, deployments), head
             self.progress(f"building {app.name} -> {ref}")
-            image_id = self._build(context, None, f"build of app {app.name!r}")
+            labels = provenance_labels(self.engine, self.config, app, ref)
+            image_id = self._build(context, None, f"build of app {app.name!r}", labels)
         # A broken app fails here, before its content-addressed tag exists: nothing half-made is tagged.
         deployments = self._deployments(app, image_id)
         self.engine.tag(image_id, ref)

@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING
 import jinja2
 
 from raybuild.errors import ConfigError
-from raybuild.templating import BUNDLED_TEMPLATES, template_environment
+from raybuild.templating import Templates, image_templates, template_environment
+
+BUNDLED = image_templates(None)
 
 if TYPE_CHECKING:
     from raybuild.image.bases import BaseSpec
     from raybuild.image.spec import ImageSpec
 
 
-def template_dir(project_root: Path | None) -> Path:
-    if project_root is not None and (project_root / "images" / "common" / "app.Dockerfile.j2").is_file():
-        return project_root / "images"
-    return BUNDLED_TEMPLATES
+def template_dir(project_root: Path | None) -> Templates:
+    """The Dockerfile templates: the project's images/ folder over raybuild's, file by file."""
+    return image_templates(project_root)
 
 
 def dockerfile_string(value: str) -> str:
@@ -35,11 +36,11 @@ def dockerfile_string(value: str) -> str:
     return f'"{escaped}"'
 
 
-def _environment(templates: Path) -> jinja2.Environment:
-    return template_environment([templates], {"dockerfile_string": dockerfile_string})
+def _environment(templates: Templates) -> jinja2.Environment:
+    return template_environment(templates, {"dockerfile_string": dockerfile_string})
 
 
-def _render(templates: Path, name: str, context: dict[str, object]) -> str:
+def _render(templates: Templates, name: str, context: dict[str, object]) -> str:
     try:
         text = _environment(templates).get_template(name).render(**context)
     except jinja2.TemplateNotFound as exc:
@@ -60,9 +61,9 @@ def _render(templates: Path, name: str, context: dict[str, object]) -> str:
     return "\n".join(lines).strip("\n") + "\n"
 
 
-def render_dockerfile(spec: ImageSpec, templates: Path = BUNDLED_TEMPLATES) -> str:
+def render_dockerfile(spec: ImageSpec, templates: Templates = BUNDLED) -> str:
     return _render(templates, f"{spec.device}/Dockerfile.j2", spec.context())
 
 
-def render_base(spec: BaseSpec, templates: Path = BUNDLED_TEMPLATES) -> str:
+def render_base(spec: BaseSpec, templates: Templates = BUNDLED) -> str:
     return _render(templates, spec.template(), spec.context())

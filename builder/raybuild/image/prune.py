@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from raybuild.templating import BUNDLED_TEMPLATES
+from raybuild.templating import Templates, image_templates
 
 # Default prune rules: name -> globs relative to site-packages. Each was measured to be dead weight for
 # Ray Serve workloads (figures in the README); every pruned image still passes `raybuild test`.
@@ -66,5 +66,5 @@ def prune_plan(remove: tuple[str, ...] = (), keep: tuple[str, ...] = ()) -> Prun
     return PrunePlan(rules=rules, keep=DEFAULT_KEEP + paths, strip=strip)
 
 
-def prune_script(templates: Path = BUNDLED_TEMPLATES) -> Path:
-    return templates / "common" / "prune.py"
+def prune_script(templates: Templates | None = None) -> Path:
+    return (templates or image_templates(None)).path("common/prune.py")

@@ -20,16 +20,13 @@ from raybuild.config import App, LoadedConfig
 from raybuild.errors import ConfigError
 from raybuild.kuberay import LABEL_KEY
 from raybuild.state import HEAD_KEY, PublishRecord, image_references
-from raybuild.templating import BUNDLED_TEMPLATES, template_environment
+from raybuild.templating import Templates, manifest_templates, template_environment
 
 Kind = Literal["RayService", "RayCluster"]
 StoreKind = Literal["redis", "dragonfly"]
 KINDS: tuple[str, ...] = get_args(Kind)
 STORE_KINDS: tuple[str, ...] = get_args(StoreKind)
 
-
-# raybuild's own manifest templates; a project's deploy/ folder overrides them file by file.
-BUNDLED_DEPLOY = BUNDLED_TEMPLATES / "deploy"
 
 _TEMPLATES: dict[str, str] = {"RayService": "rayservice.yaml.j2", "RayCluster": "raycluster.yaml.j2"}
 _STORE_TEMPLATE = "gcs-store.yaml.j2"
@@ -71,19 +68,17 @@ def _yaml_scalar(value: Any) -> str:
     return text
 
 
-def template_dirs(project_root: Path | None) -> list[Path]:
-    dirs = [project_root / "deploy"] if project_root is not None else []
-    if BUNDLED_DEPLOY not in dirs:
-        dirs.append(BUNDLED_DEPLOY)
-    return [d for d in dirs if d.is_dir()]
+def template_dirs(project_root: Path | None) -> Templates:
+    """The manifest templates: the project's deploy/ folder over raybuild's, file by file."""
+    return manifest_templates(project_root)
 
 
-def _environment(dirs: list[Path]) -> jinja2.Environment:
+def _environment(dirs: Templates) -> jinja2.Environment:
     return template_environment(dirs, {"yaml": _yaml_scalar})
 
 
-def _render_template(dirs: list[Path], name: str, context: dict[str, Any]) -> str:
-    where = ", ".join(str(d) for d in dirs) or str(BUNDLED_DEPLOY)
+def _render_template(dirs: Templates, name: str, context: dict[str, Any]) -> str:
+    where = str(dirs)
     try:
         text = _environment(dirs).get_template(name).render(**context)
     except jinja2.TemplateNotFound as exc:
@@ -221,7 +216,7 @@ def render_manifest(
     record: PublishRecord | None,
     kind: Kind = "RayService",
     gcs_store_manifests: bool | StoreKind = False,
-    templates: list[Path] | None = None,
+    templates: Templates | None = None,
 ) -> RenderedManifest:
     """Render the RayService (or RayCluster) for ``config``.
 

@@ -13,7 +13,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -55,6 +55,11 @@ _TRANSIENT = re.compile(
 _SECRET_LINE = re.compile(r"authorization|password|passwd|bearer\s|x-registry-auth|identitytoken", re.I)
 _SECRET_ENV = re.compile(r"PASS|TOKEN|SECRET|AUTH|CREDENTIAL|API_?KEY", re.I)
 _PUSH_NOISE = re.compile(r": (Preparing|Waiting|Pushing)\b")
+
+
+# Attaches an image's SBOM in the registry (ship/attach.py): (registry, key, image, its manifest) -> the
+# SBOM artifact's digest. Called for skipped images too, so a missing or changed SBOM is still attached.
+AttachSbom = Callable[[Registry, str, PublishedImage, Manifest], str]
 
 
 class DockerEngine(Protocol):
@@ -132,6 +137,7 @@ class Publisher:
     sleep: Callable[[float], None] = time.sleep
     backoff: Backoff = Backoff()
     secrets: tuple[str, ...] = field(default_factory=lambda: secret_values(os.environ))
+    attach_sbom: AttachSbom | None = None
 
     def plan(self, names: tuple[str, ...] = ()) -> list[Planned]:
         """The head, then each selected app that has been built, in config order."""
@@ -184,7 +190,7 @@ class Publisher:
         if remote is not None and remote.config_digest == item.image_id:
             self.progress(f"{item.key}: {item.target} is already in the registry")
             image = PublishedImage(item.target, remote.digest, size, remote.compressed_size)
-            return Published(item.key, "skipped", image)
+            return Published(item.key, "skipped", self._with_sbom(host, item, image, remote))
         if item.target != item.local_ref:
             self.engine.tag(item.local_ref, item.target)
         self.progress(f"pushing {item.key} -> {item.target}")
@@ -195,7 +201,29 @@ class Publisher:
             raise PublishError(f"{item.target}@{digest} is image {pushed.config_digest}, not {item.image_id}",
                                hint="was the tag pushed concurrently? rerun `raybuild publish`")  # fmt: skip
         compressed = pushed.compressed_size if pushed is not None else 0
-        return Published(item.key, "pushed", PublishedImage(item.target, digest, size, compressed))
+        image = PublishedImage(item.target, digest, size, compressed)
+        return Published(item.key, "pushed", self._with_sbom(host, item, image, pushed))
+
+    def _with_sbom(
+        self, host: str, item: Planned, image: PublishedImage, manifest: Manifest | None
+    ) -> PublishedImage:
+        if self.attach_sbom is None:
+            return image
+        if manifest is None:
+            self.progress(
+                f"{item.key}: the registry does not show {item.target}'s manifest: no SBOM attached"
+            )
+            return image
+        attach, registry = self.attach_sbom, self.connect(host)
+        try:
+            sbom = self._retrying(host, lambda: attach(registry, item.key, image, manifest))
+        except RegistryUnverifiable as exc:
+            raise PublishError(
+                f"{item.key}: could not attach the SBOM to {image.pinned} ({exc}); nothing was recorded",
+                hint="raybuild's own registry client is anonymous: a registry that wants a login for it "
+                "needs `raybuild publish --no-sbom` (the images are pushed by docker, with its login)",
+            ) from None
+        return replace(image, sbom=sbom)
 
     def _remote(self, host: str, repository: str, reference: str) -> Manifest | None:
         try:

@@ -4,6 +4,8 @@ Sizes are gated by ``max_size_growth`` and cold-start phases by ``max_startup_gr
 (0.05 is 5%). Each limit comes from, first to last: the command line, the app's ``[apps.gate]``, the
 project's ``[gate]``, then the defaults below. Only a ``regression`` row fails the gate: an app that is new
 or removed is reported, never failed, so adding or retiring an app does not need a baseline reset.
+Measurements made with ``--scan`` are also compared finding by finding (``vulns``): a HIGH or CRITICAL
+finding the baseline did not have fails the gate, and fixed ones are reported as good news.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 
 from raybuild.config import Gate, RaybuildConfig
 from raybuild.errors import GateError
+from raybuild.verify import vulns
 from raybuild.verify.results import AppResult, Measurement
 
 DEFAULT_MAX_SIZE_GROWTH = 0.05
@@ -205,6 +208,7 @@ def compare(
         baseline=baseline_label,
         current=current_label,
         notes=tuple(notes),
+        vulnerabilities=vulns.compare_vulnerabilities(baseline, current),
     )
 
 
@@ -227,21 +231,36 @@ class GateReport:
     baseline: str
     current: str
     notes: tuple[str, ...] = ()
+    vulnerabilities: tuple[vulns.VulnDiff, ...] = ()
 
     @property
     def regressions(self) -> tuple[Row, ...]:
         return tuple(row for row in self.rows if row.verdict == "regression")
 
     @property
+    def new_findings(self) -> int:
+        """HIGH and CRITICAL findings the baseline did not have, over every app."""
+        return sum(len(diff.new) for diff in self.vulnerabilities)
+
+    @property
     def failed(self) -> bool:
-        return bool(self.regressions)
+        return bool(self.regressions) or self.new_findings > 0
 
     def summary(self) -> str:
         apps = {row.app for row in self.rows}
         if self.failed:
-            listed = ", ".join(f"{row.app} {row.metric}" for row in self.regressions)
-            count = len(self.regressions)
-            return f"**Gate failed:** {count} regression{'s' if count != 1 else ''} ({listed})."
+            parts = []
+            if self.regressions:
+                listed = ", ".join(f"{row.app} {row.metric}" for row in self.regressions)
+                count = len(self.regressions)
+                parts.append(f"{count} regression{'s' if count != 1 else ''} ({listed})")
+            if self.new_findings:
+                listed = ", ".join(d.app for d in self.vulnerabilities if d.new)
+                count = self.new_findings
+                parts.append(
+                    f"{count} new HIGH/CRITICAL vulnerabilit{'y' if count == 1 else 'ies'} ({listed})"
+                )
+            return f"**Gate failed:** {'; '.join(parts)}."
         compared = sum(row.verdict in ("ok", "improved") for row in self.rows)
         text = f"**Gate passed:** no regressions across {len(apps)} app{'s' if len(apps) != 1 else ''}"
         text += f" ({compared} metric{'s' if compared != 1 else ''} compared)"
@@ -274,6 +293,9 @@ class GateReport:
             lines.append("Per-app max growth: " + "; ".join(overrides) + ".")
         lines.append("Sizes in MB (10^6 bytes); startup times are medians in seconds.")
         lines += [f"Note: {note}" for note in self.notes]
+        section = vulns.markdown(self.vulnerabilities)
+        if section:
+            lines += ["", *section]
         lines += ["", f"Baseline `{self.baseline}`, current `{self.current}`.", ""]
         return "\n".join(lines)
 
@@ -295,6 +317,7 @@ class GateReport:
                 "apps": {name: limits(t) for name, t in self.thresholds.items()},
             },
             "notes": list(self.notes),
+            "vulnerabilities": vulns.to_dict(self.vulnerabilities),
             "rows": [
                 {
                     "app": r.app,

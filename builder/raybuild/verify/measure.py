@@ -18,7 +18,7 @@ from raybuild.progress import Progress, silent
 from raybuild.registry import HttpRegistry, Registry
 from raybuild.state import HEAD_KEY, ImageReferences, failure_log_path, image_references
 from raybuild.verify import coldstart
-from raybuild.verify.results import AppResult, Measurement, Size, Startup, Stat, stat
+from raybuild.verify.results import SEVERITIES, AppResult, Measurement, Size, Startup, Stat, stat
 from raybuild.verify.sizes import MEASURE_REGISTRY, measure_ref, measure_size, shared_bytes
 
 
@@ -271,4 +271,10 @@ def to_markdown(measurement: Measurement) -> str:
         "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(measurement)]
+    scanned = {name: app.vulnerabilities for name, app in measurement.apps.items() if app.vulnerabilities}
+    if scanned:
+        order = tuple(reversed(SEVERITIES))
+        lines += ["", "| app | " + " | ".join(order) + " |", "|---" + "|---:" * len(order) + "|"]
+        for name, found in scanned.items():
+            lines.append(f"| {name} | " + " | ".join(str(found.counts.get(s, 0)) for s in order) + " |")
     return "\n".join(lines) + "\n"

@@ -101,11 +101,42 @@ class Startup(_Model):
     t_cold: Stat | None
 
 
+Severity = Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
+SEVERITIES: tuple[Severity, ...] = ("UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+# What the gate compares, and what the document lists one by one (the rest are only counted).
+GATED: tuple[Severity, ...] = ("HIGH", "CRITICAL")
+
+
+class Finding(_Model):
+    """One vulnerability in one installed package, as trivy reported it."""
+
+    id: str = Field(min_length=1, description="CVE-..., GHSA-..., DSA-...")
+    package: str
+    installed: str
+    fixed: str | None = Field(description="the first version with a fix; null when there is none yet")
+    severity: Severity
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What makes two findings the same one across measurements: the advisory and the package."""
+        return self.id, self.package
+
+
+class Vulnerabilities(_Model):
+    """``raybuild measure --scan``: what trivy found in the app's image (``.trivyignore`` honoured)."""
+
+    scanner: str = Field(description="the scanner and its version, e.g. 'trivy 0.58.1'")
+    counts: dict[Severity, Annotated[int, Field(ge=0)]]
+    findings: list[Finding] = Field(description="the HIGH and CRITICAL findings")
+
+
 class AppResult(_Model):
     image: str
     device: Literal["cpu", "gpu"]
     size: Size
     startup: Startup
+    # Optional, so that documents written before scans existed (or without --scan) still validate.
+    vulnerabilities: Vulnerabilities | None = None
 
 
 class Measurement(_Model):
@@ -127,7 +158,13 @@ class Measurement(_Model):
         return cls(created=datetime.now(UTC), **fields)
 
     def to_json(self) -> str:
-        return self.model_dump_json(by_alias=True, indent=2) + "\n"
+        # An app measured without --scan has no "vulnerabilities" key at all (not null): the document stays
+        # exactly what readers of the first version of raybuild.measure/v1 expect.
+        unscanned = {
+            name: {"vulnerabilities"} for name, app in self.apps.items() if app.vulnerabilities is None
+        }
+        exclude = {"apps": unscanned} if unscanned else None
+        return self.model_dump_json(by_alias=True, indent=2, exclude=exclude) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "<measure json>") -> Measurement:

@@ -209,8 +209,11 @@ def test_a_hand_edited_lockfile_is_refused_before_anything_is_staged(
 
 def copy_templates(tmp_project: TmpProject) -> Path:
     """The project's own images/ folder, as `raybuild init` leaves it for users to edit."""
-    shutil.copytree(template_dir(None), tmp_project.root / "images", ignore=shutil.ignore_patterns("deploy"))
-    assert template_dir(tmp_project.root) == tmp_project.root / "images"
+    bundled = template_dir(None).dirs[-1]
+    shutil.copytree(
+        bundled, tmp_project.root / "images", ignore=shutil.ignore_patterns("deploy", "init", "probe")
+    )
+    assert template_dir(tmp_project.root).dirs[0] == tmp_project.root / "images"
     return tmp_project.root / "images"
 
 

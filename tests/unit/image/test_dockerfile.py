@@ -21,7 +21,7 @@ from raybuild.image.bases import BaseSpec
 from raybuild.image.dockerfile import dockerfile_string, render_base, render_dockerfile, template_dir
 from raybuild.image.prune import DEFAULT_KEEP, DEFAULT_PRUNE_RULES, prune_plan
 from raybuild.image.spec import ImageSpec, generate_all, image_spec_for, nvidia_library_dirs
-from raybuild.templating import BUNDLED_TEMPLATES
+from raybuild.templating import BUNDLED_TEMPLATES, Templates
 from tests.conftest import GOLDEN_DIR, REPO_ROOT, TmpProject
 
 GOLDEN = GOLDEN_DIR / "dockerfiles"
@@ -68,7 +68,7 @@ def generated_dockerfiles() -> dict[str, str]:
 
 
 def test_the_bundled_templates_are_the_projects_images_folder() -> None:
-    assert template_dir(REPO_ROOT) == REPO_ROOT / "images"
+    assert template_dir(REPO_ROOT) == Templates((REPO_ROOT / "images", BUNDLED_TEMPLATES))
     # The package ships the bundled project's own templates (linked, so the two never drift).
     for folder in ("common", "cpu", "gpu"):
         assert (BUNDLED_TEMPLATES / folder).resolve() == (REPO_ROOT / "images" / folder).resolve()
@@ -181,13 +181,13 @@ def test_strict_undefined_turns_an_unknown_variable_into_a_config_error(tmp_path
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "Dockerfile.j2").write_text("FROM {{ base_image }}\nLABEL x={{ no_such_variable }}\n")
     with pytest.raises(ConfigError) as caught:
-        render_dockerfile(_spec(), tmp_path)
+        render_dockerfile(_spec(), Templates((tmp_path,)))
     assert caught.value.message == "template cpu/Dockerfile.j2: 'no_such_variable' is undefined"
 
 
 def test_a_missing_template_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        render_dockerfile(_spec(), tmp_path)
+        render_dockerfile(_spec(), Templates((tmp_path,)))
     assert caught.value.message == f"template cpu/Dockerfile.j2 not found under {tmp_path}"
 
 
@@ -195,26 +195,29 @@ def test_a_template_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "Dockerfile.j2").write_text("FROM x\n{% if %}\n")
     with pytest.raises(ConfigError) as caught:
-        render_dockerfile(_spec(), tmp_path)
+        render_dockerfile(_spec(), Templates((tmp_path,)))
     assert caught.value.message.startswith(f"{tmp_path / 'cpu' / 'Dockerfile.j2'}:2: template syntax error")
 
 
 def test_render_collapses_blank_runs_and_trailing_space(tmp_path: Path) -> None:
     (tmp_path / "cpu").mkdir()
     (tmp_path / "cpu" / "Dockerfile.j2").write_text("\n\nFROM {{ base_image }}   \n\n\n\nUSER 1000\n\n\n")
-    assert render_dockerfile(_spec(), tmp_path) == "FROM base:1\n\nUSER 1000\n"
+    assert render_dockerfile(_spec(), Templates((tmp_path,))) == "FROM base:1\n\nUSER 1000\n"
 
 
-def test_a_project_images_folder_overrides_the_bundled_templates(tmp_project: TmpProject) -> None:
-    assert template_dir(tmp_project.root) == BUNDLED_TEMPLATES
+def test_a_project_images_folder_overrides_the_bundled_templates_file_by_file(
+    tmp_project: TmpProject,
+) -> None:
+    assert template_dir(tmp_project.root) == Templates((BUNDLED_TEMPLATES,))
+    bundled = render_dockerfile(_spec(), template_dir(tmp_project.root))
+    # Only the shared app template is the project's own; cpu/Dockerfile.j2 still comes from raybuild.
     (tmp_project.root / "images" / "common").mkdir(parents=True)
     (tmp_project.root / "images" / "common" / "app.Dockerfile.j2").write_text("FROM {{ base_image }}\n")
-    (tmp_project.root / "images" / "cpu").mkdir()
-    (tmp_project.root / "images" / "cpu" / "Dockerfile.j2").write_text(
-        '{% extends "common/app.Dockerfile.j2" %}'
-    )
-    assert template_dir(tmp_project.root) == tmp_project.root / "images"
-    assert render_dockerfile(_spec(), template_dir(tmp_project.root)) == "FROM base:1\n"
+    templates = template_dir(tmp_project.root)
+    assert templates.dirs == (tmp_project.root / "images", BUNDLED_TEMPLATES)
+    assert templates.path("cpu/Dockerfile.j2") == BUNDLED_TEMPLATES / "cpu" / "Dockerfile.j2"
+    assert templates.path("common/prune.py") == BUNDLED_TEMPLATES / "common" / "prune.py"
+    assert render_dockerfile(_spec(), templates) == "FROM base:1\n" != bundled
 
 
 def test_base_spec_picks_the_template_of_its_kind_and_device() -> None:

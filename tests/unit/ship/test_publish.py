@@ -514,6 +514,8 @@ def fake_cli(
     monkeypatch.setattr(
         publish_cli, "Publisher", partial(Publisher, connect=registry.connect, sleep=run.sleeps.append)
     )
+    # SBOMs need an engine that runs containers: tests/unit/ship/test_attach.py covers them.
+    monkeypatch.setattr(publish_cli, "SbomAttacher", lambda *args, **kwargs: None)
     return lambda run_main, *args: run_main("--config", str(project.path), "publish", *args)
 
 
@@ -521,10 +523,10 @@ def test_cli_prints_a_table(fake_cli: Callable[..., MainResult], run_main: Calla
     result = fake_cli(run_main)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["APP", "STATUS", "IMAGE", "COMPRESSED"]
+    assert lines[0].split() == ["APP", "STATUS", "IMAGE", "COMPRESSED", "SBOM"]
     assert lines[2].split()[:2] == ["demo", "pushed"]
     assert lines[2].split()[2].startswith(DEMO_REF + "@sha256:")
-    assert lines[2].split()[3:] == ["0.0", "MB"]
+    assert lines[2].split()[3:] == ["0.0", "MB", "-"]
     assert "pushing demo" in result.stderr
     assert "0123456789ab: Pushed" in result.stderr
 
