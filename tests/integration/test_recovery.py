@@ -73,13 +73,13 @@ def _ca_args() -> list[str]:
     return ["--ca-bundle", str(CA)] if CA.is_file() else []
 
 
-NAMESPACE = "127.0.0.1:5000/raybuild-faults"  # this module's images only: their tags go when it ends
+NAMESPACE = "127.0.0.1:5000/raybuild-recovery"  # this module's images only: their tags go when it ends
 
 
 @pytest.fixture(scope="module")
 def built(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of the bundled project with hello (and the head image) built: its build record is there."""
-    root = copy_project(REPO_ROOT, tmp_path_factory.mktemp("faults") / "project")
+    root = copy_project(REPO_ROOT, tmp_path_factory.mktemp("recovery") / "project")
     toml = root / "raybuild.toml"
     toml.write_text(toml.read_text().replace("127.0.0.1:5000/raybuild-test", NAMESPACE))
     config = load_config(toml)
@@ -271,7 +271,7 @@ def test_ctrl_c_during_build_keeps_the_record_and_tags_nothing(engine: Engine, p
 
 @pytest.fixture
 def namespace(engine: Engine) -> Iterator[str]:
-    name = f"127.0.0.1:5000/faults-{uuid.uuid4().hex[:10]}"
+    name = f"127.0.0.1:5000/recovery-{uuid.uuid4().hex[:10]}"
     yield name
     listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
     for ref in listed.split():
