@@ -43,7 +43,7 @@ from raybuild.engine import Engine
 from raybuild.errors import LockError, RaybuildError
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.lock import resolve as locking
-from raybuild.state import STATE_DIR
+from raybuild.state import STATE_DIR, project_id
 from raybuild.verify.smoke import smoke_test
 
 HERE = Path(__file__).resolve().parent
@@ -361,7 +361,7 @@ def main() -> int:
     result["build_seconds"]["raybuild"] = round(time.monotonic() - started, 1)
     ref = next(image.ref for image in built if image.app == app.name)
     try:
-        smoke = smoke_test(app, ref, engine, timeout=600, progress=log)
+        smoke = smoke_test(app, ref, engine, project=project_id(config), timeout=600, progress=log)
         result["smoke"] = {"t_head": smoke.t_head, "t_serve": smoke.t_serve, "body": smoke.body}
     except RaybuildError as exc:
         result["smoke"] = {"error": exc.message}

@@ -235,11 +235,24 @@ class Project(_Model):
         return value
 
 
+class Limits(_Model):
+    """Bounds on what raybuild copies into images and on its registry work."""
+
+    # A file in an app folder larger than this fails the build, unless a `!` line of .raybuildignore
+    # names it: a stray dataset or core dump should not silently become a layer every node pulls.
+    code_file_mb: int = Field(default=50, ge=1)
+    # One image's push or pull, every attempt included: a registry that stalls fails here, never hangs.
+    registry_deadline_s: int = Field(default=900, ge=1)
+    # Attempts per push or registry read (raybuild's own retries: Docker's are cut short).
+    registry_attempts: int = Field(default=4, ge=1, le=10)
+
+
 class RaybuildConfig(_Model):
     project: Project = Project()
     base: Bases = Bases()
     cluster: Cluster = Cluster()
     gate: Gate = Gate()
+    limits: Limits = Limits()
     apps: list[App] = Field(min_length=1)
 
     @model_validator(mode="after")

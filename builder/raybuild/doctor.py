@@ -8,7 +8,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from urllib.error import URLError
 
-from raybuild.engine import Engine, find_docker_client, which
+from raybuild.docker_client import find_docker_client
+from raybuild.engine import Engine, which
 from raybuild.errors import EngineError
 from raybuild.image.build import default_ca_bundle
 from raybuild.loopback import http

@@ -3,6 +3,11 @@
 It finds a BuildKit-capable client, streams output line by line to a callback, keeps the tail for error
 messages, and raises ``EngineError`` (command, exit code, output tail) on failure. Unit tests swap in a
 fake engine; nothing else in raybuild calls subprocess for Docker.
+
+Its sweeps (``remove_labelled``, ``release``) are the only way raybuild removes containers and networks:
+by this project's labels (see `labels`), from IDs that docker printed on stdout in a machine-readable
+format. A line that is not an ID (a warning about a broken ~/.docker/config.json, an error) stops the
+removal instead of being taken for a container's name.
 """
 
 from __future__ import annotations
@@ -16,22 +21,22 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raybuild.errors import BuildError, EngineError
+from raybuild.docker_client import DockerClient, find_docker_client
+from raybuild.errors import BuildError, DockerRetry, EngineError
+from raybuild.labels import PROJECT_LABEL, label_filters, parse_ids
 from raybuild.progress import Progress
 
 TAIL_LINES = 40
 
-# Labels on every container and network raybuild makes, so that a sweep by label finds what an interrupted
-# run left behind. MANAGED_LABEL marks them all; the others say what they serve.
-MANAGED_LABEL = "io.raybuild.managed"
-PURPOSE_LABEL = "io.raybuild.purpose"  # smoke or measure
-CLUSTER_LABEL = "io.raybuild.cluster"  # the local cluster's name
-ROLE_LABEL = "io.raybuild.role"  # the local cluster node's role: gcs, head or worker
+# Docker's own retry of a failed layer transfer ("Retrying in 5 seconds"); see Engine.push.
+_DOCKER_RETRY = re.compile(r"\bRetrying in \d+ seconds?\b")
+# Bounds on the calls that list and remove objects, for a daemon that does not answer.
+_SWEEP_TIMEOUT_S = 60.0
 
 _DAEMON_DOWN = ("Cannot connect to the Docker daemon", "Is the docker daemon running", "docker.sock: connect")
 _DISK_FULL = ("no space left on device",)
@@ -41,72 +46,12 @@ _DISK_FULL = ("no space left on device",)
 class Result:
     command: list[str]
     returncode: int
-    output: str
+    output: str  # stdout and stderr together, or stdout only (Engine.run's stdout_only)
+    stderr: str = ""  # with stdout_only: what the command printed on stderr
 
 
-@dataclass(frozen=True)
-class DockerClient:
-    """A docker CLI binary and how it runs BuildKit builds."""
-
-    path: str
-    version: str
-    buildx: bool
-
-    def build_prefix(self) -> list[str]:
-        # Docker 23+ clients need the buildx plugin for BuildKit; 20.10 clients have BuildKit built in.
-        return [self.path, "buildx", "build", "--load"] if self.buildx else [self.path, "build"]
-
-
-def _major(version: str) -> int:
-    match = re.match(r"(\d+)", version)
-    return int(match.group(1)) if match else 0
-
-
-def _candidates() -> list[str]:
-    found: list[str] = []
-    env = os.environ.get("RAYBUILD_DOCKER")
-    if env:
-        found.append(env)
-    for directory in [*os.environ.get("PATH", "").split(os.pathsep), "/usr/bin"]:
-        path = os.path.join(directory, "docker")
-        if os.access(path, os.X_OK) and os.path.realpath(path) not in map(os.path.realpath, found):
-            found.append(path)
-    return found
-
-
-def find_docker_client(
-    runner: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None,
-) -> DockerClient:
-    """The first docker client that can run BuildKit builds (buildx plugin, or a built-in BuildKit)."""
-    run = runner or (lambda cmd: subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30))
-    tried = []
-    for path in _candidates():
-        version_out = run([path, "version", "--format", "{{.Client.Version}}"])
-        version = version_out.stdout.strip().splitlines()[0] if version_out.stdout.strip() else ""
-        if not version:
-            tried.append(f"{path} (no version)")
-            continue
-        if run([path, "buildx", "version"]).returncode == 0:
-            return DockerClient(path, version, buildx=True)
-        if _major(version) < 23:
-            return DockerClient(path, version, buildx=False)
-        tried.append(f"{path} {version} without buildx")
-    raise EngineError(
-        "no BuildKit-capable docker client found" + (f" (tried: {'; '.join(tried)})" if tried else ""),
-        hint="install the buildx plugin, or run scripts/setup "
-        "(Debian's docker.io client has BuildKit built in)",
-    )
-
-
-def object_labels(
-    *, purpose: str | None = None, cluster: str | None = None, role: str | None = None
-) -> dict[str, str]:
-    """The labels of a container or network that raybuild makes."""
-    labels = {MANAGED_LABEL: "true"}
-    for key, value in ((PURPOSE_LABEL, purpose), (CLUSTER_LABEL, cluster), (ROLE_LABEL, role)):
-        if value:
-            labels[key] = value
-    return labels
+class _DockerRetry(Exception):
+    """Docker announced a retry of its own: the line before it says why."""
 
 
 def classify_failure(output: str) -> str | None:
@@ -145,26 +90,26 @@ class Engine:
         timeout: float | None = None,
         error: type[EngineError] = EngineError,
         what: str | None = None,
+        stdout_only: bool = False,
     ) -> Result:
+        """Run ``command``. ``stdout_only``: ``output`` is stdout alone (for machine-readable answers),
+        and stderr (warnings, errors) is kept apart, in ``Result.stderr`` and the error's output tail."""
         if self.debug and self.echo:
             self.echo("$ " + " ".join(command))
         merged = {**os.environ, **self.env, **(env or {})}
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         lines: list[str] = []
+        errors: list[str] = []
         try:
             proc = subprocess.Popen(
                 command,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                stderr=subprocess.PIPE if stdout_only else subprocess.STDOUT,
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 env=merged,
             )
         except FileNotFoundError as exc:
             raise error(f"{command[0]} not found", command=command, hint="run scripts/setup") from exc
-        if stdin is not None and proc.stdin:
-            proc.stdin.write(stdin)
-            proc.stdin.close()
-        assert proc.stdout is not None
         # The deadline must interrupt the read loop: a hung command (`docker info` against a wedged daemon)
         # never closes its output, so waiting after the loop would never time out. Killing it closes it.
         timed_out = threading.Event()
@@ -174,10 +119,20 @@ class Engine:
             proc.kill()
 
         timer = threading.Timer(timeout, expire) if timeout else None
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
+        reader = None
+        # From here on an interruption (Ctrl-C, SIGTERM, an on_line that gives up) kills the command.
         try:
+            if stdin is not None and proc.stdin:
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            if stdout_only:
+                assert proc.stderr is not None
+                reader = threading.Thread(target=_read_all, args=(proc.stderr, errors), daemon=True)
+                reader.start()
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            assert proc.stdout is not None
             for raw in proc.stdout:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 lines.append(line)
@@ -185,6 +140,8 @@ class Engine:
                 if on_line:
                     on_line(line)
             returncode = proc.wait()
+            if reader is not None:
+                reader.join()
         except BaseException:
             proc.kill()
             proc.wait()
@@ -192,16 +149,17 @@ class Engine:
         finally:
             if timer is not None:
                 timer.cancel()
-        output = "\n".join(lines)
+        output, stderr = "\n".join(lines), "\n".join(errors)
+        text = "\n".join([*tail, *errors[-TAIL_LINES:]])
         if check and returncode != 0 and timed_out.is_set():
             raise error(
                 f"{what or ' '.join(command[:3])} timed out after {timeout:g}s",
                 command=command,
                 returncode=returncode,
-                output_tail="\n".join(tail),
+                output_tail=text,
+                timed_out=True,
             )
         if check and returncode != 0:
-            text = "\n".join(tail)
             raise error(
                 f"{what or ' '.join(command[:3])} failed (exit {returncode})",
                 command=command,
@@ -209,7 +167,7 @@ class Engine:
                 output_tail=text,
                 hint=classify_failure(text),
             )
-        return Result(command, returncode, output)
+        return Result(command, returncode, output, stderr)
 
     def docker_cmd(self, *args: str, **kwargs: Any) -> Result:
         return self.run([self.docker.path, *args], **kwargs)
@@ -298,8 +256,35 @@ class Engine:
     def save(self, ref: str, out: Path) -> None:
         self.docker_cmd("save", "-o", str(out), ref, what=f"docker save {ref}")
 
-    def push(self, ref: str, on_line: Progress | None = None) -> Result:
-        return self.docker_cmd("push", ref, on_line=on_line, what=f"docker push {ref}")
+    def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result:
+        """`docker push`, ended at ``timeout`` (EngineError with ``timed_out``), and at Docker's first retry
+        of its own (DockerRetry).
+
+        dockerd retries a failed layer upload five times with growing waits, and no client flag turns that
+        off: stacked under raybuild's retries, an HTTP 500 took minutes to report. Killing the client
+        cancels the daemon's push (checked with Docker 20.10: no upload request follows), which leaves the
+        retrying, and its one-line log, to the caller alone. Docker prints no reason before it retries.
+        """
+        recent: deque[str] = deque(maxlen=TAIL_LINES)
+
+        def watch(line: str) -> None:
+            if _DOCKER_RETRY.search(line):
+                raise _DockerRetry()
+            recent.append(line)
+            if on_line:
+                on_line(line)
+
+        try:
+            return self.docker_cmd("push", ref, on_line=watch, timeout=timeout, what=f"docker push {ref}")
+        except _DockerRetry:
+            raise DockerRetry(
+                f"docker push {ref}: a layer upload failed and Docker began to retry it",
+                command=[self.docker.path, "push", ref],
+                output_tail="\n".join(recent),
+            ) from None
+
+    def pull(self, ref: str, timeout: float | None = None, what: str | None = None) -> Result:
+        return self.docker_cmd("pull", "--quiet", ref, timeout=timeout, what=what or f"docker pull {ref}")
 
     # -- containers -------------------------------------------------------------------------------------
 
@@ -307,9 +292,6 @@ class Engine:
         self, container: str, command: list[str], check: bool = False, timeout: float | None = None
     ) -> Result:
         return self.docker_cmd("exec", container, *command, check=check, timeout=timeout)
-
-    def remove_container(self, name: str) -> None:
-        self.docker_cmd("rm", "--force", "--volumes", name, check=False)
 
     def published_port(self, container: str, port: int) -> int:
         """The host port that Docker published a container's TCP ``port`` on."""
@@ -323,9 +305,28 @@ class Engine:
                 command=result.command,
             ) from exc
 
-    def containers_with_label(self, label: str) -> list[str]:
-        result = self.docker_cmd("ps", "-aq", "--filter", f"label={label}", check=False)
-        return [line for line in result.output.split() if line]
+    def container_ids(self, labels: Mapping[str, str], *, name: str | None = None) -> list[str]:
+        """The IDs of the containers that carry every one of ``labels`` (and are named ``name``).
+
+        Read from stdout alone, in a fixed format, and checked: a failing `docker ps` is an error, never an
+        empty list, and a line that is not an ID is an error, never a container to remove.
+        """
+        filters = label_filters(labels)
+        if name is not None:
+            filters += ["--filter", f"name=^/?{re.escape(name)}$"]
+        result = self.docker_cmd(
+            "ps", "-a", "--no-trunc", "--format", "{{.ID}}", *filters,
+            stdout_only=True, timeout=_SWEEP_TIMEOUT_S, what="docker ps",
+        )  # fmt: skip
+        return parse_ids(result.output, "docker ps")
+
+    def network_ids(self, labels: Mapping[str, str]) -> list[str]:
+        """The IDs of the networks that carry every one of ``labels``; checked like ``container_ids``."""
+        result = self.docker_cmd(
+            "network", "ls", "--no-trunc", "--format", "{{.ID}}", *label_filters(labels),
+            stdout_only=True, timeout=_SWEEP_TIMEOUT_S, what="docker network ls",
+        )  # fmt: skip
+        return parse_ids(result.output, "docker network ls")
 
     # -- networks ---------------------------------------------------------------------------------------
 
@@ -348,24 +349,71 @@ class Engine:
         return self.docker_cmd(*command, name, check=check, what=f"docker network create {name}")
 
     def remove_network(self, name: str) -> bool:
-        return self.docker_cmd("network", "rm", name, check=False).returncode == 0
+        return self.docker_cmd("network", "rm", name, check=False, timeout=_SWEEP_TIMEOUT_S).returncode == 0
 
-    def remove_labelled(self, label: str) -> int:
-        """Remove every container, then every network, labelled ``label`` (KEY=VALUE); how many went."""
-        containers = self.containers_with_label(label)
-        for container in containers:
-            self.remove_container(container)
-        listed = self.docker_cmd("network", "ls", "-q", "--filter", f"label={label}", check=False)
-        networks = [line for line in listed.output.split() if line]
+    def remove_containers(self, labels: Mapping[str, str], *, name: str | None = None) -> int:
+        """Remove the containers that ``container_ids`` lists (and their anonymous volumes); how many went."""
+        ids = self.container_ids(labels, name=name)
+        failed = []
+        for container in ids:
+            result = self.docker_cmd(
+                "rm", "--force", "--volumes", container,
+                check=False, stdout_only=True, timeout=_SWEEP_TIMEOUT_S,
+            )  # fmt: skip
+            if result.returncode != 0 and "no such container" not in result.stderr.lower():
+                failed.append((container, result))
+        if failed:
+            container, result = failed[0]
+            raise EngineError(
+                f"could not remove {len(failed)} of raybuild's containers (first: {container[:12]})",
+                command=result.command,
+                returncode=result.returncode,
+                output_tail=result.stderr,
+                hint=classify_failure(result.stderr) or "see `docker ps -a`, then rerun",
+            )
+        return len(ids)
+
+    def remove_labelled(self, labels: Mapping[str, str]) -> int:
+        """Remove every container, then every network, carrying all of ``labels``; how many went.
+
+        ``labels`` must name the project (``label_filters``): no sweep reaches another checkout's objects.
+        """
+        removed = self.remove_containers(labels)
+        networks = self.network_ids(labels)
         for network in networks:
             # dockerd may still hold an endpoint of a container removed a moment ago: one retry, later.
             if not self.remove_network(network):
                 time.sleep(1)
-                self.remove_network(network)
-        return len(containers) + len(networks)
+                if not self.remove_network(network):
+                    raise EngineError(
+                        f"could not remove raybuild's network {network[:12]}",
+                        hint="see `docker network inspect`, then rerun",
+                    )
+        return removed + len(networks)
+
+    def release(self, labels: Mapping[str, str], *, name: str | None = None) -> None:
+        """Best-effort cleanup on the way out of a command, when another error may already be on its way.
+
+        Removes the containers carrying ``labels`` (named ``name``; without a name, their networks too).
+        A failure is one warning line, so that it never hides the error or interruption that led here.
+        """
+        try:
+            if name is None:
+                self.remove_labelled(labels)
+            else:
+                self.remove_containers(labels, name=name)
+        except EngineError as exc:
+            if self.echo:
+                where = f"label={PROJECT_LABEL}={labels.get(PROJECT_LABEL, '')}"
+                self.echo(f"warning: cleanup failed ({exc.message}); see `docker ps -a --filter {where}`")
 
     def logs(self, container: str, tail: int = 30) -> str:
         return self.docker_cmd("logs", "--tail", str(tail), container, check=False).output
+
+
+def _read_all(stream: Any, into: list[str]) -> None:
+    for raw in stream:
+        into.append(raw.decode("utf-8", "replace").rstrip("\n"))
 
 
 def which(tool: str) -> str | None:

@@ -108,12 +108,6 @@ class ReportedFailure(RaybuildError):
         return dict(self.report)
 
 
-class Interrupted(RaybuildError):
-    """Ctrl-C (or an Abort): the command stopped, and every write it had begun was left undone."""
-
-    exit_code = 130
-
-
 class ConfigError(RaybuildError):
     """raybuild.toml (or another input file) is missing or invalid."""
 
@@ -148,7 +142,10 @@ class StaleLockError(LockError):
 
 
 class EngineError(RaybuildError):
-    """A docker (or other external) command failed. Carries the command, exit code and output tail."""
+    """A docker (or other external) command failed. Carries the command, exit code and output tail.
+
+    ``timed_out``: the command was killed at its deadline, rather than failing by itself.
+    """
 
     def __init__(
         self,
@@ -158,15 +155,22 @@ class EngineError(RaybuildError):
         returncode: int | None = None,
         output_tail: str = "",
         hint: str | None = None,
+        timed_out: bool = False,
     ) -> None:
         super().__init__(message, hint)
         self.command = command or []
         self.returncode = returncode
         self.output_tail = output_tail
+        self.timed_out = timed_out
 
 
 class BuildError(EngineError):
     """An image build failed."""
+
+
+class DockerRetry(EngineError):
+    """Docker began to retry a layer transfer on its own, which it does only for faults it deems transient
+    (a 5xx answer, a reset connection). The engine stopped it there: retrying is raybuild's to do."""
 
 
 class SmokeTestError(RaybuildError):

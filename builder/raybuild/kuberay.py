@@ -25,6 +25,7 @@ from raybuild.engine import Engine
 from raybuild.errors import EngineError, GpuUnavailable, RaybuildError
 from raybuild.fsutil import atomic_write
 from raybuild.image.introspect import AppException
+from raybuild.labels import label_filters
 from raybuild.loopback import http, wait_until
 from raybuild.verify.gpu import TOOLKIT_HINT, no_device_driver
 
@@ -192,12 +193,17 @@ class NodeSpec:
 
 
 def start(engine: Engine, spec: NodeSpec) -> None:
-    """Start the container; a failed start leaves no container behind."""
+    """Start the container; a failed or interrupted start leaves no container behind.
+
+    The container is found again by its name and labels, so an interruption while `docker run` was still
+    creating it removes it too, and a same-named container of anyone else is never touched.
+    """
+    label_filters(spec.labels)  # a container that no sweep could find is never made
     try:
         engine.docker_cmd(*spec.run_args(), what=f"docker run {spec.name} ({spec.image})")
-    except EngineError as exc:
-        engine.remove_container(spec.name)
-        if spec.gpus and no_device_driver(exc.output_tail):
+    except BaseException as exc:
+        engine.release(spec.labels, name=spec.name)
+        if isinstance(exc, EngineError) and spec.gpus and no_device_driver(exc.output_tail):
             raise GpuUnavailable(
                 "Docker could not give the container a GPU (no NVIDIA device driver in dockerd)",
                 hint=TOOLKIT_HINT,
@@ -207,12 +213,12 @@ def start(engine: Engine, spec: NodeSpec) -> None:
 
 @contextmanager
 def running(engine: Engine, spec: NodeSpec) -> Iterator[NodeSpec]:
-    """The container started, and removed on the way out whatever happens."""
+    """The container started, and removed on the way out whatever happens (errors, Ctrl-C, SIGTERM)."""
     start(engine, spec)
     try:
         yield spec
     finally:
-        engine.remove_container(spec.name)
+        engine.release(spec.labels, name=spec.name)
 
 
 # -- KubeRay's probes -------------------------------------------------------------------------------------

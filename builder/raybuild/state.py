@@ -9,6 +9,7 @@ folder's layout, the head image's key and name, and the tag scheme.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +42,15 @@ HEAD_IMAGE = "ray-head"
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _REBUILD = "rerun `raybuild build`"
 _REPUBLISH = "fix or delete the file, then run `raybuild publish` again"
+
+
+def project_id(config: LoadedConfig) -> str:
+    """This checkout's id, for the Docker objects it makes (engine.PROJECT_LABEL).
+
+    A hash of the config file's absolute path: stable across runs, and different for a second checkout or
+    a second config in the same folder, even when both name the same cluster.
+    """
+    return hashlib.sha256(str(config.path).encode()).hexdigest()[:16]
 
 
 def state_dir(config: LoadedConfig) -> Path:
@@ -370,6 +380,12 @@ class ImageReferences:
         return f"pinned by digest from {PUBLISH_RECORD} where published, else local tags"
 
 
+def _tag(ref: str) -> str:
+    """The tag of ``name:tag`` (a publish keeps the build's tag, whatever registry it pushes to)."""
+    name = ref.split("@", 1)[0]
+    return name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
+
+
 def image_references(
     config: LoadedConfig, record: PublishRecord | None, apps: Sequence[App] | None = None
 ) -> ImageReferences:
@@ -389,6 +405,18 @@ def image_references(
     missing = [
         "head (Ray base)" if key == HEAD_KEY else repr(key) for key in keys if images[key].published is None
     ]
+    rebuilt = [
+        "head (Ray base)" if key == HEAD_KEY else repr(key)
+        for key, image in images.items()
+        if image.built is not None
+        and image.published is not None
+        and _tag(image.built) != _tag(image.published.reference)
+    ]
+    if rebuilt:
+        warnings.append(
+            f"{', '.join(rebuilt)} rebuilt since the last publish: using the older published digest; "
+            "run `raybuild publish` to use the new build"
+        )
     if record is None:
         warnings.append(
             f"no publish record ({PUBLISH_RECORD}): images use local tags, which a cluster may not be "

@@ -20,7 +20,7 @@ from raybuild.image.build import Builder
 from raybuild.lock import lockfile
 from raybuild.lock.resolve import app_target as lock_target
 from raybuild.lock.resolve import lockfile_text
-from raybuild.state import HEAD_KEY, BuiltImage
+from raybuild.state import HEAD_KEY, BuiltImage, project_id
 from raybuild.verify.smoke import smoke_test
 
 pytestmark = pytest.mark.docker
@@ -47,7 +47,7 @@ def test_bundled_app_builds_and_serves(
 ) -> None:
     (app,) = bundled.select((app_name,))
     # The GPU app runs in CPU mode here: CUDA libraries must resolve and the app must import.
-    result = smoke_test(app, built[app_name].ref, engine, timeout=240)
+    result = smoke_test(app, built[app_name].ref, engine, project=project_id(bundled), timeout=240)
     assert result.status == 200
     assert result.body
 

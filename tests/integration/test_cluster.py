@@ -16,13 +16,13 @@ import pytest
 
 from raybuild import kuberay
 from raybuild.config import LoadedConfig, load_config
-from raybuild.engine import CLUSTER_LABEL, Engine
-from raybuild.errors import ClusterError, RaybuildError
+from raybuild.engine import Engine
+from raybuild.errors import ClusterError, RaybuildError, UsageError
 from raybuild.image.build import Builder
 from raybuild.local import cluster as local
 from raybuild.local.drill import run_drill
 from raybuild.loopback import http
-from raybuild.state import build_record_path, cluster_record_path
+from raybuild.state import build_record_path, cluster_record_path, project_id
 
 pytestmark = pytest.mark.docker
 
@@ -64,14 +64,28 @@ def test_up_runs_every_cpu_app_on_its_own_worker(engine: Engine, running: local.
     assert list(head["HostConfig"]["PortBindings"]) == ["8265/tcp"]
 
 
-def test_head_restart_drill_fails_no_request(engine: Engine, running: local.LocalCluster) -> None:
-    report = run_drill(engine, running, "head-restart", duration=20.0, rps=10.0)
+def test_head_restart_drill_fails_no_request(
+    engine: Engine, project: LoadedConfig, running: local.LocalCluster
+) -> None:
+    report = run_drill(engine, project_id(project), running, "head-restart", duration=20.0, rps=10.0)
     assert report.total.sent > 0
     assert report.outage.sent > 0, "the loop must cover the outage window"
     assert report.total.failed == 0, report.errors
+    assert not report.client_saturated, "10 rps is well within what the client sends on time"
     assert report.recovered
     assert report.apps_running
     assert report.replicas_unchanged
+
+
+def test_a_rate_beyond_the_client_is_refused_before_anything_is_killed(
+    engine: Engine, project: LoadedConfig, running: local.LocalCluster
+) -> None:
+    # The drill's cap, 10,000 requests, in 10 s: once, 9,925 of 10,000 failed with the client's own timeouts.
+    head = engine.container_ids(local.cluster_labels(project) | {"io.raybuild.role": "head"})
+    with pytest.raises(UsageError, match=r"^--rps 1000: this machine's request loop fell behind"):
+        run_drill(engine, project_id(project), running, "head-restart", duration=10.0, rps=1000.0)
+    assert engine.container_ids(local.cluster_labels(project) | {"io.raybuild.role": "head"}) == head
+    assert local.all_routes_answer(running)
 
 
 def test_unpinned_app_fails_where_its_code_is_missing(
@@ -102,14 +116,25 @@ def test_unpinned_app_fails_where_its_code_is_missing(
     kuberay.deploy(running.dashboard, body, ClusterError)  # back to the rendered config
 
 
+def test_another_checkout_with_the_same_cluster_name_never_touches_this_cluster(
+    engine: Engine, project: LoadedConfig, running: local.LocalCluster, tmp_path: Path
+) -> None:
+    from tests.integration.conftest import copy_project
+
+    second = copy_project(project.root, tmp_path / "second")
+    other = load_config(second / "raybuild.toml")
+    assert local.cluster_name(other) == local.cluster_name(project)
+    assert local.down(other, engine) == 0
+    assert local.all_routes_answer(running), "the first checkout's cluster still serves"
+    assert len(engine.container_ids(local.cluster_labels(project))) == len(running.nodes)
+
+
 def test_down_leaves_nothing_behind(
     engine: Engine, project: LoadedConfig, running: local.LocalCluster
 ) -> None:
-    label = f"{CLUSTER_LABEL}={local.cluster_name(project)}"
     local.down(project, engine)
-    assert engine.containers_with_label(label) == []
-    networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={label}").output.split()
-    assert networks == []
+    assert engine.container_ids(local.cluster_labels(project)) == []
+    assert engine.network_ids(local.cluster_labels(project)) == []
     assert not cluster_record_path(project).exists()
 
 
@@ -123,5 +148,4 @@ def test_down_after_a_failed_up_cleans_up(engine: Engine, project: LoadedConfig,
             local.up(project, engine, project.apps, timeout=30)
     finally:
         record.write_text(saved)
-    label = f"{CLUSTER_LABEL}={local.cluster_name(project)}"
-    assert engine.containers_with_label(label) == []
+    assert engine.container_ids(local.cluster_labels(project)) == []

@@ -16,17 +16,17 @@ from raybuild.config import LoadedConfig
 from raybuild.engine import Engine
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.registry import HttpRegistry
-from raybuild.verify.coldstart import MEASURE_LABEL, ColdNode
+from raybuild.state import project_id
+from raybuild.verify.coldstart import ColdNode, measure_labels
 from raybuild.verify.measure import MeasureReport, Options, measure
 from raybuild.verify.results import Measurement, schema
-from raybuild.verify.sizes import MEASURE_REGISTRY
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
 
 @pytest.fixture(scope="module")
 def hello_ref(engine: Engine, bundled: LoadedConfig) -> str:
-    if not HttpRegistry(MEASURE_REGISTRY).reachable():
+    if not HttpRegistry(bundled.project.registry.split("/", 1)[0]).reachable():
         if os.environ.get("CI") == "true":
             pytest.fail(
                 "CI=true but no registry on 127.0.0.1:5000; scripts/setup should start it", pytrace=False
@@ -85,10 +85,10 @@ def test_every_phase_is_timed_once_and_t_cold_is_pull_plus_cold_head(report: Mea
     assert startup.t_cold.median == pytest.approx(startup.t_pull.median + cold_head, abs=0.002)
 
 
-def test_no_measure_container_is_left(engine: Engine, report: MeasureReport) -> None:
-    assert engine.containers_with_label(MEASURE_LABEL) == []
-    node = ColdNode(engine)
+def test_no_measure_container_is_left(engine: Engine, bundled: LoadedConfig, report: MeasureReport) -> None:
+    labels = measure_labels(project_id(bundled))
+    assert engine.container_ids(labels) == []
+    node = ColdNode(engine, project_id(bundled))
     if node.running():
-        assert node.node.containers_with_label(MEASURE_LABEL) == []
-    networks = engine.docker_cmd("network", "ls", "-q", "--filter", f"label={MEASURE_LABEL}").output.split()
-    assert networks == []
+        assert node.node.container_ids(labels) == []
+    assert engine.network_ids(labels) == []

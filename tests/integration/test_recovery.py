@@ -38,7 +38,7 @@ from raybuild.state import build_record_path, failure_log_path, image_ref, publi
 from tests.integration.conftest import REPO_ROOT, copy_project
 
 CA = Path("/etc/ssl/certs/ca-certificates.crt")
-INTERRUPTED = "error: interrupted; nothing half-written was kept"
+INTERRUPTED = "interrupted (SIGINT): cleaned up what this command started; nothing half-written was kept"
 # A constructor that raises: the app imports (so the build's import check passes), and fails in Serve.
 BROKEN_APP = """\
 from ray import serve
@@ -159,6 +159,13 @@ def interrupt_when(root: Path, marker: str, *args: str, env: dict[str, str] | No
     return code, stderr
 
 
+def assert_interrupted(stderr: str) -> None:
+    """Ctrl-C ends the command with one line of its own: no traceback, no error line besides it."""
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == INTERRUPTED, stderr
+    assert not [line for line in stderr.splitlines() if line.startswith("error: ")], stderr
+
+
 def one_error(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
@@ -239,7 +246,7 @@ def test_ctrl_c_during_lock_keeps_every_lockfile(project_copy: Path, hanging_ind
         project, "locking hello", "lock", "hello", env={"UV_DEFAULT_INDEX": hanging_index}
     )
     assert code == 130, stderr
-    assert one_error(stderr) == INTERRUPTED
+    assert_interrupted(stderr)
     assert tree(lockfiles) == before, "a lockfile changed, or a temporary file was left beside them"
 
     again = raybuild(project, "lock", "hello")
@@ -258,7 +265,7 @@ def test_ctrl_c_during_build_keeps_the_record_and_tags_nothing(engine: Engine, p
     assert not engine.image_exists(new_ref)
     code, stderr = interrupt_when(project, "building hello ->", "build", "hello", *_ca_args())
     assert code == 130, stderr
-    assert one_error(stderr) == INTERRUPTED
+    assert_interrupted(stderr)
     assert build_record_path(load_config(project / "raybuild.toml")).read_bytes() == record
     assert not engine.image_exists(new_ref), "an interrupted build left its tag"
 
@@ -304,7 +311,7 @@ def test_ctrl_c_during_publish_keeps_the_record(engine: Engine, project: Path, n
 
     code, stderr = interrupt_when(project, "pushing hello", "publish", "hello", "--registry", namespace)
     assert code == 130, stderr
-    assert one_error(stderr) == INTERRUPTED
+    assert_interrupted(stderr)
     assert publish_record_path(config).read_bytes() == record
 
     again = raybuild(project, "publish", "hello", "--registry", namespace)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from raybuild.config import App
-from raybuild.engine import DockerClient, Engine, Result, classify_failure
+from raybuild.docker_client import DockerClient
+from raybuild.engine import Engine, Result, classify_failure
 from raybuild.errors import EngineError
 from raybuild.progress import Progress
 from raybuild.registry import DOCKER_MANIFEST, Descriptor, Manifest, parse_manifest
@@ -47,8 +48,43 @@ def image_id(seed: str) -> str:
 @dataclass(frozen=True)
 class Reply:
     returncode: int = 0
-    output: str = ""
+    output: str = ""  # stdout
     raises: EngineError | None = None
+    stderr: str = (
+        ""  # warnings and errors: apart with stdout_only, else after the output, as docker mixes them
+    )
+
+
+def container_id(name: str) -> str:
+    """The 64-hex ID the fake daemon gives the container ``name``."""
+    return image_id(f"container:{name}")[7:]
+
+
+def network_id(name: str) -> str:
+    return image_id(f"network:{name}")[7:]
+
+
+def _filters(args: list[str]) -> list[str]:
+    return [value for flag, value in pairwise(args) if flag == "--filter"]
+
+
+def _selected(objects: dict[str, dict[str, str]], args: list[str], to_id: Any) -> str:
+    """What `docker ps` / `network ls` with --filter label=K=V (all of them) and name=^/?NAME$ print."""
+    found = []
+    for name, labels in objects.items():
+        wanted = True
+        for value in _filters(args):
+            if value.startswith("label="):
+                wanted = wanted and _matches(labels, value)
+            elif value.startswith("name="):
+                wanted = wanted and re.fullmatch(value.removeprefix("name="), "/" + name) is not None
+        if wanted:
+            found.append(to_id(name))
+    return "\n".join(found)
+
+
+def _by_name_or_id(objects: dict[str, dict[str, str]], word: str, to_id: Any) -> str | None:
+    return next((name for name in objects if word in (name, to_id(name))), None)
 
 
 def _labels(args: list[str]) -> dict[str, str]:
@@ -88,13 +124,19 @@ class FakeEngine(Engine):
         self._script: list[tuple[tuple[str, ...], Reply]] = []
 
     def script(
-        self, *prefix: str, returncode: int = 0, output: str = "", raises: EngineError | None = None
+        self,
+        *prefix: str,
+        returncode: int = 0,
+        output: str = "",
+        raises: EngineError | None = None,
+        stderr: str = "",
     ) -> None:
         """Answer commands whose arguments (docker path dropped) start with ``prefix``; later ones win.
 
-        A ``*`` in ``prefix`` matches any one argument (a container's generated name, say).
+        A ``*`` in ``prefix`` matches any one argument (a container's generated name, say). ``output`` is
+        what the command prints on stdout, ``stderr`` its warnings and errors.
         """
-        self._script.insert(0, (prefix, Reply(returncode, output, raises)))
+        self._script.insert(0, (prefix, Reply(returncode, output, raises, stderr)))
 
     def args(self, command: list[str]) -> list[str]:
         assert self.client is not None
@@ -119,6 +161,7 @@ class FakeEngine(Engine):
         timeout: float | None = None,
         error: type[EngineError] = EngineError,
         what: str | None = None,
+        stdout_only: bool = False,
     ) -> Result:
         self.commands.append(list(command))
         self.envs.append(dict(env or {}))
@@ -129,18 +172,20 @@ class FakeEngine(Engine):
             reply = self._docker(args) if command[0] == self.client.path else Reply()
         if reply.raises is not None:
             raise reply.raises
-        for line in reply.output.splitlines():
+        output = reply.output if stdout_only else "\n".join(x for x in (reply.stderr, reply.output) if x)
+        for line in output.splitlines():
             if on_line:
                 on_line(line)
         if check and reply.returncode != 0:
+            tail = "\n".join(x for x in (output, reply.stderr if stdout_only else "") if x)
             raise error(
                 f"{what or ' '.join(command[:3])} failed (exit {reply.returncode})",
                 command=list(command),
                 returncode=reply.returncode,
-                output_tail=reply.output,
-                hint=classify_failure(reply.output),
+                output_tail=tail,
+                hint=classify_failure(tail),
             )
-        return Result(list(command), reply.returncode, reply.output)
+        return Result(list(command), reply.returncode, output, reply.stderr if stdout_only else "")
 
     def _docker(self, args: list[str]) -> Reply:
         """What dockerd would answer, for the commands raybuild sends."""
@@ -175,17 +220,23 @@ class FakeEngine(Engine):
             case ["run", "-d", *_]:
                 name = _option(args, "--name")
                 self.containers[name] = _labels(args)
-                return Reply(0, image_id(name)[7:])
-            case ["rm", "--force", "--volumes", name]:
-                self.containers.pop(name, None)
-            case ["ps", "-aq", "--filter", label]:
-                return Reply(0, "\n".join(n for n, ls in self.containers.items() if _matches(ls, label)))
+                return Reply(0, container_id(name))
+            case ["rm", "--force", "--volumes", word]:
+                name = _by_name_or_id(self.containers, word, container_id)
+                if name is None:
+                    return Reply(1, stderr=f"Error: No such container: {word}")
+                del self.containers[name]
+            case ["ps", "-a", "--no-trunc", "--format", "{{.ID}}", *_]:
+                return Reply(0, _selected(self.containers, args, container_id))
             case ["network", "create", *_, name]:
                 self.networks[name] = _labels(args)
-            case ["network", "ls", "-q", "--filter", label]:
-                return Reply(0, "\n".join(n for n, ls in self.networks.items() if _matches(ls, label)))
-            case ["network", "rm", name]:
-                self.networks.pop(name, None)
+            case ["network", "ls", "--no-trunc", "--format", "{{.ID}}", *_]:
+                return Reply(0, _selected(self.networks, args, network_id))
+            case ["network", "rm", word]:
+                name = _by_name_or_id(self.networks, word, network_id)
+                if name is None:
+                    return Reply(1, stderr=f"Error: No such network: {word}")
+                del self.networks[name]
         return Reply()
 
 

@@ -391,13 +391,13 @@ CASES = [
          r"--ca-bundle .*/ca.pem: no such file"),
     # -- command-line options -------------------------------------------------------------------------------
     Case("negative test timeout", ("test", "demo", "--timeout", "-5"), 2,
-         r"Invalid value for '--timeout': -5.0 is not in the range x>=1"),
+         r"Invalid value for '--timeout': -5.0 is not in the range x>0"),
     Case("test timeout not a number", ("test", "demo", "--timeout", "soon"), 2,
          r"Invalid value for '--timeout'"),
     Case("zero up timeout", ("up", "--timeout", "0"), 2, r"Invalid value for '--timeout'"),
     Case("zero measure runs", ("measure", "--runs", "0"), 2, r"Invalid value for '--runs'"),
     Case("negative drill duration", ("drill", "head-restart", "--duration", "-1"), 2,
-         r"Invalid value: need duration > 0"),
+         r"Invalid value for '--duration': -1.0 is not in the range x>0"),
     Case("unknown drill", ("drill", "meteor"), 2, r"Invalid value for '\{head-restart"),
     Case("unknown kind", ("render", "--kind", "Deployment"), 2, r"Invalid value for '--kind'"),
     Case("unknown gcs store", ("render", "--with-gcs-store", "mongo"), 2,
@@ -571,4 +571,7 @@ def test_ctrl_c_is_one_line_and_exit_130(
     monkeypatch.setattr(locking, "check", interrupted)
     result = run_main("--config", str(bad.project.config_path), "lock", "--check")
     assert (result.exit_code, result.stdout) == (130, "")
-    assert result.stderr == "error: interrupted; nothing half-written was kept\n"  # no blank line first
+    # One line, and no blank one before it (Click's own main() prints one).
+    assert result.stderr == (
+        "interrupted (SIGINT): cleaned up what this command started; nothing half-written was kept\n"
+    )

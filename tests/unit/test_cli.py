@@ -21,7 +21,7 @@ from raybuild.cli import drill as drill_cli
 from raybuild.config import load_config
 from raybuild.image import bases
 from raybuild.local.drill import DrillReport, Window
-from tests.conftest import GOLDEN_DIR, REPO_ROOT, MainResult
+from tests.conftest import GOLDEN_DIR, REPO_ROOT, MainResult, TmpProject
 
 GOLDEN = GOLDEN_DIR / "dockerfiles"
 BUNDLED = str(REPO_ROOT / "raybuild.toml")
@@ -300,3 +300,67 @@ def test_version() -> None:
     from raybuild import __version__
 
     assert invoke("--version").stdout == f"raybuild, version {__version__}\n"
+
+
+# -- numbers that are not numbers, and down against a daemon that does not answer -------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("drill", "head-restart", "--rps", "nan"),
+        ("drill", "head-restart", "--duration", "nan"),
+        ("drill", "head-restart", "--duration", "inf"),
+        ("drill", "gcs-outage", "--outage", "-inf"),
+        ("up", "--timeout", "nan"),
+        ("test", "hello", "--timeout", "inf"),
+        ("measure", "--timeout", "nan"),
+        ("check", "--baseline", "b.json", "--max-size-growth", "nan"),
+    ],
+)
+def test_nan_and_inf_are_usage_errors(run_main: Callable[..., MainResult], args: tuple[str, ...]) -> None:
+    result = run_main("--config", BUNDLED, *args)
+    assert result.exit_code == 2
+    assert "is not a finite number" in result.stderr or "is not in the range" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_drill_whose_client_fell_behind_says_so_and_fails(
+    monkeypatch: pytest.MonkeyPatch, run_main: Callable[..., MainResult]
+) -> None:
+    from raybuild.local.drill import DrillReport, Window
+
+    clean = Window(10, 0, None)
+    report = DrillReport("head-restart", "h", 1.0, 10.0, clean, clean, 0.5, True, True, True, {}, 7, True)
+    monkeypatch.setattr(drill_cli.local, "load_cluster", lambda config: None)
+    monkeypatch.setattr(drill_cli, "run_drill", lambda *args, **kwargs: report)
+    result = run_main("--config", BUNDLED, "drill", "head-restart")
+    assert result.exit_code == 1
+    assert "client saturated: 7 requests could not be sent on time and are not counted above" in result.stdout
+
+
+def test_down_with_the_daemon_unreachable_is_one_error_line_and_keeps_the_record(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch, run_main: Callable[..., MainResult]
+) -> None:
+    from raybuild.cli import down as down_cli
+    from raybuild.state import cluster_record_path
+    from tests.unit.fakes import FakeEngine
+
+    record = cluster_record_path(tmp_project.load())
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text('{"name": "raybuild-serve"}\n')
+    engine = FakeEngine()
+    unreachable = "Cannot connect to the Docker daemon at unix:///nonexistent. Is the docker daemon running?"
+    engine.script("info", returncode=1, stderr=unreachable)
+    engine.script("ps", returncode=1, stderr=unreachable)
+    monkeypatch.setattr(down_cli, "engine_for", lambda state: engine)
+    result = run_main("--config", str(tmp_project.config_path), "down")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "error: the Docker daemon is not reachable",
+        f"  | {unreachable}",
+        "hint: start it (sudo scripts/setup starts dockerd) and check `docker info`",
+    ]
+    assert "removed" not in result.stdout
+    assert record.read_text() == '{"name": "raybuild-serve"}\n'

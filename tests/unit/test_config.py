@@ -263,3 +263,14 @@ def test_debug_shows_the_traceback(tmp_project: TmpProject, how: str) -> None:
     assert result.returncode != 0
     assert "Traceback (most recent call last)" in result.stderr
     assert "raybuild.errors.ConfigError" in result.stderr
+
+
+def test_limits_have_defaults_and_bounds(tmp_project: TmpProject) -> None:
+    limits = tmp_project.load().config.limits
+    assert (limits.code_file_mb, limits.registry_deadline_s, limits.registry_attempts) == (50, 900, 4)
+    tmp_project.append_config("[limits]\ncode_file_mb = 200\nregistry_deadline_s = 60\n")
+    assert tmp_project.load().config.limits.code_file_mb == 200
+    tmp_project.append_config("registry_attempts = 0\n")
+    error = config_error(tmp_project, tmp_project.config_path.read_text())
+    assert error.message.startswith("raybuild.toml: key 'limits.registry_attempts': ")
+    assert "greater than or equal to 1" in error.message

@@ -16,8 +16,8 @@ from urllib.error import URLError
 import pytest
 
 from raybuild import doctor
+from raybuild.docker_client import DockerClient
 from raybuild.doctor import Check
-from raybuild.engine import DockerClient
 from raybuild.errors import EngineError
 from raybuild.loopback import free_port
 from tests.conftest import MainResult

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from raybuild import docker_client, labels
 from raybuild import engine as engines
-from raybuild.engine import DockerClient, Engine, classify_failure, find_docker_client
-from raybuild.errors import BuildError, EngineError
+from raybuild.docker_client import DockerClient, find_docker_client
+from raybuild.engine import Engine, classify_failure
+from raybuild.errors import BuildError, DockerRetry, EngineError
+from tests.unit import fakes
 from tests.unit.fakes import FakeEngine, ScriptedDocker
 
 NEW = "/opt/docker-new/docker"
@@ -23,7 +26,7 @@ SH = "/bin/sh"
 def candidates(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The docker binaries find_docker_client tries, in order (a test fills the list)."""
     paths: list[str] = []
-    monkeypatch.setattr(engines, "_candidates", lambda: paths)
+    monkeypatch.setattr(docker_client, "_candidates", lambda: paths)
     return paths
 
 
@@ -90,7 +93,7 @@ def test_candidates_start_with_raybuild_docker_then_path_without_duplicates(
     override = tmp_path / "override-docker"
     monkeypatch.setenv("RAYBUILD_DOCKER", str(override))
     monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path / "not-executable"), str(first), str(second)]))
-    found = engines._candidates()
+    found = docker_client._candidates()
     assert found[:2] == [str(override), str(first / "docker")]
     assert str(second / "docker") not in found
     assert str(tmp_path / "not-executable" / "docker") not in found
@@ -276,17 +279,12 @@ def test_a_command_past_its_timeout_is_killed() -> None:
 # -- labels, networks and the sweep -----------------------------------------------------------------------
 
 
-def test_object_labels_mark_everything_raybuild_makes() -> None:
-    assert engines.object_labels() == {"io.raybuild.managed": "true"}
-    assert engines.object_labels(purpose="measure") == {
-        "io.raybuild.managed": "true",
-        "io.raybuild.purpose": "measure",
-    }
-    assert engines.object_labels(cluster="raybuild-serve", role="head") == {
-        "io.raybuild.managed": "true",
-        "io.raybuild.cluster": "raybuild-serve",
-        "io.raybuild.role": "head",
-    }
+MINE = labels.object_labels("a" * 16, "cluster", cluster="raybuild-serve", role="head")
+THEIRS = labels.object_labels("b" * 16, "cluster", cluster="raybuild-serve", role="head")
+BROKEN_CONFIG = (
+    "WARNING: Error loading config file: /root/.docker/config.json: json: cannot unmarshal string into "
+    "Go struct field ConfigFile.auths of type map[string]types.AuthConfig"
+)
 
 
 def test_create_network_with_a_subnet_and_labels() -> None:
@@ -303,29 +301,192 @@ def test_create_network_with_a_subnet_and_labels() -> None:
     assert engine.networks == {}
 
 
-def test_remove_labelled_removes_containers_then_networks_with_the_label_only() -> None:
+def _run(engine: FakeEngine, name: str, labels: dict[str, str]) -> None:
+    """A container already on the fake daemon (no command recorded)."""
+    engine.containers[name] = dict(labels)
+
+
+def test_remove_labelled_takes_this_projects_containers_then_networks_and_nothing_else() -> None:
     engine = FakeEngine()
-    engine.create_network("mine", {"io.raybuild.purpose": "measure"})
-    engine.create_network("theirs", {"io.raybuild.purpose": "smoke"})
-    for name, purpose in [("a", "measure"), ("b", "measure"), ("c", "smoke")]:
-        engine.docker_cmd("run", "-d", "--name", name, "--label", f"io.raybuild.purpose={purpose}", "img")
-    assert engine.remove_labelled("io.raybuild.purpose=measure") == 3
-    assert list(engine.containers) == ["c"]
+    engine.create_network("mine", MINE)
+    engine.create_network("theirs", THEIRS)
+    _run(engine, "mine-head", MINE)
+    _run(engine, "mine-gcs", {**MINE, "io.raybuild.role": "gcs"})
+    _run(engine, "theirs-head", THEIRS)  # another checkout, same cluster name
+    _run(engine, "string", {})  # nobody's: the word a broken docker config once made raybuild remove
+    assert engine.remove_labelled(MINE) == 2  # mine-head and the network; mine-gcs has another role
+    assert sorted(engine.containers) == ["mine-gcs", "string", "theirs-head"]
     assert list(engine.networks) == ["theirs"]
-    removals = [call[0] for call in engine.calls() if call[0] == "rm" or call[:2] == ["network", "rm"]]
-    assert removals == ["rm", "rm", "network"], "containers go before the network they sit on"
-    assert engine.remove_labelled("io.raybuild.purpose=measure") == 0
+    removals = [call for call in engine.calls() if call[0] == "rm" or call[:2] == ["network", "rm"]]
+    assert removals == [
+        ["rm", "--force", "--volumes", fakes.container_id("mine-head")],
+        ["network", "rm", fakes.network_id("mine")],
+    ], "by ID only, containers before the network they sit on"
+    assert engine.remove_labelled(MINE) == 0
+
+
+def test_the_listing_asks_for_ids_only_filtered_by_every_label() -> None:
+    engine = FakeEngine()
+    engine.remove_labelled(labels.object_labels("a" * 16, "measure"))
+    ps = engine.calls("ps")[0]
+    assert ps[:5] == ["ps", "-a", "--no-trunc", "--format", "{{.ID}}"]
+    assert ps[5:] == [
+        "--filter", "label=io.raybuild.managed=true",
+        "--filter", "label=io.raybuild.project=" + "a" * 16,
+        "--filter", "label=io.raybuild.purpose=measure",
+    ]  # fmt: skip
+
+
+def test_a_sweep_not_scoped_to_a_project_is_refused() -> None:
+    engine = FakeEngine()
+    with pytest.raises(ValueError, match=r"io\.raybuild\.project"):
+        engine.remove_labelled({"io.raybuild.managed": "true", "io.raybuild.purpose": "measure"})
+    with pytest.raises(ValueError, match=r"io\.raybuild\.managed"):
+        engine.remove_labelled({"io.raybuild.project": "a" * 16})
+    assert engine.commands == []
+
+
+def test_warnings_on_stderr_are_never_taken_for_container_ids() -> None:
+    engine = FakeEngine()
+    _run(engine, "mine-head", MINE)
+    _run(engine, "string", {})
+    engine.script("ps", output=fakes.container_id("mine-head"), stderr=BROKEN_CONFIG)
+    assert engine.remove_labelled(MINE) == 1
+    assert list(engine.containers) == ["string"]
+    assert [c for c in engine.calls("rm")] == [
+        ["rm", "--force", "--volumes", fakes.container_id("mine-head")]
+    ]
+
+
+@pytest.mark.parametrize(
+    "stdout",
+    [
+        "string\nCannot connect to the Docker daemon",  # words, not IDs
+        fakes.container_id("x")[:12],  # a short ID: not what --no-trunc prints
+        fakes.container_id("x") + " mine-head",  # a table, not --format '{{.ID}}'
+        fakes.container_id("x").upper(),
+    ],
+)
+def test_anything_but_full_ids_on_stdout_stops_the_sweep_before_any_removal(stdout: str) -> None:
+    engine = FakeEngine()
+    _run(engine, "string", {})
+    engine.script("ps", output=stdout)
+    with pytest.raises(EngineError, match="which is not an object ID; nothing was removed"):
+        engine.remove_labelled(MINE)
+    assert engine.calls("rm") == [] and engine.calls("network") == []
+    assert list(engine.containers) == ["string"]
+
+
+def test_a_failing_listing_is_an_error_not_an_empty_list() -> None:
+    engine = FakeEngine()
+    down = "Cannot connect to the Docker daemon at unix:///nonexistent. Is the docker daemon running?"
+    engine.script("ps", returncode=1, stderr=down)
+    with pytest.raises(EngineError) as raised:
+        engine.remove_labelled(MINE)
+    assert raised.value.hint is not None and "daemon is not running" in raised.value.hint
+    assert engine.calls("rm") == []
+
+
+def test_a_container_that_will_not_go_is_an_error() -> None:
+    engine = FakeEngine()
+    _run(engine, "mine-head", MINE)
+    engine.script("rm", returncode=1, stderr="Error response from daemon: removal already in progress")
+    with pytest.raises(EngineError, match="could not remove 1 of raybuild's containers"):
+        engine.remove_labelled(MINE)
+
+
+def test_a_container_gone_meanwhile_is_not_an_error() -> None:
+    engine = FakeEngine()
+    _run(engine, "mine-head", MINE)
+    engine.script("rm", returncode=1, stderr="Error: No such container: " + fakes.container_id("mine-head"))
+    assert engine.remove_labelled(MINE) == 1
+
+
+def test_remove_containers_by_name_keeps_a_same_named_container_of_another_project() -> None:
+    engine = FakeEngine()
+    _run(engine, "raybuild-smoke-1", MINE)
+    _run(engine, "raybuild-smoke-12", MINE)
+    assert engine.remove_containers(THEIRS, name="raybuild-smoke-1") == 0
+    assert engine.remove_containers(MINE, name="raybuild-smoke-1") == 1
+    assert list(engine.containers) == ["raybuild-smoke-12"], "the name is matched whole"
 
 
 def test_remove_labelled_retries_a_network_that_is_still_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = FakeEngine()
-    engine.create_network("net", {"io.raybuild.cluster": "c"})
-    engine.script("network", "rm", "net", returncode=1, output="error: network net has active endpoints")
+    engine.create_network("net", MINE)
+    busy = fakes.network_id("net")
+    engine.script("network", "rm", busy, returncode=1, output="error: network net has active endpoints")
     naps: list[float] = []
     monkeypatch.setattr(engines.time, "sleep", naps.append)
-    assert engine.remove_labelled("io.raybuild.cluster=c") == 1
-    assert len(engine.calls("network", "rm", "net")) == 2
+    with pytest.raises(EngineError, match="could not remove raybuild's network"):
+        engine.remove_labelled(MINE)
+    assert len(engine.calls("network", "rm", busy)) == 2
     assert naps == [1]
+
+
+def test_release_never_raises_and_says_what_to_check() -> None:
+    echoed: list[str] = []
+    engine = FakeEngine()
+    engine.echo = echoed.append
+    engine.script("ps", returncode=1, stderr="Cannot connect to the Docker daemon")
+    engine.release(MINE, name="mine-head")
+    assert echoed == [
+        "warning: cleanup failed (docker ps failed (exit 1)); see "
+        "`docker ps -a --filter label=io.raybuild.project=" + "a" * 16 + "`"
+    ]
+
+
+def test_the_destructive_case_with_a_real_process(tmp_path: Path) -> None:
+    """A docker whose config is broken prints a warning on stderr before every answer; `rm` must never run."""
+    log = tmp_path / "rm.log"
+    docker = tmp_path / "docker"
+    docker.write_text(
+        f'#!/bin/sh\necho \'{BROKEN_CONFIG}\' >&2\nif [ "$1" = rm ]; then echo "$@" >> {log}; fi\nexit 0\n'
+    )
+    docker.chmod(0o755)
+    engine = Engine(client=DockerClient(str(docker), "20.10.24", buildx=False))
+    assert engine.remove_labelled(MINE) == 0
+    assert not log.exists(), "a word of the warning was taken for a container"
+
+
+def test_stdout_only_keeps_stderr_apart() -> None:
+    command = [SH, "-c", "echo " + "f" * 64 + "; echo WARNING: config >&2"]
+    result = Engine().run(command, stdout_only=True)
+    assert (result.output, result.stderr) == ("f" * 64, "WARNING: config")
+    with pytest.raises(EngineError) as raised:
+        Engine().run([SH, "-c", "echo out; echo 'daemon says no' >&2; exit 1"], stdout_only=True)
+    assert raised.value.output_tail == "out\ndaemon says no"
+
+
+# -- pushes: Docker's own retries are cut short ---------------------------------------------------------
+
+
+def test_a_push_ends_at_dockers_first_retry_with_the_reason_in_the_tail() -> None:
+    engine = FakeEngine()
+    seen: list[str] = []
+    engine.script(
+        "push",
+        output="abc123456789: Preparing\nabc123456789: Pushing\n"
+        "abc123456789: received unexpected HTTP status: 500 Internal Server Error\n"
+        "abc123456789: Retrying in 5 seconds\nabc123456789: Retrying in 4 seconds",
+    )
+    with pytest.raises(DockerRetry) as raised:
+        engine.push("reg/x:1", on_line=seen.append, timeout=30)
+    assert raised.value.message == "docker push reg/x:1: a layer upload failed and Docker began to retry it"
+    assert "500 Internal Server Error" in raised.value.output_tail
+    assert not any("Retrying" in line for line in seen)
+    assert engine.calls("push") == [["push", "reg/x:1"]]
+
+
+def test_a_push_past_its_deadline_is_killed_and_says_so(tmp_path: Path) -> None:
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\necho 'abc123456789: Pushing'\nexec sleep 5\n")
+    docker.chmod(0o755)
+    engine = Engine(client=DockerClient(str(docker), "20.10.24", buildx=False))
+    with pytest.raises(EngineError) as raised:
+        engine.push("reg/x:1", timeout=0.3)
+    assert raised.value.timed_out
+    assert raised.value.message == "docker push reg/x:1 timed out after 0.3s"
 
 
 def test_published_port_reads_docker_port() -> None:

@@ -12,9 +12,13 @@ import pytest
 from raybuild import kuberay
 from raybuild.engine import Result
 from raybuild.errors import ClusterError, EngineError, GpuUnavailable, RaybuildError, SmokeTestError
+from raybuild.interrupts import Interrupted
 from raybuild.kuberay import NodeSpec
+from raybuild.labels import object_labels
 from tests.unit.fakes import FakeEngine, make_app
 from tests.unit.serve_failures import CONSTRUCTOR_TRACEBACK, REPLICA_LOG, failed_status
+
+LABELS = object_labels("a" * 16, "smoke")
 
 # -- command lines ----------------------------------------------------------------------------------------
 
@@ -183,10 +187,10 @@ def test_the_nofile_ulimit_defaults_to_the_hosts_share_of_kuberays(monkeypatch: 
 
 def test_start_is_one_docker_run() -> None:
     engine = FakeEngine()
-    spec = NodeSpec("n", "img:1", "ray start", labels={"io.raybuild.managed": "true"}, nofile=1024)
+    spec = NodeSpec("n", "img:1", "ray start", labels=LABELS, nofile=1024)
     kuberay.start(engine, spec)
     assert engine.calls() == [spec.run_args()]
-    assert engine.containers == {"n": {"io.raybuild.managed": "true"}}
+    assert engine.containers == {"n": LABELS}
 
 
 NO_DRIVER = (
@@ -194,36 +198,79 @@ NO_DRIVER = (
 )
 
 
+def _created_then_failed(engine: FakeEngine, name: str, output: str = NO_DRIVER) -> None:
+    """`docker run` that creates the container, then fails to start it (as a missing GPU driver does)."""
+    engine.containers[name] = dict(LABELS)
+    engine.script("run", returncode=125, output=output)
+
+
 def test_a_gpu_request_without_the_nvidia_toolkit_is_gpu_unavailable() -> None:
     engine = FakeEngine()
-    engine.script("run", returncode=125, output=NO_DRIVER)
+    _created_then_failed(engine, "n")
     with pytest.raises(GpuUnavailable) as raised:
-        kuberay.start(engine, NodeSpec("n", "img:1", gpus=1))
+        kuberay.start(engine, NodeSpec("n", "img:1", labels=LABELS, gpus=1))
     assert (
         raised.value.message
         == "Docker could not give the container a GPU (no NVIDIA device driver in dockerd)"
     )
     assert raised.value.hint is not None and "nvidia-ctk runtime configure" in raised.value.hint
-    assert engine.calls("rm", "--force", "--volumes", "n"), "a failed start leaves no container"
+    assert engine.containers == {}, "a failed start leaves no container"
 
 
 def test_a_failed_start_without_gpus_is_the_engines_error() -> None:
     engine = FakeEngine()
-    engine.script("run", returncode=125, output=NO_DRIVER)
+    _created_then_failed(engine, "n")
     with pytest.raises(EngineError) as raised:
-        kuberay.start(engine, NodeSpec("n", "img:1"))
+        kuberay.start(engine, NodeSpec("n", "img:1", labels=LABELS))
     assert not isinstance(raised.value, GpuUnavailable)
     assert str(raised.value) == "docker run n (img:1) failed (exit 125)"
-    assert engine.calls("rm", "--force", "--volumes", "n")
+    assert engine.containers == {}
+
+
+def test_a_name_conflict_never_removes_the_other_container() -> None:
+    engine = FakeEngine()
+    engine.containers["n"] = object_labels("b" * 16, "smoke")  # another checkout's, same name
+    conflict = 'docker: Error response from daemon: Conflict. The container name "/n" is already in use.'
+    engine.script("run", returncode=125, output=conflict)
+    with pytest.raises(EngineError):
+        kuberay.start(engine, NodeSpec("n", "img:1", labels=LABELS))
+    assert list(engine.containers) == ["n"]
+    assert engine.calls("rm") == []
+
+
+def test_an_interrupted_start_removes_what_docker_run_had_created() -> None:
+    engine = FakeEngine()
+    engine.containers["n"] = dict(LABELS)  # created, then SIGTERM while `docker run` waited
+    original = engine.run
+
+    def interrupted(command: list[str], **kwargs: Any) -> Result:
+        if engine.args(command)[:1] == ["run"]:
+            raise Interrupted(15)
+        return original(command, **kwargs)
+
+    engine.run = interrupted  # type: ignore[method-assign]
+    with pytest.raises(Interrupted):
+        kuberay.start(engine, NodeSpec("n", "img:1", labels=LABELS))
+    assert engine.containers == {}
 
 
 def test_running_removes_the_container_when_the_body_fails() -> None:
     engine = FakeEngine()
-    with pytest.raises(RuntimeError), kuberay.running(engine, NodeSpec("n", "img:1")) as spec:
+    with pytest.raises(RuntimeError), kuberay.running(engine, NodeSpec("n", "img:1", labels=LABELS)) as spec:
         assert "n" in engine.containers
         assert spec.name == "n"
         raise RuntimeError("the body failed")
     assert engine.containers == {}
+
+
+def test_a_node_without_a_project_is_never_started() -> None:
+    engine = FakeEngine()
+    with (
+        pytest.raises(ValueError, match=r"io\.raybuild\.project"),
+        kuberay.running(engine, NodeSpec("n", "i")),
+    ):
+        pass
+    assert engine.commands == []
 
 
 # -- probes -----------------------------------------------------------------------------------------------

@@ -44,7 +44,10 @@ HEAD_BUILT = BuiltImage(
 DEMO_BUILT = BuiltImage(
     "demo", "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222", "sha256:2", "cpu", False
 )
-DEMO_PUBLISHED = PublishedImage("registry.example/ns/demo:v1", "sha256:" + "d" * 64, 10, 5)
+# Published from DEMO_BUILT (a publish keeps the build's tag, whatever registry it pushes to).
+DEMO_PUBLISHED = PublishedImage(
+    "registry.example/ns/demo:ray2.60.0-py3.11-cpu-222222222222", "sha256:" + "d" * 64, 10, 5
+)
 
 
 @pytest.fixture
@@ -143,7 +146,7 @@ def test_publish_record_round_trip(project: LoadedConfig) -> None:
     assert json.loads(path.read_text())["version"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["publish.json"]  # no temporary file left behind
     assert record.get("demo") == DEMO_PUBLISHED and record.get("other") is None
-    assert DEMO_PUBLISHED.pinned == f"registry.example/ns/demo:v1@sha256:{'d' * 64}"
+    assert DEMO_PUBLISHED.pinned == f"{DEMO_PUBLISHED.reference}@sha256:{'d' * 64}"
 
 
 GOOD_IMAGE = {"reference": "r/x:1", "digest": "sha256:" + "0" * 64, "size": 1, "compressed_size": 1}
@@ -203,6 +206,23 @@ def test_references_prefer_the_digest_then_the_last_build_then_latest(project: L
         "run `raybuild publish` to pin them by digest",
     )
     assert images.note == "pinned by digest from .raybuild/publish.json where published, else local tags"
+
+
+def test_a_build_newer_than_its_publish_is_a_warning(project: LoadedConfig) -> None:
+    rebuilt = BuiltImage(
+        "demo", DEMO_BUILT.ref.replace("222222222222", "999999999999"), "sha256:9", "cpu", False
+    )
+    save_build_record(project, [HEAD_BUILT, rebuilt])
+    head = PublishedImage("r/ray-head:ray2.60.0-py3.11-111111111111", "sha256:" + "a" * 64, 1, 1)
+    other = PublishedImage("r/other:v1", "sha256:" + "c" * 64, 1, 1)  # published, never built here
+    images = image_references(
+        project, PublishRecord({"demo": DEMO_PUBLISHED, HEAD_KEY: head, "other": other})
+    )
+    assert images.refs()["demo"] == DEMO_PUBLISHED.pinned, "what was published is still what runs"
+    assert images.warnings == (
+        "'demo' rebuilt since the last publish: using the older published digest; "
+        "run `raybuild publish` to use the new build",
+    )
 
 
 def test_without_a_publish_record_local_tags_and_a_warning(project: LoadedConfig) -> None:

@@ -56,6 +56,7 @@ def _owners(predicate: object) -> set[str]:
             "kuberay.py",
         ),
         ("KubeRay's probe endpoints", lambda s: "healthz" in s, "kuberay.py"),
+        ("Docker object label keys", lambda s: s.startswith("io.raybuild."), "labels.py"),
     ],
 )
 def test_a_concept_lives_in_one_module(what: str, predicate: object, owner: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 import click
 from click.core import ParameterSource
@@ -37,8 +38,9 @@ from raybuild.cli import (
     test,
     up,
 )
-from raybuild.cli.common import CONSOLE, State, render_error
-from raybuild.errors import FileError, Interrupted, RaybuildError, UsageError
+from raybuild.cli.common import CONSOLE, State, emit_json, render_error
+from raybuild.errors import FileError, RaybuildError, UsageError
+from raybuild.interrupts import Interrupted, raised_on_signals
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -114,6 +116,22 @@ def _usage_error(exc: click.ClickException) -> RaybuildError:
 
 
 def main() -> None:
+    # SIGTERM (CI cancelling a job, `timeout`) unwinds the same cleanups as Ctrl-C: see interrupts.py.
+    with raised_on_signals():
+        _main()
+
+
+def _interrupted(cause: BaseException | None, as_json: bool) -> NoReturn:
+    """One line (no blank one before it), and the shell's exit code for the signal."""
+    name = cause.name if isinstance(cause, Interrupted) else "SIGINT"
+    message = f"interrupted ({name}): cleaned up what this command started; nothing half-written was kept"
+    click.echo(message, err=True)
+    if as_json:
+        emit_json({"ok": False, "error": message, "hint": "rerun the command"})
+    sys.exit(cause.exit_code if isinstance(cause, Interrupted) else 130)
+
+
+def _main() -> None:
     # The --debug option also reads RAYBUILD_DEBUG (as Click reads a flag's envvar); main() needs to know
     # whether to show tracebacks before Click has parsed anything.
     env_debug = os.environ.get("RAYBUILD_DEBUG", "").lower() in ("1", "true", "t", "yes", "y", "on")
@@ -126,32 +144,34 @@ def main() -> None:
         state = ctx.obj if ctx is not None else None
         return (isinstance(state, State) and state.as_json) or "--json" in args
 
-    def fail(error: RaybuildError) -> None:
+    def fail(error: RaybuildError) -> NoReturn:
         render_error(error, as_json=as_json())
         sys.exit(error.exit_code)
 
     try:
         try:
-            # Click's own main() is not used: on Ctrl-C it prints a blank line and turns the interrupt into
-            # a generic Abort; here the interrupt keeps its own message.
+            # Not Click's own main(): on Ctrl-C it prints a blank line and turns the interruption into a
+            # generic Abort. Here the interruption reaches _interrupted() as itself.
             ctx = cli.make_context("raybuild", args)
             with ctx:
                 cli.invoke(ctx)
         finally:
             CONSOLE.close()
-    except click.exceptions.Exit as exc:
+    except click.exceptions.Exit as exc:  # --help, --version, and a command's returned exit code
         sys.exit(exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        fail(Interrupted("aborted"))
+    except click.exceptions.Abort as exc:
+        _interrupted(exc.__cause__, as_json())
     except click.ClickException as exc:
         fail(_usage_error(exc))
     except RaybuildError as exc:
         if debug:
             raise
         fail(exc)
+    except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM (interrupts.Interrupted)
+        _interrupted(exc, as_json())
     except BrokenPipeError:
         # The reader of stdout went away (`raybuild render | head`): nothing is left to say to it.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; let that succeed
@@ -167,6 +187,4 @@ def main() -> None:
         fail(
             FileError.not_utf8(None, exc, hint="save it as UTF-8 text; rerun with --debug to see which file")
         )
-    except KeyboardInterrupt:
-        fail(Interrupted("interrupted; nothing half-written was kept"))
     sys.exit(0)

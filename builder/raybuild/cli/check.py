@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from raybuild.cli.common import State, emit_json, json_option, pass_state
+from raybuild.cli.common import FiniteFloat, State, emit_json, json_option, pass_state
 from raybuild.config import CONFIG_NAME, load_gate_config
 from raybuild.errors import ReportedFailure
 from raybuild.fsutil import atomic_write
@@ -34,7 +34,7 @@ from raybuild.verify.gate import (
 )
 @click.option(
     "--max-size-growth",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=None,
     metavar="FRACTION",
     help=f"Allowed size growth for every app, overriding raybuild.toml (0.05 = 5%; "
@@ -42,7 +42,7 @@ from raybuild.verify.gate import (
 )
 @click.option(
     "--max-startup-growth",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=None,
     metavar="FRACTION",
     help=f"Allowed growth of the median cold-start times, overriding raybuild.toml "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.markup import escape
@@ -40,6 +42,29 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 FAILURE_TAIL_LINES = 30
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FiniteFloat(click.FloatRange):
+    """A FloatRange that refuses nan and inf: Click lets both through (nan compares false with any bound,
+    so it passes every range check) and they fail later, with a traceback, inside the library."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def seconds_option(*names: str, default: float, help: str) -> Callable[[F], F]:
+    """A --timeout style option: positive, finite seconds."""
+    return click.option(
+        *names, type=FiniteFloat(min=0, min_open=True), default=default, show_default=True, help=help
+    )
 
 
 def remember_json(ctx: click.Context, _: click.Parameter, value: bool) -> bool:

@@ -6,20 +6,47 @@ from typing import cast
 
 import click
 
-from raybuild.cli.common import State, emit_json, engine_for, json_option, pass_state, progress, table
+from raybuild.cli.common import (
+    FiniteFloat,
+    State,
+    emit_json,
+    engine_for,
+    json_option,
+    pass_state,
+    progress,
+    table,
+)
 from raybuild.errors import ReportedFailure
 from raybuild.local import cluster as local
 from raybuild.local.drill import DrillKind, DrillReport, run_drill
+from raybuild.state import project_id
+
+POSITIVE = FiniteFloat(min=0, min_open=True)
 
 
 @click.command()
 @click.argument("kind", type=click.Choice(["head-restart", "worker-restart", "gcs-outage"]))
-@click.option("--duration", default=30.0, show_default=True, help="Seconds the request loop runs.")
-@click.option("--rps", default=20.0, show_default=True, help="Requests per second, over every app's routes.")
+@click.option(
+    "--duration", type=POSITIVE, default=30.0, show_default=True, help="Seconds the request loop runs."
+)
+@click.option(
+    "--rps",
+    type=POSITIVE,
+    default=20.0,
+    show_default=True,
+    help="Requests per second, over every app's routes. A rate this machine's client cannot keep up with "
+    "is refused before anything is killed.",
+)
 @click.option(
     "--app", "app_name", default=None, help="worker-restart: whose worker to kill [default: the first]."
 )
-@click.option("--outage", default=5.0, show_default=True, help="gcs-outage: seconds the store is down.")
+@click.option(
+    "--outage",
+    type=FiniteFloat(min=0),
+    default=5.0,
+    show_default=True,
+    help="gcs-outage: seconds the store is down.",
+)
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when requests failed (to record a drill).")
 @json_option
 @pass_state
@@ -38,13 +65,14 @@ def drill(
     head-restart: the head pod restarts with the same GCS store; with GCS fault tolerance, 0 requests fail.
     worker-restart: one worker dies; Serve reschedules its replicas. gcs-outage: the store stops briefly.
     """
-    if duration <= 0 or rps <= 0 or duration * rps > 10000:
-        raise click.BadParameter("need duration > 0, rps > 0 and at most 10000 requests in all")
+    if duration * rps > 10000:
+        raise click.BadParameter("need at most 10000 requests in all (--duration times --rps)")
     config = state.config()
     cluster = local.load_cluster(config)
     drill_kind = cast(DrillKind, kind)  # click.Choice above allows exactly these values
     report = run_drill(
         engine_for(state),
+        project_id(config),
         cluster,
         drill_kind,
         duration=duration,
@@ -82,5 +110,10 @@ def _print(report: DrillReport) -> None:
         f"recovered: {report.recovered}  apps running: {report.apps_running}  "
         f"replicas unchanged: {report.replicas_unchanged}"
     )
+    if report.client_saturated:
+        click.echo(
+            f"client saturated: {report.client_late} requests could not be sent on time and are not "
+            "counted above; lower --rps for a drill that measures the cluster"
+        )
     if report.errors:
         click.echo("errors: " + ", ".join(f"{k} x{v}" for k, v in report.errors.items()))

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from raybuild.cli.common import State, apps_argument, engine_for, pass_state, progress, remember_json, table
+from raybuild.cli.common import (
+    FiniteFloat,
+    State,
+    apps_argument,
+    engine_for,
+    pass_state,
+    progress,
+    remember_json,
+    table,
+)
 from raybuild.fsutil import atomic_write, check_writable
 from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.measure import HEADERS, Options, summary_rows, to_markdown
@@ -58,7 +67,7 @@ from raybuild.verify.scan import Trivy, scan_apps, with_vulnerabilities
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(min=1),
     default=180.0,
     show_default=True,
     help="Seconds to wait for each phase (head, worker, Serve route, cold-node head).",

@@ -18,6 +18,7 @@ from raybuild.cli.sbom import offline_option, report_index_failures
 from raybuild.ship.attach import SbomAttacher
 from raybuild.ship.publish import Publisher
 from raybuild.ship.sbom import SbomMaker, sbom_timestamp, wheel_hashes
+from raybuild.state import project_id
 
 MB = 1_000_000
 
@@ -59,7 +60,7 @@ def publish(
     engine.ping()  # else a daemon that is down reads as "the image is gone"
     attacher, hashes = None, wheel_hashes(config, offline=offline)
     if with_sbom:
-        maker = SbomMaker(engine, hashes, progress, sbom_timestamp())
+        maker = SbomMaker(engine, hashes, progress, sbom_timestamp(), project=project_id(config))
         attacher = SbomAttacher(config, maker, progress=progress)
     publisher = Publisher(
         config,

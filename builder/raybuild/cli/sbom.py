@@ -18,7 +18,7 @@ from raybuild.cli.common import (
 )
 from raybuild.ship.sbom import SbomMaker, sbom_images, sbom_timestamp, wheel_hashes
 from raybuild.ship.wheels import SimpleIndex, WheelHashes, shown_index
-from raybuild.state import SBOM_DIR, WHEEL_HASHES, sbom_dir
+from raybuild.state import SBOM_DIR, WHEEL_HASHES, project_id, sbom_dir
 
 offline_option = click.option(
     "--offline",
@@ -65,7 +65,7 @@ def sbom(state: State, apps: tuple[str, ...], out: Path | None, offline: bool, a
     config = state.config()
     images = sbom_images(config, apps)
     hashes = wheel_hashes(config, offline=offline)
-    maker = SbomMaker(engine_for(state), hashes, progress, sbom_timestamp())
+    maker = SbomMaker(engine_for(state), hashes, progress, sbom_timestamp(), project=project_id(config))
     written = [maker.write(image, out or sbom_dir(config)) for image in images]
     report_index_failures(hashes)
     for result in written:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import click
 
-from raybuild.cli.common import State, emit_json, engine_for, json_option, pass_state, progress
+from raybuild.cli.common import (
+    State,
+    emit_json,
+    engine_for,
+    json_option,
+    pass_state,
+    progress,
+    seconds_option,
+)
 from raybuild.kuberay import required_gpus
 from raybuild.lock.resolve import cuda_need
-from raybuild.state import built_ref, failure_log_path
+from raybuild.state import built_ref, failure_log_path, project_id
 from raybuild.verify import gpu as gpus
 from raybuild.verify.smoke import smoke_test
 
@@ -27,13 +35,7 @@ from raybuild.verify.smoke import smoke_test
     help="With --gpu: when this host cannot run the app on a GPU, print why as `skipped: ...` and exit 0.",
 )
 @click.option("--image", default=None, help="Image to test [default: the app's last build].")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1),
-    default=180.0,
-    show_default=True,
-    help="Seconds to wait for the head and the route.",
-)
+@seconds_option("--timeout", default=180.0, help="Seconds to wait for the head and the route.")
 @json_option
 @pass_state
 def test_app(
@@ -67,7 +69,16 @@ def test_app(
     ref = image or built_ref(config, app.name)
     engine.ping()  # a daemon that is down is one line saying so, not a failed `docker run`
     log = failure_log_path(config, "test", app.name)
-    result = smoke_test(app, ref, engine, gpu=gpu, timeout=timeout, progress=progress, log_path=log)
+    result = smoke_test(
+        app,
+        ref,
+        engine,
+        project=project_id(config),
+        gpu=gpu,
+        timeout=timeout,
+        progress=progress,
+        log_path=log,
+    )
     if as_json:
         emit_json(result.to_dict())
         return

@@ -12,6 +12,7 @@ from raybuild.cli.common import (
     json_option,
     pass_state,
     progress,
+    seconds_option,
     table,
 )
 from raybuild.local import cluster as local
@@ -19,13 +20,7 @@ from raybuild.local import cluster as local
 
 @click.command()
 @apps_argument
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=1),
-    default=300.0,
-    show_default=True,
-    help="Seconds to wait for nodes and routes.",
-)
+@seconds_option("--timeout", default=300.0, help="Seconds to wait for nodes and routes.")
 @json_option
 @pass_state
 def up(state: State, apps: tuple[str, ...], timeout: float, as_json: bool) -> None:

@@ -1,9 +1,10 @@
 """Building app images: a staged build context, a BuildKit build, then content-addressed tags.
 
 The context holds only what the Dockerfile reads (the generated Dockerfile, the shared Ray lock, the app's
-extra packages, the prune script and rules, and the app code), so unrelated repository changes never
-invalidate a layer. The tag is a hash of that context: an unchanged app is a no-op, and a changed one gets
-a new tag only after its build succeeded. The head image's tag is a hash of its own inputs (`head_hash`).
+extra packages, the prune script and rules, and the app code less what the `.raybuildignore` rules leave
+out: see `ignore`), so unrelated repository changes never invalidate a layer. The tag is a hash of that
+context: an unchanged app is a no-op, and a changed one gets a new tag only after its build succeeded. The
+head image's tag is a hash of its own inputs (`head_hash`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from raybuild.engine import Engine
 from raybuild.errors import BuildError, UsageError
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
+from raybuild.image.ignore import IGNORE_FILE, CodeFiles, IgnoreRules
 from raybuild.image.introspect import introspect
 from raybuild.image.provenance import provenance_labels
 from raybuild.image.prune import PrunePlan, prune_plan, prune_script
@@ -37,11 +38,11 @@ from raybuild.state import (
     image_ref,
     latest_ref,
     load_build_record,
+    project_id,
     save_build_record,
 )
 
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
-_IGNORED = {"__pycache__", ".pytest_cache", ".mypy_cache", ".git", ".venv", "requirements.in"}
 
 
 def default_ca_bundle() -> Path | None:
@@ -53,12 +54,11 @@ def default_ca_bundle() -> Path | None:
     return None
 
 
-def _code_files(app_dir: Path) -> Iterator[Path]:
-    for path in sorted(app_dir.rglob("*")):
-        rel = path.relative_to(app_dir)
-        if any(part in _IGNORED for part in rel.parts) or path.suffix == ".pyc" or not path.is_file():
-            continue
-        yield path
+def code_files(config: LoadedConfig, app: App) -> CodeFiles:
+    """The app's files that go into its image, after the ignore rules and the size limit."""
+    app_dir = config.app_dir(app)
+    rules = IgnoreRules.for_app(config.root, app_dir)
+    return rules.select(app_dir, config.config.limits.code_file_mb, app.name)
 
 
 def _prune_plan(app: App) -> PrunePlan:
@@ -66,7 +66,7 @@ def _prune_plan(app: App) -> PrunePlan:
     return prune_plan(tuple(app.prune.remove), tuple(app.prune.keep))
 
 
-def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
+def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progress = silent) -> str:
     """Write the app's build context into ``context``; return its content hash (the image tag's suffix)."""
     lockfile = config.lockfile(app)
     missing = next((path for path in (lockfile, config.ray_lockfile()) if not path.is_file()), None)
@@ -96,11 +96,15 @@ def stage_context(config: LoadedConfig, app: App, context: Path) -> str:
     code = context / "code"
     code.mkdir()
     app_dir = config.app_dir(app)
-    for path in _code_files(app_dir):
-        rel = path.relative_to(app_dir)
+    if (app_dir / ".dockerignore").is_file() and not (app_dir / IGNORE_FILE).is_file():
+        progress(f"{app.name}: warning: {app.path}/.dockerignore is not read; put its rules in {IGNORE_FILE}")
+    selected = code_files(config, app)
+    count = len(selected.files)
+    progress(f"  {app.name}: {count} file{'s' if count != 1 else ''} of code, {selected.ignored} ignored")
+    for rel, path in selected.files.items():
         (code / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, code / rel)
-        digest.update(f"code/{rel.as_posix()}\0".encode() + path.read_bytes() + b"\0")
+        digest.update(f"code/{rel}\0".encode() + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
@@ -212,7 +216,7 @@ class Builder:
     def _deployments(self, app: App, image: str) -> tuple[dict[str, Any], ...]:
         """Import the app in ``image`` as Serve would; its deployments, or a BuildError naming the cause."""
         self.progress(f"{app.name}: checking that {app.import_path} imports as a Serve app")
-        found = introspect(self.engine, image, app)
+        found = introspect(self.engine, image, app, project_id(self.config))
         found.check_listed(app)
         for line in found.dropped_options():
             self.progress(f"{app.name}: warning: {line}")
@@ -222,7 +226,7 @@ class Builder:
         """Build one app image; also the head image (base + Ray only) when it is a CPU app."""
         with tempfile.TemporaryDirectory(prefix=f"raybuild-{app.name}-") as tmp:
             context = Path(tmp)
-            ref = image_ref(self.config, app, stage_context(self.config, app, context))
+            ref = image_ref(self.config, app, stage_context(self.config, app, context, self.progress))
             head: BuiltImage | None = None
             if app.device == "cpu":
                 hr = head_ref(self.config, head_hash(self.config, app))

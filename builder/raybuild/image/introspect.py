@@ -23,6 +23,7 @@ from raybuild.config import App
 from raybuild.engine import Engine
 from raybuild.errors import BuildError
 from raybuild.image.spec import CODE_DIR
+from raybuild.labels import object_labels
 from raybuild.templating import BUNDLED_TEMPLATES
 
 PROBE = BUNDLED_TEMPLATES / "probe" / "serve_app.py"
@@ -168,17 +169,22 @@ def parse_report(app: App, output: str) -> ServeApp:
     )
 
 
-def introspect(engine: Engine, image: str, app: App) -> ServeApp:
-    """Import ``app`` inside ``image`` with Serve's build machinery; its deployments, or a BuildError."""
+def introspect(engine: Engine, image: str, app: App, project: str) -> ServeApp:
+    """Import ``app`` inside ``image`` with Serve's build machinery; its deployments, or a BuildError.
+
+    ``project`` (state.project_id) labels the container. `--rm` removes it when it ends by itself; when
+    raybuild stops waiting first (the deadline, Ctrl-C, SIGTERM), the ``finally`` removes it by name and
+    labels, since killing the docker client does not stop the container.
+    """
     name = f"raybuild-introspect-{uuid.uuid4().hex[:8]}"
+    labels = object_labels(project, "introspect")
     command = [
         "run",
         "--rm",
         "-i",
         "--name",
         name,
-        "--label",
-        "io.raybuild.managed=true",
+        *(arg for key, value in sorted(labels.items()) for arg in ("--label", f"{key}={value}")),
         "--network",
         "none",
         "--entrypoint",
@@ -188,11 +194,14 @@ def introspect(engine: Engine, image: str, app: App) -> ServeApp:
         app.import_path,
         CODE_DIR,
     ]
-    result = engine.docker_cmd(
-        *command,
-        stdin=PROBE.read_bytes(),
-        check=False,
-        timeout=TIMEOUT_S,
-        what=f"import check of app {app.name!r}",
-    )
+    try:
+        result = engine.docker_cmd(
+            *command,
+            stdin=PROBE.read_bytes(),
+            check=False,
+            timeout=TIMEOUT_S,
+            what=f"import check of app {app.name!r}",
+        )
+    finally:
+        engine.release(labels, name=name)
     return parse_report(app, result.output)

@@ -23,9 +23,10 @@ from raybuild import __version__
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine, which
 from raybuild.image.dockerfile import template_dir
+from raybuild.labels import IMAGE_LABEL_PREFIX
 
 OCI = "org.opencontainers.image."
-RAYBUILD = "io.raybuild."
+RAYBUILD = IMAGE_LABEL_PREFIX
 
 
 @dataclass(frozen=True)

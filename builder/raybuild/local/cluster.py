@@ -5,7 +5,9 @@ a head started as KubeRay starts it with GCS fault tolerance (num-cpus 0, RAY_RE
 RAY_external_storage_namespace), and one worker per app image carrying the same Ray node labels as the
 rendered worker groups. The Serve config is the rendered serveConfigV2, deployed through the dashboard REST
 API as KubeRay does. Only workers' Serve ports are published (like excludeHeadPodFromServeSvc), and only on
-127.0.0.1. Everything carries raybuild's labels, so `down` removes it even after a failed `up`.
+127.0.0.1. Everything carries raybuild's labels with this project's id, so `down` removes it even after a
+failed or interrupted `up`, and never another checkout's cluster of the same name: container and network
+names carry the project id too, so two checkouts can even run their clusters side by side.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from raybuild import kuberay
 from raybuild.config import App, LoadedConfig
-from raybuild.engine import CLUSTER_LABEL, Engine, object_labels
+from raybuild.engine import Engine
 from raybuild.errors import ClusterError, RaybuildError
 from raybuild.fsutil import atomic_write
 from raybuild.image import bases
@@ -33,6 +35,7 @@ from raybuild.kuberay import (
     NodeSpec,
     required_cpus,
 )
+from raybuild.labels import object_labels
 from raybuild.loopback import free_port, http, wait_until
 from raybuild.manifest import render as k8s
 from raybuild.progress import Progress, silent
@@ -42,6 +45,7 @@ from raybuild.state import (
     failure_log_path,
     image_references,
     load_publish_record,
+    project_id,
 )
 
 
@@ -115,6 +119,16 @@ def cluster_name(config: LoadedConfig) -> str:
     return name if name.startswith("raybuild") else f"raybuild-{name}"
 
 
+def object_prefix(config: LoadedConfig) -> str:
+    """The start of every container and network name of this checkout's cluster (Docker names are global)."""
+    return f"{cluster_name(config)}-{project_id(config)[:8]}"
+
+
+def cluster_labels(config: LoadedConfig) -> dict[str, str]:
+    """What selects this checkout's cluster, whatever its name was when it was started."""
+    return object_labels(project_id(config), "cluster")
+
+
 def plan(
     config: LoadedConfig,
     images: dict[str, str],
@@ -124,16 +138,16 @@ def plan(
     apps: tuple[App, ...],
 ) -> LocalCluster:
     """The nodes of the local cluster. Fixed IPs for the GCS store and head: workers reconnect to them."""
-    name = cluster_name(config)
+    name, network = cluster_name(config), object_prefix(config)
     prefix = subnet.rsplit(".", 1)[0]
     gcs_ip, head_ip = f"{prefix}.10", f"{prefix}.11"
     # The head schedules nothing (num-cpus 0, like the rendered head group) and keeps its state in the store.
     head_command = kuberay.head_command(0, gcs_fault_tolerance=True, usage_stats=False)
     head_env = kuberay.gcs_head_env(f"{gcs_ip}:{GCS_PORT}", password, config.config.cluster.name)
     nodes = [
-        Node(f"{name}-gcs", "gcs", redis_image, "", {REDIS_PASSWORD_ENV: password}, ip=gcs_ip),
+        Node(f"{network}-gcs", "gcs", redis_image, "", {REDIS_PASSWORD_ENV: password}, ip=gcs_ip),
         Node(
-            f"{name}-head",
+            f"{network}-head",
             "head",
             images[HEAD_KEY],
             head_command,
@@ -146,7 +160,7 @@ def plan(
         env = {RECONNECT_TIMEOUT_ENV: WORKER_RECONNECT_TIMEOUT_S}
         nodes.append(
             Node(
-                f"{name}-worker-{app.name}",
+                f"{network}-worker-{app.name}",
                 "worker",
                 images[app.name],
                 kuberay.worker_command(
@@ -157,17 +171,17 @@ def plan(
                 publish={SERVE_PORT: 0},
             )
         )
-    return LocalCluster(name, name, subnet, nodes, {app.name: app.route_prefix for app in apps})
+    return LocalCluster(name, network, subnet, nodes, {app.name: app.route_prefix for app in apps})
 
 
-def node_spec(cluster: LocalCluster, node: Node) -> NodeSpec:
+def node_spec(project: str, cluster: LocalCluster, node: Node) -> NodeSpec:
     """The container of one node: on the cluster's network, under its own name, with its fixed IP."""
     ray_node = node.role != "gcs"
     return NodeSpec(
         name=node.name,
         image=node.image,
         command=node.command,
-        labels=object_labels(cluster=cluster.name, role=node.role),
+        labels=object_labels(project, "cluster", cluster=cluster.name, role=node.role),
         env=node.env,
         publish=node.publish,
         network=cluster.network,
@@ -180,21 +194,27 @@ def node_spec(cluster: LocalCluster, node: Node) -> NodeSpec:
     )
 
 
-def run_node(engine: Engine, cluster: LocalCluster, node: Node) -> Node:
+def run_node(engine: Engine, project: str, cluster: LocalCluster, node: Node) -> Node:
     """Start one node's container; returns the node with its published host ports filled in."""
     publish = {port: host_port or free_port() for port, host_port in node.publish.items()}
     started = replace(node, publish=publish)
-    kuberay.start(engine, node_spec(cluster, started))
+    kuberay.start(engine, node_spec(project, cluster, started))
     return started
 
 
-def _create_network(engine: Engine, name: str) -> str:
+def remove_node(engine: Engine, project: str, cluster: LocalCluster, node: Node) -> None:
+    """Kill and remove one node's container, found by its name and this project's labels."""
+    engine.remove_containers(node_spec(project, cluster, node).labels, name=node.name)
+
+
+def _create_network(engine: Engine, config: LoadedConfig) -> str:
     """A user-defined network with a subnet of its own (needed for fixed IPs); the first free /24 wins."""
+    name = object_prefix(config)
     for third in range(213, 250):
         subnet = f"172.29.{third}.0/24"
         result = engine.create_network(
             name,
-            object_labels(cluster=name),
+            object_labels(project_id(config), "cluster", cluster=cluster_name(config)),
             subnet=subnet,
             ip_range=f"172.29.{third}.128/25",
             check=False,
@@ -247,15 +267,17 @@ def up(
     engine.ping()
     down(config, engine, progress=silent)
     images = local_images(config, cpu_apps)
+    for warning in image_references(config, load_publish_record(config), cpu_apps).warnings:
+        progress(f"warning: {warning}")
     redis_image = bases.ensure_redis(config, engine, progress)
-    name = cluster_name(config)
+    project = project_id(config)
     try:
-        subnet = _create_network(engine, name)
+        subnet = _create_network(engine, config)
         cluster = plan(config, images, redis_image, subnet, secrets.token_hex(16), cpu_apps)
         started: list[Node] = []
         for node in cluster.nodes:
             progress(f"starting {node.role} {node.name} ({node.image})")
-            started.append(run_node(engine, cluster, node))
+            started.append(run_node(engine, project, cluster, node))
             if node.role == "head":
                 cluster = LocalCluster(
                     cluster.name,
@@ -286,15 +308,24 @@ def up(
             statuses = {k: v.get("status") for k, v in kuberay.serve_status(dashboard).items()}
             raise ClusterError(f"not every app answered within {timeout:.0f}s: {statuses}")
         return cluster
-    except (RaybuildError, KeyboardInterrupt):
-        # Leave nothing behind but what helps to diagnose: the containers' logs were already read.
-        down(config, engine, progress=silent)
+    except BaseException:
+        # A failed or interrupted (Ctrl-C, SIGTERM) `up` leaves nothing behind but what helps to diagnose:
+        # the containers' logs were already read. Best effort, so that the cause is what gets reported.
+        try:
+            down(config, engine)
+        except RaybuildError as exc:
+            progress(f"warning: the half-started cluster stays ({exc.message}); run `raybuild down`")
         raise
 
 
 def down(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> int:
-    """Remove every container and network with this cluster's label; returns how many were removed."""
-    removed = engine.remove_labelled(f"{CLUSTER_LABEL}={cluster_name(config)}")
+    """Remove this checkout's cluster: every container and network with its labels; how many went.
+
+    Honest about failure: when the daemon cannot be asked, or something could not be removed, this raises
+    and the record in .raybuild/up.json stays, so that a later `down` can still finish the job.
+    """
+    engine.ping()  # "not reachable", with its hint, rather than a failed listing
+    removed = engine.remove_labelled(cluster_labels(config))
     cluster_record_path(config).unlink(missing_ok=True)
     if removed:
         progress(f"removed {removed} containers and networks of {cluster_name(config)}")

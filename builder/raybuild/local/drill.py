@@ -3,6 +3,11 @@
 The loop sends at most ``rps * duration`` requests, only to the workers' Serve ports on 127.0.0.1, and stops
 by itself. The report is honest: every failure is counted, with latency percentiles for the outage window
 (from the kill until the replacement is healthy) and for the whole drill.
+
+It is honest about its own client too. A request the loop could not send on time (its thread fell behind
+the schedule, or too many requests were still waiting for an answer) measures this machine, not the
+cluster: it is not sent, not counted as a failure, and the report says ``client_saturated``. When that
+happens before anything is killed, the drill refuses the rate instead of breaking a node for nothing.
 """
 
 from __future__ import annotations
@@ -15,12 +20,19 @@ from typing import Any, Literal
 
 from raybuild import kuberay
 from raybuild.engine import Engine
-from raybuild.errors import ClusterError
-from raybuild.local.cluster import LocalCluster, Node, all_routes_answer, run_node
+from raybuild.errors import ClusterError, UsageError
+from raybuild.local.cluster import LocalCluster, Node, all_routes_answer, remove_node, run_node
 from raybuild.loopback import LOOPBACK, wait_until
 from raybuild.progress import Progress, silent
 
 DrillKind = Literal["head-restart", "worker-restart", "gcs-outage"]
+
+# A request sent this long after its slot, or while this many are still unanswered, would measure the
+# client's own backlog (a Python thread per request, on a machine that also runs the cluster). A shorter
+# lag is no backlog: on 2 cores busy restarting a Ray head, the loop's thread was seen waking up to 0.6 s
+# late at 10 rps, and the requests it then sent still measured the cluster.
+LATE_AFTER_S = 1.0
+MAX_IN_FLIGHT = 128
 
 
 @dataclass(frozen=True)
@@ -59,13 +71,16 @@ class DrillReport:
     apps_running: bool
     replicas_unchanged: bool
     errors: dict[str, int]
+    client_late: int = 0  # requests the loop could not send on time: neither sent nor counted
+    client_saturated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @property
     def ok(self) -> bool:
-        return self.total.failed == 0 and self.recovered and self.apps_running
+        clean = self.total.failed == 0 and not self.client_saturated
+        return clean and self.recovered and self.apps_running
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -87,17 +102,35 @@ def window(samples: list[Sample], start: float = 0.0, end: float = float("inf"))
 
 
 class RequestLoop:
-    """Round-robins over URLs at a fixed rate in a background thread; bounded in count and time."""
+    """Round-robins over URLs at a fixed rate in a background thread; bounded in count and time.
 
-    def __init__(self, urls: list[str], rps: float, duration: float, timeout: float = 5.0) -> None:
+    A request that cannot go out on time (``late_after`` behind its slot, or ``max_in_flight`` requests
+    still unanswered) is skipped and counted in ``client_late``, never as a failure of the cluster.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        rps: float,
+        duration: float,
+        timeout: float = 5.0,
+        *,
+        late_after: float = LATE_AFTER_S,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
         self.urls = urls
         self.interval = 1.0 / rps
         self.limit = int(rps * duration)
         self.duration = duration
         self.timeout = timeout
+        self.late_after = late_after
+        self.max_in_flight = max_in_flight
         self.samples: list[Sample] = []
+        self.client_late = 0
         self.origin = 0.0
+        self._in_flight = 0
         self._lock = threading.Lock()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._workers: list[threading.Thread] = []
 
@@ -123,20 +156,31 @@ class RequestLoop:
             ok, error = False, type(getattr(exc, "reason", exc)).__name__
         with self._lock:
             self.samples.append(Sample(round(started, 3), time.monotonic() - t0, ok, error))
+            self._in_flight -= 1
 
     def _run(self) -> None:
         for index in range(self.limit):
             due = index * self.interval
-            if due > self.duration:
+            if due > self.duration or self._stop.is_set():
                 break
             delay = due - self.now()
-            if delay > 0:
-                time.sleep(delay)
+            if delay > 0 and self._stop.wait(delay):
+                break
+            with self._lock:
+                late = self.now() - due > self.late_after or self._in_flight >= self.max_in_flight
+                if late:
+                    self.client_late += 1
+                    continue
+                self._in_flight += 1
             worker = threading.Thread(
                 target=self._one, args=(self.urls[index % len(self.urls)], self.now()), daemon=True
             )
             worker.start()
             self._workers.append(worker)
+
+    def stop(self) -> None:
+        """Send nothing more; requests already sent still finish (``join``)."""
+        self._stop.set()
 
     def join(self) -> list[Sample]:
         self._thread.join()
@@ -154,15 +198,27 @@ def replica_ids(status: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def _replace(engine: Engine, cluster: LocalCluster, node: Node) -> None:
+def _replace(engine: Engine, project: str, cluster: LocalCluster, node: Node) -> None:
     """Kill a node's container and start a new one with the same name, IP, ports and environment."""
-    engine.docker_cmd("kill", node.name, check=False)
-    engine.remove_container(node.name)
-    run_node(engine, cluster, node)
+    remove_node(engine, project, cluster, node)
+    run_node(engine, project, cluster, node)
+
+
+def _refuse_a_saturated_client(loop: RequestLoop, rps: float) -> None:
+    """Before anything is killed: a loop that already fell behind would report its own backlog."""
+    if loop.client_late:
+        loop.stop()
+        sent = len(loop.join())
+        raise UsageError(
+            f"--rps {rps:g}: this machine's request loop fell behind before anything was killed "
+            f"({loop.client_late} requests late, {sent} sent); nothing was killed",
+            hint="lower --rps (the drill measures the cluster only while its client keeps up)",
+        )
 
 
 def run_drill(
     engine: Engine,
+    project: str,
     cluster: LocalCluster,
     kind: DrillKind,
     duration: float = 30.0,
@@ -179,15 +235,16 @@ def run_drill(
     loop = RequestLoop(urls, rps, duration)
     loop.start()
     time.sleep(min(duration * 0.2, 5.0))
+    _refuse_a_saturated_client(loop, rps)
     t_kill = loop.now()
     if kind == "head-restart":
         target = cluster.node("head")
         progress(f"t={t_kill:.1f}s: killing the head {target.name} and starting a new one at {target.ip}")
-        _replace(engine, cluster, target)
+        _replace(engine, project, cluster, target)
     elif kind == "worker-restart":
         target = cluster.node("worker", app) if app else cluster.node("worker")
         progress(f"t={t_kill:.1f}s: killing worker {target.name} and starting a new one")
-        _replace(engine, cluster, target)
+        _replace(engine, project, cluster, target)
     else:
         target = cluster.node("gcs")
         progress(f"t={t_kill:.1f}s: stopping the GCS store {target.name} for {outage:.0f}s")
@@ -225,4 +282,6 @@ def run_drill(
         apps_running=bool(after_status) and all(i.get("status") == "RUNNING" for i in after_status.values()),
         replicas_unchanged=replica_ids(after_status) == before,
         errors=errors,
+        client_late=loop.client_late,
+        client_saturated=loop.client_late > 0,
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from raybuild.config import LoadedConfig
 from raybuild.errors import PublishError
 from raybuild.fsutil import atomic_write
+from raybuild.labels import SBOM_ANNOTATION
 from raybuild.progress import Progress, silent
 from raybuild.registry import Descriptor, Manifest, Registry, RegistryUnverifiable, attach, find_referrers
 from raybuild.ship.publish import split_reference
@@ -24,7 +25,7 @@ from raybuild.state import PublishedImage, sbom_dir, sbom_name
 
 # Marks the artifacts raybuild attached, so that a newer SBOM of the same image replaces raybuild's own
 # entry in the fallback index and leaves other tools' referrers (signatures, attestations) alone.
-MARK = "io.raybuild.sbom"
+MARK = SBOM_ANNOTATION
 TITLE = "org.opencontainers.image.title"
 
 

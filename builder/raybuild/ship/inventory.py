@@ -13,8 +13,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from raybuild.engine import Engine, object_labels
+from raybuild.engine import Engine
 from raybuild.errors import EngineError
+from raybuild.labels import object_labels
 from raybuild.lock.resolve import normalize
 from raybuild.templating import BUNDLED_TEMPLATES
 
@@ -118,13 +119,22 @@ def parse_inventory(output: str, image: str) -> Inventory:
     return Inventory(python, debian, os_id, os_version, _text(report.get("python_version")))
 
 
-def read_inventory(engine: Engine, image: str) -> Inventory:
-    """Run the probe in ``image`` (a tag or an image ID) and return what it found."""
-    command = ["run", "--rm", "-i", "--network", "none", "--name", f"raybuild-sbom-{uuid.uuid4().hex[:8]}"]
-    for key, value in object_labels(purpose="sbom").items():
+def read_inventory(engine: Engine, image: str, project: str) -> Inventory:
+    """Run the probe in ``image`` (a tag or an image ID) and return what it found.
+
+    The container carries ``project``'s labels; if raybuild stops waiting first (deadline, Ctrl-C,
+    SIGTERM), it is removed by name and labels, as the import check's is.
+    """
+    name = f"raybuild-sbom-{uuid.uuid4().hex[:8]}"
+    labels = object_labels(project, "sbom")
+    command = ["run", "--rm", "-i", "--network", "none", "--name", name]
+    for key, value in sorted(labels.items()):
         command += ["--label", f"{key}={value}"]
     command += ["--entrypoint", "python", image, "-"]
-    result = engine.docker_cmd(
-        *command, stdin=PROBE.read_bytes(), timeout=TIMEOUT_S, what=f"listing the packages in {image}"
-    )
+    try:
+        result = engine.docker_cmd(
+            *command, stdin=PROBE.read_bytes(), timeout=TIMEOUT_S, what=f"listing the packages in {image}"
+        )
+    finally:
+        engine.release(labels, name=name)
     return parse_inventory(result.output, image)

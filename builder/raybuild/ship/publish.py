@@ -4,7 +4,13 @@ The registry is asked first (``GET /v2/<name>/manifests/<tag>``): when its manif
 local image ID, the bytes are already there and nothing is pushed. Pushes go through ``Engine.push``, so
 docker's own credential store does any login; raybuild never reads credentials, and drops output lines
 that could carry them. The record is written once, after every image is in the registry, so a failed
-publish leaves the previous record exactly as it was.
+publish leaves the previous record exactly as it was, and removes the local tags it made for the target
+registry.
+
+Registry work is bounded: each image's push has a deadline ([limits].registry_deadline_s), every attempt
+included, and the retries are raybuild's alone ([limits].registry_attempts, one line each): `Engine.push`
+cuts Docker's own layer retries short. A stalled upload fails at the deadline with one line naming the
+registry and the stage the push had reached.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
-from raybuild.errors import EngineError, PublishError, UsageError
+from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
 from raybuild.progress import Progress, silent
 from raybuild.registry import (
     HttpRegistry,
@@ -64,8 +70,10 @@ AttachSbom = Callable[[Registry, str, PublishedImage, Manifest], str]
 
 class DockerEngine(Protocol):
     def inspect(self, ref: str) -> dict[str, Any]: ...
+    def image_exists(self, ref: str) -> bool: ...
     def tag(self, source: str, target: str) -> None: ...
-    def push(self, ref: str, on_line: Progress | None = None) -> Result: ...
+    def remove_image(self, ref: str) -> None: ...
+    def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result: ...
 
 
 def classify_push_failure(output: str) -> RegistryUnreachable | None:
@@ -97,6 +105,38 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     for value in secrets:
         text = text.replace(value, "***")
     return text
+
+
+_LAYER = re.compile(
+    r"^([0-9a-f]{12,64}): (Preparing|Waiting|Pushing|Pushed|Layer already exists|Mounted from)"
+)
+_DONE = ("Pushed", "Layer already exists", "Mounted from")
+
+
+@dataclass
+class PushStage:
+    """How far a `docker push` got, from its output: for the one line that reports a stalled push."""
+
+    layers: dict[str, str] = field(default_factory=dict)  # layer ID -> its last status
+    manifest: bool = False
+
+    def feed(self, line: str) -> None:
+        match = _LAYER.match(line.strip())
+        if match:
+            self.layers[match.group(1)] = match.group(2)
+        elif _PUSH_DIGEST.search(line):
+            self.manifest = True
+
+    def __str__(self) -> str:
+        if self.manifest:
+            return "after the manifest was uploaded"
+        if not self.layers:
+            return "before any layer upload started (checking the registry)"
+        waiting = [layer for layer, status in self.layers.items() if status not in _DONE]
+        done = len(self.layers) - len(waiting)
+        if not waiting:
+            return f"uploading the manifest ({done} of {done} layers done)"
+        return f"uploading layer {waiting[0]} ({done} of {len(self.layers)} layers done)"
 
 
 @dataclass(frozen=True)
@@ -135,9 +175,18 @@ class Publisher:
     progress: Progress = silent
     output: Progress | None = None  # docker push lines; default: progress
     sleep: Callable[[float], None] = time.sleep
-    backoff: Backoff = Backoff()
+    backoff: Backoff | None = None  # default: [limits].registry_attempts attempts, 1 s then doubled
+    deadline: float | None = None  # seconds per image push; default [limits].registry_deadline_s
+    clock: Callable[[], float] = time.monotonic
     secrets: tuple[str, ...] = field(default_factory=lambda: secret_values(os.environ))
     attach_sbom: AttachSbom | None = None
+
+    def __post_init__(self) -> None:
+        limits = self.config.config.limits
+        if self.backoff is None:
+            self.backoff = Backoff(attempts=limits.registry_attempts)
+        if self.deadline is None:
+            self.deadline = float(limits.registry_deadline_s)
 
     def plan(self, names: tuple[str, ...] = ()) -> list[Planned]:
         """The head, then each selected app that has been built, in config order."""
@@ -168,15 +217,25 @@ class Publisher:
         return items
 
     def publish(self, names: tuple[str, ...] = ()) -> list[Published]:
-        """Publish, then merge the results into the record. On any failure the record is left as it was."""
+        """Publish, then merge the results into the record.
+
+        On any failure or interruption the record is left as it was, and the local tags this run made for
+        the target registry are removed again.
+        """
         path = publish_record_path(self.config)
         previous = PublishRecord.load(path)  # a malformed record fails here, before anything is pushed
-        results = [self._publish_one(item) for item in self.plan(names)]
-        images = {**(previous.images if previous else {}), **{r.key: r.image for r in results}}
-        PublishRecord(MappingProxyType(images)).save(path)
+        made: list[str] = []
+        try:
+            results = [self._publish_one(item, made) for item in self.plan(names)]
+            images = {**(previous.images if previous else {}), **{r.key: r.image for r in results}}
+            PublishRecord(MappingProxyType(images)).save(path)
+        except BaseException:
+            for tag in made:
+                self.engine.remove_image(tag)  # only the tag: the built image keeps its own
+            raise
         return results
 
-    def _publish_one(self, item: Planned) -> Published:
+    def _publish_one(self, item: Planned, made: list[str]) -> Published:
         host, repository, tag = split_reference(item.target)
         try:
             local = self.engine.inspect(item.local_ref)
@@ -192,9 +251,13 @@ class Publisher:
             image = PublishedImage(item.target, remote.digest, size, remote.compressed_size)
             return Published(item.key, "skipped", self._with_sbom(host, item, image, remote))
         if item.target != item.local_ref:
+            if not self.engine.image_exists(item.target):
+                made.append(item.target)
             self.engine.tag(item.local_ref, item.target)
         self.progress(f"pushing {item.key} -> {item.target}")
-        result = self._retrying(host, lambda: self._push_once(item.target))
+        assert self.deadline is not None
+        until = self.clock() + self.deadline
+        result = self._retrying(host, lambda: self._push_once(item.target, host, until), until)
         digest = push_digest(result.output) or self._repo_digest(item.target)
         pushed = self._remote(host, repository, digest)
         if pushed is not None and pushed.config_digest not in (None, item.image_id):
@@ -233,33 +296,48 @@ class Publisher:
             self.progress(f"could not read {host}/{repository}:{reference} anonymously ({exc})")
             return None
 
-    def _retrying(self, host: str, action: Callable[[], T]) -> T:
+    def _retrying(self, host: str, action: Callable[[], T], until: float | None = None) -> T:
+        """``action``, retried while the registry is unreachable: ``backoff.attempts`` in all, and none
+        that would start after ``until`` (a clock() time)."""
+        assert self.backoff is not None
         attempts = self.backoff.attempts
         for attempt in range(1, attempts + 1):
             try:
                 return action()
             except RegistryUnreachable as exc:
-                if attempt == attempts:
-                    raise _unreachable(host, exc, attempts) from None
                 delay = self.backoff.delay(attempt - 1)
+                if attempt == attempts or (until is not None and self.clock() + delay >= until):
+                    raise _unreachable(host, exc, attempt) from None
                 self.progress(
                     f"registry {host}: {exc.reason}; attempt {attempt + 1}/{attempts} in {delay:g}s"
                 )
                 self.sleep(delay)
         raise AssertionError("Backoff.attempts must be at least 1")
 
-    def _push_once(self, ref: str) -> Result:
-        show, seen = self.output or self.progress, set[str]()
+    def _push_once(self, ref: str, host: str, until: float) -> Result:
+        show, seen, stage = self.output or self.progress, set[str](), PushStage()
 
         def on_line(line: str) -> None:
+            stage.feed(line)
             kept = redact(line, self.secrets)
             if kept and kept not in seen and not _PUSH_NOISE.search(kept):
                 seen.add(kept)
                 show("  " + kept)
 
         try:
-            return self.engine.push(ref, on_line=on_line)
+            return self.engine.push(ref, on_line=on_line, timeout=max(until - self.clock(), 1.0))
+        except DockerRetry:
+            raise RegistryUnreachable(
+                "a layer upload failed and Docker began to retry it", down=False
+            ) from None
         except EngineError as exc:
+            if exc.timed_out:
+                raise PublishError(
+                    f"registry {host}: push of {ref} stalled {stage}; stopped at the {self.deadline:g}s "
+                    "deadline, nothing was recorded",
+                    hint="check the registry (`curl "
+                    f"{api_url(host)}`); for a large image on a slow link raise [limits].registry_deadline_s",
+                ) from None
             # An engine hint means the daemon is down or the disk is full: not the registry's fault.
             retry = None if exc.hint else classify_push_failure(exc.output_tail)
             if retry is not None:

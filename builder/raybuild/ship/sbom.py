@@ -370,12 +370,15 @@ class SbomMaker:
     progress: Progress = silent
     when: datetime = field(default_factory=sbom_timestamp)
     _inventories: dict[str, Inventory] = field(default_factory=dict)
+    project: str = field(kw_only=True)  # state.project_id: labels the probe's container
 
     def make(self, image: SbomImage) -> Sbom:
         inventory = self._inventories.get(image.image_id)
         if inventory is None:
             self.progress(f"{image.key}: listing the packages installed in {image.ref}")
-            inventory = self._inventories[image.image_id] = read_inventory(self.engine, image.image_id)
+            inventory = self._inventories[image.image_id] = read_inventory(
+                self.engine, image.image_id, self.project
+            )
         sbom = build_sbom(image, inventory, self.hashes.find, self.when)
         self.hashes.save()
         return sbom

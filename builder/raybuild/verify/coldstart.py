@@ -8,8 +8,10 @@ The cold node is a second dockerd with its own image store under /var/lib/raybui
 is the only honest cold pull, since the main engine (and BuildKit's cache) keeps every layer it has built.
 Its head runs with `--network none` and is probed with KubeRay's exec probes, as nothing can be published.
 
-Every container and network carries ``io.raybuild.managed=true`` and ``io.raybuild.purpose=measure``; each
-is removed in a ``finally``, and `sweep()` removes leftovers of an interrupted run by label.
+Every container and network carries raybuild's labels with the project's id and the purpose "measure"
+(`measure_labels`); each is removed in a ``finally`` (which Ctrl-C and SIGTERM unwind too), and `sweep()`
+removes what an earlier run of this project left behind, by those labels only: another checkout measuring
+on the same daemon keeps its containers.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Literal
 
 from raybuild import kuberay
 from raybuild.config import App
-from raybuild.engine import PURPOSE_LABEL, Engine, object_labels, which
+from raybuild.engine import Engine, which
 from raybuild.errors import EngineError, SmokeTestError
 from raybuild.kuberay import (
     AGENT_HEALTH_PATH,
@@ -37,12 +39,11 @@ from raybuild.kuberay import (
     healthz_ok,
     required_cpus,
 )
+from raybuild.labels import object_labels, parse_ids
 from raybuild.loopback import http, wait_until
 from raybuild.progress import Progress, silent
 from raybuild.verify.smoke import serve_application
 
-LABELS = object_labels(purpose="measure")
-MEASURE_LABEL = f"{PURPOSE_LABEL}=measure"
 COLD_ROOT = Path("/var/lib/raybuild/cold")
 # `dockerd --bridge=none` deletes the host's `docker0` at startup (it shares the host network namespace),
 # which breaks every container of the main engine on the default bridge. The cold daemon gets a bridge of
@@ -52,9 +53,14 @@ COLD_BRIDGE = "rbcold0"
 COLD_BRIDGE_CIDR = "198.51.100.1/30"
 
 
-def sweep(engine: Engine) -> int:
-    """Remove every container and network a measure run left behind; how many were removed."""
-    return engine.remove_labelled(MEASURE_LABEL)
+def measure_labels(project: str) -> dict[str, str]:
+    """The labels of every container and network a measure run of ``project`` makes."""
+    return object_labels(project, "measure")
+
+
+def sweep(engine: Engine, project: str) -> int:
+    """Remove every container and network a measure run of ``project`` left behind; how many went."""
+    return engine.remove_labelled(measure_labels(project))
 
 
 @dataclass(frozen=True)
@@ -64,14 +70,16 @@ class WarmStart:
     t_serve: float
 
 
-def warm_nodes(app: App, image: str, network: str, *, gpu: bool = False) -> tuple[NodeSpec, NodeSpec]:
+def warm_nodes(
+    app: App, image: str, network: str, project: str, *, gpu: bool = False
+) -> tuple[NodeSpec, NodeSpec]:
     """The warm node's head (agent, dashboard and Serve published) and one worker, on ``network``."""
     gpus: int | Literal["all"] = "all" if gpu else 0
     head = NodeSpec(
         name=f"{network}-head",
         image=image,
         command=kuberay.head_command(required_cpus(app)),
-        labels=LABELS,
+        labels=measure_labels(project),
         publish={AGENT_PORT: 0, DASHBOARD_PORT: 0, SERVE_PORT: 0},
         network=network,
         gpus=gpus,
@@ -81,7 +89,7 @@ def warm_nodes(app: App, image: str, network: str, *, gpu: bool = False) -> tupl
         name=f"{network}-worker",
         image=image,
         command=kuberay.worker_command(head.name, 1),
-        labels=LABELS,
+        labels=measure_labels(project),
         network=network,
         gpus=gpus,
     )
@@ -97,6 +105,7 @@ def warm_start(
     app: App,
     image: str,
     *,
+    project: str,
     cpu_mode: bool,
     gpu: bool = False,
     timeout: float = 180.0,
@@ -110,10 +119,11 @@ def warm_start(
     Serve config's PUT until the app's route answers HTTP 200 on the published Serve port.
     """
     network = f"raybuild-measure-{uuid.uuid4().hex[:8]}"
-    head, worker = warm_nodes(app, image, network, gpu=gpu)
+    head, worker = warm_nodes(app, image, network, project, gpu=gpu)
     with ExitStack() as cleanup:  # containers first, then their network, whatever happens
-        engine.create_network(network, LABELS)
+        # Registered before it is made: an interruption during `network create` still removes it.
         cleanup.callback(engine.remove_network, network)
+        engine.create_network(network, measure_labels(project))
         started = time.monotonic()
         cleanup.enter_context(kuberay.running(engine, head))
         agent, dashboard, serve = (
@@ -165,6 +175,7 @@ class ColdNode:
     """A second dockerd with an empty image store: a node that has never pulled the image."""
 
     engine: Engine
+    project: str
     root: Path = COLD_ROOT
     progress: Progress = field(default=silent)
     _node_engine: Engine | None = field(default=None, init=False, repr=False)
@@ -208,7 +219,9 @@ class ColdNode:
         self.progress(f"starting the cold node's dockerd ({self.host})")
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "daemon.json"
-        config.write_text("{}\n", encoding="utf-8")  # not /etc/docker/daemon.json: no shared hosts or bridge
+        # Not /etc/docker/daemon.json: no shared hosts or bridge. One download attempt: a pull's retries are
+        # measure's to decide, within its deadline, never stacked under dockerd's own five.
+        config.write_text('{"max-download-attempts": 1}\n', encoding="utf-8")
         self._ensure_bridge()
         command = [
             dockerd,
@@ -253,15 +266,22 @@ class ColdNode:
         shutil.rmtree(self.root / "data" / "network", ignore_errors=True)
 
     def clear(self) -> None:
-        """Remove every container and image on the cold node: the next pull starts from nothing."""
-        sweep(self.node)
-        images = self.node.docker_cmd("image", "ls", "-aq", "--no-trunc", check=False).output.split()
+        """Remove this project's containers and every image on the cold node: the next pull starts from
+        nothing. The cold daemon is raybuild's own (no one else's images live there); images another
+        project's running head still uses cannot be removed, and stay."""
+        sweep(self.node, self.project)
+        listed = self.node.docker_cmd(
+            "image", "ls", "-aq", "--no-trunc", stdout_only=True, what="docker image ls on the cold node"
+        )
+        images = [word.removeprefix("sha256:") for word in listed.output.split()]
         if images:
-            self.node.docker_cmd("image", "rm", "--force", *dict.fromkeys(images), check=False)
+            ids = parse_ids("\n".join(images), "docker image ls")
+            self.node.docker_cmd("image", "rm", "--force", *ids, check=False)
 
-    def pull(self, ref: str) -> float:
+    def pull(self, ref: str, deadline: float | None = None) -> float:
+        """Seconds to pull ``ref`` into the cold node's store; an error past ``deadline`` seconds."""
         started = time.monotonic()
-        self.node.docker_cmd("pull", "--quiet", ref, what=f"docker pull {ref} on the cold node")
+        self.node.pull(ref, timeout=deadline, what=f"docker pull {ref} on the cold node")
         return time.monotonic() - started
 
     def head(self, app: App, ref: str, *, gpu: bool = False, timeout: float = 180.0) -> float:
@@ -270,7 +290,7 @@ class ColdNode:
             name=f"raybuild-measure-cold-{uuid.uuid4().hex[:8]}",
             image=ref,
             command=kuberay.head_command(required_cpus(app)),
-            labels=LABELS,
+            labels=measure_labels(self.project),
             network="none",
             gpus="all" if gpu else 0,
         )

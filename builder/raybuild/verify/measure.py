@@ -2,24 +2,25 @@
 
 Sizes first, for every selected app (`sizes`), since ``shared_bytes`` needs every image's layers; then
 ``runs`` cold starts per app (`coldstart`): head, worker and Serve on this host's engine, and a pull plus
-a head start on the cold node. Containers are swept by label before and after, whatever happens.
+a head start on the cold node. This project's measure containers are swept by label before and after,
+whatever happens (an error, Ctrl-C, SIGTERM). Images are pushed to the project's registry, under
+``<namespace>/<app>-measure``, each push and pull within [limits].registry_deadline_s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.errors import GpuUnavailable, MeasureError
+from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
 from raybuild.progress import Progress, silent
 from raybuild.registry import HttpRegistry, Registry
-from raybuild.state import HEAD_KEY, ImageReferences, failure_log_path, image_references
+from raybuild.state import HEAD_KEY, ImageReferences, failure_log_path, image_references, project_id
 from raybuild.verify import coldstart
 from raybuild.verify.results import SEVERITIES, AppResult, Measurement, Size, Startup, Stat, stat
-from raybuild.verify.sizes import MEASURE_REGISTRY, measure_ref, measure_size, shared_bytes
+from raybuild.verify.sizes import measure_ref, measure_size, shared_bytes
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,7 @@ def _start_runs(
     options: Options,
     gpu: bool,
     progress: Progress,
-    registry: str = MEASURE_REGISTRY,
-    log_path: Path | None = None,
+    config: LoadedConfig,
 ) -> _Samples:
     """``options.runs`` cold starts of one app: warm node (head, worker, Serve), then the cold node."""
     samples = _Samples()
@@ -111,21 +111,22 @@ def _start_runs(
             engine,
             app,
             ref,
+            project=project_id(config),
             cpu_mode=app.device == "gpu" and not gpu,
             gpu=gpu,
             timeout=options.timeout,
             progress=progress,
-            log_path=log_path,
+            log_path=failure_log_path(config, "measure", app.name),
         )
         samples.head.append(round(warm.t_head, 3))
         samples.worker.append(round(warm.t_worker, 3))
         samples.serve.append(round(warm.t_serve, 3))
         if node is None:
             continue
-        target = measure_ref(ref, app.name, registry)
+        target = measure_ref(ref, app.name, config.project.registry)
         progress(f"{app.name}: cold node: pulling {target} into an empty image store")
         node.clear()
-        t_pull = round(node.pull(target), 3)
+        t_pull = round(node.pull(target, config.config.limits.registry_deadline_s), 3)
         t_head = round(node.head(app, target, gpu=gpu, timeout=options.timeout), 3)
         progress(f"{app.name}: cold node: pull {t_pull:.1f}s, head {t_head:.1f}s")
         samples.pull.append(t_pull)
@@ -145,8 +146,9 @@ def measure(
 ) -> MeasureReport:
     """Measure ``apps`` (all of the project's when empty): sizes, then ``options.runs`` cold starts each.
 
-    ``registry``: where images are pushed to read their compressed sizes, and pulled from by the cold node;
-    by default the local one on MEASURE_REGISTRY. When it does not answer, sizes come from `docker save`.
+    ``registry``: the client of the registry that images are pushed to, to read their compressed sizes,
+    and that the cold node pulls from; by default the host of [project].registry. When it does not answer,
+    sizes come from `docker save`.
     """
     apps = list(apps) or list(config.apps)
     # The last build's tags, never published digests: measure pushes and starts images of this engine.
@@ -158,7 +160,8 @@ def measure(
             raise MeasureError(
                 f"app {name!r}: image {ref} is not in the engine", hint=f"run `raybuild build {name}`"
             )
-    target = registry if registry is not None else HttpRegistry(MEASURE_REGISTRY, timeout=30.0)
+    host = config.project.registry.split("/", 1)[0]
+    target = registry if registry is not None else HttpRegistry(host, timeout=30.0)
     reachable = target.reachable()
     if not reachable:
         progress(
@@ -166,20 +169,28 @@ def measure(
             "no cold-node pulls"
         )
     registry = target if reachable else None
-    coldstart.sweep(engine)
+    project = project_id(config)
+    coldstart.sweep(engine, project)
     node: coldstart.ColdNode | None = None
     try:
         if options.startup and options.pull and registry is not None:
             # Started before the sizes are measured, so that a host that cannot run it fails fast.
-            node = coldstart.ColdNode(engine, progress=progress)
+            node = coldstart.ColdNode(engine, project, progress=progress)
             node.start()
-            coldstart.sweep(node.node)
+            coldstart.sweep(node.node, project)
         sizes: dict[str, Size] = {}
         methods: dict[str, str] = {}
         for app in apps:
             progress(f"{app.name}: measuring the size of {refs[app.name]}")
             sizes[app.name], methods[app.name] = measure_size(
-                engine, refs[app.name], app.name, config.project.python, registry
+                engine,
+                refs[app.name],
+                app.name,
+                config.project.python,
+                registry,
+                project=project,
+                namespace=config.project.registry,
+                deadline=config.config.limits.registry_deadline_s,
             )
             progress(f"{app.name}: compressed size from the {methods[app.name]}")
         for app in apps:
@@ -200,17 +211,21 @@ def measure(
                     options,
                     gpu and app.device == "gpu",
                     progress,
-                    target.address,
-                    failure_log_path(config, "measure", app.name),
+                    config,
                 )
             cold_heads[app.name] = samples.cold_head
             results[app.name] = AppResult(
                 image=refs[app.name], device=app.device, size=sizes[app.name], startup=samples.startup()
             )
     finally:
-        coldstart.sweep(engine)
-        if node is not None and node.running():
-            node.clear()  # an empty store for the next measure, and the disk space back
+        # Best effort, so that the error or interruption that ended the run is what gets reported.
+        engine.release(coldstart.measure_labels(project))
+        if node is not None:
+            try:
+                if node.running():
+                    node.clear()  # an empty store for the next measure, and the disk space back
+            except RaybuildError as exc:
+                progress(f"warning: could not clear the cold node ({exc.message})")
     measurement = Measurement.now(
         ray_version=config.project.ray_version,
         python=config.project.python,

@@ -23,7 +23,7 @@ from raybuild.engine import Engine, which
 from raybuild.errors import EngineError, ScanError, ScannerUnavailable, UsageError
 from raybuild.progress import Progress, silent
 from raybuild.ship.sbom import SbomMaker, sbom_image_id, sbom_images, wheel_hashes
-from raybuild.state import HEAD_KEY, sbom_dir, sbom_name
+from raybuild.state import HEAD_KEY, project_id, sbom_dir, sbom_name
 from raybuild.verify.results import GATED, SEVERITIES, Finding, Measurement, Severity, Vulnerabilities
 
 IGNORE_FILES = (".trivyignore.yaml", ".trivyignore")  # trivy's names; the YAML form first, as trivy does
@@ -236,7 +236,10 @@ def scan_apps(
             path = out_dir / sbom_name(image.key)
             if not path.is_file() or sbom_image_id(path.read_text(encoding="utf-8")) != image.image_id:
                 maker = maker or SbomMaker(
-                    trivy.engine, wheel_hashes(config, offline=options.offline), progress
+                    trivy.engine,
+                    wheel_hashes(config, offline=options.offline),
+                    progress,
+                    project=project_id(config),
                 )
                 maker.write(image, out_dir)
             target = str(path)

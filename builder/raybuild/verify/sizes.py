@@ -1,7 +1,8 @@
 """Image sizes for `raybuild measure`: the ``Size`` part of a ``raybuild.measure/v1`` app entry.
 
 The uncompressed size comes from `docker image inspect`; the compressed (pull) size from the registry
-manifest after a push to the local registry (or, with no registry, from gzip of each `docker save` layer).
+manifest after a push to the project's registry, under ``<namespace>/<app>-measure`` (or, with no registry,
+from gzip of each `docker save` layer).
 The config's history gives each layer the instruction that made it; `docker history` gives its size. Inside
 the image, `du` ranks the installed packages and the prune reports say what each rule saved; dive rates
 the layers' efficiency. The parsing is pure and unit-tested; the rest calls docker through the one Engine.
@@ -22,11 +23,12 @@ from typing import IO, Any, TypeVar
 from raybuild.engine import Engine, which
 from raybuild.errors import MeasureError
 from raybuild.registry import IMAGE_MANIFEST_TYPES, Registry, RegistryUnreachable, RegistryUnverifiable
-from raybuild.verify.coldstart import LABELS
+from raybuild.verify.coldstart import measure_labels
 from raybuild.verify.results import Dive, Layer, Package, Size
 
-MEASURE_REGISTRY = "127.0.0.1:5000"
-MEASURE_NAMESPACE = "raybuild-measure"
+# Measured images go to a repository of their own beside the app's: a measure never moves a tag that
+# `raybuild publish` made or will make.
+MEASURE_SUFFIX = "-measure"
 TOP_PACKAGES = 10
 PRUNE_REPORTS = ("/opt/ray/venv/raybuild-prune.json", "/opt/app/site-packages/raybuild-prune.json")
 _PRUNE_MARK = "@@raybuild-prune "
@@ -45,12 +47,15 @@ class ImageLayers:
 # -- pure parsing -------------------------------------------------------------------------------------------
 
 
-def measure_ref(ref: str, app: str, registry: str = MEASURE_REGISTRY) -> str:
-    """Where `ref` is pushed for measuring: ``<registry>/raybuild-measure/<app>:<tag of ref>``."""
+def measure_ref(ref: str, app: str, registry: str) -> str:
+    """Where `ref` is pushed for measuring: ``<registry>/<app>-measure:<tag of ref>``.
+
+    ``registry`` is the project's HOST[:PORT]/NAMESPACE ([project].registry).
+    """
     name, _, tag = ref.partition("@")[0].rpartition(":")
     if not name or "/" in tag:
         tag = "latest"
-    return f"{registry}/{MEASURE_NAMESPACE}/{app}:{tag}"
+    return f"{registry.rstrip('/')}/{app}{MEASURE_SUFFIX}:{tag}"
 
 
 def history_sizes(output: str) -> list[int]:
@@ -177,11 +182,14 @@ def _read(registry: Registry, what: str, read: Callable[[], T | None]) -> T:
     return found
 
 
-def pushed_layers(engine: Engine, registry: Registry, ref: str, target: str) -> ImageLayers:
-    """Push ``ref`` as ``target``, then read the layer blob sizes and the config from the registry."""
+def pushed_layers(
+    engine: Engine, registry: Registry, ref: str, target: str, deadline: float | None = None
+) -> ImageLayers:
+    """Push ``ref`` as ``target`` (within ``deadline`` seconds), then read the layer blob sizes and the
+    config from the registry."""
     engine.tag(ref, target)
     try:
-        engine.push(target)
+        engine.push(target, timeout=deadline)
     finally:
         engine.docker_cmd("image", "rm", target, check=False)  # only the tag; the image stays
     repository, _, tag = target.removeprefix(f"{registry.address}/").rpartition(":")
@@ -237,12 +245,17 @@ def run_dive(engine: Engine, ref: str) -> Dive | None:
         return parse_dive(json.loads(report.read_text(encoding="utf-8")))
 
 
-def inspect_image(engine: Engine, ref: str, python: str) -> tuple[list[Package], dict[str, int]]:
-    """Package sizes and prune reports, read inside a throwaway container of the image."""
+def inspect_image(
+    engine: Engine, ref: str, python: str, project: str
+) -> tuple[list[Package], dict[str, int]]:
+    """Package sizes and prune reports, read inside a throwaway container of the image.
+
+    The container carries measure's labels, so an interrupted run's sweep removes it.
+    """
     dirs = f"/opt/ray/venv/lib/python{python}/site-packages/* /opt/app/site-packages/*"
     reports = "".join(f"echo '{_PRUNE_MARK}{path}'; cat {path} 2>/dev/null; echo; " for path in PRUNE_REPORTS)
     script = f"du -sb {dirs} 2>/dev/null; {reports}true"
-    labels = [arg for key, value in LABELS.items() for arg in ("--label", f"{key}={value}")]
+    labels = [arg for key, value in measure_labels(project).items() for arg in ("--label", f"{key}={value}")]
     result = engine.docker_cmd(
         "run",
         "--rm",
@@ -262,19 +275,31 @@ def inspect_image(engine: Engine, ref: str, python: str) -> tuple[list[Package],
 
 
 def measure_size(
-    engine: Engine, ref: str, app: str, python: str, registry: Registry | None
+    engine: Engine,
+    ref: str,
+    app: str,
+    python: str,
+    registry: Registry | None,
+    *,
+    project: str,
+    namespace: str,
+    deadline: float | None = None,
 ) -> tuple[Size, str]:
-    """Everything in ``Size`` except ``shared_bytes`` (0 here: it needs every image's layers)."""
+    """Everything in ``Size`` except ``shared_bytes`` (0 here: it needs every image's layers).
+
+    ``namespace``: the project's HOST[:PORT]/NAMESPACE, where the image is pushed (see ``measure_ref``);
+    ``deadline``: seconds for that push.
+    """
     inspected = engine.inspect(ref)
     history = engine.docker_cmd(
         "history", "--no-trunc", "--human=false", "--format", "{{json .}}", ref, what=f"docker history {ref}"
     )
     if registry is not None:
-        blobs = pushed_layers(engine, registry, ref, measure_ref(ref, app, registry.address))
+        blobs = pushed_layers(engine, registry, ref, measure_ref(ref, app, namespace), deadline)
     else:
         blobs = saved_layers(engine, ref)
     layers = map_layers(blobs.config, history_sizes(history.output), blobs.compressed)
-    packages, prune = inspect_image(engine, ref, python)
+    packages, prune = inspect_image(engine, ref, python, project)
     size = Size(
         uncompressed=int(inspected["Size"]),
         compressed=sum(blobs.compressed),

@@ -20,9 +20,10 @@ from typing import Any
 
 from raybuild import kuberay
 from raybuild.config import App
-from raybuild.engine import Engine, object_labels
+from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
 from raybuild.kuberay import DASHBOARD_PORT, SERVE_PORT, NodeSpec, required_cpus, required_gpus
+from raybuild.labels import object_labels
 from raybuild.loopback import wait_until
 from raybuild.progress import Progress, silent
 
@@ -65,13 +66,16 @@ class SmokeResult:
         return self.__dict__.copy()
 
 
-def head_spec(image: str, num_cpus: int, gpus: int = 0) -> NodeSpec:
-    """A single-node cluster's head, as KubeRay starts it, with ``gpus`` GPUs; its dashboard published."""
+def head_spec(image: str, num_cpus: int, project: str, gpus: int = 0) -> NodeSpec:
+    """A single-node cluster's head, as KubeRay starts it, with ``gpus`` GPUs; its dashboard published.
+
+    ``project``: the id of the checkout that runs the test (state.project_id), for the container's labels.
+    """
     return NodeSpec(
         name=f"raybuild-smoke-{uuid.uuid4().hex[:8]}",
         image=image,
         command=kuberay.head_command(num_cpus, num_gpus=gpus),
-        labels=object_labels(purpose="smoke"),
+        labels=object_labels(project, "smoke"),
         publish={DASHBOARD_PORT: 0},
         gpus=gpus,
     )
@@ -82,6 +86,7 @@ def smoke_test(
     image: str,
     engine: Engine,
     *,
+    project: str,
     gpu: bool = False,
     timeout: float = 180.0,
     progress: Progress = silent,
@@ -95,7 +100,7 @@ def smoke_test(
     cpu_mode = app.device == "gpu" and not gpu
     num_gpus = required_gpus(app) if gpu else 0
     ray_gpus = 0.0
-    with kuberay.running(engine, head_spec(image, required_cpus(app), num_gpus)) as head:
+    with kuberay.running(engine, head_spec(image, required_cpus(app), project, num_gpus)) as head:
         container = head.name
         dashboard = f"http://127.0.0.1:{engine.published_port(container, DASHBOARD_PORT)}"
         started = time.monotonic()

@@ -131,6 +131,46 @@ def test_context_holds_exactly_what_the_dockerfile_reads(
     assert (context / "code" / "demo_app.py").read_text() == (app_dir / "demo_app.py").read_text()
 
 
+def test_secrets_and_ignored_files_never_reach_the_context(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    app_dir = tmp_project.app_dir
+    (app_dir / ".env").write_text("API_KEY=sk-live-0123456789\n")
+    (app_dir / "node_modules" / "x").mkdir(parents=True)
+    (app_dir / "node_modules" / "x" / "index.js").write_text("")
+    (app_dir / ".dockerignore").write_text("*.md\n")
+    (app_dir / "README.md").write_text("docs\n")
+    first = stage(project, tmp_path / "one")
+    shipped = files(tmp_path / "one" / "code")
+    assert shipped == ["README.md", "demo_app.py"], ".dockerignore is not read, and not copied"
+    assert not any(
+        b"sk-live" in path.read_bytes() for path in (tmp_path / "one").rglob("*") if path.is_file()
+    )
+    # What is ignored does not count: a new secret never changes the tag either.
+    (app_dir / ".env").write_text("API_KEY=rotated\n")
+    assert stage(project, tmp_path / "two") == first
+    (app_dir / ".raybuildignore").write_text("*.md\n")
+    assert files(tmp_path / "two" / "code") == ["README.md", "demo_app.py"]
+    assert stage(project, tmp_path / "three") != first
+    assert files(tmp_path / "three" / "code") == ["demo_app.py"]
+
+
+def test_an_apps_dockerignore_gets_a_warning_until_it_has_a_raybuildignore(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    (tmp_project.app_dir / ".dockerignore").write_text("*.md\n")
+    said: list[str] = []
+    (tmp_path / "one").mkdir()
+    build.stage_context(project, project.apps[0], tmp_path / "one", said.append)
+    assert said[0] == "demo: warning: apps/demo/.dockerignore is not read; put its rules in .raybuildignore"
+    assert said[1] == "  demo: 1 file of code, 2 ignored"
+    (tmp_project.app_dir / ".raybuildignore").write_text("*.md\n")
+    said.clear()
+    (tmp_path / "two").mkdir()
+    build.stage_context(project, project.apps[0], tmp_path / "two", said.append)
+    assert not any("warning" in line for line in said)
+
+
 def test_content_hash_is_stable_for_the_same_inputs(
     project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
 ) -> None:

@@ -6,11 +6,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from raybuild.engine import Result
 from raybuild.errors import BuildError
 from raybuild.image.introspect import MARK, PROBE, AppException, introspect, parse_report
+from raybuild.interrupts import Interrupted
+from raybuild.labels import object_labels
 from tests.unit.fakes import FakeEngine, make_app
 from tests.unit.serve_failures import CONSTRUCTOR_TRACEBACK, IMPORT_TRACEBACK
 
@@ -77,13 +81,35 @@ def test_no_report_at_all_says_so_with_the_output_tail() -> None:
         parse_report(make_app(), "exec format error\n")
 
 
+PROJECT = "0123456789abcdef"
+
+
 def test_introspect_runs_the_probe_offline_in_a_throwaway_container() -> None:
     engine = FakeEngine()
     engine.script("run", "--rm", output=_report(ok=True, deployments=[{"name": "Demo"}]))
-    assert introspect(engine, "img:1", make_app()).names == ("Demo",)
+    assert introspect(engine, "img:1", make_app(), PROJECT).names == ("Demo",)
     (args,) = engine.calls("run")
     assert args[args.index("--network") + 1] == "none"
     assert args[-4:] == ["img:1", "-", "demo_app:app", "/home/ray/app"]
+    assert f"io.raybuild.project={PROJECT}" in args and "io.raybuild.purpose=introspect" in args
+
+
+def test_a_container_left_running_by_a_timeout_or_an_interruption_is_removed() -> None:
+    engine = FakeEngine()
+    original = engine.run
+
+    def run(command: list[str], **kwargs: Any) -> Result:
+        args = engine.args(command)
+        if args[:2] == ["run", "--rm"]:  # the client dies; the container it made keeps running
+            engine.containers[args[args.index("--name") + 1]] = object_labels(PROJECT, "introspect")
+            raise Interrupted(15)
+        return original(command, **kwargs)
+
+    engine.run = run  # type: ignore[method-assign]
+    engine.containers["someone-elses"] = {}
+    with pytest.raises(Interrupted):
+        introspect(engine, "img:1", make_app(), PROJECT)
+    assert list(engine.containers) == ["someone-elses"]
 
 
 def _run_probe(tmp_path: Path, code: str, import_path: str) -> str:

@@ -12,9 +12,10 @@ import pytest
 
 from raybuild import kuberay
 from raybuild.config import LoadedConfig
-from raybuild.engine import CLUSTER_LABEL, ROLE_LABEL
-from raybuild.errors import ClusterError
+from raybuild.errors import ClusterError, EngineError
+from raybuild.interrupts import Interrupted
 from raybuild.kuberay import LABEL_KEY, RECONNECT_TIMEOUT_ENV
+from raybuild.labels import CLUSTER_LABEL, PROJECT_LABEL, PURPOSE_LABEL, ROLE_LABEL
 from raybuild.local import cluster
 from raybuild.local.cluster import LocalCluster, Node
 from raybuild.manifest import render as k8s
@@ -24,17 +25,19 @@ from raybuild.state import (
     PublishRecord,
     cluster_record_path,
     failure_log_path,
+    project_id,
     publish_record_path,
     save_build_record,
 )
 from tests.conftest import TmpProject, other_app
-from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.fakes import FakeEngine, container_id, make_app
 from tests.unit.serve_failures import failed_status
 
 OTHER_APP = "\n" + other_app(deployment_lines="num_replicas = 3\nray_actor_options = { num_cpus = 1 }\n")
 IMAGES = {"_head": "reg/ray-head:1", "demo": "reg/demo:1", "other": "reg/other:1"}
 REDIS = "raybuild/gcs-redis:py3.11-abc"
 SUBNET = "172.29.213.0"
+PID = "0123456789abcdef"
 
 
 @pytest.fixture
@@ -52,14 +55,18 @@ def planned(project: LoadedConfig) -> LocalCluster:
 # -- the plan ---------------------------------------------------------------------------------------------
 
 
-def test_plan_gives_the_gcs_store_and_the_head_fixed_ips(planned: LocalCluster) -> None:
+def test_plan_gives_the_gcs_store_and_the_head_fixed_ips(
+    project: LoadedConfig, planned: LocalCluster
+) -> None:
+    prefix = f"raybuild-serve-{project_id(project)[:8]}"  # Docker names are global: this checkout's own
+    assert cluster.object_prefix(project) == prefix
     assert [(n.name, n.role, n.ip) for n in planned.nodes] == [
-        ("raybuild-serve-gcs", "gcs", "172.29.213.10"),
-        ("raybuild-serve-head", "head", "172.29.213.11"),
-        ("raybuild-serve-worker-demo", "worker", None),
-        ("raybuild-serve-worker-other", "worker", None),
+        (f"{prefix}-gcs", "gcs", "172.29.213.10"),
+        (f"{prefix}-head", "head", "172.29.213.11"),
+        (f"{prefix}-worker-demo", "worker", None),
+        (f"{prefix}-worker-other", "worker", None),
     ]
-    assert (planned.name, planned.network, planned.subnet) == ("raybuild-serve", "raybuild-serve", SUBNET)
+    assert (planned.name, planned.network, planned.subnet) == ("raybuild-serve", prefix, SUBNET)
     assert planned.routes == {"demo": "/demo", "other": "/other"}
 
 
@@ -216,17 +223,20 @@ def test_local_images_prefer_the_published_digests(project: LoadedConfig) -> Non
 
 
 def test_run_node_starts_a_ray_node_as_kubernetes_would_restart_it(
-    planned: LocalCluster, monkeypatch: pytest.MonkeyPatch
+    project: LoadedConfig, planned: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
     monkeypatch.setattr(cluster, "free_port", lambda: 40123)
     engine = FakeEngine()
-    head = cluster.run_node(engine, planned, planned.node("head"))
+    pid = project_id(project)
+    head = cluster.run_node(engine, pid, planned, planned.node("head"))
+    name = planned.node("head").name
     assert engine.calls() == [
         [
-            "run", "-d", "--name", "raybuild-serve-head", "--hostname", "raybuild-serve-head",
-            "--network", "raybuild-serve", "--ip", "172.29.213.11",
+            "run", "-d", "--name", name, "--hostname", name,
+            "--network", planned.network, "--ip", "172.29.213.11",
             "--label", "io.raybuild.cluster=raybuild-serve", "--label", "io.raybuild.managed=true",
+            "--label", f"io.raybuild.project={pid}", "--label", "io.raybuild.purpose=cluster",
             "--label", "io.raybuild.role=head",
             "--ulimit", "nofile=4096:4096", "--shm-size=1g", "--restart", "on-failure",
             "-p", "127.0.0.1:40123:8265",
@@ -236,8 +246,10 @@ def test_run_node_starts_a_ray_node_as_kubernetes_would_restart_it(
             "reg/ray-head:1", "/bin/bash", "-c", "--", planned.node("head").command,
         ]
     ]  # fmt: skip
-    assert engine.containers["raybuild-serve-head"] == {
+    assert engine.containers[name] == {
         "io.raybuild.managed": "true",
+        PROJECT_LABEL: pid,
+        PURPOSE_LABEL: "cluster",
         CLUSTER_LABEL: "raybuild-serve",
         ROLE_LABEL: "head",
     }
@@ -246,7 +258,7 @@ def test_run_node_starts_a_ray_node_as_kubernetes_would_restart_it(
 
 def test_run_node_starts_the_gcs_store_without_restarts_or_a_command(planned: LocalCluster) -> None:
     engine = FakeEngine()
-    cluster.run_node(engine, planned, planned.node("gcs"))
+    cluster.run_node(engine, PID, planned, planned.node("gcs"))
     [run] = engine.calls("run")
     assert "--restart" not in run and "--shm-size=1g" not in run and "-p" not in run
     assert run[run.index("--ip") + 1] == "172.29.213.10"
@@ -256,54 +268,95 @@ def test_run_node_starts_the_gcs_store_without_restarts_or_a_command(planned: Lo
 def test_run_node_keeps_the_host_port_of_a_restarted_node(planned: LocalCluster) -> None:
     engine = FakeEngine()
     worker = started(planned).node("worker", "other")
-    again = cluster.run_node(engine, planned, worker)
+    again = cluster.run_node(engine, PID, planned, worker)
     [run] = engine.calls("run")
     assert "--ip" not in run
     assert run[run.index("-p") + 1] == "127.0.0.1:40003:8000"
     assert again == worker
 
 
-def test_the_network_takes_the_first_free_subnet() -> None:
+def test_the_network_takes_the_first_free_subnet(project: LoadedConfig) -> None:
     engine = FakeEngine()
     overlap = "Error response from daemon: Pool overlaps with other one on this address space"
     engine.script(
         "network", "create", "--driver", "bridge", "--subnet", "172.29.213.0/24", returncode=1, output=overlap
     )
-    assert cluster._create_network(engine, "raybuild-serve") == "172.29.214.0"
-    assert engine.networks == {
-        "raybuild-serve": {"io.raybuild.managed": "true", CLUSTER_LABEL: "raybuild-serve"}
-    }
+    assert cluster._create_network(engine, project) == "172.29.214.0"
+    assert engine.networks == {cluster.object_prefix(project): cluster_labels_of(project)}
 
 
-def test_an_existing_network_says_to_run_down_first() -> None:
+def test_an_existing_network_says_to_run_down_first(project: LoadedConfig) -> None:
     engine = FakeEngine()
-    exists = "Error response from daemon: network with name raybuild-serve already exists"
+    exists = "Error response from daemon: network with name raybuild-serve-x already exists"
     engine.script("network", "create", returncode=1, output=exists)
     with pytest.raises(ClusterError, match="already exists") as raised:
-        cluster._create_network(engine, "raybuild-serve")
+        cluster._create_network(engine, project)
     assert raised.value.hint == "run `raybuild down` first"
     assert len(engine.calls("network", "create")) == 1
 
 
-def test_down_removes_this_clusters_containers_and_network_and_state(
-    project: LoadedConfig, planned: LocalCluster
+def cluster_labels_of(config: LoadedConfig) -> dict[str, str]:
+    return {**cluster.cluster_labels(config), CLUSTER_LABEL: "raybuild-serve"}
+
+
+def test_down_removes_this_checkouts_cluster_only(
+    project: LoadedConfig, planned: LocalCluster, tmp_project: TmpProject
 ) -> None:
     engine = FakeEngine()
-    cluster._create_network(engine, planned.network)
+    pid = project_id(project)
+    cluster._create_network(engine, project)
     for node in planned.nodes:
-        cluster.run_node(engine, planned, node)
-    elsewhere = LocalCluster("raybuild-prod", "raybuild-prod", SUBNET, [planned.nodes[0]], {})
-    cluster.run_node(engine, elsewhere, Node("raybuild-prod-gcs", "gcs", REDIS, "", {}))
+        cluster.run_node(engine, pid, planned, node)
+    # A second checkout of the same project, same cluster name, on the same daemon.
+    second = TmpProject(tmp_project.root.parent / "second")
+    second.add_app("demo")
+    second.write_config(project.path.read_text())
+    second.add_app("other")
+    other = second.load()
+    assert cluster.cluster_name(other) == cluster.cluster_name(project)
+    cluster._create_network(engine, other)
+    theirs = cluster.plan(other, IMAGES, REDIS, "172.29.214.0", "pw", other.apps)
+    for node in theirs.nodes:
+        cluster.run_node(engine, project_id(other), theirs, node)
+    engine.containers["unlabelled"] = {}
     cluster_record_path(project).parent.mkdir(parents=True)
     cluster_record_path(project).write_text(started(planned).to_json())
     messages: list[str] = []
 
     assert cluster.down(project, engine, progress=messages.append) == 5
-    assert list(engine.containers) == ["raybuild-prod-gcs"]
-    assert engine.networks == {}
+    assert sorted(engine.containers) == sorted([*(n.name for n in theirs.nodes), "unlabelled"])
+    assert list(engine.networks) == [theirs.network]
     assert not cluster_record_path(project).exists()
     assert messages == ["removed 5 containers and networks of raybuild-serve"]
     assert cluster.down(project, engine) == 0
+
+
+def test_down_with_the_daemon_unreachable_fails_and_keeps_the_record(
+    project: LoadedConfig, planned: LocalCluster
+) -> None:
+    engine = FakeEngine()
+    unreachable = "Cannot connect to the Docker daemon at unix:///nonexistent. Is the docker daemon running?"
+    engine.script("ps", returncode=1, stderr=unreachable)
+    record = cluster_record_path(project)
+    record.parent.mkdir(parents=True)
+    record.write_text(started(planned).to_json())
+    with pytest.raises(EngineError) as raised:
+        cluster.down(project, engine)
+    assert raised.value.hint is not None and "daemon is not running" in raised.value.hint
+    assert record.read_text() == started(planned).to_json()
+
+
+def test_down_with_a_broken_docker_config_removes_only_what_it_listed(
+    project: LoadedConfig, planned: LocalCluster
+) -> None:
+    engine = FakeEngine()
+    cluster.run_node(engine, project_id(project), planned, planned.node("head"))
+    engine.containers["string"] = {}
+    broken = "WARNING: Error loading config file: config.json: json: cannot unmarshal string into Go value"
+    engine.script("ps", output=container_id(planned.node("head").name), stderr=broken)
+    engine.script("network", "ls", stderr=broken)
+    assert cluster.down(project, engine) == 1
+    assert list(engine.containers) == ["string"]
 
 
 def test_up_refuses_a_selection_without_cpu_apps(project: LoadedConfig) -> None:
@@ -350,7 +403,7 @@ def test_up_starts_the_topology_probes_the_head_and_deploys_the_rendered_config(
     assert [node.role for node in running.nodes] == ["gcs", "head", "worker", "worker"]
     assert list(engine.containers) == [node.name for node in running.nodes]
     assert cluster.load_cluster(built) == running
-    probes = [call[-1] for call in engine.calls("exec", "raybuild-serve-head")]
+    probes = [call[-1] for call in engine.calls("exec", running.node("head").name)]
     assert probes == [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]
     [deploy] = [request for request in requests if request[0] == "PUT"]
     assert deploy == (
@@ -405,3 +458,39 @@ def test_an_app_that_fails_to_deploy_is_named_and_the_cluster_taken_down(
     assert "Deploying app 'imp' failed with exception" in log.read_text()
     assert len(gets) == 1, "stopped at the first status read"
     assert engine.containers == {} and engine.networks == {}
+
+
+def test_an_interrupted_up_takes_its_half_started_cluster_down(
+    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, NODES_ALIVE))
+
+    def sigterm(*args: Any, **kwargs: Any) -> None:
+        raise Interrupted(15)
+
+    monkeypatch.setattr(kuberay, "deploy", sigterm)
+    engine = FakeEngine()
+    engine.containers["unlabelled"] = {}
+    with pytest.raises(Interrupted):
+        cluster.up(built, engine, built.apps, timeout=5)
+    assert list(engine.containers) == ["unlabelled"] and engine.networks == {}
+    assert not cluster_record_path(built).exists()
+
+
+def test_up_warns_when_an_image_was_rebuilt_after_it_was_published(
+    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, NODES_ALIVE))
+    monkeypatch.setattr(cluster, "http", lambda *args, **kwargs: (200, "{}"))
+    published = {
+        key: PublishedImage(f"reg/{name}:0", "sha256:" + c * 64, 1, 1)
+        for key, name, c in (("_head", "ray-head", "a"), ("demo", "demo", "b"), ("other", "other", "c"))
+    }
+    published["_head"] = PublishedImage("reg/ray-head:1", "sha256:" + "a" * 64, 1, 1)  # the build's tag
+    PublishRecord(published).save(publish_record_path(built))
+    said: list[str] = []
+    cluster.up(built, FakeEngine(), built.apps, timeout=5, progress=said.append)
+    assert [line for line in said if line.startswith("warning:")] == [
+        "warning: 'demo', 'other' rebuilt since the last publish: using the older published digest; "
+        "run `raybuild publish` to use the new build"
+    ]

@@ -10,16 +10,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
 
 from raybuild import kuberay
+from raybuild.errors import UsageError
 from raybuild.local import drill
-from raybuild.local.cluster import LocalCluster, Node
+from raybuild.local.cluster import LocalCluster, Node, node_spec
 from raybuild.local.drill import Latency, RequestLoop, Sample, Window
-from tests.unit.fakes import FakeEngine
+from tests.unit.fakes import FakeEngine, container_id
+
+PROJECT = "0123456789abcdef"
 
 
 def test_percentile_picks_the_nearest_rank() -> None:
@@ -80,7 +84,10 @@ def test_a_report_is_ok_only_without_failures_and_with_recovery() -> None:
     assert not replace(report, total=Window(10, 1, None), errors={"HTTP 500": 1}).ok
     assert not replace(report, recovered=False).ok
     assert not replace(report, apps_running=False).ok
+    # A client that fell behind measured itself: no failure counted, but no clean bill of health either.
+    assert not replace(report, client_late=3, client_saturated=True).ok
     assert report.to_dict()["total"] == {"sent": 10, "failed": 0, "latency": None}
+    assert report.to_dict()["client_saturated"] is False
 
 
 # -- the request loop -------------------------------------------------------------------------------------
@@ -162,6 +169,35 @@ def test_the_loop_never_exceeds_its_budget(server: tuple[str, list[str]]) -> Non
     assert len(hits) == 3
 
 
+def test_requests_the_client_cannot_send_on_time_are_not_failures_of_the_server(
+    server: tuple[str, list[str]],
+) -> None:
+    base, hits = server
+    # One request at a time: while the first waits 0.6 s for /slow, the others find no room.
+    loop = RequestLoop([f"{base}/slow"], rps=20, duration=0.25, max_in_flight=1)
+    loop.start()
+    samples = loop.join()
+    assert len(samples) == len(hits) == 1
+    assert loop.client_late == 4, "5 slots, 1 sent"
+    assert drill.window(samples).failed == 0
+
+
+def test_a_loop_that_is_behind_its_schedule_skips_rather_than_bursts(server: tuple[str, list[str]]) -> None:
+    base, hits = server
+    loop = RequestLoop([f"{base}/ok"], rps=40, duration=0.5, late_after=-1.0)  # every slot is "late"
+    loop.start()
+    assert loop.join() == [] and hits == []
+    assert loop.client_late == 20
+
+
+def test_a_stopped_loop_sends_nothing_more(server: tuple[str, list[str]]) -> None:
+    base, _ = server
+    loop = RequestLoop([f"{base}/ok"], rps=2, duration=60)
+    loop.start()
+    loop.stop()
+    assert len(loop.join()) <= 1
+
+
 # -- a whole drill, with the fake engine ------------------------------------------------------------------
 
 SERVE_STATUS = {"demo": {"status": "RUNNING", "deployments": {"Demo": {"replicas": [{"replica_id": "r1"}]}}}}
@@ -197,7 +233,9 @@ def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
     status = json.dumps({"applications": SERVE_STATUS})
     monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, status))
     engine = FakeEngine()
-    report = drill.run_drill(engine, cluster, kind, duration=0.3, rps=10, outage=0.01, timeout=5)
+    for node in cluster.nodes:  # running, as `up` started them
+        engine.containers[node.name] = dict(node_spec(PROJECT, cluster, node).labels)
+    report = drill.run_drill(engine, PROJECT, cluster, kind, duration=0.3, rps=10, outage=0.01, timeout=5)
 
     assert (report.target, report.recovered, report.apps_running, report.replicas_unchanged) == (
         target,
@@ -213,5 +251,21 @@ def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
         assert engine.calls("start") == [["start", "c-gcs"]]
     else:
         [run] = engine.calls("run")
-        assert engine.calls("kill") == [["kill", target]]
+        assert engine.calls("rm") == [["rm", "--force", "--volumes", container_id(target)]]
         assert run[run.index("--name") + 1] == target, "the replacement keeps the name, IP and ports"
+        assert f"io.raybuild.project={PROJECT}" in run
+
+
+def test_a_rate_the_client_cannot_sustain_is_refused_before_anything_is_killed(
+    server: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, _ = server
+    cluster = _cluster(int(base.rsplit(":", 1)[1]))
+    status = json.dumps({"applications": SERVE_STATUS})
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, status))
+    monkeypatch.setattr(drill, "RequestLoop", partial(RequestLoop, max_in_flight=0))  # nothing fits
+    engine = FakeEngine()
+    with pytest.raises(UsageError, match=r"^--rps 10: this machine's request loop fell behind") as raised:
+        drill.run_drill(engine, PROJECT, cluster, "head-restart", duration=0.3, rps=10, timeout=5)
+    assert raised.value.hint is not None and "lower --rps" in raised.value.hint
+    assert engine.commands == [], "no node was touched"

@@ -121,7 +121,7 @@ class PushEngine(FakeEngine):
     def inspect(self, ref: str) -> dict[str, Any]:
         return {"Id": self.images[ref], "Size": 100}
 
-    def push(self, ref: str, on_line: Progress | None = None) -> Result:
+    def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result:
         digest = store(self.registry, ref, self.images[ref])
         return Result(["docker", "push", ref], 0, f"{split_reference(ref)[2]}: digest: {digest} size: 1")
 
@@ -130,7 +130,7 @@ def publisher(
     project: LoadedConfig, registry: FakeRegistry, when: datetime, progress: list[str]
 ) -> Publisher:
     engine = PushEngine(registry=registry)
-    maker = SbomMaker(engine, WheelHashes(None), progress.append, when)
+    maker = SbomMaker(engine, WheelHashes(None), progress.append, when, project="0123456789abcdef")
     return Publisher(
         project, engine, connect=registry.connect, progress=progress.append, secrets=(),
         attach_sbom=SbomAttacher(project, maker, progress=progress.append),

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from raybuild.engine import MANAGED_LABEL
 from raybuild.errors import EngineError
+from raybuild.labels import MANAGED_LABEL, PROJECT_LABEL
 from raybuild.lock.resolve import normalize
 from raybuild.ship.inventory import MARK, PROBE, parse_inventory, read_inventory
 from tests.unit.fakes import FakeEngine
@@ -76,11 +76,12 @@ def test_no_report_names_the_image() -> None:
 def test_read_runs_the_probe_offline_in_a_labelled_throwaway_container() -> None:
     engine = FakeEngine([IMAGE])
     engine.script("run", "--rm", "-i", output=report())
-    found = read_inventory(engine, IMAGE)
+    found = read_inventory(engine, IMAGE, "0123456789abcdef")
     assert len(found.python) == 2
     (args,) = engine.calls("run")
     assert args[args.index("--network") + 1] == "none"
     assert f"{MANAGED_LABEL}=true" in args
+    assert f"{PROJECT_LABEL}=0123456789abcdef" in args
     assert args[-4:] == ["--entrypoint", "python", IMAGE, "-"]
 
 

@@ -16,7 +16,8 @@ import pytest
 from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
-from raybuild.errors import EngineError, PublishError, UsageError
+from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
+from raybuild.interrupts import Interrupted
 from raybuild.progress import Progress
 from raybuild.registry import Manifest, RegistryUnreachable, RegistryUnverifiable
 from raybuild.ship.publish import (
@@ -69,9 +70,11 @@ class FakeEngine:
 
     registry: FakeRegistry
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
-    script: list[EngineError | str] = field(default_factory=list)
+    script: list[EngineError | str | Callable[..., Result]] = field(default_factory=list)
     tags: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
     pushed: list[str] = field(default_factory=list)
+    deadlines: list[float | None] = field(default_factory=list)
     print_digest: bool = True
     daemon_up: bool = True
 
@@ -84,13 +87,23 @@ class FakeEngine:
             raise EngineError(f"docker image inspect {ref} failed (exit 1)")
         return self.images[ref]
 
+    def image_exists(self, ref: str) -> bool:
+        return ref in self.images
+
     def tag(self, source: str, target: str) -> None:
         self.tags.append((source, target))
         self.images[target] = self.images[source]
 
-    def push(self, ref: str, on_line: Progress | None = None) -> Result:
+    def remove_image(self, ref: str) -> None:
+        self.removed.append(ref)
+        self.images.pop(ref, None)
+
+    def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result:
         self.pushed.append(ref)
+        self.deadlines.append(timeout)
         outcome = self.script.pop(0) if self.script else None
+        if callable(outcome):
+            return outcome(ref, on_line, timeout)
         if isinstance(outcome, EngineError):
             for line in outcome.output_tail.splitlines():
                 on_line and on_line(line)
@@ -573,3 +586,138 @@ def test_cli_daemon_down_is_named_before_any_image_is_looked_at(
 def test_publish_has_help() -> None:
     assert publish_cli.publish.help and "digest" in publish_cli.publish.help
     assert Backoff().attempts == 4 and [Backoff().delay(i) for i in range(3)] == [1.0, 2.0, 4.0]
+
+
+# -- bounded registry work: deadlines, raybuild's own retries, tags removed on failure ---------------------
+
+
+def _stalls(*lines: str) -> Callable[..., Result]:
+    """A push that prints ``lines`` and then hangs until the engine kills it at its timeout."""
+
+    def push(ref: str, on_line: Progress | None, timeout: float | None) -> Result:
+        for line in lines:
+            on_line and on_line(line)
+        raise EngineError(
+            f"docker push {ref} timed out after {timeout:g}s", output_tail="\n".join(lines), timed_out=True
+        )
+
+    return push
+
+
+@pytest.mark.parametrize(
+    ("lines", "stage"),
+    [
+        ((), "before any layer upload started (checking the registry)"),
+        (
+            ("aaaaaaaaaaaa: Preparing", "bbbbbbbbbbbb: Preparing", "aaaaaaaaaaaa: Layer already exists",
+             "bbbbbbbbbbbb: Pushing [=>    ] 1MB/90MB"),
+            "uploading layer bbbbbbbbbbbb (1 of 2 layers done)",
+        ),
+        (("aaaaaaaaaaaa: Preparing", "aaaaaaaaaaaa: Pushed"), "uploading the manifest (1 of 1 layers done)"),
+    ],
+)  # fmt: skip
+def test_a_stalled_push_fails_at_the_deadline_naming_the_registry_and_the_stage(
+    publisher: Publisher, project: LoadedConfig, engine: FakeEngine, lines: tuple[str, ...], stage: str
+) -> None:
+    before = _record_bytes(project)
+    publisher.deadline, publisher.clock = 120.0, lambda: 1000.0
+    engine.script = [_stalls(*lines)]
+    with pytest.raises(PublishError) as failed:
+        publisher.publish()
+    assert str(failed.value) == (
+        f"registry 127.0.0.1:5000: push of {HEAD_REF} stalled {stage}; stopped at the 120s deadline, "
+        "nothing was recorded"
+    )
+    assert failed.value.hint is not None and "[limits].registry_deadline_s" in failed.value.hint
+    assert engine.deadlines == [120.0], "the push itself is bounded, and not retried past its deadline"
+    assert publish_record_path(project).read_bytes() == before
+
+
+def test_retries_stop_where_the_next_would_start_after_the_deadline(
+    publisher: Publisher, engine: FakeEngine, run: Run
+) -> None:
+    now = [0.0]
+    publisher.deadline, publisher.clock = 2.5, lambda: now[0]
+    publisher.sleep = lambda seconds: now.__setitem__(0, now[0] + seconds)
+    engine.script = [push_failure("received unexpected HTTP status: 500 Internal Server Error")] * 4
+    with pytest.raises(PublishError, match=r"kept failing \(.*, 2 attempts\)"):
+        publisher.publish()
+    assert engine.pushed == [HEAD_REF, HEAD_REF], "a third attempt would start at 3 s, past 2.5 s"
+    assert engine.deadlines == [2.5, 1.5], "each attempt gets what is left of the deadline"
+
+
+def test_limits_come_from_the_config(
+    tmp_project: TmpProject, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    tmp_project.append_config("[limits]\nregistry_attempts = 2\nregistry_deadline_s = 60\n")
+    config = tmp_project.load()
+    save_build_record(config, [BuiltImage(HEAD_KEY, HEAD_REF, HEAD_ID, "cpu", False)])
+    sleeps: list[float] = []
+    publisher = Publisher(config, engine, connect=registry.connect, sleep=sleeps.append, secrets=())
+    assert (publisher.deadline, publisher.backoff) == (60.0, Backoff(attempts=2))
+    engine.script = [push_failure("received unexpected HTTP status: 502 Bad Gateway")] * 3
+    with pytest.raises(PublishError, match="2 attempts"):
+        publisher.publish()
+    assert sleeps == [1.0]
+
+
+def test_a_failed_publish_removes_the_tags_it_made_and_only_those(
+    publisher: Publisher, project: LoadedConfig, engine: FakeEngine
+) -> None:
+    before = _record_bytes(project)
+    publisher.registry = STAGING
+    head_target = f"{STAGING}/ray-head:ray2.60.0-py3.11-111111111111"
+    demo_target = f"{STAGING}/demo:ray2.60.0-py3.11-cpu-222222222222"
+    engine.images[head_target] = engine.images[HEAD_REF]  # tagged by an earlier publish: not ours to remove
+    engine.script = ["", push_failure("denied: requested access to the resource is denied")]
+    with pytest.raises(PublishError, match="denied"):
+        publisher.publish()
+    assert engine.removed == [demo_target]
+    assert head_target in engine.images and demo_target not in engine.images
+    assert publish_record_path(project).read_bytes() == before
+
+
+def test_an_interrupted_publish_removes_its_tags_and_keeps_the_record(
+    publisher: Publisher, project: LoadedConfig, engine: FakeEngine
+) -> None:
+    before = _record_bytes(project)
+    publisher.registry = STAGING
+
+    def interrupted(ref: str, on_line: Progress | None, timeout: float | None) -> Result:
+        raise Interrupted(15)
+
+    engine.script = [interrupted]
+    with pytest.raises(Interrupted):
+        publisher.publish()
+    assert engine.removed == [f"{STAGING}/ray-head:ray2.60.0-py3.11-111111111111"]
+    assert publish_record_path(project).read_bytes() == before
+    assert not list(publish_record_path(project).parent.glob("*.tmp"))
+
+
+def test_dockers_own_retry_becomes_one_of_raybuilds_attempts(
+    publisher: Publisher, engine: FakeEngine, run: Run
+) -> None:
+    # What Engine.push raises when Docker announces a retry (see tests/unit/test_engine.py).
+    docker_retry = DockerRetry(
+        f"docker push {HEAD_REF}: a layer upload failed and Docker began to retry it",
+        output_tail="aaaaaaaaaaaa: Preparing",
+    )
+    engine.script = [docker_retry, ""]
+    publisher.publish(("demo",))
+    assert engine.pushed[:2] == [HEAD_REF, HEAD_REF]
+    assert run.sleeps == [1.0]
+    said = "registry 127.0.0.1:5000: a layer upload failed and Docker began to retry it; attempt 2/4 in 1s"
+    assert run.progress.count(said) == 1
+
+
+def test_a_registry_that_keeps_failing_uploads_is_reported_after_raybuilds_attempts(
+    publisher: Publisher, engine: FakeEngine, run: Run
+) -> None:
+    engine.script = [DockerRetry("docker push: a layer upload failed and Docker began to retry it")] * 4
+    with pytest.raises(PublishError) as failed:
+        publisher.publish()
+    assert str(failed.value) == (
+        "registry 127.0.0.1:5000 kept failing (a layer upload failed and Docker began to retry it, "
+        "4 attempts); nothing was recorded"
+    )
+    assert run.sleeps == [1.0, 2.0, 4.0]

@@ -14,8 +14,10 @@ from raybuild import kuberay
 from raybuild.errors import EngineError, SmokeTestError
 from raybuild.verify import coldstart
 from raybuild.verify.coldstart import ColdNode, WarmStart, warm_start
-from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.fakes import FakeEngine, container_id, make_app
 from tests.unit.serve_failures import failed_status
+
+PROJECT = "0123456789abcdef"
 
 AGENT, DASHBOARD, SERVE = "http://127.0.0.1:40001", "http://127.0.0.1:40002", "http://127.0.0.1:40003"
 HEALTHZ = f"{AGENT}/api/healthz"
@@ -73,7 +75,9 @@ def engine() -> FakeEngine:
 
 
 def test_warm_start_times_head_worker_and_serve_each_from_its_own_start(ray: Ray, engine: FakeEngine) -> None:
-    assert warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=5) == WarmStart(3.0, 2.0, 1.25)
+    assert warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=5) == WarmStart(
+        3.0, 2.0, 1.25
+    )
     assert ray.requests == [
         ("GET", HEALTHZ),
         ("GET", GCS),
@@ -86,7 +90,7 @@ def test_warm_start_times_head_worker_and_serve_each_from_its_own_start(ray: Ray
 def test_warm_start_runs_kuberays_head_and_worker_on_a_network_of_their_own(
     ray: Ray, engine: FakeEngine
 ) -> None:
-    warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=5)
+    warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=5)
     [create] = engine.calls("network", "create")
     network = create[-1]
     assert network.startswith("raybuild-measure-")
@@ -99,11 +103,14 @@ def test_warm_start_runs_kuberays_head_and_worker_on_a_network_of_their_own(
     assert "-p" not in worker and "--gpus" not in head + worker
     assert engine.containers == {} and engine.networks == {}
     removals = [c[-1] for c in engine.calls() if c[0] == "rm" or c[:2] == ["network", "rm"]]
-    assert removals == [f"{network}-worker", f"{network}-head", network], "containers before their network"
+    expected = [container_id(f"{network}-worker"), container_id(f"{network}-head"), network]
+    assert removals == expected, "containers before their network"
+    for run in (head, worker):
+        assert f"io.raybuild.project={PROJECT}" in run and "io.raybuild.purpose=measure" in run
 
 
 def test_warm_start_in_gpu_mode_gives_every_node_all_gpus(ray: Ray, engine: FakeEngine) -> None:
-    warm_start(engine, make_app(), "img:1", cpu_mode=False, gpu=True, timeout=5)
+    warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, gpu=True, timeout=5)
     for run in engine.calls("run"):
         assert run[run.index("--gpus") + 1] == "all"
 
@@ -120,7 +127,7 @@ def test_warm_start_deploys_the_app_with_a_reachable_proxy(
 
     monkeypatch.setattr(kuberay, "http", http)
     app = make_app("demo", device="gpu")
-    warm_start(engine, app, "img:1", cpu_mode=True, timeout=5)
+    warm_start(engine, app, "img:1", project=PROJECT, cpu_mode=True, timeout=5)
     assert bodies == [
         {
             "http_options": {"host": "0.0.0.0", "port": 8000},
@@ -144,7 +151,7 @@ def test_a_failed_phase_says_which_and_leaves_nothing_behind(
 ) -> None:
     del ray.answers[answer]
     with pytest.raises(SmokeTestError) as raised:
-        warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=0.05)
+        warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=0.05)
     assert str(raised.value) == message
     assert engine.containers == {} and engine.networks == {}
 
@@ -156,10 +163,10 @@ def test_a_worker_that_cannot_start_leaves_nothing_behind(
     worker = "raybuild-measure-01234567-worker"
     engine.script("run", "-d", "--name", worker, returncode=125, output="No such image: img:1")
     with pytest.raises(EngineError) as raised:
-        warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=5)
+        warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=5)
     assert str(raised.value) == f"docker run {worker} (img:1) failed (exit 125)"
     assert engine.containers == {} and engine.networks == {}
-    assert engine.calls("rm", "--force", "--volumes", "raybuild-measure-01234567-head")
+    assert engine.calls("rm", "--force", "--volumes", container_id("raybuild-measure-01234567-head"))
 
 
 # -- the cold node ----------------------------------------------------------------------------------------
@@ -170,7 +177,7 @@ def cold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[ColdNode, Fak
     """A cold node whose daemon is the fake engine."""
     node_engine = FakeEngine()
     monkeypatch.setattr(ColdNode, "node", property(lambda self: node_engine))
-    return ColdNode(FakeEngine(), root=tmp_path), node_engine
+    return ColdNode(FakeEngine(), PROJECT, root=tmp_path), node_engine
 
 
 def test_the_cold_head_runs_without_a_network_until_kuberays_probes_pass(
@@ -204,15 +211,42 @@ def test_a_cold_head_that_never_passes_its_probes_is_removed(cold: tuple[ColdNod
     assert engine.containers == {}
 
 
-def test_clearing_the_cold_node_sweeps_measure_leftovers_and_every_image(
+def test_clearing_the_cold_node_sweeps_this_projects_leftovers_and_every_image(
     cold: tuple[ColdNode, FakeEngine],
 ) -> None:
     node, engine = cold
-    engine.docker_cmd("run", "-d", "--name", "left", "--label", "io.raybuild.purpose=measure", "img")
-    engine.script("image", "ls", output="sha256:a\nsha256:b\nsha256:a\n")
+    engine.containers["left"] = coldstart.measure_labels(PROJECT)
+    engine.containers["another-projects"] = coldstart.measure_labels("f" * 16)
+    a, b = "a" * 64, "b" * 64
+    engine.script("image", "ls", output=f"sha256:{a}\nsha256:{b}\nsha256:{a}\n", stderr="WARNING: config")
     node.clear()
-    assert engine.containers == {}
-    assert engine.calls("image", "rm") == [["image", "rm", "--force", "sha256:a", "sha256:b"]]
+    assert list(engine.containers) == ["another-projects"]
+    assert engine.calls("image", "rm") == [["image", "rm", "--force", a, b]]
+
+
+def test_clearing_the_cold_node_removes_no_image_on_an_answer_it_cannot_read(
+    cold: tuple[ColdNode, FakeEngine],
+) -> None:
+    node, engine = cold
+    engine.script("image", "ls", output="Error response from daemon")
+    with pytest.raises(EngineError, match="not an object ID"):
+        node.clear()
+    assert engine.calls("image", "rm") == []
+
+
+def test_the_cold_node_pulls_within_the_deadline(cold: tuple[ColdNode, FakeEngine]) -> None:
+    node, engine = cold
+    deadlines: list[float | None] = []
+    original = engine.run
+
+    def run(command: list[str], **kwargs: Any) -> Any:
+        deadlines.append(kwargs.get("timeout"))
+        return original(command, **kwargs)
+
+    engine.run = run  # type: ignore[method-assign]
+    node.pull("127.0.0.1:5000/ns/demo-measure:1", deadline=42)
+    assert engine.calls("pull") == [["pull", "--quiet", "127.0.0.1:5000/ns/demo-measure:1"]]
+    assert deadlines == [42]
 
 
 def test_a_failed_deploy_stops_the_warm_start_and_keeps_the_traceback(
@@ -223,7 +257,7 @@ def test_a_failed_deploy_stops_the_warm_start_and_keeps_the_traceback(
     engine.script("exec", "*", "tail", output="replica log line")
     log = tmp_path / "measure-demo.log"
     with pytest.raises(SmokeTestError) as raised:
-        warm_start(engine, make_app(), "img:1", cpu_mode=False, timeout=60, log_path=log)
+        warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=60, log_path=log)
     assert str(raised.value) == (
         "app 'demo': Serve could not deploy it: "
         "FileNotFoundError: model file /models/m.bin is missing (broken_app.py, line 5, in load_model)"

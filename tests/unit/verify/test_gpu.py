@@ -204,6 +204,9 @@ def test_ensure_checks_the_driver_and_the_gpu_count() -> None:
 # -- the smoke test's GPU mode, with a fake engine ----------------------------------------------------------
 
 
+PROJECT = "0123456789abcdef"
+
+
 class FakeEngine:
     def __init__(self, exec_output: tuple[int, str] = (0, ""), run_error: str | None = None) -> None:
         self.calls: list[list[str]] = []
@@ -217,7 +220,8 @@ class FakeEngine:
             raise EngineError("docker run failed (exit 125)", output_tail=self.run_error)
         return Result(list(args), 0, "127.0.0.1:49153\n" if args[0] == "port" else "")
 
-    def remove_container(self, name: str) -> None:
+    def release(self, labels: dict[str, str], *, name: str | None = None) -> None:
+        assert labels["io.raybuild.project"] == PROJECT and name is not None
         self.removed.append(name)
 
     def exec(self, container: str, command: list[str], **_: Any) -> Result:
@@ -234,7 +238,7 @@ def _bundled_cuda() -> App:
 
 def test_the_head_requests_gpus_and_gives_ray_their_number() -> None:
     fake = FakeEngine()
-    with kuberay.running(_engine(fake), smoke.head_spec("img:1", 2, gpus=2)) as head:
+    with kuberay.running(_engine(fake), smoke.head_spec("img:1", 2, PROJECT, gpus=2)) as head:
         pass
     run = fake.calls[0]
     assert run[run.index("--gpus") + 1] == "count=2"
@@ -244,7 +248,7 @@ def test_the_head_requests_gpus_and_gives_ray_their_number() -> None:
 
 def test_a_head_without_gpus_requests_none() -> None:
     fake = FakeEngine()
-    with kuberay.running(_engine(fake), smoke.head_spec("img:1", 2)):
+    with kuberay.running(_engine(fake), smoke.head_spec("img:1", 2, PROJECT)):
         pass
     assert "--gpus" not in fake.calls[0] and "--num-gpus" not in fake.calls[0][-1]
 
@@ -254,7 +258,7 @@ def test_docker_without_a_gpu_driver_is_gpu_unavailable() -> None:
                                 "with capabilities: [[gpu]].")  # fmt: skip
     with (
         pytest.raises(GpuUnavailable) as caught,
-        kuberay.running(_engine(fake), smoke.head_spec("img:1", 2, 1)),
+        kuberay.running(_engine(fake), smoke.head_spec("img:1", 2, PROJECT, 1)),
     ):
         pass
     assert caught.value.message.startswith("Docker could not give the container a GPU")

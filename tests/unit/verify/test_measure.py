@@ -24,7 +24,7 @@ from raybuild.engine import Result
 from raybuild.errors import MeasureError, StateError
 from raybuild.progress import Progress, silent
 from raybuild.registry import OCI_INDEX, RegistryUnreachable, RegistryUnverifiable, parse_manifest
-from raybuild.state import BuiltImage, build_record_path, save_build_record
+from raybuild.state import BuiltImage, build_record_path, project_id, save_build_record
 from raybuild.verify import coldstart, sizes
 from raybuild.verify import measure as measure_module
 from raybuild.verify.coldstart import WarmStart
@@ -47,6 +47,9 @@ from tests.unit.fakes import FakeRegistry
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
     from tests.conftest import MainResult, TmpProject
 
+NAMESPACE = "127.0.0.1:5000/demo"  # the tmp project's [project].registry
+PROJECT = "0123456789abcdef"
+MEASURED = {"project": PROJECT, "namespace": NAMESPACE}
 DEMO_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
 OTHER_REF = "127.0.0.1:5000/demo/other:ray2.60.0-py3.11-cpu-333333333333"
 BASE, RAY, APP_DEMO, APP_OTHER = (f"sha256:{c * 64}" for c in "abcd")
@@ -141,13 +144,14 @@ def test_layer_mapping_refuses_inconsistent_inputs(
 @pytest.mark.parametrize(
     ("ref", "pushed"),
     [
-        (DEMO_REF, "127.0.0.1:5000/raybuild-measure/demo:ray2.60.0-py3.11-cpu-222222222222"),
-        ("127.0.0.1:5000/demo/demo", "127.0.0.1:5000/raybuild-measure/demo:latest"),
-        ("demo:v1@sha256:" + "e" * 64, "127.0.0.1:5000/raybuild-measure/demo:v1"),
+        (DEMO_REF, "127.0.0.1:5000/demo/demo-measure:ray2.60.0-py3.11-cpu-222222222222"),
+        ("127.0.0.1:5000/demo/demo", "127.0.0.1:5000/demo/demo-measure:latest"),
+        ("demo:v1@sha256:" + "e" * 64, "127.0.0.1:5000/demo/demo-measure:v1"),
     ],
 )
-def test_measure_ref_keeps_the_tag(ref: str, pushed: str) -> None:
-    assert measure_ref(ref, "demo") == pushed
+def test_measure_ref_keeps_the_tag_in_the_projects_namespace(ref: str, pushed: str) -> None:
+    assert measure_ref(ref, "demo", NAMESPACE) == pushed
+    assert measure_ref(ref, "demo", "ghcr.io/acme/") == pushed.replace("127.0.0.1:5000/demo", "ghcr.io/acme")
 
 
 def test_shared_bytes_count_layers_found_in_any_other_image() -> None:
@@ -217,6 +221,7 @@ class FakeEngine:
     registry: FakeRegistry
     images: dict[str, FakeImage] = field(default_factory=dict)
     calls: list[list[str]] = field(default_factory=list)
+    deadlines: list[float | None] = field(default_factory=list)
 
     def ping(self) -> None:
         """The daemon answers (measure asks before it looks for any image)."""
@@ -231,8 +236,9 @@ class FakeEngine:
         self.calls.append(["tag", source, target])
         self.images[target] = self.images[source]
 
-    def push(self, ref: str) -> Result:
+    def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result:
         self.calls.append(["push", ref])
+        self.deadlines.append(timeout)
         image = self.images[ref]
         name, _, tag = ref.removeprefix(self.registry.address + "/").rpartition(":")
         config = json.dumps(image.config).encode()
@@ -269,12 +275,12 @@ class FakeEngine:
             Path(command[2]).write_text(json.dumps(DIVE_REPORT), encoding="utf-8")
         return Result(command, 0, "")
 
-    def remove_labelled(self, label: str) -> int:
-        self.calls.append(["sweep", label])
+    def remove_labelled(self, labels: dict[str, str]) -> int:
+        self.calls.append(["sweep", labels["io.raybuild.purpose"], labels["io.raybuild.project"]])
         return 0
 
-    def remove_container(self, name: str) -> None:
-        self.calls.append(["rm", name])
+    def release(self, labels: dict[str, str], *, name: str | None = None) -> None:
+        self.calls.append(["release", labels["io.raybuild.purpose"], labels["io.raybuild.project"]])
 
 
 @pytest.fixture
@@ -292,10 +298,21 @@ def demo_engine() -> FakeEngine:
 def test_size_from_the_registry_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sizes, "dive_binary", lambda: "/venv/bin/dive")
     engine = demo_engine()
-    size, method = measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry)  # type: ignore[arg-type]
-    target = "127.0.0.1:5000/raybuild-measure/demo:ray2.60.0-py3.11-cpu-222222222222"
+    size, method = measure_size(
+        engine,
+        DEMO_REF,
+        "demo",
+        "3.11",
+        engine.registry,
+        **MEASURED,
+        deadline=60,  # type: ignore[arg-type]
+    )
+    target = "127.0.0.1:5000/demo/demo-measure:ray2.60.0-py3.11-cpu-222222222222"
     assert method == "registry manifest"
     assert ["push", target] in engine.calls
+    assert engine.deadlines == [60], "the push is bounded"
+    [inspect] = [call for call in engine.calls if call[0] == "run"]
+    assert f"io.raybuild.project={PROJECT}" in inspect and "io.raybuild.purpose=measure" in inspect
     assert ["image", "rm", target] in engine.calls  # only the measure tag goes again
     assert size.uncompressed == 360_330_000
     assert size.compressed == 35_000_000 + 91_000_000 + 120_000
@@ -309,7 +326,7 @@ def test_size_from_the_registry_manifest(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.usefixtures("no_dive")
 def test_size_without_a_registry_gzips_docker_save_layers() -> None:
     engine = demo_engine()
-    size, method = measure_size(engine, DEMO_REF, "demo", "3.11", None)  # type: ignore[arg-type]
+    size, method = measure_size(engine, DEMO_REF, "demo", "3.11", None, **MEASURED)  # type: ignore[arg-type]
     assert method == "gzip of docker save"
     assert not any(call[0] == "push" for call in engine.calls)
     expected = [len(gzip.compress(digest.encode() * 1000, 6)) for digest in (BASE, RAY, APP_DEMO)]
@@ -330,22 +347,22 @@ def test_a_registry_that_fails_after_the_push_is_a_measure_error(failure: Except
     engine = demo_engine()
     engine.registry.failures = [failure]
     with pytest.raises(MeasureError) as raised:
-        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry)  # type: ignore[arg-type]
+        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry, **MEASURED)  # type: ignore[arg-type]
     tag = DEMO_REF.rsplit(":", 1)[1]
-    assert str(raised.value) == f"registry 127.0.0.1:5000: manifest raybuild-measure/demo:{tag}: {said}"
+    assert str(raised.value) == f"registry 127.0.0.1:5000: manifest demo/demo-measure:{tag}: {said}"
     assert raised.value.hint == "is the registry on 127.0.0.1:5000 running?"
 
 
 @pytest.mark.usefixtures("no_dive")
 def test_a_pushed_image_the_registry_lacks_or_holds_as_an_index_is_a_measure_error() -> None:
     engine = demo_engine()
-    engine.push = lambda ref: Result(["docker", "push", ref], 0, "")  # type: ignore[method-assign]
-    with pytest.raises(MeasureError, match=r"manifest raybuild-measure/demo:\S+: not found"):
-        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry)  # type: ignore[arg-type]
+    engine.push = lambda ref, **_: Result(["docker", "push", ref], 0, "")  # type: ignore[method-assign]
+    with pytest.raises(MeasureError, match=r"manifest demo/demo-measure:\S+: not found"):
+        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry, **MEASURED)  # type: ignore[arg-type]
     index = parse_manifest(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}).encode())
-    engine.registry.manifests[("raybuild-measure/demo", DEMO_REF.rsplit(":", 1)[1])] = index
+    engine.registry.manifests[("demo/demo-measure", DEMO_REF.rsplit(":", 1)[1])] = index
     with pytest.raises(MeasureError, match=re.escape(f"expected an image manifest, got '{OCI_INDEX}'")):
-        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry)  # type: ignore[arg-type]
+        measure_size(engine, DEMO_REF, "demo", "3.11", engine.registry, **MEASURED)  # type: ignore[arg-type]
 
 
 # -- the whole run, sizes only, and the startup statistics --------------------------------------------------
@@ -389,8 +406,13 @@ def test_sizes_only_run_shares_layers_with_unmeasured_apps(project: LoadedConfig
     assert demo.size.shared_bytes == 90_000_000 + 270_000_000
     assert demo.startup == Startup(t_head=None, t_worker=None, t_serve=None, t_pull=None, t_cold=None)
     assert not any(call[0] == "pull" for call in engine.calls)
-    sweeps = [call for call in engine.calls if call[0] == "sweep"]
-    assert sweeps == [["sweep", "io.raybuild.purpose=measure"]] * 2, "leftovers swept before and after"
+    sweeps = [call for call in engine.calls if call[0] in ("sweep", "release")]
+    this_project = project_id(project)
+    assert sweeps == [["sweep", "measure", this_project], ["release", "measure", this_project]], (
+        "this project's leftovers are swept before, and everything released after"
+    )
+    assert ["push", f"{NAMESPACE}/demo-measure:{DEMO_REF.rsplit(':', 1)[1]}"] in engine.calls
+    assert engine.deadlines == [900], "[limits].registry_deadline_s by default"
 
 
 @pytest.mark.usefixtures("no_dive")
@@ -436,8 +458,8 @@ class FakeColdNode:
     def clear(self) -> None:
         self.log.append("clear")
 
-    def pull(self, ref: str) -> float:
-        self.log.append(f"pull {ref}")
+    def pull(self, ref: str, deadline: float | None = None) -> float:
+        self.log.append(f"pull {ref} within {deadline}")
         return self.pulls.pop(0)
 
     def head(self, app: Any, ref: str, *, gpu: bool = False, timeout: float = 180.0) -> float:
@@ -459,7 +481,8 @@ def test_runs_give_median_min_max_and_t_cold_is_pull_plus_cold_head(
         DEMO_REF,
         Options(runs=3),
         False,
-        lambda _: None,  # type: ignore[arg-type]
+        lambda _: None,
+        project,
     )
     startup = samples.startup()
     assert startup.t_head == stat([6.1, 5.2, 5.9])
@@ -477,8 +500,8 @@ def test_runs_give_median_min_max_and_t_cold_is_pull_plus_cold_head(
         assert cold == pytest.approx(pull + head, abs=1e-9)
     assert node.log[:3] == [
         "clear",
-        f"pull {measure_ref(DEMO_REF, 'demo')}",
-        f"head {measure_ref(DEMO_REF, 'demo')}",
+        f"pull {measure_ref(DEMO_REF, 'demo', NAMESPACE)} within 900",
+        f"head {measure_ref(DEMO_REF, 'demo', NAMESPACE)}",
     ]
 
 

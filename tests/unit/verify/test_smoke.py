@@ -13,6 +13,7 @@ from raybuild import kuberay
 from raybuild.config import App
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
+from raybuild.state import project_id
 from raybuild.verify import smoke
 from tests.unit.fakes import FakeEngine, make_app
 from tests.unit.serve_failures import REPLICA_LOG, failed_status
@@ -98,18 +99,27 @@ def test_resolved_libraries_and_a_clean_import_pass() -> None:
     assert imported == ["exec", "head", "python", "-c", "import cuda_app"]
 
 
+PROJECT = "0123456789abcdef"
+
+
 def test_the_head_is_kuberays_with_smoke_labels_and_its_dashboard_published() -> None:
-    spec = smoke.head_spec("img:1", 3)
+    spec = smoke.head_spec("img:1", 3, PROJECT)
     assert spec.name.startswith("raybuild-smoke-")
     assert spec.command == kuberay.head_command(3)
-    assert dict(spec.labels) == {"io.raybuild.managed": "true", "io.raybuild.purpose": "smoke"}
+    assert dict(spec.labels) == {
+        "io.raybuild.managed": "true",
+        "io.raybuild.project": PROJECT,
+        "io.raybuild.purpose": "smoke",
+    }
     assert dict(spec.publish) == {8265: 0}
     assert (spec.gpus, spec.network, spec.restart) == (0, None, None)
-    assert smoke.head_spec("img:1", 3).name != spec.name, "each smoke test has a container of its own"
+    assert smoke.head_spec("img:1", 3, PROJECT).name != spec.name, (
+        "each smoke test has a container of its own"
+    )
 
 
 def test_a_gpu_head_asks_docker_and_ray_for_the_same_gpus() -> None:
-    spec = smoke.head_spec("img:1", 2, gpus=2)
+    spec = smoke.head_spec("img:1", 2, PROJECT, gpus=2)
     assert spec.gpus == 2
     assert spec.command == kuberay.head_command(2, num_gpus=2)
 
@@ -133,7 +143,7 @@ def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(
         return 200, "{}"
 
     monkeypatch.setattr(kuberay, "http", http)
-    result = smoke.smoke_test(app, "img:1", engine, timeout=5)
+    result = smoke.smoke_test(app, "img:1", engine, project=PROJECT, timeout=5)
     assert (result.app, result.status, result.body, result.gpu) == ("demo", 200, "demo", False)
     assert requests == [
         (
@@ -157,7 +167,7 @@ def test_smoke_test_reports_a_failed_deploy_and_removes_the_container(
     engine.script("port", output="127.0.0.1:49153\n")
     monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (500, "Internal Server Error"))
     with pytest.raises(SmokeTestError) as raised:
-        smoke.smoke_test(config.apps[0], "img:1", engine, timeout=5)
+        smoke.smoke_test(config.apps[0], "img:1", engine, project=PROJECT, timeout=5)
     assert str(raised.value) == "app 'demo': Serve deploy request returned 500: Internal Server Error"
     assert engine.containers == {}
 
@@ -172,7 +182,7 @@ def test_smoke_test_names_the_apps_serve_status_when_the_route_never_answers(
     answers = {"PUT": (200, "{}"), "GET": (200, json.dumps(status))}
     monkeypatch.setattr(kuberay, "http", lambda method, *args, **kwargs: answers[method])
     with pytest.raises(SmokeTestError) as raised:
-        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, timeout=0.1)
+        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=0.1)
     assert str(raised.value) == (
         "app 'demo': no HTTP 200 on /demo/ within 0s: status DEPLOYING: Deploying app 'demo'."
     )
@@ -209,7 +219,9 @@ def test_a_failed_deploy_stops_the_test_at_the_first_status_poll(
     log = tmp_project.root / ".raybuild" / "logs" / "test-demo.log"
     with pytest.raises(SmokeTestError) as raised:
         # The call counts below check that it stopped at the first poll; the timeout bounds a regression.
-        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, timeout=60, log_path=log)
+        smoke.smoke_test(
+            tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=60, log_path=log
+        )
     assert str(raised.value) == f"app 'demo': Serve could not deploy it: {expected}"
     assert f"are in {log}" in (raised.value.hint or "")
     assert "fix the app under apps/demo" in (raised.value.hint or "")
@@ -229,7 +241,7 @@ def test_a_head_that_never_passes_its_probes_is_reported_with_its_logs(tmp_proje
     engine.script("exec", "*", "timeout", returncode=124)
     engine.script("logs", output="raylet died")
     with pytest.raises(SmokeTestError) as raised:
-        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, timeout=0.1)
+        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=0.1)
     assert str(raised.value) == (
         "app 'demo': head never passed KubeRay's probes within 0s; last logs: 'raylet died'"
     )
@@ -241,14 +253,14 @@ def test_the_test_command_smoke_tests_the_given_image(
 ) -> None:
     from raybuild.cli import test as test_command
 
-    calls: list[tuple[str, str, bool, float]] = []
+    calls: list[tuple[str, str, bool, float, str]] = []
 
     def fake_smoke_test(app: App, image: str, engine: Engine, **options: Any) -> smoke.SmokeResult:
-        calls.append((app.name, image, options["gpu"], options["timeout"]))
+        calls.append((app.name, image, options["gpu"], options["timeout"], options["project"]))
         return smoke.SmokeResult(app.name, image, False, 1.5, 0.5, 200, "hi")
 
     monkeypatch.setattr(test_command, "smoke_test", fake_smoke_test)
     result = run_main("--config", str(tmp_project.config_path), "test", "demo", "--image", "img:1", "--json")
     assert result.exit_code == 0, result.stderr
-    assert calls == [("demo", "img:1", False, 180.0)]
+    assert calls == [("demo", "img:1", False, 180.0, project_id(tmp_project.load()))]
     assert json.loads(result.stdout)["body"] == "hi"
