@@ -182,11 +182,12 @@ class Engine:
             said = [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith("template:")]
             host = {**os.environ, **self.env}.get("DOCKER_HOST")
             raise EngineError(
-                "the Docker daemon is not reachable" + (f" at {host}" if host else ""),
+                "the Docker daemon is not reachable",
                 command=result.command,
                 returncode=result.returncode,
                 output_tail="\n".join(said)[-2000:],
-                hint="start it (sudo scripts/setup starts dockerd) and check `docker info`",
+                hint="start it (sudo scripts/setup starts dockerd) and check `docker info`"
+                + (f"; DOCKER_HOST is {host}" if host else ""),
             )
 
     # -- images -------------------------------------------------------------------------------------------

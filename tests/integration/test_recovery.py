@@ -196,7 +196,8 @@ def test_daemon_down_is_one_line_and_changes_nothing(
     monkeypatch.setenv("DOCKER_HOST", socket_path)
     result = run_main("--config", str(project / "raybuild.toml"), *command)
     assert result.exit_code == 1
-    assert one_error(result.stderr) == f"error: the Docker daemon is not reachable at {socket_path}"
+    assert one_error(result.stderr) == "error: the Docker daemon is not reachable"
+    assert f"DOCKER_HOST is {socket_path}" in result.stderr
     assert "template:" not in result.stderr
     assert tree(project) == before
 

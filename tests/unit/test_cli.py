@@ -346,6 +346,7 @@ def test_down_with_the_daemon_unreachable_is_one_error_line_and_keeps_the_record
     from raybuild.state import cluster_record_path
     from tests.unit.fakes import FakeEngine
 
+    monkeypatch.delenv("DOCKER_HOST", raising=False)  # the hint names it when it is set
     record = cluster_record_path(tmp_project.load())
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text('{"name": "raybuild-serve"}\n')
