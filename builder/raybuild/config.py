@@ -5,15 +5,14 @@ Every validation error is turned into one line that names the file, the key and 
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raybuild.config_errors import describe_error
+from raybuild.config_checks import check_paths, describe_error
 from raybuild.errors import ConfigError, FileError, shown_path
 
 CONFIG_NAME = "raybuild.toml"
@@ -370,50 +369,6 @@ def _read(path: Path) -> RaybuildConfig:
     return parse_config(data, path)
 
 
-def _leaves_the_project(relative: str) -> bool:
-    """A path from raybuild.toml that is absolute or climbs out of the project's folder (``../..``)."""
-    normal = os.path.normpath(relative)
-    return PurePosixPath(relative).is_absolute() or normal == ".." or normal.startswith("../")
-
-
-def _check_paths(config: RaybuildConfig, path: Path, root: Path) -> None:
-    """Every path raybuild.toml names lies inside the project and is what it should be (file or folder)."""
-    for index, app in enumerate(config.apps):
-        for key, value in (("path", app.path), ("requirements", app.requirements)):
-            if _leaves_the_project(value):
-                raise ConfigError(
-                    f"{path.name}: key 'apps[{index}].{key}': {value!r} lies outside the project",
-                    hint="app code and requirements must live under the folder that holds raybuild.toml "
-                    "(it is copied into the image)",
-                )
-        folder = root / app.path
-        if not folder.is_dir():
-            exists = folder.exists()
-            raise ConfigError(
-                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} "
-                + ("is a file, not a folder" if exists else "does not exist"),
-                hint="point it at the folder that holds the app's code (relative to raybuild.toml)"
-                if exists
-                else "create it or fix the path (relative to raybuild.toml)",
-            )
-        requirements = root / app.requirements
-        if not requirements.is_file():
-            folder_given = requirements.is_dir()
-            raise ConfigError(
-                f"{path.name}: key 'apps[{index}].requirements': app {app.name!r} requirements file "
-                f"{app.requirements!r} " + ("is a folder, not a file" if folder_given else "does not exist"),
-                hint="name the file itself, such as apps/NAME/requirements.in"
-                if folder_given
-                else "create it (it may be empty) or fix the path",
-            )
-    lock_dir = root / config.project.lock_dir
-    if lock_dir.exists() and not lock_dir.is_dir():
-        raise ConfigError(
-            f"{path.name}: key 'project.lock_dir': {config.project.lock_dir!r} is a file, not a folder",
-            hint="point lock_dir at a folder (raybuild creates it), or move the file away",
-        )
-
-
 def load_config(path: Path) -> LoadedConfig:
     """Read, validate and check the files that ``path`` refers to."""
     path = _config_file(path)
@@ -424,7 +379,7 @@ def load_config(path: Path) -> LoadedConfig:
         )
     config = _read(path)
     root = path.parent.resolve()
-    _check_paths(config, path, root)
+    check_paths(config, path, root)
     return LoadedConfig(config, root, path.resolve())
 
 
