@@ -5,6 +5,7 @@ Every validation error is turned into one line that names the file, the key and 
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -16,6 +17,9 @@ from raybuild.config_checks import check_paths, describe_error
 from raybuild.errors import ConfigError, FileError, shown_path
 
 CONFIG_NAME = "raybuild.toml"
+# Overrides [project].registry: CI points every command at a registry that outlives the job, so that a
+# pull request's `raybuild build` pulls what main published (see .github/workflows/images.yml).
+REGISTRY_ENV = "RAYBUILD_REGISTRY"
 DEFAULT_RAY_VERSION = "2.60.0"
 DEFAULT_PYTHON = "3.11"
 # Python minors that Ray has published wheels for in its recent releases (2.60 ships 3.10 to 3.14). Whether
@@ -207,6 +211,8 @@ class Project(_Model):
     index_url: str | None = None
     torch_backend: str = "cpu"
     gpu_torch_backend: str = "cu128"
+    # File times in every image layer (seconds since 1970). Unset: from git, per image (raybuild.image.epoch).
+    source_date_epoch: int | None = Field(default=None, ge=0)
 
     @field_validator("python")
     @classmethod
@@ -378,6 +384,10 @@ def load_config(path: Path) -> LoadedConfig:
             hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml",
         )
     config = _read(path)
+    registry = os.environ.get(REGISTRY_ENV, "").strip().rstrip("/")
+    if registry:
+        project = config.project.model_copy(update={"registry": registry})
+        config = config.model_copy(update={"project": project})
     root = path.parent.resolve()
     check_paths(config, path, root)
     return LoadedConfig(config, root, path.resolve())

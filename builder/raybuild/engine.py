@@ -72,6 +72,8 @@ class Engine:
     debug: bool = False
     echo: Progress | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # `docker build --network`: "host" lets RUN steps on a second daemon without NAT reach the index.
+    build_network: str | None = None
 
     @property
     def docker(self) -> DockerClient:
@@ -238,6 +240,8 @@ class Engine:
         ]
         if target:
             command += ["--target", target]
+        if self.build_network:
+            command += ["--network", self.build_network]
         for name, path in sorted((secrets or {}).items()):
             command += ["--secret", f"id={name},src={path}"]
         for key, value in sorted((build_args or {}).items()):
@@ -284,8 +288,16 @@ class Engine:
                 output_tail="\n".join(recent),
             ) from None
 
-    def pull(self, ref: str, timeout: float | None = None, what: str | None = None) -> Result:
-        return self.docker_cmd("pull", "--quiet", ref, timeout=timeout, what=what or f"docker pull {ref}")
+    def pull(
+        self,
+        ref: str,
+        timeout: float | None = None,
+        what: str | None = None,
+        on_line: Progress | None = None,
+    ) -> Result:
+        """`docker pull`, ended at ``timeout``; quiet unless ``on_line`` wants the layer lines."""
+        args = ["pull", ref] if on_line is not None else ["pull", "--quiet", ref]
+        return self.docker_cmd(*args, on_line=on_line, timeout=timeout, what=what or f"docker pull {ref}")
 
     # -- containers -------------------------------------------------------------------------------------
 

@@ -24,6 +24,11 @@ CLUSTER_LABEL = "io.raybuild.cluster"  # the local cluster's name
 ROLE_LABEL = "io.raybuild.role"  # the local cluster node's role: gcs, head or worker
 # Image labels raybuild sets at build time (its version, lockfile hashes) share the prefix.
 IMAGE_LABEL_PREFIX = "io.raybuild."
+# Labels in every app image (set by the Dockerfile templates) that say what went into it, so that a diff of
+# two image sets can say why a digest changed (manifest/delta.py).
+RAY_LOCK_LABEL = "io.raybuild.ray-lock-sha256"
+LOCK_LABEL = "io.raybuild.lock-sha256"
+CODE_LABEL = "io.raybuild.code-sha256"
 # The annotation that marks an SBOM artifact in the registry as raybuild's own (so a newer one replaces it).
 SBOM_ANNOTATION = "io.raybuild.sbom"
 Purpose = Literal["smoke", "measure", "introspect", "cluster", "sbom"]

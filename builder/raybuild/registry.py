@@ -75,6 +75,7 @@ class Manifest:
     size: int
     config_digest: str | None  # None for an index or manifest list: never equal to a local image ID
     layer_sizes: tuple[int, ...] = ()
+    layer_digests: tuple[str, ...] = ()  # compressed, as pushed: what nodes pull and share
 
     @property
     def compressed_size(self) -> int:
@@ -92,8 +93,10 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
     config = data.get("config")
     if not isinstance(config, dict):
         return Manifest(digest, media_type, len(body), None)
-    layers = tuple(int(layer["size"]) for layer in data.get("layers") or [])
-    return Manifest(digest, media_type, len(body), str(config.get("digest")), layers)
+    layers = data.get("layers") or []
+    sizes = tuple(int(layer["size"]) for layer in layers)
+    digests = tuple(str(layer.get("digest", "")) for layer in layers)
+    return Manifest(digest, media_type, len(body), str(config.get("digest")), sizes, digests)
 
 
 class Registry(Protocol):
@@ -248,6 +251,23 @@ def attach(
     )
     registry.put_manifest(repository, tag, index, OCI_INDEX)
     return manifest
+
+
+def split_reference(ref: str) -> tuple[str, str, str]:
+    """``host[:port]/name/space:tag`` -> (host, repository, tag)."""
+    name, tag = ref.rsplit(":", 1) if ":" in ref.rsplit("/", 1)[-1] else (ref, "latest")
+    host, _, repository = name.partition("/")
+    return host, repository, tag
+
+
+def repo_digest(repo_digests: list[str], ref: str) -> str | None:
+    """The registry digest of ``ref``'s repository among an image's RepoDigests (``name@sha256:...``)."""
+    base = ref.split("@", 1)[0]
+    name = base.rsplit(":", 1)[0] if ":" in base.rsplit("/", 1)[-1] else base
+    for entry in repo_digests:
+        if entry.startswith(name + "@"):
+            return entry.split("@", 1)[1]
+    return None
 
 
 def is_loopback(address: str) -> bool:

@@ -133,6 +133,7 @@ class BuiltImage:
     cached: bool  # made by an earlier build: every image read back from the record is
     # The app's deployments as found in its code at build time, in raybuild.toml's form (not for the head).
     deployments: tuple[dict[str, Any], ...] = ()
+    pulled: bool = False  # taken from the registry, which had its tag, rather than built here
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -392,31 +393,27 @@ def image_references(
     """The head's and each app's image (all of the project's apps when ``apps`` is None)."""
     built = load_build_record(config)
     keys = [HEAD_KEY, *(app.name for app in (config.apps if apps is None else apps))]
+
+    def label(key: str) -> str:
+        return "head (Ray base)" if key == HEAD_KEY else repr(key)
+
+    def published(key: str) -> PublishedImage | None:
+        # A build after the last publish has another content-addressed tag: the published image is not it.
+        image = record.get(key) if record is not None else None
+        if image is None or key not in built or _tag(image.reference) == _tag(built[key].ref):
+            return image
+        stale.append(label(key))
+        return None
+
+    stale: list[str] = []
     images = {
         key: ImageReference(
-            key,
-            built[key].ref if key in built else None,
-            latest_ref(config, key),
-            record.get(key) if record is not None else None,
+            key, built[key].ref if key in built else None, latest_ref(config, key), published(key)
         )
         for key in keys
     }
     warnings = []
-    missing = [
-        "head (Ray base)" if key == HEAD_KEY else repr(key) for key in keys if images[key].published is None
-    ]
-    rebuilt = [
-        "head (Ray base)" if key == HEAD_KEY else repr(key)
-        for key, image in images.items()
-        if image.built is not None
-        and image.published is not None
-        and _tag(image.built) != _tag(image.published.reference)
-    ]
-    if rebuilt:
-        warnings.append(
-            f"{', '.join(rebuilt)} rebuilt since the last publish: using the older published digest; "
-            "run `raybuild publish` to use the new build"
-        )
+    missing = [label(key) for key in keys if images[key].published is None and label(key) not in stale]
     if record is None:
         warnings.append(
             f"no publish record ({PUBLISH_RECORD}): images use local tags, which a cluster may not be "
@@ -425,6 +422,11 @@ def image_references(
     elif missing:
         warnings.append(
             f"the publish record has no image for {', '.join(missing)}: using local tags; "
+            "run `raybuild publish` to pin them by digest"
+        )
+    if stale:
+        warnings.append(
+            f"built since the last publish: {', '.join(stale)}: using the new local tags; "
             "run `raybuild publish` to pin them by digest"
         )
     return ImageReferences(MappingProxyType(images), record is not None, tuple(warnings))

@@ -112,9 +112,20 @@ def _matches(labels: dict[str, str], label_filter: str) -> bool:
 class FakeEngine(Engine):
     """An engine that records every command and never starts a process."""
 
-    def __init__(self, images: Iterable[str] = (), client: DockerClient = DOCKER) -> None:
+    def __init__(
+        self,
+        images: Iterable[str] = (),
+        client: DockerClient = DOCKER,
+        remote: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
         super().__init__(client=client)
         self.images: dict[str, str] = {ref: image_id(ref) for ref in images}  # ref -> image ID
+        # What `docker pull REF` gets: REF -> (image ID, registry digest); any other ref is not found.
+        self.remote: dict[str, tuple[str, str]] = dict(remote or {})
+        self.repo_digests: dict[
+            str, list[str]
+        ] = {}  # image ID -> name@digest, as pulls and pushes leave them
+        self.labels: dict[str, dict[str, str]] = {}  # image ID -> labels (`import --change LABEL k=v`)
         self.containers: dict[str, dict[str, str]] = {}  # name -> labels
         self.networks: dict[str, dict[str, str]] = {}
         self.commands: list[list[str]] = []
@@ -195,7 +206,23 @@ class FakeEngine(Engine):
             case ["image", "inspect", ref]:
                 if ref not in self.images:
                     return Reply(1, f"Error response from daemon: No such image: {ref}")
-                return Reply(0, json.dumps([{"Id": self.images[ref], "RepoTags": [ref]}]))
+                found = self.images[ref]
+                inspected = {
+                    "Id": found,
+                    "RepoTags": [ref],
+                    "RepoDigests": self.repo_digests.get(found, []),
+                    "Config": {"Labels": self.labels.get(found)},
+                }
+                return Reply(0, json.dumps([inspected]))
+            case ["pull", *_, ref]:
+                if ref not in self.remote:
+                    return Reply(
+                        1, f"Error response from daemon: manifest for {ref} not found: manifest unknown"
+                    )
+                pulled, digest = self.remote[ref]
+                self.images[ref] = pulled
+                self.repo_digests.setdefault(pulled, []).append(f"{ref.rsplit(':', 1)[0]}@{digest}")
+                self.created.append(ref)
             case ["tag", source, target]:
                 if source not in self.images:
                     return Reply(1, f"Error response from daemon: No such image: {source}")
@@ -205,6 +232,11 @@ class FakeEngine(Engine):
                 self.images.pop(ref, None)
             case ["import", *_, ref]:
                 self.images[ref] = image_id(ref)
+                self.labels[self.images[ref]] = dict(
+                    value.removeprefix("LABEL ").split("=", 1)
+                    for flag, value in pairwise(args)
+                    if flag == "--change" and value.startswith("LABEL ")
+                )
                 self.created.append(ref)
             case _ if "build" in args[:2]:
                 dockerfile = Path(_option(args, "-f"))

@@ -322,6 +322,8 @@ CASES = [
     Case("edited lockfile, generate --stdout", ("generate", "--stdout"), 1,
          r"lockfiles/demo.txt: edited by hand", _edit_pin()),
     Case("edited lockfile, generate", ("generate",), 1, r"lockfiles/demo.txt: edited by hand", _edit_pin()),
+    Case("edited ray lock, generate", ("generate", "--stdout"), 1, r"lockfiles/ray.txt: edited by hand",
+         lambda b: b.replace("lockfiles/ray.txt", "ray==1.0", "ray==9")),
     Case("edited lockfile, build", ("build", "demo"), 1, r"lockfiles/demo.txt: edited by hand", _edit_pin()),
     Case("ray lock not raybuild's, lock", ("lock", "other"), 1, r"lockfiles/ray.txt: not written by raybuild",
          _write("lockfiles/ray.txt", "ray==2.60.0\n"), hint="never writes over a file it did not make"),

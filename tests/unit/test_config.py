@@ -274,3 +274,14 @@ def test_limits_have_defaults_and_bounds(tmp_project: TmpProject) -> None:
     error = config_error(tmp_project, tmp_project.config_path.read_text())
     assert error.message.startswith("raybuild.toml: key 'limits.registry_attempts': ")
     assert "greater than or equal to 1" in error.message
+
+
+def test_raybuild_registry_overrides_the_projects_registry(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI points every command at a registry that outlives the job (see .github/workflows/images.yml)."""
+    assert tmp_project.load().project.registry == "127.0.0.1:5000/demo"
+    monkeypatch.setenv("RAYBUILD_REGISTRY", "ghcr.io/acme/raybuild/")
+    assert tmp_project.load().project.registry == "ghcr.io/acme/raybuild"
+    monkeypatch.setenv("RAYBUILD_REGISTRY", "")
+    assert tmp_project.load().project.registry == "127.0.0.1:5000/demo"

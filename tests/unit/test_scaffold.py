@@ -150,6 +150,12 @@ def test_the_workflow_is_a_valid_github_workflow_pinned_to_this_raybuild(tmp_pat
     steps = data["jobs"]["images"]["steps"]
     install = next(step["run"] for step in steps if step.get("name", "").startswith("Install raybuild"))
     assert install == 'pip install "raybuild==${RAYBUILD_VERSION}"'
+    # Logged in before the build, which then pulls what the registry holds; the full history for epochs.
+    runs = [step.get("run", "") for step in steps]
+    assert next(i for i, r in enumerate(runs) if "docker login" in r) < runs.index("raybuild build")
+    assert steps[0]["uses"].startswith("actions/checkout@") and steps[0]["with"]["fetch-depth"] == 0
+    gate = next(step["run"] for step in steps if step.get("name") == "Gate")
+    assert "--deployed deployed/rayservice.yaml" in gate
 
 
 def test_an_existing_workflow_is_a_collision(tmp_path: Path) -> None:

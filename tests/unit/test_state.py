@@ -44,7 +44,7 @@ HEAD_BUILT = BuiltImage(
 DEMO_BUILT = BuiltImage(
     "demo", "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222", "sha256:2", "cpu", False
 )
-# Published from DEMO_BUILT (a publish keeps the build's tag, whatever registry it pushes to).
+# Published to another registry (publish --registry), under the tag its build got.
 DEMO_PUBLISHED = PublishedImage(
     "registry.example/ns/demo:ray2.60.0-py3.11-cpu-222222222222", "sha256:" + "d" * 64, 10, 5
 )
@@ -146,7 +146,10 @@ def test_publish_record_round_trip(project: LoadedConfig) -> None:
     assert json.loads(path.read_text())["version"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["publish.json"]  # no temporary file left behind
     assert record.get("demo") == DEMO_PUBLISHED and record.get("other") is None
-    assert DEMO_PUBLISHED.pinned == f"{DEMO_PUBLISHED.reference}@sha256:{'d' * 64}"
+    assert (
+        DEMO_PUBLISHED.pinned
+        == f"registry.example/ns/demo:ray2.60.0-py3.11-cpu-222222222222@sha256:{'d' * 64}"
+    )
 
 
 GOOD_IMAGE = {"reference": "r/x:1", "digest": "sha256:" + "0" * 64, "size": 1, "compressed_size": 1}
@@ -208,20 +211,25 @@ def test_references_prefer_the_digest_then_the_last_build_then_latest(project: L
     assert images.note == "pinned by digest from .raybuild/publish.json where published, else local tags"
 
 
-def test_a_build_newer_than_its_publish_is_a_warning(project: LoadedConfig) -> None:
-    rebuilt = BuiltImage(
-        "demo", DEMO_BUILT.ref.replace("222222222222", "999999999999"), "sha256:9", "cpu", False
+def test_a_build_newer_than_the_published_image_is_referenced_by_its_local_tag(
+    project: LoadedConfig,
+) -> None:
+    """Rendering after a build and before publish must not name the old digest (`render --diff` relies on
+    it)."""
+    newer = BuiltImage(
+        "demo", DEMO_BUILT.ref.replace("222222222222", "333333333333"), "sha256:3", "cpu", False
     )
-    save_build_record(project, [HEAD_BUILT, rebuilt])
-    head = PublishedImage("r/ray-head:ray2.60.0-py3.11-111111111111", "sha256:" + "a" * 64, 1, 1)
-    other = PublishedImage("r/other:v1", "sha256:" + "c" * 64, 1, 1)  # published, never built here
+    save_build_record(project, [HEAD_BUILT, newer])
+    published = PublishedImage(
+        f"127.0.0.1:5000/demo/ray-head:{HEAD_BUILT.ref.rsplit(':', 1)[1]}", "sha256:" + "a" * 64, 1, 1
+    )
     images = image_references(
-        project, PublishRecord({"demo": DEMO_PUBLISHED, HEAD_KEY: head, "other": other})
+        project, PublishRecord({"demo": DEMO_PUBLISHED, HEAD_KEY: published}), project.apps[:1]
     )
-    assert images.refs()["demo"] == DEMO_PUBLISHED.pinned, "what was published is still what runs"
+    assert images.refs() == {HEAD_KEY: published.pinned, "demo": newer.ref}
     assert images.warnings == (
-        "'demo' rebuilt since the last publish: using the older published digest; "
-        "run `raybuild publish` to use the new build",
+        "built since the last publish: 'demo': using the new local tags; "
+        "run `raybuild publish` to pin them by digest",
     )
 
 

@@ -361,3 +361,31 @@ def test_both_workflows_scan_with_trivy_and_gate_on_it(tmp_path: Path, which: st
         assert names.index("aquasecurity/setup-trivy") < min(
             i for i, step in enumerate(job["steps"]) if "raybuild scan" in step.get("run", "")
         )
+
+
+def _login_then_build(job: dict[str, Any]) -> tuple[int, int]:
+    names = [step.get("run", "") for step in job["steps"]]
+    login = next(i for i, run in enumerate(names) if "docker login" in run)
+    build = next(i for i, run in enumerate(names) if run.strip() == "raybuild build")
+    return login, build
+
+
+@pytest.mark.parametrize("job", ["pr", "main"])
+def test_each_job_logs_in_to_a_lasting_registry_before_it_builds(job: str) -> None:
+    """So that `raybuild build` pulls what main published: the whole point of content-addressed tags."""
+    data = load()["jobs"][job]
+    login, build = _login_then_build(data)
+    assert login < build
+    registry = next(step["run"] for step in data["steps"] if "RAYBUILD_REGISTRY=" in step.get("run", ""))
+    assert registry.index("RAYBUILD_REGISTRY=") < registry.index("GITHUB_ENV") and "ghcr.io" in registry
+    checkout = next(step for step in data["steps"] if step.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["fetch-depth"] == 0  # image epochs come from the history
+
+
+def test_the_pr_comment_says_whether_the_merge_upgrades_the_rayservice() -> None:
+    by_name = {step.get("name"): step for step in steps()}
+    deployed = by_name["Download the deployed RayService (main's last render)"]["with"]
+    assert deployed["name"] == by_name["Upload the RayService manifest"]["with"]["name"]
+    checks = [args for args in invocations(by_name["Gate"]["run"]) if args[0] == "check"]
+    assert any(args[args.index("--deployed") + 1] == f"{deployed['path']}/rayservice.yaml"
+               for args in checks if "--deployed" in args)  # fmt: skip

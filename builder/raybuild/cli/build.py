@@ -17,6 +17,7 @@ from raybuild.cli.common import (
     table,
 )
 from raybuild.image.build import Builder, default_ca_bundle
+from raybuild.state import BuiltImage
 
 
 @click.command()
@@ -34,23 +35,41 @@ from raybuild.image.build import Builder, default_ca_bundle
     default=None,
     help="A .netrc with package index credentials, passed as a BuildKit secret.",
 )
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Build every image here, even when this engine or the registry already has its tag.",
+)
 @json_option
 @pass_state
 def build(
-    state: State, apps: tuple[str, ...], ca_bundle: Path | None, netrc: Path | None, as_json: bool
+    state: State,
+    apps: tuple[str, ...],
+    ca_bundle: Path | None,
+    netrc: Path | None,
+    rebuild: bool,
+    as_json: bool,
 ) -> None:
     """Build app images with BuildKit: one shared Ray layer, content-addressed tags.
 
     An app whose inputs did not change is not rebuilt. A code-only change rebuilds only the code layer.
+    An image whose tag the registry ([project].registry) already holds is pulled, not rebuilt: the
+    registry's image is the one that tag names, on every machine. New app images build on the head image
+    (base and Ray layers) that the registry holds.
     """
     config = state.config()
     selected = config.select(apps)
-    builder = Builder(config, engine_for(state), ca_bundle or default_ca_bundle(), netrc, progress)
+    engine = engine_for(state)
+    builder = Builder(config, engine, ca_bundle or default_ca_bundle(), netrc, progress, rebuild=rebuild)
     built = builder.build(selected)
     if as_json:
         emit_json([image.to_dict() for image in built])
         return
     table(
         ["app", "status", "image", "id"],
-        [[b.app, "cached" if b.cached else "built", b.ref, b.image_id[:19]] for b in built],
+        [[b.app, _status(b), b.ref, b.image_id[:19]] for b in built],
     )
+
+
+def _status(image: BuiltImage) -> str:
+    return "pulled" if image.pulled else "cached" if image.cached else "built"

@@ -7,10 +7,12 @@ from pathlib import Path
 import click
 
 from raybuild.cli.common import FiniteFloat, State, emit_json, json_option, pass_state
+from raybuild.cli.render import deployed_delta
 from raybuild.config import CONFIG_NAME, load_gate_config
 from raybuild.errors import ReportedFailure
 from raybuild.fsutil import atomic_write
-from raybuild.state import DEFAULT_MEASURE_PATH
+from raybuild.manifest.render import render_manifest
+from raybuild.state import DEFAULT_MEASURE_PATH, load_publish_record
 from raybuild.verify.gate import (
     DEFAULT_MAX_SIZE_GROWTH,
     DEFAULT_MAX_STARTUP_GROWTH,
@@ -55,6 +57,14 @@ from raybuild.verify.gate import (
     default=None,
     help="Also write the Markdown report to FILE, ready to post as a PR comment.",
 )
+@click.option(
+    "--deployed",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="The RayService manifest deployed now (main's `raybuild render`): the report then says whether "
+    "this merge upgrades it, image by image (needs raybuild.toml and this build's records).",
+)
 @json_option
 @pass_state
 def check(
@@ -64,6 +74,7 @@ def check(
     max_size_growth: float | None,
     max_startup_growth: float | None,
     markdown_path: Path | None,
+    deployed: Path | None,
     as_json: bool,
 ) -> None:
     """Compare a measurement with a baseline; exit 1 if any app grew past its limit.
@@ -88,10 +99,16 @@ def check(
         max_startup_growth=max_startup_growth,
     )
     report = check_files(baseline, current, policy)
-    markdown = report.to_markdown()
+    delta = None
+    if deployed is not None:
+        config = state.config()
+        rendered = render_manifest(config, load_publish_record(config)).text
+        delta = deployed_delta(state, deployed, rendered)
+    markdown = report.to_markdown(sections=[delta.to_markdown()] if delta is not None else [])
     # Written even when the gate fails: CI posts this file as the PR comment that explains the failure.
     if markdown_path is not None:
         atomic_write(markdown_path, markdown)
+    document = {**report.to_dict(), **({"upgrade": delta.to_dict()} if delta is not None else {})}
     if not as_json:
         click.echo(markdown, nl=False)
     if report.failed:
@@ -103,10 +120,10 @@ def check(
             f"gate failed: {'; '.join(reasons)}",
             hint="see the report; if a growth is intended, raise max_size_growth or max_startup_growth "
             "in [gate] or [apps.gate]",
-            report={"ok": False, **report.to_dict()},
+            report={"ok": False, **document},
         )
     if as_json:
-        emit_json({"ok": True, **report.to_dict()})
+        emit_json({"ok": True, **document})
 
 
 def _shown(path: Path) -> Path:

@@ -40,17 +40,30 @@ MB = 1_000_000
     help="Attach each image's SBOM in the registry (an OCI artifact whose subject is the image).",
 )
 @offline_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite a tag that the registry holds as another image (a warning names both).",
+)
 @json_option
 @pass_state
 def publish(
-    state: State, apps: tuple[str, ...], registry: str | None, with_sbom: bool, offline: bool, as_json: bool
+    state: State,
+    apps: tuple[str, ...],
+    registry: str | None,
+    with_sbom: bool,
+    offline: bool,
+    force: bool,
+    as_json: bool,
 ) -> None:
     """Push built images (the head image and each APP, default all built apps) and record their digests.
 
-    Images the registry already holds (same image ID) are skipped. Transient registry errors are retried
-    with backoff. Log in with `docker login` first where the registry needs it: raybuild leaves credentials
-    to docker. `raybuild render` pins images by the digests recorded in .raybuild/publish.json, which is
-    written only when every push succeeded.
+    Images the registry already holds (same image ID) are skipped. A tag the registry holds as another
+    image is never moved: publish refuses, naming both, and pushes nothing (--force overwrites it).
+    Transient registry errors are retried with backoff. Log in with `docker login` first where the
+    registry needs it: raybuild leaves credentials to docker. `raybuild render` pins images by the digests
+    recorded in .raybuild/publish.json, which is written only when every push succeeded, and only when it
+    changes.
 
     Each image's SBOM (see `raybuild sbom`) is attached to it in the registry, where OCI 1.1 tools find it
     by the image's digest (the referrers API, or the fallback tag sha256-<hex>). An SBOM already attached
@@ -69,6 +82,7 @@ def publish(
         progress=progress,
         output=lambda line: click.echo(line, err=True),
         attach_sbom=attacher,
+        force=force,
     )
     published = publisher.publish(apps)
     report_index_failures(hashes)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from raybuild.cli.common import State, emit_json, json_option, pass_state
-from raybuild.errors import ManifestError
+from raybuild.cli.common import State, emit_json, engine_for, json_option, pass_state
+from raybuild.errors import ManifestError, UsageError
 from raybuild.fsutil import atomic_write
+from raybuild.manifest.delta import Delta, diff_manifests, image_labels
 from raybuild.manifest.render import KINDS, STORE_KINDS, Kind, StoreKind, render_manifest
 from raybuild.manifest.validate import resolve_crds, validate_manifest
 from raybuild.state import load_publish_record
@@ -67,10 +68,19 @@ def _store_choice(ctx: click.Context, param: click.Parameter, value: str | None)
     help="Put a PriorityClass and a Redis or Dragonfly GCS store before the cluster "
     "[default store: cluster.gcs.store]. The password Secret is not included.",
 )
+@click.option(
+    "--diff",
+    "deployed",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    metavar="PATH",
+    help="Compare with the manifest deployed now: per image, whether its digest changed and why, and "
+    "whether KubeRay upgrades the RayService (a new cluster). Prints that instead of the manifest.",
+)
 @json_option
 @pass_state
 def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | None, gcs_store: str | None,
-           as_json: bool) -> None:  # fmt: skip
+           deployed: Path | None, as_json: bool) -> None:  # fmt: skip
     """Render the KubeRay RayService (or RayCluster) that runs the project's apps.
 
     Images are pinned by digest from .raybuild/publish.json (written by `raybuild publish`); without it,
@@ -78,6 +88,7 @@ def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | N
     yours to edit. Warnings go to stderr, so stdout stays a clean manifest.
     """
     config = state.config()
+    deployed_text = read_deployed(deployed) if deployed is not None else None  # before any work
     record = load_publish_record(config)
     manifest = render_manifest(config, record, kind=kind, gcs_store_manifests=_STORES[gcs_store])
     for warning in manifest.warnings:
@@ -94,6 +105,9 @@ def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | N
                 hint="fix raybuild.toml or the templates in deploy/; nothing was written",
             )
         click.echo(f"{kind} is valid against the KubeRay CRD and operator rules", err=True)
+    delta = None
+    if deployed is not None and deployed_text is not None:
+        delta = diff_manifests(deployed_text, str(deployed), manifest.text, image_labels(engine_for(state)))
     if out is not None:
         atomic_write(out, manifest.text)
     if as_json:
@@ -102,9 +116,30 @@ def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | N
             "out": str(out) if out is not None else None,
             "validated": check,
             "warnings": list(manifest.warnings),
-            "manifest": manifest.text if out is None else None,
+            "manifest": manifest.text if out is None and delta is None else None,
+            **({"diff": delta.to_dict()} if delta is not None else {}),
         })  # fmt: skip
+        return
+    if delta is not None:
+        for line in delta.lines():
+            click.echo(line)
     elif out is None:
         click.echo(manifest.text, nl=False)
-    else:
-        click.echo(f"wrote {kind} to {out}")
+    if out is not None:
+        click.echo(f"wrote {kind} to {out}", err=delta is not None)
+
+
+def read_deployed(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"{path}: cannot read the deployed manifest ({exc.__class__.__name__})",
+            hint="pass the manifest that is deployed now (`raybuild render` wrote it)",
+        ) from None
+
+
+def deployed_delta(state: State, deployed: Path, rendered: str) -> Delta:
+    """What changes from the manifest at ``deployed`` to ``rendered`` (for `raybuild check --deployed`)."""
+    text = read_deployed(deployed)
+    return diff_manifests(text, str(deployed), rendered, image_labels(engine_for(state)))

@@ -20,6 +20,7 @@ from pathlib import Path
 from raybuild.config import BaseImage, LoadedConfig
 from raybuild.engine import Engine, which
 from raybuild.errors import RaybuildError
+from raybuild.image import epoch
 from raybuild.image.dockerfile import render_base, template_dir
 from raybuild.progress import Progress, silent
 
@@ -45,6 +46,15 @@ REMOVE_AFTER_BOOTSTRAP = (
     "/var/cache/*",
     "/var/log/*",
 )
+# mmdebstrap copies the build host's resolv.conf and hostname into the root filesystem. Empty files instead:
+# the output no longer depends on the host, and BuildKit, which mounts its own /etc/hosts and
+# /etc/resolv.conf over them during each RUN step, no longer creates and deletes them, which stamped /etc
+# with the build's clock in every layer.
+EMPTY_FILES = ("/etc/hosts", "/etc/resolv.conf", "/etc/hostname")
+# Debian's .pyc files are compiled during the bootstrap, where SOURCE_DATE_EPOCH makes py_compile choose
+# checked-hash mode. The base's compileall writes unchecked-hash files, takes those for stale and compiles
+# the same modules again into its own layer (4.9 MB twice). Without them, each module is compiled once.
+BYTECODE_UNDER = ("/usr/lib/python3*", "/usr/share/python3")
 NAMESPACE = "raybuild"
 
 
@@ -117,13 +127,15 @@ def rootfs(settings: BaseImage, kind: str) -> Rootfs:
     if settings.source == "image":
         return Rootfs(settings.image, settings, packages)
     tag = _digest(
-        "rootfs-v1",
+        "rootfs-v2",
         settings.suite,
         settings.mirror,
         settings.snapshot or "",
         *packages,
         *PURGE_AFTER_BOOTSTRAP,
         *REMOVE_AFTER_BOOTSTRAP,
+        *EMPTY_FILES,
+        *BYTECODE_UNDER,
     )
     return Rootfs(f"{NAMESPACE}/rootfs-{kind}:{settings.suite}-{tag}", settings, packages)
 
@@ -167,7 +179,7 @@ def redis_ref(config: LoadedConfig) -> str:
 def ensure_redis(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> str:
     """The Redis image that `raybuild up` uses as its GCS store, made on first use."""
     engine.ping()
-    ensure_rootfs(engine, rootfs(config.config.base.cpu, "redis"), progress)
+    ensure_rootfs(engine, rootfs(config.config.base.cpu, "redis"), progress, config)
     ref = redis_ref(config)
     _build_image(engine, config, redis_spec(config), ref, progress)
     return ref
@@ -212,6 +224,9 @@ def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
     purge_flags = "--force-depends --force-remove-essential"
     command.append(f'--customize-hook=chroot "$1" dpkg --purge {purge_flags} {purge}')
     command.append("--customize-hook=rm -rf " + " ".join(f'"$1"{path}' for path in REMOVE_AFTER_BOOTSTRAP))
+    command.append("--customize-hook=truncate -s 0 " + " ".join(f'"$1"{path}' for path in EMPTY_FILES))
+    bytecode = " ".join(f'"$1"{path}' for path in BYTECODE_UNDER)
+    command.append(f"--customize-hook=find {bytecode} -name __pycache__ -prune -exec rm -rf {{}} +")
     if settings.snapshot:
         command.append('--aptopt=Acquire::Check-Valid-Until "false"')
     command += [settings.suite, str(out), mirror]
@@ -234,7 +249,8 @@ def ensure_uv_image(engine: Engine, progress: Progress) -> str:
     return ref
 
 
-def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress) -> None:
+def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress, config: LoadedConfig) -> None:
+    """Bootstrap the root filesystem unless it exists, reproducibly (SOURCE_DATE_EPOCH, see `epoch`)."""
     if not root.bootstrapped or engine.image_exists(root.ref):
         return
     if which("mmdebstrap") is None:
@@ -242,15 +258,29 @@ def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress) -> None:
             f"cannot bootstrap {root.ref}: mmdebstrap is not installed",
             hint='run scripts/setup (apt-get install mmdebstrap), or set [base.cpu] source = "image"',
         )
+    source_date = epoch.rootfs_epoch(config, root.settings)
     progress(f"bootstrapping {root.ref} from Debian {root.settings.suite} with mmdebstrap")
     with tempfile.TemporaryDirectory(prefix="raybuild-rootfs-") as tmp:
         tarball = Path(tmp) / "rootfs.tar"
         engine.run(
             mmdebstrap_command(root, tarball),
+            env={"SOURCE_DATE_EPOCH": str(source_date)},
             what=f"mmdebstrap {root.settings.suite}",
             on_line=lambda line: progress(f"  {line}") if line.startswith("I: ") else None,
         )
-        engine.import_tarball(tarball, root.ref, changes=["LABEL io.raybuild.role=rootfs"])
+        labels = ["LABEL io.raybuild.role=rootfs", f"LABEL {epoch.EPOCH_LABEL}={source_date}"]
+        engine.import_tarball(tarball, root.ref, changes=labels)
+
+
+def base_epoch(config: LoadedConfig, engine: Engine, spec: BaseSpec) -> int:
+    """The epoch a base image's RUN steps clamp to: its bootstrapped rootfs's, so that both agree."""
+    if config.project.source_date_epoch is not None:
+        return config.project.source_date_epoch
+    if not spec.rootfs or spec.install_packages:  # a registry image: no rootfs of raybuild's to agree with
+        return epoch.FALLBACK_EPOCH
+    labels = engine.inspect(spec.rootfs).get("Config", {}).get("Labels") or {}
+    value = str(labels.get(epoch.EPOCH_LABEL, ""))
+    return int(value) if value.isdigit() else epoch.FALLBACK_EPOCH
 
 
 def _build_image(engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str, progress: Progress) -> None:
@@ -265,6 +295,7 @@ def _build_image(engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str,
             context,
             dockerfile,
             iidfile=context / "iid",
+            build_args={"SOURCE_DATE_EPOCH": str(base_epoch(config, engine, spec))},
             what=f"build of {ref}",
             on_line=lambda line: progress(f"  {line}") if line.startswith("#") else None,
         )
@@ -282,12 +313,12 @@ def ensure_bases(
     cpu_settings = config.config.base.cpu
     refs = {"builder": builder_ref(config)}
     ensure_uv_image(engine, progress)
-    ensure_rootfs(engine, rootfs(cpu_settings, "builder"), progress)
+    ensure_rootfs(engine, rootfs(cpu_settings, "builder"), progress, config)
     _build_image(engine, config, builder_spec(config), refs["builder"], progress)
     wanted = ("cpu", *devices) if "gpu" in devices else devices
     for device in dict.fromkeys(wanted):
         if device == "cpu":
-            ensure_rootfs(engine, rootfs(cpu_settings, "runtime"), progress)
+            ensure_rootfs(engine, rootfs(cpu_settings, "runtime"), progress, config)
         refs[device] = base_ref(config, device)
         _build_image(engine, config, base_spec(config, device), refs[device], progress)
     return refs

@@ -1,36 +1,52 @@
-"""Building app images: a staged build context, a BuildKit build, then content-addressed tags.
+"""Building app images: a staged build context, the registry first, else a BuildKit build, then tags.
 
 The context holds only what the Dockerfile reads (the generated Dockerfile, the shared Ray lock, the app's
-extra packages, the prune script and rules, and the app code less what the `.raybuildignore` rules leave
-out: see `ignore`), so unrelated repository changes never invalidate a layer. The tag is a hash of that
-context: an unchanged app is a no-op, and a changed one gets a new tag only after its build succeeded. The
-head image's tag is a hash of its own inputs (`head_hash`).
+extra packages, the prune script and rules, and the app code less what the `.raybuildignore` rules leave out:
+see `ignore`), so unrelated repository changes never invalidate a layer. The tag is a hash of that context: an
+unchanged app is a no-op, and a changed one gets a new tag only after its build succeeded. The head image's
+tag is a hash of its own inputs (`head_hash`).
+
+The configured registry is the truth for a content-addressed tag. Before building an image, `Builder` asks the
+registry for its tag: when the registry has it, the image is pulled and used, not rebuilt, so a fresh machine
+(a CI runner) ends up with the very digests that are deployed, and an app image built there sits on the
+published head image, sharing its base and Ray layers. ``rebuild`` builds locally regardless.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.errors import BuildError, UsageError
+from raybuild.errors import BuildError, EngineError, UsageError
+from raybuild.fsutil import read_text
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
-from raybuild.image.ignore import IGNORE_FILE, CodeFiles, IgnoreRules
+from raybuild.image.epoch import image_epoch
+from raybuild.image.ignore import IGNORE_FILE
 from raybuild.image.introspect import introspect
 from raybuild.image.provenance import provenance_labels
-from raybuild.image.prune import PrunePlan, prune_plan, prune_script
-from raybuild.image.spec import image_spec_for
+from raybuild.image.prune import prune_script
+from raybuild.image.spec import HEAD_TEMPLATES, app_prune_plan, code_files, head_hash, image_spec_for
 from raybuild.lock import resolve as lock
 from raybuild.progress import Progress, silent
+from raybuild.registry import (
+    HttpRegistry,
+    Manifest,
+    Registry,
+    RegistryUnreachable,
+    RegistryUnverifiable,
+    repo_digest,
+    split_reference,
+)
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
@@ -42,7 +58,11 @@ from raybuild.state import (
     save_build_record,
 )
 
+__all__ = ["HEAD_TEMPLATES", "Builder", "default_ca_bundle", "failing_step", "head_hash", "stage_context"]
+
 CA_ENV_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT")
+# `docker pull` of a tag the registry does not have: a miss, not a failure.
+_NOT_FOUND = re.compile(r"not found|manifest unknown|does not exist", re.I)
 
 
 def default_ca_bundle() -> Path | None:
@@ -52,18 +72,6 @@ def default_ca_bundle() -> Path | None:
         if value and Path(value).is_file():
             return Path(value)
     return None
-
-
-def code_files(config: LoadedConfig, app: App) -> CodeFiles:
-    """The app's files that go into its image, after the ignore rules and the size limit."""
-    app_dir = config.app_dir(app)
-    rules = IgnoreRules.for_app(config.root, app_dir)
-    return rules.select(app_dir, config.config.limits.code_file_mb, app.name)
-
-
-def _prune_plan(app: App) -> PrunePlan:
-    # One plan for both venvs: Ray's and the app's (Ray Data, say, lives in Ray's).
-    return prune_plan(tuple(app.prune.remove), tuple(app.prune.keep))
 
 
 def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progress = silent) -> str:
@@ -79,12 +87,12 @@ def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progr
     lock.check(config, (app,))
     templates = template_dir(config.root)
     ray_text = config.ray_lockfile().read_text(encoding="utf-8")
-    plan = _prune_plan(app)
+    plan = app_prune_plan(app)
     files = {
         "Dockerfile": render_dockerfile(image_spec_for(config, app), templates),
         "ray.lock": ray_text,
         "app.lock": lock.extras_lock(lockfile.read_text(encoding="utf-8"), ray_text),
-        "prune.py": prune_script(templates).read_text(encoding="utf-8"),
+        "prune.py": read_text(prune_script(templates)),
         "prune-ray.json": plan.to_json(),
         "prune-app.json": plan.to_json(),
         ".dockerignore": "**/__pycache__\n**/*.pyc\n",
@@ -103,36 +111,14 @@ def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progr
     progress(f"  {app.name}: {count} file{'s' if count != 1 else ''} of code, {selected.ignored} ignored")
     for rel, path in selected.files.items():
         (code / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, code / rel)
+        shutil.copyfile(path, code / rel)
+        # Modes as git knows them (executable or not), not as this checkout's umask left them: they reach
+        # the code layer. File times are clamped in the build.
+        (code / rel).chmod(0o755 if os.access(path, os.X_OK) else 0o644)
         digest.update(f"code/{rel}\0".encode() + path.read_bytes() + b"\0")
+    for folder in (code, *(p for p in code.rglob("*") if p.is_dir())):
+        folder.chmod(0o755)
     return digest.hexdigest()[:12]
-
-
-# The head image is stages 1 and 3 of the app Dockerfile (Ray on the builder, copied onto the base), rendered
-# from these templates. Their whole text counts, so an edit anywhere in them gives a new head tag.
-HEAD_TEMPLATES = ("cpu/Dockerfile.j2", "common/app.Dockerfile.j2")
-# What those stages read from the spec. The rest (the app's name, lock, env, CUDA) reaches stages 2 and 4.
-_HEAD_SPEC_KEYS = (
-    "base_image", "builder_image", "python", "ray_version", "index_url", "venv", "app_site", "code_dir",
-)  # fmt: skip
-
-
-def head_hash(config: LoadedConfig, app: App) -> str:
-    """The head image's tag suffix, from its inputs rather than from the Dockerfile rendered for ``app``.
-
-    The inputs: the base and builder images, Python and Ray, the Ray lock, the prune rules applied to Ray
-    (rules an app keeps apply there too) and the prune script, and the text of the templates. Nothing of
-    the app's code or of its own packages, so CPU apps with the same prune rules share one head.
-    """
-    templates = template_dir(config.root)
-    spec = image_spec_for(config, app).context()
-    inputs: dict[str, object] = {key: spec[key] for key in _HEAD_SPEC_KEYS}
-    inputs["ray.lock"] = config.ray_lockfile().read_text(encoding="utf-8")
-    inputs["prune-ray.json"] = _prune_plan(app).to_json()
-    inputs["prune.py"] = prune_script(templates).read_text(encoding="utf-8")
-    for name in HEAD_TEMPLATES:
-        inputs[name] = templates.path(name).read_text(encoding="utf-8")
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
 _STEP = re.compile(r"^#\d+ \[([^\]]+)\] (.*)$")
@@ -173,6 +159,11 @@ def _progress_filter(progress: Progress) -> Progress:
     return on_line
 
 
+# What the registry said about a tag: its manifest, None (no such tag), or _UNKNOWN (it could not be asked).
+_UNKNOWN = object()
+Found = Literal["local", "pulled"]
+
+
 @dataclass
 class Builder:
     config: LoadedConfig
@@ -180,6 +171,11 @@ class Builder:
     ca_bundle: Path | None = None
     netrc: Path | None = None
     progress: Progress = silent
+    rebuild: bool = False  # build locally even when this engine or the registry has the tag
+    connect: Callable[[str], Registry] | None = None  # HOST[:PORT] -> its client; default HttpRegistry
+    _offline: set[str] = field(default_factory=set, init=False, repr=False)  # registries that did not answer
+    _heads: dict[str, BuiltImage] = field(default_factory=dict, init=False, repr=False)
+    _bases: set[str] = field(default_factory=set, init=False, repr=False)  # devices ensured ("": builder)
 
     def secrets(self) -> dict[str, Path]:
         # BuildKit secrets: mounted for one RUN step, never stored in a layer, cache key or build arg.
@@ -194,7 +190,79 @@ class Builder:
             out["netrc"] = self.netrc
         return out
 
-    def _build(self, context: Path, target: str | None, what: str, labels: dict[str, str]) -> str:
+    # -- the registry first ---------------------------------------------------------------------------------
+
+    def _remote(self, ref: str) -> Manifest | object | None:
+        host, repository, tag = split_reference(ref)
+        if host in self._offline:
+            return _UNKNOWN
+        try:
+            return (self.connect or HttpRegistry)(host).manifest(repository, tag)
+        except RegistryUnreachable as exc:
+            self._offline.add(host)
+            self.progress(f"registry {host} is not reachable ({exc.reason}): building what is not here")
+        except RegistryUnverifiable as exc:
+            self.progress(f"could not read {ref} from the registry anonymously ({exc}): trying docker pull")
+        return _UNKNOWN
+
+    def _pull(self, ref: str, *, expected: bool) -> bool:
+        """Pull ``ref``; False when the registry lacks it (or, with a warning, when the pull fails)."""
+        self.progress(f"pulling {ref}")
+        try:
+            self.engine.pull(ref, timeout=float(self.config.config.limits.registry_deadline_s))
+        except EngineError as exc:
+            if not expected and _NOT_FOUND.search(exc.output_tail):
+                return False
+            tail = exc.output_tail.strip().splitlines()[-1:] or [exc.message]
+            self.progress(f"warning: could not pull {ref} ({tail[0][:200]}): building it here instead")
+            return False
+        return True
+
+    def _local_id(self, ref: str) -> str | None:
+        return str(self.engine.inspect(ref)["Id"]) if self.engine.image_exists(ref) else None
+
+    def _resolve(self, ref: str) -> Found | None:
+        """Make the local ``ref`` the registry's image where the registry has it; None: it must be built."""
+        if self.rebuild:
+            return None
+        local, remote = self._local_id(ref), self._remote(ref)
+        if remote is None:
+            return "local" if local else None
+        if remote is _UNKNOWN:
+            if local:
+                return "local"
+            host = split_reference(ref)[0]
+            return "pulled" if host not in self._offline and self._pull(ref, expected=False) else None
+        assert isinstance(remote, Manifest)
+        if local is not None and remote.config_digest in (None, local):
+            return "local"
+        if local is not None:
+            self.progress(
+                f"{ref}: the registry holds image {remote.config_digest}, this engine {local}; "
+                "using the registry's (a content-addressed tag names one image)"
+            )
+        return "pulled" if self._pull(ref, expected=True) else None
+
+    def _pinned(self, ref: str) -> str:
+        """``ref@digest`` once the registry has the image (pulled or pushed), else the tag alone."""
+        digests = self.engine.inspect(ref).get("RepoDigests") or []
+        digest = repo_digest([str(d) for d in digests], ref)
+        return f"{ref}@{digest}" if digest else ref
+
+    # -- building -------------------------------------------------------------------------------------------
+
+    def _ensure_bases(self, *devices: str) -> None:
+        """The base images a build needs, made on first need only: a machine that pulls every image needs no
+        base and no mmdebstrap, and a CPU app built on a head image from the registry needs the builder only.
+        """
+        if "" in self._bases and set(devices) <= self._bases:
+            return
+        bases.ensure_bases(self.config, self.engine, devices, self.progress)
+        self._bases |= {"", *devices, *(("cpu",) if "gpu" in devices else ())}
+
+    def _build(
+        self, context: Path, target: str | None, what: str, args: dict[str, str], labels: dict[str, str]
+    ) -> str:
         """Build without tagging; the image ID. Callers tag only what passed its checks."""
         try:
             return self.engine.build(
@@ -203,6 +271,7 @@ class Builder:
                 iidfile=context / f"iid-{target or 'app'}",
                 target=target,
                 secrets=self.secrets(),
+                build_args=args,
                 labels=labels,
                 what=what,
                 on_line=_progress_filter(self.progress),
@@ -222,24 +291,38 @@ class Builder:
             self.progress(f"{app.name}: warning: {line}")
         return found.as_config()
 
+    def _head(self, app: App, context: Path) -> BuiltImage:
+        """The head image CPU apps build on: from this engine, the registry, or a build (once per run)."""
+        hr = head_ref(self.config, head_hash(self.config, app))
+        if hr in self._heads:
+            return self._heads[hr]
+        found = self._resolve(hr)
+        if found is not None:
+            if found == "local":
+                self.progress(f"head image {hr} is up to date")
+            image_id = self.engine.inspect(hr)["Id"]
+            head = BuiltImage(HEAD_KEY, hr, image_id, "cpu", cached=True, pulled=found == "pulled")
+        else:
+            self._ensure_bases("cpu")
+            self.progress(f"building head image {hr}")
+            args = {"RAY_SOURCE_DATE_EPOCH": str(image_epoch(self.config, self.engine))}
+            labels = provenance_labels(self.engine, self.config, None, hr)
+            head_id = self._build(context, "head", "build of the head image", args, labels)
+            self.engine.tag(head_id, hr)
+            head = BuiltImage(HEAD_KEY, hr, head_id, "cpu", cached=False)
+        self._heads[hr] = head
+        return head
+
     def build_app(self, app: App) -> tuple[BuiltImage, BuiltImage | None]:
-        """Build one app image; also the head image (base + Ray only) when it is a CPU app."""
+        """Build (or pull) one app image; also the head image (base + Ray only) when it is a CPU app."""
         with tempfile.TemporaryDirectory(prefix=f"raybuild-{app.name}-") as tmp:
             context = Path(tmp)
             ref = image_ref(self.config, app, stage_context(self.config, app, context, self.progress))
-            head: BuiltImage | None = None
-            if app.device == "cpu":
-                hr = head_ref(self.config, head_hash(self.config, app))
-                if self.engine.image_exists(hr):
-                    head = BuiltImage(HEAD_KEY, hr, self.engine.inspect(hr)["Id"], "cpu", cached=True)
-                else:
-                    self.progress(f"building head image {hr}")
-                    labels = provenance_labels(self.engine, self.config, None, hr)
-                    head_id = self._build(context, "head", "build of the head image", labels)
-                    self.engine.tag(head_id, hr)
-                    head = BuiltImage(HEAD_KEY, hr, head_id, "cpu", cached=False)
-            if self.engine.image_exists(ref):
-                self.progress(f"{app.name}: {ref} is up to date")
+            head = self._head(app, context) if app.device == "cpu" else None
+            found = self._resolve(ref)
+            if found is not None:
+                if found == "local":
+                    self.progress(f"{app.name}: {ref} is up to date")
                 recorded = load_build_record(self.config).get(app.name)
                 deployments = (
                     recorded.deployments
@@ -247,10 +330,21 @@ class Builder:
                     else self._deployments(app, ref)
                 )
                 image_id = self.engine.inspect(ref)["Id"]
-                return BuiltImage(app.name, ref, image_id, app.device, True, deployments), head
+                if found == "pulled":
+                    self.engine.tag(ref, latest_ref(self.config, app.name))
+                pulled = found == "pulled"
+                return BuiltImage(app.name, ref, image_id, app.device, True, deployments, pulled), head
+            # A CPU app's last stage is the head image; a GPU app's is its own base plus Ray.
+            self._ensure_bases(*(("gpu",) if app.device == "gpu" else ()))
             self.progress(f"building {app.name} -> {ref}")
+            args = {
+                "SOURCE_DATE_EPOCH": str(image_epoch(self.config, self.engine, app)),
+                "RAY_SOURCE_DATE_EPOCH": str(image_epoch(self.config, self.engine)),
+            }
+            if head is not None:
+                args["HEAD_IMAGE"] = self._pinned(head.ref)
             labels = provenance_labels(self.engine, self.config, app, ref)
-            image_id = self._build(context, None, f"build of app {app.name!r}", labels)
+            image_id = self._build(context, None, f"build of app {app.name!r}", args, labels)
         # A broken app fails here, before its content-addressed tag exists: nothing half-made is tagged.
         deployments = self._deployments(app, image_id)
         self.engine.tag(image_id, ref)
@@ -258,8 +352,7 @@ class Builder:
         return BuiltImage(app.name, ref, image_id, app.device, False, deployments), head
 
     def build(self, apps: tuple[App, ...]) -> list[BuiltImage]:
-        devices = tuple(dict.fromkeys(app.device for app in apps)) or ("cpu",)
-        bases.ensure_bases(self.config, self.engine, devices, self.progress)
+        self.engine.ping()
         built: list[BuiltImage] = []
         head: BuiltImage | None = None
         for app in apps:

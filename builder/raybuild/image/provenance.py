@@ -1,76 +1,31 @@
 """Provenance labels: which source, which commit, which lockfiles and which raybuild made an image.
 
 `Builder` passes ``provenance_labels`` to every build. The OCI annotations ``org.opencontainers.image.*``
-(source, revision, created, version) come from git when the project is a repository; the lockfile
-hashes and raybuild's version are always there.
+(source, revision, created, version) come from git when the project is a repository; the lockfile hashes and
+raybuild's version are always there.
 
-``revision`` and ``created`` name the last commit that changed the image's inputs (its lockfiles, code,
-project templates and raybuild.toml), not HEAD: a commit that touches nothing else changes no label, so
-rebuilding at any later commit gives the same image. When an input has uncommitted changes no commit
-describes the image, and those two labels are left out. ``last_change`` is the one place that asks git;
-a ``SOURCE_DATE_EPOCH`` for stable digests should come from it too.
+``revision`` and ``created`` name the last commit that changed the image's inputs (its lockfiles, code and
+project templates: ``epoch.image_inputs``, the same commit that gives the image its SOURCE_DATE_EPOCH), not
+HEAD: a commit that touches nothing else changes no label, so rebuilding at any later commit gives the same
+image. When an input has uncommitted changes no commit describes the image, and those two labels are left out.
+``epoch.last_change`` is the one place that asks git about the inputs; the SOURCE_DATE_EPOCH comes
+from it too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 from raybuild import __version__
 from raybuild.config import App, LoadedConfig
-from raybuild.engine import Engine, which
-from raybuild.image.dockerfile import template_dir
+from raybuild.engine import Engine
+from raybuild.image.epoch import git, image_inputs, last_change
 from raybuild.labels import IMAGE_LABEL_PREFIX
 
 OCI = "org.opencontainers.image."
 RAYBUILD = IMAGE_LABEL_PREFIX
-
-
-@dataclass(frozen=True)
-class Change:
-    """The last commit that changed some paths."""
-
-    revision: str
-    epoch: int  # committer time, seconds since 1970: what SOURCE_DATE_EPOCH means
-
-    @property
-    def created(self) -> str:
-        return datetime.fromtimestamp(self.epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def image_inputs(config: LoadedConfig, app: App | None) -> tuple[Path, ...]:
-    """What an image is made from, in the project: the head image's (``app`` None) or an app image's."""
-    paths = [config.path, config.ray_lockfile()]
-    paths += [folder for folder in template_dir(config.root).dirs if folder.is_relative_to(config.root)]
-    if app is not None:
-        paths += [config.lockfile(app), config.app_dir(app)]
-    return tuple(paths)
-
-
-def _git(engine: Engine, root: Path, *args: str) -> str | None:
-    git = which("git")
-    if git is None:
-        return None
-    result = engine.run([git, "-C", str(root), *args], check=False, timeout=30)
-    return result.output if result.returncode == 0 else None
-
-
-def last_change(engine: Engine, root: Path, paths: tuple[Path, ...]) -> Change | None:
-    """The last commit that changed ``paths``; None outside a repository, or with uncommitted changes."""
-    relative = [str(path.relative_to(root)) if path.is_relative_to(root) else str(path) for path in paths]
-    logged = _git(engine, root, "log", "-1", "--format=%H %ct", "--", *relative)
-    match = re.fullmatch(r"([0-9a-f]{40,64}) (\d+)", (logged or "").strip())
-    if match is None:
-        return None
-    # What the build context leaves out (bytecode) does not make the inputs modified.
-    ignored = (":(exclude,glob)**/__pycache__/**", ":(exclude,glob)**/*.pyc")
-    status = _git(engine, root, "status", "--porcelain", "--untracked-files=all", "--", *relative, *ignored)
-    if status is None or status.strip():
-        return None
-    return Change(match.group(1), int(match.group(2)))
 
 
 def source_url(remote: str) -> str | None:
@@ -97,10 +52,10 @@ def provenance_labels(engine: Engine, config: LoadedConfig, app: App | None, ref
         if digest:
             labels[f"{RAYBUILD}lockfile.{name}-sha256"] = digest
     change = last_change(engine, config.root, image_inputs(config, app))
-    if change is not None:
+    if change is not None and change.clean:
         labels[OCI + "revision"] = change.revision
         labels[OCI + "created"] = change.created
-    remote = _git(engine, config.root, "remote", "get-url", "origin")
+    remote = git(engine, config.root, "remote", "get-url", "origin")
     source = source_url(remote) if remote else None
     if source:
         labels[OCI + "source"] = source

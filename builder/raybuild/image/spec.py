@@ -1,18 +1,21 @@
-"""From config and lockfiles to image specs and generated Dockerfiles."""
+"""From config and lockfiles to image specs and generated Dockerfiles, and the head image's tag hash."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import UsageError
-from raybuild.fsutil import atomic_write
+from raybuild.fsutil import atomic_write, read_text
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
+from raybuild.image.ignore import CodeFiles, IgnoreRules
+from raybuild.image.prune import PrunePlan, prune_plan, prune_script
 from raybuild.lock.resolve import check_cuda, normalize, parse_pins, trusted_pins
-from raybuild.state import dockerfiles_dir
+from raybuild.state import dockerfiles_dir, head_ref
 
 VENV = "/opt/ray/venv"
 APP_SITE = "/opt/app/site-packages"
@@ -34,6 +37,10 @@ class ImageSpec:
     index_url: str | None = None
     ld_library_path: tuple[str, ...] = ()
     cuda: str | None = None
+    # The head image a CPU app builds on (its content-addressed tag); "" builds base and Ray in-file (GPU).
+    head_image: str = ""
+    ray_lock_hash: str = ""
+    code_hash: str = ""
 
     def context(self) -> dict[str, object]:
         return {
@@ -48,17 +55,78 @@ class ImageSpec:
             "index_url": self.index_url,
             "ld_library_path": list(self.ld_library_path),
             "cuda": self.cuda,
+            "head_image": self.head_image,
+            "ray_lock_hash": self.ray_lock_hash,
+            "code_hash": self.code_hash,
             "venv": VENV,
             "app_site": APP_SITE,
             "code_dir": CODE_DIR,
         }
 
 
-def lock_hash(config: LoadedConfig, app: App) -> str:
-    path = config.lockfile(app)
+def _file_hash(path: Path) -> str:
     if not path.is_file():
         return "unlocked"
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def lock_hash(config: LoadedConfig, app: App) -> str:
+    return _file_hash(config.lockfile(app))
+
+
+def code_files(config: LoadedConfig, app: App) -> CodeFiles:
+    """The app's files that go into its image, after the `.raybuildignore` rules and the size limit."""
+    app_dir = config.app_dir(app)
+    rules = IgnoreRules.for_app(config.root, app_dir)
+    return rules.select(app_dir, config.config.limits.code_file_mb, app.name)
+
+
+def code_hash(config: LoadedConfig, app: App) -> str:
+    """A hash of the app's code (names and bytes): a label, so that a diff can say "code changed"."""
+    digest = hashlib.sha256()
+    for rel, path in code_files(config, app).files.items():
+        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def app_prune_plan(app: App) -> PrunePlan:
+    # One plan for both venvs: Ray's and the app's (Ray Data, say, lives in Ray's).
+    return prune_plan(tuple(app.prune.remove), tuple(app.prune.keep))
+
+
+# The head image is stages 1 and 2 of the app Dockerfile (Ray on the builder, copied onto the base), rendered
+# from these templates. Their whole text counts, so an edit anywhere in them gives a new head tag.
+HEAD_TEMPLATES = ("cpu/Dockerfile.j2", "common/app.Dockerfile.j2")
+
+
+def head_hash(config: LoadedConfig, app: App) -> str:
+    """The head image's tag suffix, from its inputs rather than from the Dockerfile rendered for ``app``.
+
+    The inputs: the base and builder images, Python and Ray, the Ray lock, the prune rules applied to Ray
+    (rules an app keeps apply there too) and the prune script, and the text of the templates. Nothing of
+    the app's code or of its own packages, so CPU apps with the same prune rules share one head.
+    """
+    templates = template_dir(config.root)
+    project = config.project
+    inputs: dict[str, object] = {
+        "base_image": bases.base_ref(config, app.device),
+        "builder_image": bases.builder_ref(config),
+        "python": project.python,
+        "ray_version": project.ray_version,
+        "index_url": project.index_url,
+        "venv": VENV,
+        "app_site": APP_SITE,
+        "code_dir": CODE_DIR,
+    }
+    ray_lock = config.ray_lockfile()
+    # Before `raybuild lock` there is none: `generate` still works, and `build` refuses to start. One that
+    # is not what raybuild wrote (edited, cut short, not UTF-8) is refused here (trusted_pins).
+    inputs["ray.lock"] = read_text(ray_lock) if trusted_pins(config, None) is not None else ""
+    inputs["prune-ray.json"] = app_prune_plan(app).to_json()
+    inputs["prune.py"] = read_text(prune_script(templates))
+    for name in HEAD_TEMPLATES:
+        inputs[name] = read_text(templates.path(name))
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def nvidia_library_dirs(lock_text: str) -> tuple[str, ...]:
@@ -90,6 +158,11 @@ def image_spec_for(config: LoadedConfig, app: App) -> ImageSpec:
         index_url=config.project.index_url,
         ld_library_path=nvidia_library_dirs(lock_text) if gpu else (),
         cuda=check_cuda(config, app) if gpu else None,
+        # GPU apps build base and Ray in their own file on the GPU base: identical Ray layer bytes, and a
+        # CUDA runtime base ([base.gpu] cuda_runtime_image) works as well.
+        head_image="" if gpu else head_ref(config, head_hash(config, app)),
+        ray_lock_hash=_file_hash(config.ray_lockfile()),
+        code_hash=code_hash(config, app),
     )
 
 

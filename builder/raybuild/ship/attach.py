@@ -18,8 +18,15 @@ from raybuild.errors import PublishError
 from raybuild.fsutil import atomic_write
 from raybuild.labels import SBOM_ANNOTATION
 from raybuild.progress import Progress, silent
-from raybuild.registry import Descriptor, Manifest, Registry, RegistryUnverifiable, attach, find_referrers
-from raybuild.ship.publish import split_reference
+from raybuild.registry import (
+    Descriptor,
+    Manifest,
+    Registry,
+    RegistryUnverifiable,
+    attach,
+    find_referrers,
+    split_reference,
+)
 from raybuild.ship.sbom import MEDIA_TYPE, SbomMaker, same_content, sbom_images
 from raybuild.state import PublishedImage, sbom_dir, sbom_name
 

@@ -1,7 +1,10 @@
 """Publishing built images: skip what the registry already holds, push the rest, record pinned digests.
 
 The registry is asked first (``GET /v2/<name>/manifests/<tag>``): when its manifest's config digest is the
-local image ID, the bytes are already there and nothing is pushed. Pushes go through ``Engine.push``, so
+local image ID, the bytes are already there and nothing is pushed. A content-addressed tag is never moved:
+when the registry holds the tag as another image, publish refuses before pushing anything, naming both
+(``force`` overwrites, with a warning). Moving it would give the same inputs two digests, and a RayService
+pinned to the new one would roll out a whole new cluster for nothing. Pushes go through ``Engine.push``, so
 docker's own credential store does any login; raybuild never reads credentials, and drops output lines
 that could carry them. The record is written once, after every image is in the registry, so a failed
 publish leaves the previous record exactly as it was, and removes the local tags it made for the target
@@ -34,6 +37,8 @@ from raybuild.registry import (
     RegistryUnreachable,
     RegistryUnverifiable,
     api_url,
+    repo_digest,
+    split_reference,
 )
 from raybuild.state import (
     HEAD_KEY,
@@ -86,13 +91,6 @@ def push_digest(output: str) -> str | None:
     """The repo digest that docker push prints last: ``<tag>: digest: sha256:... size: N``."""
     found = _PUSH_DIGEST.findall(output)
     return str(found[-1]) if found else None
-
-
-def split_reference(ref: str) -> tuple[str, str, str]:
-    """``host[:port]/name/space:tag`` -> (host, repository, tag)."""
-    name, tag = ref.rsplit(":", 1) if ":" in ref.rsplit("/", 1)[-1] else (ref, "latest")
-    host, _, repository = name.partition("/")
-    return host, repository, tag
 
 
 def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -180,6 +178,7 @@ class Publisher:
     clock: Callable[[], float] = time.monotonic
     secrets: tuple[str, ...] = field(default_factory=lambda: secret_values(os.environ))
     attach_sbom: AttachSbom | None = None
+    force: bool = False  # overwrite a tag the registry holds as another image
 
     def __post_init__(self) -> None:
         limits = self.config.config.limits
@@ -220,23 +219,28 @@ class Publisher:
         """Publish, then merge the results into the record.
 
         On any failure or interruption the record is left as it was, and the local tags this run made for
-        the target registry are removed again.
+        the target registry are removed again. A record that would not change is not rewritten, so a publish
+        that pushed nothing leaves it as it was.
         """
         path = publish_record_path(self.config)
         previous = PublishRecord.load(path)  # a malformed record fails here, before anything is pushed
         made: list[str] = []
         try:
-            results = [self._publish_one(item, made) for item in self.plan(names)]
+            planned = [(item, *self._check(item)) for item in self.plan(names)]
+            self._refuse_moved_tags(planned)
+            results = [self._publish_one(item, size, remote, made) for item, size, remote in planned]
             images = {**(previous.images if previous else {}), **{r.key: r.image for r in results}}
-            PublishRecord(MappingProxyType(images)).save(path)
+            record = PublishRecord(MappingProxyType(images))
+            if previous is None or record.to_json() != previous.to_json():
+                record.save(path)
         except BaseException:
             for tag in made:
                 self.engine.remove_image(tag)  # only the tag: the built image keeps its own
             raise
         return results
 
-    def _publish_one(self, item: Planned, made: list[str]) -> Published:
-        host, repository, tag = split_reference(item.target)
+    def _check(self, item: Planned) -> tuple[int, Manifest | None]:
+        """The local image's size (it must still be the one built) and what the registry holds at its tag."""
         try:
             local = self.engine.inspect(item.local_ref)
         except EngineError:
@@ -244,8 +248,27 @@ class Publisher:
         if local.get("Id") != item.image_id:
             raise PublishError(f"{item.key}: {item.local_ref} is gone or no longer the image that was built",
                                hint="rerun `raybuild build`, then publish")  # fmt: skip
-        size = int(local.get("Size") or 0)
-        remote = self._remote(host, repository, tag)
+        host, repository, tag = split_reference(item.target)
+        return int(local.get("Size") or 0), self._remote(host, repository, tag)
+
+    def _refuse_moved_tags(self, planned: list[tuple[Planned, int, Manifest | None]]) -> None:
+        moved = [
+            f"{item.target} is {remote.digest} (image {remote.config_digest}) in the registry, "
+            f"but image {item.image_id} here"
+            for item, _, remote in planned
+            if remote is not None and remote.config_digest not in (None, item.image_id)
+        ]
+        if moved and not self.force:
+            raise PublishError(
+                "refusing to move a content-addressed tag: " + "; ".join(moved),
+                hint="`raybuild build` takes the registry's image for a tag it holds; run it and publish "
+                "again, or `raybuild publish --force` to overwrite the registry's image",
+            )
+        for line in moved:
+            self.progress(f"warning: --force: overwriting {line}")
+
+    def _publish_one(self, item: Planned, size: int, remote: Manifest | None, made: list[str]) -> Published:
+        host, repository, _ = split_reference(item.target)
         if remote is not None and remote.config_digest == item.image_id:
             self.progress(f"{item.key}: {item.target} is already in the registry")
             image = PublishedImage(item.target, remote.digest, size, remote.compressed_size)
@@ -351,11 +374,11 @@ class Publisher:
             ) from None
 
     def _repo_digest(self, target: str) -> str:
-        name = target.rsplit(":", 1)[0]
-        for entry in map(str, self.engine.inspect(target).get("RepoDigests") or []):
-            if entry.startswith(name + "@"):
-                return entry.split("@", 1)[1]
-        raise PublishError(f"docker push {target} printed no digest, and the image has no digest for {name}")
+        found = repo_digest(list(map(str, self.engine.inspect(target).get("RepoDigests") or [])), target)
+        if found is None:
+            name = target.rsplit(":", 1)[0]
+            raise PublishError(f"docker push {target} printed no digest, and the image has none for {name}")
+        return found
 
 
 def _unreachable(host: str, exc: RegistryUnreachable, attempts: int) -> PublishError:

@@ -178,6 +178,9 @@ class ColdNode:
     project: str
     root: Path = COLD_ROOT
     progress: Progress = field(default=silent)
+    # A second cold node (tests, benchmarks/reproducible.py) needs a bridge and range of its own.
+    bridge: str = COLD_BRIDGE
+    bridge_cidr: str = COLD_BRIDGE_CIDR
     _node_engine: Engine | None = field(default=None, init=False, repr=False)
 
     @property
@@ -235,7 +238,7 @@ class ColdNode:
             self.host,
             "--config-file",
             str(config),
-            f"--bridge={COLD_BRIDGE}",
+            f"--bridge={self.bridge}",
             "--iptables=false",
             "--ip-masq=false",
             "--ip-forward=false",
@@ -254,16 +257,26 @@ class ColdNode:
             )
 
     def _ensure_bridge(self) -> None:
-        shown = self.engine.run(["ip", "-o", "-4", "addr", "show", "dev", COLD_BRIDGE], check=False)
-        if COLD_BRIDGE_CIDR in shown.output:
+        shown = self.engine.run(["ip", "-o", "-4", "addr", "show", "dev", self.bridge], check=False)
+        if self.bridge_cidr in shown.output:
             return
         if shown.returncode != 0:
-            self.engine.run(["ip", "link", "add", "name", COLD_BRIDGE, "type", "bridge"], what="ip link add")
-        self.engine.run(["ip", "addr", "flush", "dev", COLD_BRIDGE], what="ip addr flush")
-        self.engine.run(["ip", "addr", "add", COLD_BRIDGE_CIDR, "dev", COLD_BRIDGE], what="ip addr add")
-        self.engine.run(["ip", "link", "set", COLD_BRIDGE, "up"], what="ip link set up")
+            self.engine.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], what="ip link add")
+        self.engine.run(["ip", "addr", "flush", "dev", self.bridge], what="ip addr flush")
+        self.engine.run(["ip", "addr", "add", self.bridge_cidr, "dev", self.bridge], what="ip addr add")
+        self.engine.run(["ip", "link", "set", self.bridge, "up"], what="ip link set up")
         # The daemon keeps its default bridge's subnet in its network store; a new address needs a new store.
         shutil.rmtree(self.root / "data" / "network", ignore_errors=True)
+
+    def stop(self, timeout: float = 60.0, remove: bool = False) -> None:
+        """Stop the cold daemon (SIGTERM to its pidfile's pid); ``remove`` then deletes its image store."""
+        pid = self.pidfile.read_text().strip() if self.pidfile.is_file() else ""
+        if pid.isdigit():
+            self.engine.run(["kill", "-TERM", pid], check=False)
+            wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout, interval=0.5)
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.engine.run(["ip", "link", "del", self.bridge], check=False)
 
     def clear(self) -> None:
         """Remove this project's containers and every image on the cold node: the next pull starts from

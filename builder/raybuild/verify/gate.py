@@ -270,8 +270,11 @@ class GateReport:
                 text += f"; {verdict}: {', '.join(names)}"
         return text + "."
 
-    def to_markdown(self) -> str:
+    def to_markdown(self, sections: list[str] | None = None) -> str:
+        """The PR comment; ``sections`` (Markdown, such as the RayService upgrade) follow the summary."""
         lines = ["## raybuild image gate", "", self.summary(), ""]
+        for extra in sections or []:
+            lines += [extra.rstrip("\n"), ""]
         lines += [
             "| App | Metric | Baseline | Current | Change | Verdict |",
             "| --- | --- | ---: | ---: | ---: | --- |",

@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from raybuild.cli import build as build_cli
 from raybuild.config import LoadedConfig
 from raybuild.errors import BuildError, StaleLockError, UsageError
-from raybuild.image import bases, build
+from raybuild.image import bases, build, epoch
 from raybuild.image.build import Builder
 from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
+from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
@@ -27,7 +30,7 @@ from raybuild.state import (
     with_found_deployments,
 )
 from tests.conftest import TmpProject, other_app
-from tests.unit.fakes import FakeEngine
+from tests.unit.fakes import FakeEngine, FakeRegistry, image_id
 
 RAY_BODY = """\
 aiohttp==3.14.5 \\
@@ -291,7 +294,7 @@ def test_editing_a_template_comment_changes_the_head_hash_and_undoing_it_restore
     template = images / "common" / "app.Dockerfile.j2"
     original = template.read_text()
     for edited in (
-        original.replace("# ---- Stage 4: the app image", "# ---- Stage 4: the app image (edited)"),
+        original.replace("# ---- Stage 5: the app image", "# ---- Stage 5: the app image (edited)"),
         original.replace("# ---- Stage 1", "# ---- stage 1"),
     ):
         assert edited != original
@@ -420,6 +423,18 @@ def refs(config: LoadedConfig, tmp_path: Path) -> tuple[str, str]:
     return image_ref(config, app, content), head_ref(config, build.head_hash(config, app))
 
 
+def base_images(config: LoadedConfig) -> list[str]:
+    """The images `ensure_bases` makes for a CPU project: present, so that only head and app are built."""
+    cpu = config.config.base.cpu
+    return [
+        bases.uv_image(),
+        bases.rootfs(cpu, "builder").ref,
+        bases.builder_ref(config),
+        bases.rootfs(cpu, "runtime").ref,
+        bases.base_ref(config, "cpu"),
+    ]
+
+
 def test_existing_images_are_cached_and_nothing_is_built(project: LoadedConfig, tmp_path: Path) -> None:
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[ref, head])
@@ -514,7 +529,7 @@ def test_a_fresh_build_builds_head_then_app_and_tags_only_after_success(
     project: LoadedConfig, tmp_path: Path
 ) -> None:
     ref, head = refs(project, tmp_path)
-    engine = FakeEngine()
+    engine = FakeEngine(images=base_images(project))
     (tmp_path / "ca.pem").write_text("cert")
     progress: list[str] = []
     image, head_image = Builder(
@@ -534,7 +549,7 @@ def test_a_fresh_build_builds_head_then_app_and_tags_only_after_success(
 
 def test_a_failed_app_build_names_the_step_and_tags_nothing(project: LoadedConfig, tmp_path: Path) -> None:
     ref, head = refs(project, tmp_path)
-    engine = FakeEngine(images=[head])
+    engine = FakeEngine(images=[head, *base_images(project)])
     engine.script("buildx", "build", returncode=1, output=PLAIN_FAILURE)
     with pytest.raises(BuildError) as raised:
         Builder(project, engine).build_app(project.apps[0])
@@ -545,7 +560,7 @@ def test_a_failed_app_build_names_the_step_and_tags_nothing(project: LoadedConfi
 
 
 def test_a_failed_head_build_stops_before_the_app(project: LoadedConfig, tmp_path: Path) -> None:
-    engine = FakeEngine()
+    engine = FakeEngine(images=base_images(project))
     engine.script("buildx", "build", returncode=1, output="#3 ERROR: failed to resolve source metadata")
     with pytest.raises(BuildError, match=r"^build of the head image failed \(exit 1\)$"):
         Builder(project, engine).build_app(project.apps[0])
@@ -563,7 +578,166 @@ def test_build_makes_bases_then_tags_the_head_and_records_every_image(
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[head])
     built = Builder(project, engine).build(project.apps)
-    assert ensured == [("cpu",)]
+    # The head exists: the app's build needs the builder image only, not the runtime base.
+    assert ensured == [()]
     assert [(b.app, b.ref, b.cached) for b in built] == [(HEAD_KEY, head, True), ("demo", ref, False)]
     assert engine.images["127.0.0.1:5000/demo/ray-head:latest"] == engine.images[head]
     assert {k: v.ref for k, v in load_build_record(project).items()} == {HEAD_KEY: head, "demo": ref}
+
+
+# -- the registry first ------------------------------------------------------------------------------------
+
+DIGEST = "sha256:" + "d" * 64
+
+
+def registry_with(*refs: str) -> FakeRegistry:
+    """A registry holding each ref, as the image FakeEngine's pull of it yields."""
+    registry = FakeRegistry()
+    for ref in refs:
+        _, repository, tag = split_reference(ref)
+        registry.store(repository, tag, image_id(f"registry:{ref}"))
+    return registry
+
+
+def remote_of(*refs: str) -> dict[str, tuple[str, str]]:
+    return {ref: (image_id(f"registry:{ref}"), DIGEST) for ref in refs}
+
+
+def test_a_fresh_engine_pulls_what_the_registry_holds_and_builds_nothing(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(remote=remote_of(ref, head))
+    registry = registry_with(ref, head)
+    built = Builder(project, engine, connect=registry.connect).build(project.apps)
+    assert [(b.app, b.ref, b.pulled, b.image_id) for b in built] == [
+        (HEAD_KEY, head, True, image_id(f"registry:{head}")),
+        ("demo", ref, True, image_id(f"registry:{ref}")),
+    ]
+    assert engine.builds() == []
+    # Nothing was built, so no base image (and no mmdebstrap) was needed either.
+    assert engine.calls("import") == [] and not [c for c in engine.commands if c[0] == "mmdebstrap"]
+    assert engine.images["127.0.0.1:5000/demo/demo:latest"] == image_id(f"registry:{ref}")
+    assert load_build_record(project)["demo"].image_id == image_id(f"registry:{ref}")
+
+
+def test_a_new_app_builds_on_the_head_pulled_from_the_registry_pinned_by_digest(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=base_images(project), remote=remote_of(head))
+    image, head_image = Builder(project, engine, connect=registry_with(head).connect).build_app(
+        project.apps[0]
+    )
+    assert head_image is not None and head_image.pulled
+    (app_build,) = engine.builds()
+    assert f"HEAD_IMAGE={head}@{DIGEST}" in app_build
+    assert not image.pulled and not image.cached and engine.images[ref] == image.image_id
+    # The epochs are build arguments; outside git both are the fallback.
+    assert f"SOURCE_DATE_EPOCH={epoch.FALLBACK_EPOCH}" in app_build
+    assert f"RAY_SOURCE_DATE_EPOCH={epoch.FALLBACK_EPOCH}" in app_build
+
+
+def test_a_head_built_here_and_never_pushed_is_named_by_its_tag(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    _, head = refs(project, tmp_path)
+    engine = FakeEngine(images=[head, *base_images(project)])
+    Builder(project, engine, connect=FakeRegistry().connect).build_app(project.apps[0])
+    (app_build,) = engine.builds()
+    assert f"HEAD_IMAGE={head}" in app_build
+
+
+def test_the_registrys_image_replaces_a_local_one_of_the_same_tag(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=[ref, head], remote=remote_of(ref))
+    registry = registry_with(ref)
+    registry.store(*split_reference(head)[1:], engine.images[head])  # the head matches: kept
+    progress: list[str] = []
+    image, head_image = Builder(
+        project, engine, connect=registry.connect, progress=progress.append
+    ).build_app(project.apps[0])
+    assert image.pulled and image.image_id == engine.images[ref] == image_id(f"registry:{ref}")
+    assert head_image is not None and not head_image.pulled
+    assert engine.calls("pull") == [["pull", "--quiet", ref]]
+    assert any("using the registry's (a content-addressed tag names one image)" in line for line in progress)
+
+
+def test_rebuild_builds_here_even_when_the_registry_has_the_tags(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=base_images(project), remote=remote_of(ref, head))
+    registry = registry_with(ref, head)
+    Builder(project, engine, connect=registry.connect, rebuild=True).build_app(project.apps[0])
+    assert len(engine.builds()) == 2 and engine.calls("pull") == []
+    assert registry.reads == []
+
+
+def test_a_registry_that_is_down_is_asked_once_and_everything_is_built_here(
+    tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    tmp_project.append_config(OTHER_APP)
+    tmp_project.add_app("other", "numpy\n")
+    config = tmp_project.load()
+    write_locks(config)
+    registry = FakeRegistry(failures=[RegistryUnreachable("connection refused", down=True)])
+    progress: list[str] = []
+    engine = FakeEngine(images=base_images(config))
+    Builder(config, engine, connect=registry.connect, progress=progress.append).build(config.apps)
+    assert len(engine.builds()) == 3  # head, demo, other
+    assert len(registry.reads) == 1 and engine.calls("pull") == []
+    assert [line for line in progress if "not reachable" in line] == [
+        "registry 127.0.0.1:5000 is not reachable (connection refused): building what is not here"
+    ]
+
+
+def test_a_registry_that_wants_a_login_is_tried_with_docker_pull(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
+    """docker pull has docker login's credentials, which raybuild never reads: a miss is "not found"."""
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=base_images(project), remote=remote_of(head))
+    registry = FakeRegistry(failures=[RegistryUnverifiable("HTTP 401 Unauthorized")] * 2)
+    image, head_image = Builder(project, engine, connect=registry.connect).build_app(project.apps[0])
+    assert head_image is not None and head_image.pulled
+    assert engine.calls("pull") == [["pull", "--quiet", head], ["pull", "--quiet", ref]]
+    assert not image.pulled and len(engine.builds()) == 1
+
+
+def test_stage_context_gives_code_the_modes_git_knows(
+    project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path
+) -> None:
+    script = tmp_project.app_dir / "run.sh"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o775)
+    (tmp_project.app_dir / "demo_app.py").chmod(0o664)
+    (tmp_project.app_dir / "pkg").mkdir(mode=0o775)
+    (tmp_project.app_dir / "pkg" / "mod.py").write_text("")
+    stage(project, tmp_path / "context")
+    code = tmp_path / "context" / "code"
+    modes = {p.relative_to(code).as_posix(): p.stat().st_mode & 0o777 for p in code.rglob("*")}
+    assert modes == {"run.sh": 0o755, "demo_app.py": 0o644, "pkg": 0o755, "pkg/mod.py": 0o644}
+
+
+def test_build_cli_says_what_it_pulled_and_rebuild_builds_instead(
+    project: LoadedConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_main: Any
+) -> None:
+    ref, head = refs(project, tmp_path)
+    engine = FakeEngine(images=base_images(project), remote=remote_of(ref, head))
+    monkeypatch.setattr(build_cli, "engine_for", lambda state: engine)
+    registry = registry_with(ref, head)
+    monkeypatch.setattr(build, "HttpRegistry", registry.connect)
+    pulled = run_main("--config", str(project.path), "build", "--json")
+    assert pulled.exit_code == 0, pulled.stderr
+    assert [(row["app"], row["pulled"]) for row in json.loads(pulled.stdout)] == [
+        (HEAD_KEY, True),
+        ("demo", True),
+    ]
+    table = run_main("--config", str(project.path), "build")
+    assert [line.split()[1] for line in table.stdout.splitlines()[1:]] == ["cached", "cached"]
+    rebuilt = run_main("--config", str(project.path), "build", "--rebuild")
+    assert [line.split()[1] for line in rebuilt.stdout.splitlines()[1:]] == ["built", "built"]
+    assert len(engine.builds()) == 2

@@ -55,12 +55,13 @@ def test_source_urls_are_browsable_and_never_carry_credentials() -> None:
     assert source_url("/srv/git/repo.git") is None
 
 
-def test_the_inputs_are_config_lockfiles_code_and_project_templates(repo: LoadedConfig) -> None:
+def test_the_inputs_are_lockfiles_code_and_project_templates(repo: LoadedConfig) -> None:
+    # raybuild.toml is not one: most of its edits (cluster, gate) change no image, and those that do
+    # (env, prune rules) change the staged context, so the tag, anyway.
     app = repo.apps[0]
-    assert set(image_inputs(repo, None)) == {repo.path, repo.ray_lockfile()}
+    assert set(image_inputs(repo, None)) == {repo.ray_lockfile()}
     (repo.root / "images").mkdir()
     assert set(image_inputs(repo, app)) == {
-        repo.path,
         repo.ray_lockfile(),
         repo.root / "images",
         repo.lockfile(app),
@@ -78,7 +79,8 @@ def test_the_last_change_is_the_last_commit_that_touched_the_inputs(repo: Loaded
     assert change.created == "2023-11-14T22:13:20Z"
 
     (repo.app_dir(app) / "demo_app.py").write_text("# changed\n")
-    assert last_change(engine, repo.root, image_inputs(repo, app)) is None  # uncommitted: no commit says it
+    dirty = last_change(engine, repo.root, image_inputs(repo, app))
+    assert dirty is not None and not dirty.clean  # uncommitted: no commit describes the image
     # The head image's inputs did not change: it still names the first commit.
     head = last_change(engine, repo.root, image_inputs(repo, None))
     assert head is not None and head.revision == first
@@ -120,7 +122,7 @@ def test_every_build_carries_the_labels(repo: LoadedConfig, tmp_path: Path) -> N
     ref, head = refs(repo, tmp_path)
     engine = FakeEngine()  # git answers nothing here: only the labels that need no repository
     Builder(repo, engine).build_app(repo.apps[0])
-    head_build, app_build = engine.builds()
+    *_, head_build, app_build = engine.builds()
     assert f"org.opencontainers.image.version={head.rsplit(':', 1)[1]}" in head_build
     assert f"org.opencontainers.image.version={ref.rsplit(':', 1)[1]}" in app_build
     assert f"io.raybuild.version={__version__}" in app_build

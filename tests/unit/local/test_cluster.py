@@ -491,6 +491,6 @@ def test_up_warns_when_an_image_was_rebuilt_after_it_was_published(
     said: list[str] = []
     cluster.up(built, FakeEngine(), built.apps, timeout=5, progress=said.append)
     assert [line for line in said if line.startswith("warning:")] == [
-        "warning: 'demo', 'other' rebuilt since the last publish: using the older published digest; "
-        "run `raybuild publish` to use the new build"
+        "warning: built since the last publish: 'demo', 'other': using the new local tags; "
+        "run `raybuild publish` to pin them by digest"
     ]

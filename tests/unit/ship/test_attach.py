@@ -22,9 +22,10 @@ from raybuild.registry import (
     attach,
     fallback_tag,
     find_referrers,
+    split_reference,
 )
 from raybuild.ship.attach import MARK, SbomAttacher, attached_sbom
-from raybuild.ship.publish import Publisher, split_reference
+from raybuild.ship.publish import Publisher
 from raybuild.ship.sbom import MEDIA_TYPE, SbomMaker
 from raybuild.ship.wheels import WheelHashes
 from raybuild.state import HEAD_KEY, PublishRecord, publish_record_path

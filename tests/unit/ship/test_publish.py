@@ -286,14 +286,49 @@ def test_images_the_registry_has_are_skipped(
     assert record is not None and record.images["demo"].digest == demo_digest
 
 
-def test_a_tag_holding_another_image_is_pushed_over(
-    publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
+def test_a_tag_holding_another_image_is_never_moved_and_nothing_is_pushed(
+    publisher: Publisher, engine: FakeEngine, registry: FakeRegistry, project: LoadedConfig
 ) -> None:
-    store(registry, DEMO_REF, OTHER_ID)  # same tag, different bytes
+    moved = store(registry, DEMO_REF, OTHER_ID)  # same tag, different bytes
+    with pytest.raises(PublishError) as raised:
+        publisher.publish()
+    assert str(raised.value) == (
+        f"refusing to move a content-addressed tag: {DEMO_REF} is {moved} (image {OTHER_ID}) in the "
+        f"registry, but image {DEMO_ID} here"
+    )
+    assert "raybuild publish --force" in (raised.value.hint or "")
+    # Refused before any push, the head's included: the registry and the record are as they were.
+    assert engine.pushed == []
+    assert stored(registry, DEMO_REF).config_digest == OTHER_ID
+    assert not publish_record_path(project).exists()
+
+
+def test_force_overwrites_a_tag_holding_another_image_with_a_warning(
+    project: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run
+) -> None:
+    moved = store(registry, DEMO_REF, OTHER_ID)
     store(registry, HEAD_REF, HEAD_ID)
+    publisher = Publisher(project, engine, connect=registry.connect, progress=run.progress.append,
+                          sleep=run.sleeps.append, secrets=(), force=True)  # fmt: skip
     results = publisher.publish()
     assert [r.status for r in results] == ["skipped", "pushed"]
     assert engine.pushed == [DEMO_REF]
+    assert stored(registry, DEMO_REF).config_digest == DEMO_ID
+    warning = f"warning: --force: overwriting {DEMO_REF} is {moved} (image {OTHER_ID}) in the registry"
+    assert any(line.startswith(warning) for line in run.progress)
+
+
+def test_a_publish_that_pushes_nothing_leaves_the_record_untouched(
+    publisher: Publisher, engine: FakeEngine, registry: FakeRegistry, project: LoadedConfig
+) -> None:
+    publisher.publish()
+    path = publish_record_path(project)
+    # Writes are atomic (a new file renamed over the old one), so any write shows as a new inode.
+    before, written, inode = path.read_bytes(), path.stat().st_mtime_ns, path.stat().st_ino
+    results = publisher.publish()
+    assert [r.status for r in results] == ["skipped", "skipped"]
+    assert path.read_bytes() == before
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (inode, written)
 
 
 def test_publishing_one_app_keeps_the_others_in_the_record(

@@ -244,6 +244,7 @@ def test_the_cold_node_pulls_within_the_deadline(cold: tuple[ColdNode, FakeEngin
         return original(command, **kwargs)
 
     engine.run = run  # type: ignore[method-assign]
+    engine.remote["127.0.0.1:5000/ns/demo-measure:1"] = ("sha256:" + "1" * 64, "sha256:" + "2" * 64)
     node.pull("127.0.0.1:5000/ns/demo-measure:1", deadline=42)
     assert engine.calls("pull") == [["pull", "--quiet", "127.0.0.1:5000/ns/demo-measure:1"]]
     assert deadlines == [42]

@@ -3,16 +3,24 @@
 # The CPU runtime base: only what a Ray node needs at run time (Python 3.11, bash and wget for
 # KubeRay's exec probes, ca-certificates, libstdc++ for Ray's _raylet.so). No compilers, apt lists, docs,
 # man pages or locales.
-FROM raybuild/rootfs-runtime:bookworm-1fb54545d5f8
+FROM raybuild/rootfs-runtime:bookworm-2d6beea72bd2
+# Each RUN step ends by setting every file it created or changed to SOURCE_DATE_EPOCH (raybuild passes it;
+# see raybuild/image/epoch.py): the same inputs then give the same layer on any machine. Docker 20.10's
+# BuildKit ignores the variable itself. The mount points BuildKit puts into each step are left alone.
+ARG SOURCE_DATE_EPOCH
 # Debian compiles only part of the standard library's bytecode at install time. Ray's processes run as
 # uid 1000 with PYTHONDONTWRITEBYTECODE, so every missing .pyc would be compiled again by every process
 # at every start; compiling them once here is what makes the head start as fast as a bare `ray start`.
-RUN python3.11 -m compileall -q -j 0 --invalidation-mode unchecked-hash /usr/lib/python3.11
+# A fixed PYTHONHASHSEED: set constants (`x in {"a", "b"}`) are marshalled in hash order.
 # KubeRay runs containers as uid 1000 with HOME /home/ray (the layout of the rayproject/ray images).
 # The passwd entry is written directly: the minimal bootstrap has no useradd.
-RUN echo 'ray:x:1000:100::/home/ray:/bin/bash' >> /etc/passwd \
+RUN start=$(date +%s) \
+ && PYTHONHASHSEED=0 python3.11 -m compileall -q -j 0 --invalidation-mode unchecked-hash /usr/lib/python3.11 \
+ && echo 'ray:x:1000:100::/home/ray:/bin/bash' >> /etc/passwd \
  && mkdir -p /home/ray/app \
- && chown 1000:100 /home/ray /home/ray/app
+ && chown 1000:100 /home/ray /home/ray/app \
+ && find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /etc/hosts -o -path /etc/resolv.conf -o -path /etc/hostname \) -prune \
+        -o -newermt "@$((start - 1))" -exec touch --no-dereference --date="@${SOURCE_DATE_EPOCH}" {} +
 ENV LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

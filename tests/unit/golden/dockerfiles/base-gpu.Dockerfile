@@ -3,7 +3,7 @@
 # The GPU base adds no CUDA toolkit: the CUDA runtime libraries come from the app's locked NVIDIA wheels,
 # and the driver (libcuda, libnvidia-ml) is injected by the NVIDIA container runtime. Built on the CPU base,
 # it shares every layer with it, so a node that has the CPU base pulls nothing more for this one.
-FROM raybuild/base-cpu:py3.11-9a56861773a5
+FROM raybuild/base-cpu:py3.11-798352c5168f
 # Ray detects GPUs through NVML; these tell the NVIDIA runtime to inject the compute and NVML libraries.
 ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility

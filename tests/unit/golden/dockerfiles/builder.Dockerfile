@@ -2,7 +2,7 @@
 #
 # The build stage image: the same Python 3.11 as the runtime base, plus binutils (to strip Ray's
 # binaries) and uv. It never ships: app images copy only the finished venv out of it.
-FROM raybuild/rootfs-builder:bookworm-6f3079c35c2f
+FROM raybuild/rootfs-builder:bookworm-be68cacf3947
 COPY --from=raybuild/uv:0.13.9 /uv /usr/local/bin/uv
 # uv must use the base's interpreter, never download one, and copy out of its cache mount.
 ENV UV_PYTHON_DOWNLOADS=never \

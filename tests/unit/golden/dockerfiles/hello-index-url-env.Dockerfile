@@ -7,9 +7,18 @@
 #   3. the app's extra packages          only what the app adds on top of Ray's locked set
 #   4. the app code                      last, so a code-only change rebuilds and pushes only this layer
 # Nothing app-specific may appear above the Ray layer, or the Ray layer stops being shared.
+#
+# Layers 2 to 4 are reproducible: each is made in a build stage under /out, every file time there is set
+# to SOURCE_DATE_EPOCH (raybuild passes it; see raybuild/image/epoch.py), and the folder is copied onto /.
+# A COPY stamps the folder it copies into with the build's clock (Docker 20.10's BuildKit ignores
+# SOURCE_DATE_EPOCH), and / is the one folder that a layer never records.
+# The head image (base and Ray layers). `raybuild build` builds or pulls it first and passes it pinned by
+# digest once the registry has it, so this image shares those layers with every node that runs the head.
+ARG HEAD_IMAGE=127.0.0.1:5000/raybuild/ray-head:ray2.60.0-py3.11-c1e6c8843b70
 
 # ---- Stage 1: Ray, from the project's shared Ray lock --------------------------------------------------
-FROM raybuild/builder:py3.11-07f30f7cde8f AS ray
+FROM raybuild/builder:py3.11-4e945928ec12 AS ray
+ARG RAY_SOURCE_DATE_EPOCH
 # The CA bundle and index credentials arrive as BuildKit secrets: never a layer, never a build arg.
 RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv \
     --mount=type=secret,id=ca_bundle \
@@ -21,14 +30,34 @@ RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv \
         -r /tmp/raybuild/ray.lock \
  && printf '%s\n' /opt/app/site-packages /home/ray/app > /opt/ray/venv/lib/python3.11/site-packages/raybuild_app.pth
 # Prune what Ray Serve never uses at run time (see images/common/prune.py), strip debug symbols, then
-# compile bytecode once so that no node pays for it at start-up.
+# compile bytecode once so that no node pays for it at start-up. A fixed PYTHONHASHSEED: set constants
+# (`x in {"a", "b"}`) are marshalled in hash order.
 RUN --mount=type=bind,source=prune.py,target=/tmp/raybuild/prune.py \
     --mount=type=bind,source=prune-ray.json,target=/tmp/raybuild/prune.json \
     /usr/bin/python3.11 /tmp/raybuild/prune.py /opt/ray/venv /tmp/raybuild/prune.json \
- && /opt/ray/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/ray/venv/lib
+ && PYTHONHASHSEED=0 /opt/ray/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/ray/venv/lib \
+ && mkdir -p /out/opt/ray/venv \
+ && cp -a /opt/ray/venv/. /out/opt/ray/venv/ \
+ && find /out -newermt "@${RAY_SOURCE_DATE_EPOCH}" -exec touch --no-dereference --date="@${RAY_SOURCE_DATE_EPOCH}" {} +
 
-# ---- Stage 2: the app's own packages, installed beside the Ray venv ---------------------------------
-FROM ray AS app
+# ---- Stage 2: the head image: the base plus Ray, no app (`raybuild build` tags it as the head image) ----
+FROM raybuild/base-cpu:py3.11-798352c5168f AS head
+# KubeRay 1.4+ starts containers with `/bin/bash -c`, not a login shell, so `ray` must be on ENV PATH.
+ENV PATH=/opt/ray/venv/bin:/opt/app/site-packages/bin:/usr/local/bin:/usr/bin:/bin \
+    VIRTUAL_ENV=/opt/ray/venv
+COPY --from=ray /out/ /
+# Set here, in the shared prefix: a WORKDIR after the code COPY can add a layer of its own behind it.
+WORKDIR /home/ray/app
+LABEL io.raybuild.ray-version="2.60.0" \
+      io.raybuild.python="3.11" \
+      io.raybuild.ray-lock-sha256="bca179929ae268ae"
+
+FROM ${HEAD_IMAGE} AS head-image
+
+# ---- Stage 3: the app's own packages, installed beside the Ray venv ---------------------------------
+FROM raybuild/builder:py3.11-4e945928ec12 AS app
+ARG SOURCE_DATE_EPOCH
+COPY --from=head-image /opt/ray/venv /opt/ray/venv
 RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv \
     --mount=type=secret,id=ca_bundle \
     --mount=type=secret,id=netrc,target=/root/.netrc \
@@ -42,26 +71,26 @@ RUN --mount=type=cache,target=/root/.cache/uv,id=raybuild-uv \
 RUN --mount=type=bind,source=prune.py,target=/tmp/raybuild/prune.py \
     --mount=type=bind,source=prune-app.json,target=/tmp/raybuild/prune.json \
     /usr/bin/python3.11 /tmp/raybuild/prune.py /opt/app/site-packages /tmp/raybuild/prune.json \
- && /opt/ray/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/app/site-packages
+ && PYTHONHASHSEED=0 /opt/ray/venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/app/site-packages \
+ && mkdir -p /out/opt/app/site-packages \
+ && cp -a /opt/app/site-packages/. /out/opt/app/site-packages/ \
+ && find /out -newermt "@${SOURCE_DATE_EPOCH}" -exec touch --no-dereference --date="@${SOURCE_DATE_EPOCH}" {} +
 
-# ---- Stage 3: the head image: the base plus Ray, no app (`raybuild build` tags it as the head image) ----
-FROM raybuild/base-cpu:py3.11-9a56861773a5 AS head
-# KubeRay 1.4+ starts containers with `/bin/bash -c`, not a login shell, so `ray` must be on ENV PATH.
-ENV PATH=/opt/ray/venv/bin:/opt/app/site-packages/bin:/usr/local/bin:/usr/bin:/bin \
-    VIRTUAL_ENV=/opt/ray/venv
-COPY --from=ray /opt/ray/venv /opt/ray/venv
-# Set here, in the shared prefix: a WORKDIR after the code COPY can add a layer of its own behind it.
-WORKDIR /home/ray/app
-LABEL io.raybuild.ray-version="2.60.0" \
-      io.raybuild.python="3.11"
+# ---- Stage 4: the app code, owned by uid 1000 like the base's home folder ------------------------------
+FROM raybuild/builder:py3.11-4e945928ec12 AS code
+ARG SOURCE_DATE_EPOCH
+COPY code/ /out/home/ray/app/
+RUN chown -R 1000:100 /out/home/ray \
+ && find /out -newermt "@${SOURCE_DATE_EPOCH}" -exec touch --no-dereference --date="@${SOURCE_DATE_EPOCH}" {} +
 
-# ---- Stage 4: the app image ---------------------------------------------------------------------------
-FROM head
-COPY --from=app /opt/app/site-packages /opt/app/site-packages
+# ---- Stage 5: the app image ---------------------------------------------------------------------------
+FROM head-image
+COPY --from=app /out/ /
 ENV GREETING_STYLE="plain"
 ENV MOTD="say \"hi\" & \$HOME"
 ENV WIN="C:\\tmp"
-COPY --chown=1000:100 code/ /home/ray/app/
+COPY --from=code /out/ /
 LABEL io.raybuild.app="hello" \
       io.raybuild.device="cpu" \
-      io.raybuild.lock-sha256="58d82acb8ba57a36"
+      io.raybuild.lock-sha256="58d82acb8ba57a36" \
+      io.raybuild.code-sha256="f4d522f3431bc3b0"
