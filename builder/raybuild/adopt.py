@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from raybuild.errors import ConfigError, UsageError
+from raybuild.errors import ConfigError, FileError, UsageError
 
 _APP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 # Keys of a Serve application, of its runtime_env and of a deployment that raybuild carries over. The rest
@@ -57,8 +57,12 @@ def _serve_config(path: Path) -> dict[str, Any]:
     """The Serve config in ``path``: the file itself, or a RayService's ``spec.serveConfigV2``."""
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--from-serve-config {path}: cannot read it ({exc})") from exc
+    except UnicodeDecodeError as exc:
+        error = FileError.not_utf8(path, exc)
+        raise UsageError(f"--from-serve-config {error.message}", hint=error.hint) from exc
+    except OSError as exc:
+        error = FileError.from_os_error(exc, path, "read")
+        raise UsageError(f"--from-serve-config: {error.message}", hint=error.hint) from exc
     try:
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:

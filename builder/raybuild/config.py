@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raybuild.errors import ConfigError
+from raybuild.config_checks import check_paths, describe_error
+from raybuild.errors import ConfigError, FileError, shown_path
 
 CONFIG_NAME = "raybuild.toml"
 # Overrides [project].registry: CI points every command at a registry that outlives the job, so that a
@@ -21,6 +22,9 @@ CONFIG_NAME = "raybuild.toml"
 REGISTRY_ENV = "RAYBUILD_REGISTRY"
 DEFAULT_RAY_VERSION = "2.60.0"
 DEFAULT_PYTHON = "3.11"
+# Python minors that Ray has published wheels for in its recent releases (2.60 ships 3.10 to 3.14). Whether
+# the chosen Ray has wheels for the chosen Python is known only to the index: `raybuild lock` says so.
+SUPPORTED_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 _APP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -215,6 +219,9 @@ class Project(_Model):
     def _python(cls, value: str) -> str:
         if not re.fullmatch(r"3\.\d{1,2}", value):
             raise ValueError(f"{value!r} must be a minor version such as '3.11'")
+        if value not in SUPPORTED_PYTHONS:
+            supported = ", ".join(SUPPORTED_PYTHONS)
+            raise ValueError(f"Python {value} is not one Ray publishes wheels for (supported: {supported})")
         return value
 
     @field_validator("ray_version")
@@ -332,74 +339,37 @@ class LoadedConfig:
         return tuple(app for app in self.apps if app.name in names)
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + part
-    return out
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """The keys allowed at the table that holds ``loc``'s last key."""
-    current: type[BaseModel] = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return []
-        current = nested[0]
-    return sorted(current.model_fields)
-
-
-def _message(error: Any, path: Path) -> ConfigError:
-    loc = tuple(error["loc"])
-    key = _format_loc(loc)
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(RaybuildConfig, loc)
-        where = f" (allowed here: {', '.join(allowed)})" if allowed else ""
-        return ConfigError(
-            f"{path.name}: unknown key '{key}'{where}",
-            hint="check the spelling; the README's config reference lists every key",
-        )
-    if kind == "missing":
-        return ConfigError(f"{path.name}: missing required key '{key}'")
-    message = str(error["msg"])
-    message = message.removeprefix("Value error, ")
-    got = error.get("input")
-    if kind.endswith("_type") or kind in ("literal_error", "enum"):
-        shown = repr(got)
-        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
-    where = f" key '{key}':" if key else ""
-    return ConfigError(f"{path.name}:{where} {message}")
-
-
 def parse_config(data: dict[str, Any], path: Path) -> RaybuildConfig:
     try:
         return RaybuildConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise _message(first, path) from exc
+        hint = None
+        if first["type"] == "extra_forbidden":
+            hint = "check the spelling; the README's config reference lists every key"
+        raise ConfigError(describe_error(first, RaybuildConfig, path.name), hint=hint) from exc
 
 
 def _config_file(path: Path) -> Path:
     """``--config`` may name the file or the folder that holds it."""
-    return path / CONFIG_NAME if path.is_dir() else path
+    try:
+        return path / CONFIG_NAME if path.is_dir() else path
+    except OSError as exc:  # a name too long for the file system, say
+        reason = FileError.from_os_error(exc, path, "read").message.rsplit(": ", 1)[-1]
+        raise ConfigError(
+            f"--config {shown_path(path)}: {reason}",
+            hint="pass the path of raybuild.toml, or of the folder that holds it",
+        ) from exc
 
 
 def _read(path: Path) -> RaybuildConfig:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(FileError.not_utf8(path.name, exc).message, hint=f"save {path} as UTF-8") from exc
+    except OSError as exc:
+        error = FileError.from_os_error(exc, path, "read")
+        raise ConfigError(error.message, hint=error.hint) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path.name}: not valid TOML: {exc}") from exc
     return parse_config(data, path)
@@ -410,7 +380,8 @@ def load_config(path: Path) -> LoadedConfig:
     path = _config_file(path)
     if not path.is_file():
         raise ConfigError(
-            f"{path}: no such file", hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml"
+            f"{shown_path(path)}: no such file",
+            hint="run `raybuild init DIR` or pass --config PATH/raybuild.toml",
         )
     config = _read(path)
     registry = os.environ.get(REGISTRY_ENV, "").strip().rstrip("/")
@@ -418,19 +389,7 @@ def load_config(path: Path) -> LoadedConfig:
         project = config.project.model_copy(update={"registry": registry})
         config = config.model_copy(update={"project": project})
     root = path.parent.resolve()
-    for index, app in enumerate(config.apps):
-        if not (root / app.path).is_dir():
-            raise ConfigError(
-                f"{path.name}: key 'apps[{index}].path': app {app.name!r} directory {app.path!r} "
-                "does not exist",
-                hint="create it or fix the path (relative to raybuild.toml)",
-            )
-        if not (root / app.requirements).is_file():
-            raise ConfigError(
-                f"{path.name}: key 'apps[{index}].requirements': app {app.name!r} requirements file "
-                f"{app.requirements!r} does not exist",
-                hint="create it (it may be empty) or fix the path",
-            )
+    check_paths(config, path, root)
     return LoadedConfig(config, root, path.resolve())
 
 

@@ -179,12 +179,17 @@ class Engine:
     def ping(self) -> None:
         result = self.docker_cmd("info", "--format", "{{.ServerVersion}}", check=False, timeout=30)
         if result.returncode != 0 or not result.output.strip():
+            # Docker 20.10's client says only how the --format template failed on the missing answer
+            # ("template: :1:2: executing ..."): noise next to "not reachable", so it is not shown.
+            said = [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith("template:")]
+            host = {**os.environ, **self.env}.get("DOCKER_HOST")
             raise EngineError(
                 "the Docker daemon is not reachable",
                 command=result.command,
                 returncode=result.returncode,
-                output_tail=result.output[-2000:],
-                hint="start it (sudo scripts/setup starts dockerd) and check `docker info`",
+                output_tail="\n".join(said)[-2000:],
+                hint="start it (sudo scripts/setup starts dockerd) and check `docker info`"
+                + (f"; DOCKER_HOST is {host}" if host else ""),
             )
 
     # -- images -------------------------------------------------------------------------------------------

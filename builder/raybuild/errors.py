@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+from typing import Any
+
+# A path is shown whole up to this many characters; a longer one (a mistyped option, a 100,000-character
+# argument) is cut in the middle, so the error stays one readable line.
+_SHOWN_PATH_MAX = 120
+
 
 class RaybuildError(Exception):
     """A failure the user can act on. ``hint`` says what to do next."""
@@ -15,6 +23,89 @@ class RaybuildError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def details(self) -> dict[str, Any]:
+        """Extra fields of the ``--json`` error object (besides ok, error and hint)."""
+        return {}
+
+
+def shown_path(path: object) -> str:
+    """A path as an error message shows it: whole, or cut in the middle when it is very long."""
+    text = str(path)
+    if len(text) <= _SHOWN_PATH_MAX:
+        return text
+    return f"{text[:60]}...{text[-40:]} ({len(text)} characters)"
+
+
+class FileError(RaybuildError):
+    """A file or folder raybuild reads or writes cannot be used: in the way, read-only, or not UTF-8."""
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object = None, action: str = "use") -> FileError:
+        """One line naming the path and what stopped raybuild, and a hint on what to do about it."""
+        target = path if path is not None else exc.filename
+        shown = shown_path(target) if target is not None else "a file"
+        code = exc.errno
+        if code in (errno.ENOTDIR, errno.EEXIST) and target is not None:
+            blocker = _file_in_the_way(Path(str(target)))
+            if blocker is not None:
+                return cls(
+                    f"cannot {action} {shown}: {shown_path(blocker)} is a file, not a folder",
+                    hint="move that file away, or choose another path",
+                )
+        reasons = {
+            errno.EISDIR: ("it is a folder, not a file", "give the path of a file"),
+            errno.EROFS: ("the file system is read-only", "choose a path on a writable file system"),
+            errno.EACCES: ("permission denied", "check the permissions, or choose another path"),
+            errno.EPERM: ("operation not permitted", "check the permissions, or choose another path"),
+            errno.ENAMETOOLONG: ("the path is too long", "use a shorter path"),
+            errno.ENOSPC: ("no space left on the device", "free some space, then rerun"),
+            errno.ENOENT: ("no such file or folder", "check the path"),
+            errno.ENOTDIR: ("a part of the path is not a folder", "check the path"),
+        }
+        reason, hint = reasons.get(code or 0, (exc.strerror or str(exc), "check the path and rerun"))
+        return cls(f"cannot {action} {shown}: {reason}", hint=hint)
+
+    @classmethod
+    def not_utf8(cls, path: object, exc: UnicodeError, hint: str | None = None) -> FileError:
+        reason = unreadable(exc) if isinstance(exc, UnicodeDecodeError) else "not valid UTF-8"
+        shown = shown_path(path) if path is not None else "a file raybuild read"
+        return cls(f"{shown}: {reason}", hint=hint or "save it as UTF-8 text, then rerun")
+
+
+def unreadable(exc: OSError | UnicodeError) -> str:
+    """Why a file could not be read, in a few words (for messages that already name the file)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc)).lower()
+    return str(exc)
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest of ``path``'s parent folders that exists as something other than a folder."""
+    for parent in path.parents:
+        try:
+            if parent.exists():
+                return None if parent.is_dir() else parent
+        except OSError:
+            return None
+    return None
+
+
+class ReportedFailure(RaybuildError):
+    """A command's own report (the doctor table, the gate, a drill) shows a failure.
+
+    ``report`` is that report's JSON: with --json, main() prints it inside the one error object, so a
+    script reads the same keys whether the command passed or failed.
+    """
+
+    def __init__(self, message: str, hint: str | None = None, report: dict[str, Any] | None = None) -> None:
+        super().__init__(message, hint)
+        self.report = report or {}
+
+    def details(self) -> dict[str, Any]:
+        return dict(self.report)
 
 
 class ConfigError(RaybuildError):
@@ -32,14 +123,22 @@ class LockError(RaybuildError):
 
 
 class StaleLockError(LockError):
-    """One or more lockfiles are missing or out of date."""
+    """One or more lockfiles are missing, out of date, or no longer what raybuild wrote."""
 
-    def __init__(self, stale: list[str]) -> None:
-        super().__init__(
-            "stale or missing lockfiles: " + ", ".join(stale),
-            hint="run `raybuild lock` and commit the result",
-        )
-        self.stale = stale
+    def __init__(
+        self, problems: list[tuple[str, str]], command: str = "raybuild lock", hint: str | None = None
+    ) -> None:
+        if len(problems) == 1:
+            message = f"{problems[0][0]}: {problems[0][1]}"
+        else:
+            listed = "; ".join(f"{path}: {reason}" for path, reason in problems)
+            message = f"{len(problems)} lockfiles need regenerating: {listed}"
+        super().__init__(message, hint=hint or f"run `{command}` and commit the result")
+        self.stale = [path for path, _ in problems]
+        self.problems = problems
+
+    def details(self) -> dict[str, Any]:
+        return {"stale": self.stale}
 
 
 class EngineError(RaybuildError):

@@ -14,16 +14,19 @@ from __future__ import annotations
 import json
 import math
 import resource
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from raybuild.config import App
 from raybuild.engine import Engine
 from raybuild.errors import EngineError, GpuUnavailable, RaybuildError
+from raybuild.fsutil import atomic_write
+from raybuild.image.introspect import AppException
 from raybuild.labels import label_filters
-from raybuild.loopback import http
+from raybuild.loopback import http, wait_until
 from raybuild.verify.gpu import TOOLKIT_HINT, no_device_driver
 
 GCS_PORT = 6379
@@ -298,3 +301,101 @@ def app_status(dashboard: str, app: str) -> str:
     if not isinstance(info, dict):
         return f"Serve reports no status for {app!r}"
     return f"status {info.get('status')}: {str(info.get('message', ''))[:300]}"
+
+
+# -- a failed Serve deploy --------------------------------------------------------------------------------
+
+# Where every Ray node writes its logs; Serve names a replica's log relative to this folder.
+RAY_LOGS_DIR = "/tmp/ray/session_latest/logs"
+DEPLOY_FAILED = "DEPLOY_FAILED"
+# A waiting command reads the applications' status at least this often: a deploy that failed (an import
+# error, an exception in a constructor) stops the wait there, instead of at its timeout.
+STATUS_POLL_S = 2.0
+
+
+@dataclass(frozen=True)
+class DeployFailure:
+    """An application Serve reports as DEPLOY_FAILED, with what Serve said about it."""
+
+    app: str
+    message: str  # the failed deployment's message, else the application's: a traceback, usually
+    log_file: str | None = None  # the last failed replica's log, relative to RAY_LOGS_DIR on its node
+
+    def describe(self) -> str:
+        """The app's exception (type, message, its own frame), else the first line of Serve's message."""
+        exception = AppException.from_traceback(self.message)
+        if exception is not None:
+            return exception.describe()
+        lines = self.message.strip().splitlines()
+        return lines[0][:300] if lines else "no message from Serve"
+
+
+def deploy_failures(dashboard: str, apps: Sequence[str]) -> list[DeployFailure]:
+    """The apps among ``apps`` whose deploy failed, read from one Serve status request."""
+    statuses = serve_status(dashboard)
+    failures = []
+    for app in apps:
+        info = statuses.get(app)
+        if not isinstance(info, dict) or info.get("status") != DEPLOY_FAILED:
+            continue
+        message, log_file = str(info.get("message") or ""), None
+        deployments = info.get("deployments")
+        for deployment in (deployments or {}).values() if isinstance(deployments, dict) else ():
+            if isinstance(deployment, dict) and deployment.get("status") == DEPLOY_FAILED:
+                # The app's own message only says which deployment failed; the deployment's has the cause.
+                message = str(deployment.get("message") or message)
+                dead = deployment.get("recent_dead_replicas")
+                if isinstance(dead, list) and dead and isinstance(dead[-1], dict):
+                    log_file = dead[-1].get("log_file_path") or None
+                break
+        failures.append(DeployFailure(app, message, log_file))
+    return failures
+
+
+@dataclass(frozen=True)
+class ServeWait:
+    answered: bool
+    failure: DeployFailure | None = None
+
+
+def wait_for_serve(
+    dashboard: str, apps: Sequence[str], answered: Callable[[], bool], timeout: float, interval: float = 0.5
+) -> ServeWait:
+    """Wait until ``answered()``; stop at the first status read that shows a deploy of ``apps`` failed."""
+    failed: list[DeployFailure] = []
+
+    def done() -> bool:
+        if answered():
+            return True
+        failed.extend(deploy_failures(dashboard, apps))
+        return bool(failed)
+
+    ready = wait_until(done, timeout, interval=min(interval, STATUS_POLL_S))
+    return ServeWait(ready and not failed, failed[0] if failed else None)
+
+
+def save_failure_log(engine: Engine, containers: Sequence[str], failure: DeployFailure, path: Path) -> Path:
+    """Keep Serve's whole message and the failed replica's log at ``path``: the containers are removed."""
+    parts = [f"Serve could not deploy app {failure.app!r}. What Serve reported:\n\n{failure.message}\n"]
+    if failure.log_file:
+        source = f"{RAY_LOGS_DIR}/{failure.log_file.lstrip('/')}"
+        for container in containers:
+            result = engine.exec(container, ["tail", "-n", "500", source], timeout=EXEC_TIMEOUT_S)
+            if result.returncode == 0:
+                parts.append(
+                    f"\n--- {source} on {container}, the failed replica's log ---\n{result.output}\n"
+                )
+                break
+    atomic_write(path, "".join(parts))
+    return path
+
+
+def deploy_error(
+    error: type[RaybuildError], app: App, failure: DeployFailure, log: Path | None
+) -> RaybuildError:
+    """One line naming the app's exception, and a hint saying where the whole story is."""
+    where = f"the whole traceback and the replica's log are in {log}; " if log is not None else ""
+    return error(
+        f"app {app.name!r}: Serve could not deploy it: {failure.describe()}",
+        hint=f"{where}fix the app under {app.path}, then `raybuild build {app.name}` and rerun",
+    )

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from raybuild.config import App, Deployment, LoadedConfig
-from raybuild.errors import StateError
+from raybuild.errors import StateError, unreadable
 from raybuild.fsutil import atomic_write
 
 # Relative to the project root (the folder holding raybuild.toml).
@@ -29,6 +29,8 @@ PUBLISH_RECORD = STATE_DIR / "publish.json"
 CLUSTER_RECORD = STATE_DIR / "up.json"
 DOCKERFILES_DIR = STATE_DIR / "dockerfiles"
 DEFAULT_MEASURE_PATH = STATE_DIR / "measure.json"  # what `measure` always writes and `check` reads
+# What a failed Serve deploy leaves behind (its whole traceback, the replica's log): its containers are gone.
+LOGS_DIR = STATE_DIR / "logs"
 SBOM_DIR = STATE_DIR / "sbom"  # `raybuild sbom` writes <image>.cdx.json here; `scan` and CI read them
 WHEEL_HASHES = STATE_DIR / "wheel-hashes.json"  # which wheel file each lockfile hash is (see ship/wheels.py)
 
@@ -70,6 +72,11 @@ def cluster_record_path(config: LoadedConfig) -> Path:
 
 def dockerfiles_dir(config: LoadedConfig) -> Path:
     return config.root / DOCKERFILES_DIR
+
+
+def failure_log_path(config: LoadedConfig, command: str, app: str) -> Path:
+    """Where ``command`` (test, up, measure) keeps what Serve said when ``app`` failed to deploy."""
+    return config.root / LOGS_DIR / f"{command}-{app}.log"
 
 
 def sbom_dir(config: LoadedConfig) -> Path:
@@ -139,7 +146,9 @@ def load_build_record(config: LoadedConfig) -> dict[str, BuiltImage]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StateError(f"{path}: unreadable build record ({unreadable(exc)})", hint=_REBUILD) from exc
+    except ValueError as exc:
         raise StateError(f"{path}: malformed build record ({exc})", hint=_REBUILD) from exc
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, dict) or data.get("version") != RECORD_VERSION:
@@ -245,7 +254,11 @@ class PublishRecord:
             return None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StateError(
+                f"{path}: unreadable publish record ({unreadable(exc)})", hint=_REPUBLISH
+            ) from exc
+        except json.JSONDecodeError as exc:
             raise StateError(f"{path}: not a readable JSON publish record: {exc}", hint=_REPUBLISH) from exc
         return cls.from_json(data, path)
 

@@ -17,6 +17,9 @@ from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, EngineError
 from raybuild.image.build import Builder
+from raybuild.lock import lockfile
+from raybuild.lock.resolve import app_target as lock_target
+from raybuild.lock.resolve import lockfile_text
 from raybuild.state import HEAD_KEY, BuiltImage, project_id
 from raybuild.verify.smoke import smoke_test
 
@@ -170,20 +173,24 @@ def test_missing_lockfile_names_the_fix(engine: Engine, project_copy: Path) -> N
 
 
 def test_failed_build_names_the_step_and_leaves_no_tag(engine: Engine, project_copy: Path) -> None:
-    lockfile = project_copy / "lockfiles" / "hello.txt"
-    text = lockfile.read_text()
-    # Corrupt every hash of orjson's entry, so uv's --require-hashes check fails in the app stage.
-    entry = re.search(r"^orjson==.*?(?=^\S)", text, flags=re.M | re.S)
+    config = load_config(project_copy / "raybuild.toml")
+    (hello,) = config.select(("hello",))
+    target = lock_target(config, hello)
+    body = lockfile.read(target.path)
+    assert body is not None and body.problem is None
+    # Every hash of orjson's entry corrupted, under a header that matches (as if the index had served other
+    # files when it was locked): raybuild's own checks pass, uv's --require-hashes fails in the app stage.
+    entry = re.search(r"^orjson==.*?(?=^\S)", body.body, flags=re.M | re.S)
     assert entry is not None
-    broken = text.replace(
+    broken = body.body.replace(
         entry.group(0), re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, entry.group(0))
     )
-    lockfile.write_text(broken)
-    config = load_config(project_copy / "raybuild.toml")
+    target.path.write_text(lockfile_text(target, config, broken))
     builder = Builder(config, engine)
     with pytest.raises(BuildError) as info:
         builder.build(config.select(("hello",)))
-    assert "[app 1/2]" in info.value.message
+    # The app stage's install step, whatever its number in the Dockerfile.
+    assert re.search(r"failed at step \[app \d+/\d+\] RUN ", info.value.message), info.value.message
     assert "hash" in info.value.output_tail.lower()
     from raybuild.image.build import stage_context
     from raybuild.state import image_ref

@@ -4,7 +4,8 @@ in memory, and an app builder.
 ``FakeEngine`` subclasses ``Engine`` and replaces only ``run``, the method every docker call goes through, so
 tests see the commands that the real engine builds (build, tag, import, run ...). It keeps the little Docker
 state that code checks before it acts (images, containers, networks), and answers from a script first.
-``FakeRegistry`` implements ``raybuild.registry.Registry`` for publish and measure alike.
+``FakeRegistry`` implements ``raybuild.registry.Registry`` for publish and measure alike. ``FakeResolver``
+stands in for uv when a test locks a project.
 """
 
 from __future__ import annotations
@@ -435,3 +436,29 @@ class FakeRegistry:
         if config is not None:
             self.blobs[config_digest] = config
         return manifest
+
+
+class FakeResolver:
+    """Stands in for uv: writes a lock with one pin per input line, and remembers each command."""
+
+    def __init__(self, fail_with: str | None = None) -> None:
+        self.commands: list[list[str]] = []
+        self.fail_with = fail_with
+
+    def __call__(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        self.commands.append(command)
+        if self.fail_with is not None:
+            return subprocess.CompletedProcess(command, 1, "", self.fail_with)
+        source = Path(command[command.index("compile") + 1])
+        output = Path(command[command.index("-o") + 1])
+        lines = []
+        for requirement in source.read_text().splitlines():
+            name = re.split(r"[\[<>=;\s]", requirement.strip(), maxsplit=1)[0]
+            if not name or name.startswith("#"):
+                continue
+            lines.append(f"{name}==1.0 \\\n    --hash=sha256:{name}\n    # via -r {source}")
+            if "-c" in command:
+                # Resolvers print the constraint path as they were given it.
+                lines.append(f"    #   -c {command[command.index('-c') + 1]}")
+        output.write_text("\n".join(lines) + "\n")
+        return subprocess.CompletedProcess(command, 0, "", "")

@@ -77,7 +77,8 @@ def test_a_buildkit_client_says_how_it_builds(
     assert check.ok and check.detail == f"/usr/bin/docker {client.version} ({how})"
 
 
-def test_a_daemon_that_is_down_fails_with_the_setup_fix() -> None:
+def test_a_daemon_that_is_down_fails_with_the_setup_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
     engine = FakeEngine()
     engine.script(
         "info", returncode=1, output="Cannot connect to the Docker daemon at unix:///var/run/docker.sock"
@@ -317,6 +318,8 @@ def test_doctor_exits_1_when_a_required_check_fails(
     report = json.loads(result.stdout)
     assert report["ok"] is False
     assert [c["name"] for c in report["checks"] if not c["ok"] and c["required"]] == [check.name]
+    assert (report["error"], report["hint"]) == (f"1 required check failed: {check.name}", "fix it")
+    assert result.stderr.splitlines() == [f"error: 1 required check failed: {check.name}", "hint: fix it"]
 
 
 def test_doctor_table_shows_missing_and_warnings(
@@ -327,6 +330,7 @@ def test_doctor_table_shows_missing_and_warnings(
     )
     result = run_main("doctor")
     assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == "error: 1 required check failed: docker-daemon"
     lines = {line.split()[0]: line.split(None, 2)[1:] for line in result.stdout.splitlines()[1:]}
     assert lines["docker-daemon"] == ["MISSING", "the Docker daemon is not reachable -> sudo scripts/setup"]
     assert lines["public-registry"][0] == "warn"

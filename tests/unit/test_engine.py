@@ -240,7 +240,8 @@ def test_a_failed_build_raises_build_error_with_the_output(tmp_path: Path) -> No
     assert raised.value.output_tail == "#5 ERROR: boom"
 
 
-def test_ping_reports_an_unreachable_daemon() -> None:
+def test_ping_reports_an_unreachable_daemon(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
     engine = FakeEngine()
     engine.script("info", returncode=1, output="Cannot connect to the Docker daemon")
     with pytest.raises(EngineError) as raised:
@@ -248,6 +249,20 @@ def test_ping_reports_an_unreachable_daemon() -> None:
     assert str(raised.value) == "the Docker daemon is not reachable"
     assert raised.value.output_tail == "Cannot connect to the Docker daemon"
     FakeEngine().ping()
+
+
+def test_an_unreachable_daemon_is_named_without_the_clients_template_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nothing.sock")
+    engine = FakeEngine()
+    template = 'template: :1:2: executing "" at <.ServerVersion>: reflect: indirection through nil pointer'
+    engine.script("info", returncode=1, output=f"\n{template}")
+    with pytest.raises(EngineError) as raised:
+        engine.ping()
+    assert str(raised.value) == "the Docker daemon is not reachable"
+    assert raised.value.output_tail == ""
+    assert (raised.value.hint or "").endswith("; DOCKER_HOST is unix:///nothing.sock")
 
 
 def test_a_command_past_its_timeout_is_killed() -> None:

@@ -16,6 +16,7 @@ from raybuild.interrupts import Interrupted
 from raybuild.kuberay import NodeSpec
 from raybuild.labels import object_labels
 from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.serve_failures import CONSTRUCTOR_TRACEBACK, REPLICA_LOG, failed_status
 
 LABELS = object_labels("a" * 16, "smoke")
 
@@ -411,3 +412,35 @@ def test_serve_status_is_empty_when_the_dashboard_does_not_answer_it(
     monkeypatch.setattr(kuberay, "http", FakeHttp({("GET", APPS): answer}))
     assert kuberay.serve_status(DASHBOARD) == {}
     assert kuberay.app_status(DASHBOARD, "demo") == "Serve reports no status for 'demo'"
+
+
+def test_deploy_failures_take_the_failed_deployments_message_and_replica_log(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = failed_status()
+    body["applications"]["fine"] = {"status": "RUNNING", "message": ""}
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, json.dumps(body)))
+    [failure] = kuberay.deploy_failures("http://d", ["demo", "fine", "absent"])
+    assert (failure.app, failure.log_file) == ("demo", REPLICA_LOG)
+    assert failure.message == CONSTRUCTOR_TRACEBACK  # the deployment's message, not the app's summary
+    assert failure.describe().startswith("FileNotFoundError: model file /models/m.bin is missing")
+
+
+def test_a_failure_without_a_traceback_is_described_by_serves_first_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = {
+        "applications": {"demo": {"status": "DEPLOY_FAILED", "message": "Resources cannot be met.\nmore"}}
+    }
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, json.dumps(body)))
+    [failure] = kuberay.deploy_failures("http://d", ["demo"])
+    assert (failure.describe(), failure.log_file) == ("Resources cannot be met.", None)
+
+
+def test_waiting_for_serve_stops_when_the_route_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: reads.append("status") or (200, "{}"))
+    answers = iter([False, False, True])
+    outcome = kuberay.wait_for_serve("http://d", ["demo"], lambda: next(answers), timeout=60, interval=0.01)
+    assert outcome == kuberay.ServeWait(answered=True)
+    assert reads == ["status", "status"], "the status is read after every unanswered try"

@@ -1,9 +1,12 @@
 """The raybuild command line: thin Click commands over the library, one module per command.
 
-Each command parses options, loads the config, calls the library and prints the result. It ends in one
-of two ways: it returns (an exit code where its own report already said what failed: the doctor table,
-the gate report, a drill), or it raises ``RaybuildError``. ``main()`` alone turns either into the process's
-exit: an error becomes one ``error:`` line with a ``hint:`` (``--debug`` shows the traceback instead).
+Each command parses options, loads the config, calls the library and prints the result. It either returns,
+or raises ``RaybuildError`` (also after its own report, such as the doctor table or the gate, said what
+failed). ``main()`` alone turns that into the process's exit: one ``error:`` line with a ``hint:``, and with
+--json one ``{"ok": false, "error": ..., "hint": ...}`` object on stdout (``--debug`` shows the traceback
+instead). It is also the one boundary for what the library did not foresee: an ``OSError`` or
+``UnicodeError`` becomes one line naming the path, a Click usage error one ``error:`` line, and Ctrl-C a
+single line saying that nothing half-written was kept.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from raybuild.cli import (
     test,
     up,
 )
-from raybuild.cli.common import CONSOLE, State, render_error
-from raybuild.errors import RaybuildError
+from raybuild.cli.common import CONSOLE, State, emit_json, render_error
+from raybuild.errors import FileError, RaybuildError, UsageError
 from raybuild.interrupts import Interrupted, raised_on_signals
 
 
@@ -74,8 +77,8 @@ def cli(ctx: click.Context, config_path: str, debug: bool, verbose: bool) -> Non
 
 @cli.result_callback()
 def _exit_code(result: object, **_: object) -> None:
-    # Click drops a command's return value in standalone mode (CliRunner, `cli()`); make a returned exit
-    # code Click's own exit, which main() receives as cli.main()'s result.
+    # A command may still end by returning an exit code (its own report already said what failed); make it
+    # Click's own exit, which main() and CliRunner both honour. Raising ReportedFailure says more.
     if isinstance(result, int) and result:
         click.get_current_context().exit(result)
 
@@ -102,16 +105,29 @@ for _command in (
     cli.add_command(_command)
 
 
+def _usage_error(exc: click.ClickException) -> RaybuildError:
+    """A Click usage error (a bad option value, a missing argument) as one ``error:`` line and a hint."""
+    error = UsageError(exc.format_message())
+    error.exit_code = exc.exit_code
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        error.hint = f"see `{ctx.command_path} --help`"
+    return error
+
+
 def main() -> None:
     # SIGTERM (CI cancelling a job, `timeout`) unwinds the same cleanups as Ctrl-C: see interrupts.py.
     with raised_on_signals():
         _main()
 
 
-def _interrupted(cause: BaseException | None) -> NoReturn:
+def _interrupted(cause: BaseException | None, as_json: bool) -> NoReturn:
+    """One line (no blank one before it), and the shell's exit code for the signal."""
     name = cause.name if isinstance(cause, Interrupted) else "SIGINT"
     message = f"interrupted ({name}): cleaned up what this command started; nothing half-written was kept"
     click.echo(message, err=True)
+    if as_json:
+        emit_json({"ok": False, "error": message, "hint": "rerun the command"})
     sys.exit(cause.exit_code if isinstance(cause, Interrupted) else 130)
 
 
@@ -119,26 +135,56 @@ def _main() -> None:
     # The --debug option also reads RAYBUILD_DEBUG (as Click reads a flag's envvar); main() needs to know
     # whether to show tracebacks before Click has parsed anything.
     env_debug = os.environ.get("RAYBUILD_DEBUG", "").lower() in ("1", "true", "t", "yes", "y", "on")
-    debug = "--debug" in sys.argv[1:] or env_debug
+    args = sys.argv[1:]
+    debug = "--debug" in args or env_debug
+    ctx: click.Context | None = None
+
+    def as_json() -> bool:
+        # Set by the --json option's callback; a usage error may stop parsing before that option is read.
+        state = ctx.obj if ctx is not None else None
+        return (isinstance(state, State) and state.as_json) or "--json" in args
+
+    def fail(error: RaybuildError) -> NoReturn:
+        render_error(error, as_json=as_json())
+        sys.exit(error.exit_code)
+
     try:
         try:
-            result = cli.main(standalone_mode=False)
+            # Not Click's own main(): on Ctrl-C it prints a blank line and turns the interruption into a
+            # generic Abort. Here the interruption reaches _interrupted() as itself.
+            ctx = cli.make_context("raybuild", args)
+            with ctx:
+                cli.invoke(ctx)
         finally:
             CONSOLE.close()
-    except click.exceptions.Abort as exc:
-        # Click turns an interruption inside a command into Abort, with the interruption as its cause.
-        if isinstance(exc.__cause__, KeyboardInterrupt):
-            _interrupted(exc.__cause__)
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
+    except click.exceptions.Exit as exc:  # --help, --version, and a command's returned exit code
+        sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except click.exceptions.Abort as exc:
+        _interrupted(exc.__cause__, as_json())
+    except click.ClickException as exc:
+        fail(_usage_error(exc))
     except RaybuildError as exc:
         if debug:
             raise
-        render_error(exc)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt as exc:
-        _interrupted(exc)
-    sys.exit(result if isinstance(result, int) else 0)
+        fail(exc)
+    except KeyboardInterrupt as exc:  # Ctrl-C, and SIGTERM (interrupts.Interrupted)
+        _interrupted(exc, as_json())
+    except BrokenPipeError:
+        # The reader of stdout went away (`raybuild render | head`): nothing is left to say to it.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; let that succeed
+        sys.exit(128 + 13)
+    except OSError as exc:
+        if debug:
+            raise
+        fail(FileError.from_os_error(exc))
+    except UnicodeError as exc:
+        if debug:
+            raise
+        # The library names the file where it reads one; this is the fallback for one it did not expect.
+        fail(
+            FileError.not_utf8(None, exc, hint="save it as UTF-8 text; rerun with --debug to see which file")
+        )
+    sys.exit(0)

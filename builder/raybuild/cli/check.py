@@ -9,6 +9,7 @@ import click
 from raybuild.cli.common import FiniteFloat, State, emit_json, json_option, pass_state
 from raybuild.cli.render import deployed_delta
 from raybuild.config import CONFIG_NAME, load_gate_config
+from raybuild.errors import ReportedFailure
 from raybuild.fsutil import atomic_write
 from raybuild.manifest.render import render_manifest
 from raybuild.state import DEFAULT_MEASURE_PATH, load_publish_record
@@ -75,7 +76,7 @@ def check(
     markdown_path: Path | None,
     deployed: Path | None,
     as_json: bool,
-) -> int:
+) -> None:
     """Compare a measurement with a baseline; exit 1 if any app grew past its limit.
 
     Gated: size.uncompressed and size.compressed (max_size_growth), and the medians of startup.t_head,
@@ -107,18 +108,22 @@ def check(
     # Written even when the gate fails: CI posts this file as the PR comment that explains the failure.
     if markdown_path is not None:
         atomic_write(markdown_path, markdown)
-    if as_json:
-        emit_json({**report.to_dict(), **({"upgrade": delta.to_dict()} if delta is not None else {})})
-    else:
+    document = {**report.to_dict(), **({"upgrade": delta.to_dict()} if delta is not None else {})}
+    if not as_json:
         click.echo(markdown, nl=False)
-    if not report.failed:
-        return 0
-    count, found = len(report.regressions), report.new_findings
-    reasons = [f"{count} metric{'s' if count != 1 else ''} grew past the limit"] if count else []
-    if found:
-        reasons.append(f"{found} new HIGH/CRITICAL vulnerabilit{'y' if found == 1 else 'ies'}")
-    click.secho(f"gate failed: {'; '.join(reasons)}", err=True, fg="red")
-    return 1
+    if report.failed:
+        count, found = len(report.regressions), report.new_findings
+        reasons = [f"{count} metric{'s' if count != 1 else ''} grew past the limit"] if count else []
+        if found:
+            reasons.append(f"{found} new HIGH/CRITICAL vulnerabilit{'y' if found == 1 else 'ies'}")
+        raise ReportedFailure(
+            f"gate failed: {'; '.join(reasons)}",
+            hint="see the report; if a growth is intended, raise max_size_growth or max_startup_growth "
+            "in [gate] or [apps.gate]",
+            report={"ok": False, **document},
+        )
+    if as_json:
+        emit_json({"ok": True, **document})
 
 
 def _shown(path: Path) -> Path:

@@ -28,6 +28,8 @@ class State:
     debug: bool = False
     # --config or RAYBUILD_CONFIG was given: a missing file is then an error even where a default would do.
     config_given: bool = False
+    # The command was given --json: main() then reports a failure as a JSON object on stdout as well.
+    as_json: bool = False
     _config: LoadedConfig | None = None
 
     def config(self) -> LoadedConfig:
@@ -65,7 +67,20 @@ def seconds_option(*names: str, default: float, help: str) -> Callable[[F], F]:
     )
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
+def remember_json(ctx: click.Context, _: click.Parameter, value: bool) -> bool:
+    """The --json callback: tells main() to print a failure as JSON too (every --json option uses it)."""
+    if value and isinstance(ctx.obj, State):
+        ctx.obj.as_json = True
+    return value
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    callback=remember_json,
+    help="Print machine-readable JSON on stdout (on failure: ok, error and hint).",
+)
 apps_argument = click.argument("apps", nargs=-1, metavar="[APP]...")
 
 
@@ -138,7 +153,9 @@ def progress(message: str) -> None:
     CONSOLE.progress(message)
 
 
-def render_error(exc: RaybuildError) -> None:
+def render_error(exc: RaybuildError, *, as_json: bool = False) -> None:
+    """The one way a failure is shown: an ``error:`` line and a ``hint:`` on stderr, and with --json one
+    object on stdout (``ok`` false, ``error``, ``hint`` and whatever the error adds)."""
     click.secho(f"error: {exc.message}", err=True, fg="red")
     CONSOLE.close()
     if isinstance(exc, EngineError) and exc.output_tail:
@@ -147,6 +164,8 @@ def render_error(exc: RaybuildError) -> None:
             click.echo(f"  | {line}", err=True)
     if exc.hint:
         click.echo(f"hint: {exc.hint}", err=True)
+    if as_json:
+        emit_json({**exc.details(), "ok": False, "error": exc.message, "hint": exc.hint})
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> None:

@@ -6,18 +6,18 @@ import click
 
 from raybuild import doctor as checks
 from raybuild.cli.common import State, emit_json, engine_for, json_option, pass_state, table
+from raybuild.errors import ReportedFailure
 
 
 @click.command()
 @json_option
 @pass_state
-def doctor(state: State, as_json: bool) -> int:
+def doctor(state: State, as_json: bool) -> None:
     """Check the prerequisites for building: daemon, BuildKit client, registry, proxy CA, tools."""
     results = checks.run_checks(engine_for(state))
-    ok = all(c.ok for c in results if c.required)
-    if as_json:
-        emit_json({"ok": ok, "checks": [c.to_dict() for c in results]})
-    else:
+    missing = [c for c in results if c.required and not c.ok]
+    report = {"ok": not missing, "checks": [c.to_dict() for c in results]}
+    if not as_json:
         table(
             ["check", "status", "detail"],
             [
@@ -29,5 +29,13 @@ def doctor(state: State, as_json: bool) -> int:
                 for c in results
             ],
         )
-    # The table already says what is missing: the exit code is all that is left to say.
-    return 0 if ok else 1
+    if missing:
+        # main() prints this after the table (with --json: one object holding the checks as well).
+        raise ReportedFailure(
+            f"{len(missing)} required check{'s' if len(missing) != 1 else ''} failed: "
+            + ", ".join(c.name for c in missing),
+            hint=missing[0].fix or "see the table above",
+            report=report,
+        )
+    if as_json:
+        emit_json(report)

@@ -16,6 +16,7 @@ from raybuild.cli.common import (
     progress,
     table,
 )
+from raybuild.errors import ReportedFailure
 from raybuild.local import cluster as local
 from raybuild.local.drill import DrillKind, DrillReport, run_drill
 from raybuild.state import project_id
@@ -58,7 +59,7 @@ def drill(
     outage: float,
     allow_failures: bool,
     as_json: bool,
-) -> int:
+) -> None:
     """Kill and replace a node under a bounded request loop, and report what clients saw.
 
     head-restart: the head pod restarts with the same GCS store; with GCS fault tolerance, 0 requests fail.
@@ -80,12 +81,17 @@ def drill(
         outage=outage,
         progress=progress,
     )
-    if as_json:
-        emit_json(report.to_dict())
-    else:
+    if not as_json:
         _print(report)
-    # The report above says what failed: the exit code is all that is left to say.
-    return 1 if not report.ok and not allow_failures else 0
+    if not report.ok and not allow_failures:
+        raise ReportedFailure(
+            f"the {kind} drill failed: {report.total.failed} of {report.total.sent} requests failed, "
+            f"recovered: {report.recovered}, apps running: {report.apps_running}",
+            hint="see the report; pass --allow-failures to record a drill without failing",
+            report={"ok": False, **report.to_dict()},
+        )
+    if as_json:
+        emit_json({"ok": report.ok, **report.to_dict()})
 
 
 def _print(report: DrillReport) -> None:

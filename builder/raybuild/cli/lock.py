@@ -10,7 +10,12 @@ from raybuild.lock import resolve as locking
 
 @click.command()
 @apps_argument
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every stale or missing lockfile.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Write nothing; exit 1 naming every lockfile that is missing, out of date, or edited since "
+    "raybuild wrote it.",
+)
 @click.option(
     "--resolver",
     type=click.Choice(["uv", "pip-tools"]),
@@ -33,12 +38,11 @@ def lock(state: State, apps: tuple[str, ...], check: bool, resolver: str | None,
         config = config.with_resolver(resolver)
     selected = config.select(apps)
     if check:
-        found = locking.stale(config, selected)
+        # A failure is StaleLockError: main() prints its line (and, with --json, {"ok": false, "stale": ...}).
+        locking.check(config, selected)
         if as_json:
-            emit_json({"stale": found, "ok": not found})
-        if found:
-            locking.check(config, selected)
-        if not as_json:
+            emit_json({"stale": [], "ok": True})
+        else:
             click.echo(f"{len(selected) + 1} lockfiles are up to date")
         return
     results = locking.lock(config, selected, progress=lambda name: progress(f"locking {name}"))

@@ -13,9 +13,10 @@ from raybuild.cli.common import (
     engine_for,
     pass_state,
     progress,
+    remember_json,
     table,
 )
-from raybuild.fsutil import atomic_write
+from raybuild.fsutil import atomic_write, check_writable
 from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.measure import HEADERS, Options, summary_rows, to_markdown
 from raybuild.verify.measure import measure as measure_apps
@@ -42,6 +43,7 @@ from raybuild.verify.scan import Trivy, scan_apps, with_vulnerabilities
     "--json",
     "as_json",
     is_flag=True,
+    callback=remember_json,
     help="Print the document (raybuild.measure/v1) on stdout instead of the summary table.",
 )
 @click.option(
@@ -102,6 +104,9 @@ def measure(
     """
     config = state.config()
     selected = config.select(apps)
+    for target in (out, markdown_path):  # before the minutes of measuring, not after
+        if target is not None:
+            check_writable(target)
     engine = engine_for(state)
     trivy = None
     if scan:

@@ -70,6 +70,7 @@ def publish(
     with the same content is not pushed again. The record lists each SBOM artifact's digest.
     """
     config, engine = state.config(), engine_for(state)
+    engine.ping()  # else a daemon that is down reads as "the image is gone"
     attacher, hashes = None, wheel_hashes(config, offline=offline)
     if with_sbom:
         maker = SbomMaker(engine, hashes, progress, sbom_timestamp(), project=project_id(config))

@@ -17,7 +17,7 @@ from raybuild.cli.common import (
     table,
 )
 from raybuild.cli.sbom import offline_option
-from raybuild.errors import UsageError
+from raybuild.errors import ReportedFailure, UsageError
 from raybuild.state import SBOM_DIR
 from raybuild.verify.results import Severity
 from raybuild.verify.scan import (
@@ -48,9 +48,8 @@ class SeverityList(click.ParamType):  # type: ignore[type-arg]
             self.fail(exc.message, param, ctx)
 
 
-# Exit codes: 0 no findings at the chosen severities, 1 findings, 3 trivy or its database missing
-# (ScannerUnavailable), so that CI can tell "vulnerable" from "could not scan".
-FOUND = 1
+# Exit codes: 0 no findings at the chosen severities, 1 findings (ReportedFailure), 3 trivy or its database
+# missing (ScannerUnavailable), so that CI can tell "vulnerable" from "could not scan".
 
 
 @click.command()
@@ -92,7 +91,7 @@ def scan(
     sbom_dir: Path | None,
     offline: bool,
     as_json: bool,
-) -> int:
+) -> None:
     """Scan each built APP image (default all) for known vulnerabilities with trivy.
 
     \b
@@ -108,21 +107,27 @@ def scan(
     config = state.config()
     options = ScanOptions(source, severities, ignore_unfixed, sbom_dir, offline)
     found = scan_apps(config, apps, trivy, options, progress)
-    if as_json:
-        emit_json(
-            {
-                "failed": any(found.values()),
-                "severities": list(severities),
-                "apps": {
-                    name: {"counts": counts(findings), "findings": [f.model_dump() for f in findings]}
-                    for name, findings in found.items()
-                },
-            }
-        )
-    else:
+    report = {
+        "failed": any(found.values()),
+        "severities": list(severities),
+        "apps": {
+            name: {"counts": counts(findings), "findings": [f.model_dump() for f in findings]}
+            for name, findings in found.items()
+        },
+    }
+    if not as_json:
         for name, findings in found.items():
             click.echo(f"{name}: {summary(findings)}")
             if findings:
                 table(TABLE_HEADERS, table_rows(findings))
                 click.echo()
-    return FOUND if any(found.values()) else 0
+    affected = [name for name, findings in found.items() if findings]
+    if affected:
+        # main() prints this line after the tables (with --json: one object holding the findings as well).
+        raise ReportedFailure(
+            f"vulnerabilities found in {', '.join(affected)} ({', '.join(severities)})",
+            hint="upgrade the packages named above, or list accepted findings in .trivyignore",
+            report={"ok": False, **report},
+        )
+    if as_json:
+        emit_json({"ok": True, **report})

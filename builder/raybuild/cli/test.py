@@ -15,7 +15,7 @@ from raybuild.cli.common import (
 )
 from raybuild.kuberay import required_gpus
 from raybuild.lock.resolve import cuda_need
-from raybuild.state import built_ref, project_id
+from raybuild.state import built_ref, failure_log_path, project_id
 from raybuild.verify import gpu as gpus
 from raybuild.verify.smoke import smoke_test
 
@@ -67,8 +67,17 @@ def test_app(
             return
         progress(f"GPU host: driver {host.driver}, {host.gpus} GPU(s) {', '.join(host.names)}".rstrip())
     ref = image or built_ref(config, app.name)
+    engine.ping()  # a daemon that is down is one line saying so, not a failed `docker run`
+    log = failure_log_path(config, "test", app.name)
     result = smoke_test(
-        app, ref, engine, project=project_id(config), gpu=gpu, timeout=timeout, progress=progress
+        app,
+        ref,
+        engine,
+        project=project_id(config),
+        gpu=gpu,
+        timeout=timeout,
+        progress=progress,
+        log_path=log,
     )
     if as_json:
         emit_json(result.to_dict())

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, EngineError, UsageError
+from raybuild.fsutil import read_text
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.epoch import image_epoch
@@ -82,11 +83,8 @@ def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progr
             f"app {app.name!r}: no lockfile at {missing.relative_to(config.root)}",
             hint=f"run `raybuild lock {app.name}`",
         )
-    stale = lock.stale(config, (app,))
-    if stale:
-        raise BuildError(
-            f"app {app.name!r}: stale lockfiles {', '.join(stale)}", hint=f"run `raybuild lock {app.name}`"
-        )
+    # Out of date, edited by hand or cut short: one line naming the file and the `raybuild lock` to run.
+    lock.check(config, (app,))
     templates = template_dir(config.root)
     ray_text = config.ray_lockfile().read_text(encoding="utf-8")
     plan = app_prune_plan(app)
@@ -94,7 +92,7 @@ def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progr
         "Dockerfile": render_dockerfile(image_spec_for(config, app), templates),
         "ray.lock": ray_text,
         "app.lock": lock.extras_lock(lockfile.read_text(encoding="utf-8"), ray_text),
-        "prune.py": prune_script(templates).read_text(encoding="utf-8"),
+        "prune.py": read_text(prune_script(templates)),
         "prune-ray.json": plan.to_json(),
         "prune-app.json": plan.to_json(),
         ".dockerignore": "**/__pycache__\n**/*.pyc\n",

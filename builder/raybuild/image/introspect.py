@@ -4,11 +4,16 @@ The probe (``templates/probe/serve_app.py``) runs in a throwaway container with 
 so it needs nothing in the image but Ray. It either lists the deployments Serve built, with the options the
 code sets, or names the exception that stopped the import: its type, message, file and line. `raybuild
 build` runs it on every new app image, so a broken app fails the build, not a smoke test minutes later.
+
+What the import check cannot see (an exception in a deployment's constructor) Serve reports later, as a
+traceback in the application's status. ``AppException`` reads both the probe's report and such a traceback,
+so a broken app is described the same way at build time, in `raybuild test`, `up` and `measure`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -22,9 +27,75 @@ from raybuild.labels import object_labels
 from raybuild.templating import BUNDLED_TEMPLATES
 
 PROBE = BUNDLED_TEMPLATES / "probe" / "serve_app.py"
+_FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+)(?:, in (.+))?$')
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:\([\w.]+\))?)(?:: (.*))?$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 MARK = "@@raybuild-serve-app "
 # Importing ray.serve takes a few seconds; an app that imports heavy libraries (torch) takes longer.
 TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class AppException:
+    """The exception that stopped an app: its type, message, and the app's own frame (deepest first)."""
+
+    type: str
+    message: str
+    file: str | None = None  # relative to the code folder when it is the app's own file
+    line: int | None = None
+    function: str | None = None
+
+    def describe(self) -> str:
+        """``Type: first line of the message (file, line N, in function)``."""
+        first = self.message.strip().splitlines()
+        where = ""
+        if self.file:
+            at = f", line {self.line}" if self.line else ""
+            within = f", in {self.function}" if self.function and self.function != "<module>" else ""
+            where = f" ({self.file}{at}{within})"
+        return f"{self.type}: {first[0] if first else ''}{where}"
+
+    @classmethod
+    def from_report(cls, report: dict[str, Any]) -> AppException:
+        """From the probe's report of a failed import."""
+        line = report.get("line")
+        return cls(
+            str(report.get("type")),
+            str(report.get("message", "")),
+            _in_code(report.get("file")),
+            line if isinstance(line, int) else None,
+        )
+
+    @classmethod
+    def from_traceback(cls, text: str) -> AppException | None:
+        """From a Python traceback as Serve puts it in a status message; None when there is none.
+
+        Serve wraps the app's exception (RayTaskError, "RuntimeError: Traceback ..."): the exception is the
+        unindented line after the last frame, and the app's frame the deepest one under the code folder.
+        """
+        lines = _ANSI.sub("", text).splitlines()
+        frames = [(index, match) for index, line in enumerate(lines) if (match := _FRAME.match(line))]
+        if not frames:
+            return None
+        exception = next((ln for ln in lines[frames[-1][0] + 1 :] if ln and not ln[0].isspace()), None)
+        parsed = _EXCEPTION_LINE.match(exception) if exception else None
+        if parsed is None:
+            return None
+        own = [match for _, match in frames if match.group(1).startswith(CODE_DIR + "/")]
+        if not own:
+            return cls(parsed.group(1), parsed.group(2) or "")
+        frame = own[-1]
+        return cls(parsed.group(1), parsed.group(2) or "", _in_code(frame.group(1)), int(frame.group(2)),
+                   frame.group(3))  # fmt: skip
+
+
+def _in_code(name: object) -> str | None:
+    """A file path from the image, relative to the app's code folder when it lies there."""
+    if not isinstance(name, str) or not name:
+        return None
+    if name.startswith(CODE_DIR + "/"):
+        return str(PurePosixPath(name).relative_to(CODE_DIR))
+    return name
 
 
 @dataclass(frozen=True)
@@ -91,16 +162,9 @@ def parse_report(app: App, output: str) -> ServeApp:
     report = json.loads(line[len(MARK) :])
     if report.get("ok"):
         return ServeApp(app.import_path, tuple(report["deployments"]))
-    where = ""
-    if report.get("file"):
-        name = report["file"]
-        if name.startswith(CODE_DIR + "/"):
-            name = str(PurePosixPath(name).relative_to(CODE_DIR))
-        where = f" ({name}, line {report['line']})" if report.get("line") else f" ({name})"
-    message = str(report.get("message", "")).strip().splitlines()
     raise BuildError(
         f"app {app.name!r}: {app.import_path} does not import as a Serve app: "
-        f"{report.get('type')}: {message[0] if message else ''}{where}",
+        f"{AppException.from_report(report).describe()}",
         hint=f"fix the app under {app.path}, then rerun `raybuild build {app.name}`",
     )
 

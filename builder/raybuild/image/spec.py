@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raybuild.config import App, LoadedConfig
-from raybuild.fsutil import atomic_write
+from raybuild.errors import UsageError
+from raybuild.fsutil import atomic_write, read_text
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.ignore import CodeFiles, IgnoreRules
 from raybuild.image.prune import PrunePlan, prune_plan, prune_script
-from raybuild.lock.resolve import check_cuda, normalize, parse_pins
+from raybuild.lock.resolve import check_cuda, normalize, parse_pins, trusted_pins
 from raybuild.state import dockerfiles_dir, head_ref
 
 VENV = "/opt/ray/venv"
@@ -118,12 +119,13 @@ def head_hash(config: LoadedConfig, app: App) -> str:
         "code_dir": CODE_DIR,
     }
     ray_lock = config.ray_lockfile()
-    # Before `raybuild lock` there is none: `generate` still works, and `build` refuses to start.
-    inputs["ray.lock"] = ray_lock.read_text(encoding="utf-8") if ray_lock.is_file() else ""
+    # Before `raybuild lock` there is none: `generate` still works, and `build` refuses to start. One that
+    # is not what raybuild wrote (edited, cut short, not UTF-8) is refused here (trusted_pins).
+    inputs["ray.lock"] = read_text(ray_lock) if trusted_pins(config, None) is not None else ""
     inputs["prune-ray.json"] = app_prune_plan(app).to_json()
-    inputs["prune.py"] = prune_script(templates).read_text(encoding="utf-8")
+    inputs["prune.py"] = read_text(prune_script(templates))
     for name in HEAD_TEMPLATES:
-        inputs[name] = templates.path(name).read_text(encoding="utf-8")
+        inputs[name] = read_text(templates.path(name))
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -141,8 +143,8 @@ def nvidia_library_dirs(lock_text: str) -> tuple[str, ...]:
 
 
 def image_spec_for(config: LoadedConfig, app: App) -> ImageSpec:
-    lockfile = config.lockfile(app)
-    lock_text = lockfile.read_text(encoding="utf-8") if lockfile.is_file() else ""
+    # A lockfile that is not what raybuild wrote (edited, cut short) fails here, before any Dockerfile.
+    lock_text = trusted_pins(config, app) or ""
     gpu = app.device == "gpu"
     return ImageSpec(
         app=app.name,
@@ -169,11 +171,27 @@ def dockerfile_for(config: LoadedConfig, app: App) -> str:
     return render_dockerfile(image_spec_for(config, app), template_dir(config.root))
 
 
+def _not_generated(path: Path) -> bool:
+    """A file at ``path`` that raybuild did not generate: its first line does not name raybuild."""
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline()
+    except OSError:  # none there, or not a file: the write says what is wrong
+        return False
+    return bool(first.strip()) and b"raybuild" not in first
+
+
 def generate_all(config: LoadedConfig, apps: tuple[App, ...], out_dir: Path | None = None) -> dict[str, Path]:
+    """Write each app's Dockerfile; nothing at all when one would replace a Dockerfile of the user's own."""
     out = out_dir or dockerfiles_dir(config)
-    written = {}
-    for app in apps:
-        path = out / f"{app.name}.Dockerfile"
-        atomic_write(path, dockerfile_for(config, app))
-        written[app.name] = path
-    return written
+    planned = {app.name: (out / f"{app.name}.Dockerfile", dockerfile_for(config, app)) for app in apps}
+    theirs = [str(path) for path, _ in planned.values() if _not_generated(path)]
+    if theirs:
+        raise UsageError(
+            f"{', '.join(theirs)} already exist{'s' if len(theirs) == 1 else ''} and raybuild did not "
+            "generate them; nothing was written",
+            hint="move them away, or choose another --out-dir",
+        )
+    for path, text in planned.values():
+        atomic_write(path, text)
+    return {name: path for name, (path, _) in planned.items()}

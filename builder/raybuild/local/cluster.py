@@ -42,6 +42,7 @@ from raybuild.progress import Progress, silent
 from raybuild.state import (
     HEAD_KEY,
     cluster_record_path,
+    failure_log_path,
     image_references,
     load_publish_record,
     project_id,
@@ -107,8 +108,9 @@ def load_cluster(config: LoadedConfig) -> LocalCluster:
     try:
         return LocalCluster.from_json(path.read_text())
     except (ValueError, KeyError, TypeError) as exc:
+        why = f"no {exc} key" if isinstance(exc, KeyError) else str(exc)
         raise ClusterError(
-            f"{path}: malformed ({exc})", hint="run `raybuild down`, then `raybuild up`"
+            f"{path}: malformed ({why})", hint="run `raybuild down`, then `raybuild up`"
         ) from exc
 
 
@@ -287,15 +289,22 @@ def up(
                 if not wait_until(partial(kuberay.probe, engine, node.name, "head"), timeout):
                     raise ClusterError(f"head never became healthy: {engine.logs(node.name, 5)!r}")
         cluster = LocalCluster(cluster.name, cluster.network, cluster.subnet, started, cluster.routes)
-        atomic_write(cluster_record_path(config), cluster.to_json())
-        cluster_record_path(config).chmod(0o600)  # it holds the local store's password
+        atomic_write(cluster_record_path(config), cluster.to_json(), mode=0o600)  # it holds the password
         progress("waiting for every worker to join the head")
         dashboard, ray_nodes = cluster.dashboard, len(started) - 1
         if not wait_until(lambda: kuberay.alive_nodes(dashboard) >= ray_nodes, timeout, interval=1.0):
             raise ClusterError(f"only {kuberay.alive_nodes(dashboard)} of {ray_nodes} Ray nodes joined")
         progress("deploying serveConfigV2 through the dashboard")
         kuberay.deploy(dashboard, serve_body(config, cpu_apps), ClusterError)
-        if not wait_until(lambda: all_routes_answer(cluster), timeout, interval=1.0):
+        names = [app.name for app in cpu_apps]
+        outcome = kuberay.wait_for_serve(dashboard, names, lambda: all_routes_answer(cluster), timeout, 1.0)
+        if outcome.failure is not None:
+            (app,) = [a for a in cpu_apps if a.name == outcome.failure.app]
+            containers = [node.name for node in cluster.nodes if node.role in ("head", "worker")]
+            log = failure_log_path(config, "up", app.name)
+            kuberay.save_failure_log(engine, containers, outcome.failure, log)
+            raise kuberay.deploy_error(ClusterError, app, outcome.failure, log)
+        if not outcome.answered:
             statuses = {k: v.get("status") for k, v in kuberay.serve_status(dashboard).items()}
             raise ClusterError(f"not every app answered within {timeout:.0f}s: {statuses}")
         return cluster

@@ -110,6 +110,7 @@ def warm_start(
     gpu: bool = False,
     timeout: float = 180.0,
     progress: Progress = silent,
+    log_path: Path | None = None,
 ) -> WarmStart:
     """One head, one worker and the app's Serve deployment on this host's engine, timed phase by phase.
 
@@ -153,7 +154,14 @@ def warm_start(
         route = f"{serve}{app.route_prefix.rstrip('/')}/"
         started = time.monotonic()
         kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ")
-        if not wait_until(lambda: http("GET", route, timeout=5)[0] == 200, timeout, interval=0.25):
+        outcome = kuberay.wait_for_serve(
+            dashboard, [app.name], lambda: http("GET", route, timeout=5)[0] == 200, timeout, interval=0.25
+        )
+        if outcome.failure is not None:
+            nodes = [head.name, worker.name]
+            log = log_path and kuberay.save_failure_log(engine, nodes, outcome.failure, log_path)
+            raise kuberay.deploy_error(SmokeTestError, app, outcome.failure, log)
+        if not outcome.answered:
             raise SmokeTestError(
                 f"app {app.name!r}: no HTTP 200 on {route} within {timeout:.0f}s: "
                 f"{kuberay.app_status(dashboard, app.name)}"

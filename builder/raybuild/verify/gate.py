@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raybuild.config import Gate, RaybuildConfig
+from raybuild.errors import GateError
 from raybuild.verify import vulns
 from raybuild.verify.results import AppResult, Measurement
 
@@ -168,6 +169,12 @@ def compare(
     baseline_label: str = "baseline",
     current_label: str = "current",
 ) -> GateReport:
+    if not current.apps:
+        # Nothing measured is not "no regressions": a gate that compared nothing must not pass.
+        raise GateError(
+            f"{current_label}: the measurement has no apps, so there is nothing to compare",
+            hint="run `raybuild measure` on the project's apps, and check that --current names its file",
+        )
     policy = policy or ThresholdPolicy()
     rows: list[Row] = []
     thresholds: dict[str, Thresholds] = {}

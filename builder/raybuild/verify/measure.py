@@ -17,7 +17,7 @@ from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
 from raybuild.progress import Progress, silent
 from raybuild.registry import HttpRegistry, Registry
-from raybuild.state import HEAD_KEY, ImageReferences, image_references, project_id
+from raybuild.state import HEAD_KEY, ImageReferences, failure_log_path, image_references, project_id
 from raybuild.verify import coldstart
 from raybuild.verify.results import SEVERITIES, AppResult, Measurement, Size, Startup, Stat, stat
 from raybuild.verify.sizes import measure_ref, measure_size, shared_bytes
@@ -116,6 +116,7 @@ def _start_runs(
             gpu=gpu,
             timeout=options.timeout,
             progress=progress,
+            log_path=failure_log_path(config, "measure", app.name),
         )
         samples.head.append(round(warm.t_head, 3))
         samples.worker.append(round(warm.t_worker, 3))
@@ -153,6 +154,7 @@ def measure(
     # The last build's tags, never published digests: measure pushes and starts images of this engine.
     images = image_references(config, None)
     refs = {app.name: images.built(app.name) for app in apps}
+    engine.ping()  # a daemon that is down is one line saying so, not "the image is not in the engine"
     for name, ref in refs.items():
         if not engine.image_exists(ref):
             raise MeasureError(

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from raybuild.errors import GateError
+from raybuild.errors import GateError, unreadable
 from raybuild.fsutil import atomic_write
 
 SCHEMA_ID = "raybuild.measure/v1"
@@ -26,7 +26,9 @@ SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "measure.schema.json"
 class _Model(BaseModel):
     # Strict: a size written as 1.5e9 or a median written as "2.1" is a bug in the writer, not something to
     # coerce silently. Extra keys are refused so that a typo cannot hide a missing metric.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # NaN and infinity are valid JSON to Python, but no size or duration: refuse them by name, not as a
+    # confusing "should be greater than or equal to 0".
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Stat(_Model):
@@ -197,7 +199,7 @@ class Measurement(_Model):
         except FileNotFoundError as exc:
             raise GateError(f"{path}: no such file", hint="run `raybuild measure` first") from exc
         except (OSError, UnicodeDecodeError) as exc:
-            raise GateError(f"{path}: cannot read: {exc}") from exc
+            raise GateError(f"{path}: cannot read it: {unreadable(exc)}") from exc
         return cls.from_json(text, source=str(path))
 
     def write(self, path: Path) -> None:
@@ -216,7 +218,7 @@ def _describe(exc: ValidationError) -> str:
         message = "missing required key"
     elif kind == "extra_forbidden":
         message = "unknown key"
-    elif kind.endswith("_type") or kind == "literal_error":
+    elif kind.endswith("_type") or kind in ("literal_error", "finite_number"):
         shown = repr(error.get("input"))
         message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
     return f"key '{key}': {message}" if key else message

@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from raybuild import kuberay
@@ -89,7 +90,13 @@ def smoke_test(
     gpu: bool = False,
     timeout: float = 180.0,
     progress: Progress = silent,
+    log_path: Path | None = None,
 ) -> SmokeResult:
+    """Start ``image`` as KubeRay would, deploy the app, and wait for HTTP 200 on its route.
+
+    A deploy that Serve reports as failed stops the wait at once: the error names the app's exception,
+    and ``log_path`` (when given) keeps Serve's whole message and the replica's log.
+    """
     cpu_mode = app.device == "gpu" and not gpu
     num_gpus = required_gpus(app) if gpu else 0
     ray_gpus = 0.0
@@ -123,7 +130,11 @@ def smoke_test(
             last[0] = result.output
             return result.returncode == 0 and " 200 " in result.output
 
-        if not wait_until(answered, timeout, interval=0.5):
+        outcome = kuberay.wait_for_serve(dashboard, [app.name], answered, timeout, interval=0.5)
+        if outcome.failure is not None:
+            log = log_path and kuberay.save_failure_log(engine, [container], outcome.failure, log_path)
+            raise kuberay.deploy_error(SmokeTestError, app, outcome.failure, log)
+        if not outcome.answered:
             raise SmokeTestError(
                 f"app {app.name!r}: no HTTP 200 on {route} within {timeout:.0f}s: "
                 f"{kuberay.app_status(dashboard, app.name)}"

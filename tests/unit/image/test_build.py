@@ -12,7 +12,7 @@ import pytest
 
 from raybuild.cli import build as build_cli
 from raybuild.config import LoadedConfig
-from raybuild.errors import BuildError, UsageError
+from raybuild.errors import BuildError, StaleLockError, UsageError
 from raybuild.image import bases, build, epoch
 from raybuild.image.build import Builder
 from raybuild.image.dockerfile import render_dockerfile, template_dir
@@ -75,10 +75,10 @@ def write_locks(config: LoadedConfig, body: str | None = None, ray_body: str = R
     """Lockfiles whose headers match the project's inputs, as `raybuild lock` would write them."""
     ray = locking.ray_target(config)
     ray.path.parent.mkdir(parents=True, exist_ok=True)
-    ray.path.write_text(locking.header(ray, config) + ray_body)
+    ray.path.write_text(locking.lockfile_text(ray, config, ray_body))
     for app in config.apps:  # after the Ray lock: each app's inputs hash covers it
         target = locking.app_target(config, app)
-        target.path.write_text(locking.header(target, config) + (body or app_body()))
+        target.path.write_text(locking.lockfile_text(target, config, body or app_body()))
 
 
 @pytest.fixture
@@ -223,10 +223,27 @@ def test_a_missing_ray_lockfile_is_named(project: LoadedConfig, tmp_path: Path) 
 
 def test_a_stale_lockfile_is_refused(project: LoadedConfig, tmp_project: TmpProject, tmp_path: Path) -> None:
     tmp_project.requirements.write_text("orjson\nnumpy\n")
-    with pytest.raises(BuildError) as raised:
+    with pytest.raises(StaleLockError) as raised:
         stage(project, tmp_path / "context")
-    assert str(raised.value) == "app 'demo': stale lockfiles lockfiles/demo.txt"
-    assert raised.value.hint == "run `raybuild lock demo`"
+    assert str(raised.value) == (
+        "lockfiles/demo.txt: out of date: its requirements, the Ray lock or [project] changed since it was "
+        "locked"
+    )
+    assert raised.value.hint == "run `raybuild lock demo` and commit the result"
+    assert not (tmp_path / "context" / "Dockerfile").exists()
+
+
+@pytest.mark.parametrize("which", ["ray.txt", "demo.txt"])
+def test_a_hand_edited_lockfile_is_refused_before_anything_is_staged(
+    project: LoadedConfig, tmp_path: Path, which: str
+) -> None:
+    lockfile = project.lock_dir() / which
+    lockfile.write_text(lockfile.read_text().replace("aiohttp==3.14.5", "aiohttp==0.0.1"))
+    with pytest.raises(StaleLockError) as raised:
+        stage(project, tmp_path / "context")
+    assert str(raised.value).startswith(f"lockfiles/{which}: edited by hand or cut short")
+    fix = "raybuild lock" if which == "ray.txt" else "raybuild lock demo"
+    assert raised.value.hint == f"run `{fix}` and commit the result"
     assert not (tmp_path / "context" / "Dockerfile").exists()
 
 

@@ -12,10 +12,11 @@ import pytest
 
 from raybuild.engine import Result
 from raybuild.errors import BuildError
-from raybuild.image.introspect import MARK, PROBE, introspect, parse_report
+from raybuild.image.introspect import MARK, PROBE, AppException, introspect, parse_report
 from raybuild.interrupts import Interrupted
 from raybuild.labels import object_labels
 from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.serve_failures import CONSTRUCTOR_TRACEBACK, IMPORT_TRACEBACK
 
 
 def _report(**fields: object) -> str:
@@ -136,3 +137,53 @@ def test_the_probe_reports_the_apps_own_syntax_error_with_its_line(tmp_path: Pat
 def test_the_probe_reports_an_error_raised_at_import_in_the_apps_code(tmp_path: Path) -> None:
     report = json.loads(_run_probe(tmp_path, "import json\n\nvalue = 1 / 0\n", "mod:app").split(MARK, 1)[1])
     assert (report["type"], report["message"], report["line"]) == ("ZeroDivisionError", "division by zero", 3)
+
+
+# -- the same exception, read from a traceback in Serve's status --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "described"),
+    [
+        (
+            CONSTRUCTOR_TRACEBACK,
+            "FileNotFoundError: model file /models/m.bin is missing (broken_app.py, line 5, in load_model)",
+        ),
+        (
+            IMPORT_TRACEBACK,
+            "ModuleNotFoundError: No module named 'not_a_module_anywhere' (importfail_app.py, line 1)",
+        ),
+        (
+            'Traceback (most recent call last):\n  File "/home/ray/app/pkg/m.py", line 4\n    def f(:\n'
+            "          ^\nSyntaxError: invalid syntax\n",
+            "SyntaxError: invalid syntax (pkg/m.py, line 4)",
+        ),
+        (
+            'Traceback (most recent call last):\n  File "/usr/lib/x.py", line 9, in f\nValueError: bad\n',
+            "ValueError: bad",
+        ),
+    ],
+    ids=["constructor", "import", "syntax", "no frame of the app"],
+)
+def test_a_traceback_from_serve_names_the_exception_and_the_apps_own_frame(text: str, described: str) -> None:
+    exception = AppException.from_traceback(text)
+    assert exception is not None
+    assert exception.describe() == described
+
+
+@pytest.mark.parametrize("text", ["", "The deployments ['Demo'] are UNHEALTHY.", 'File "x", line 1\n'])
+def test_text_without_a_traceback_gives_no_exception(text: str) -> None:
+    assert AppException.from_traceback(text) is None
+
+
+def test_the_probe_and_a_serve_traceback_describe_an_exception_alike() -> None:
+    report = {"ok": False, "type": "ZeroDivisionError", "message": "division by zero",
+              "file": "/home/ray/app/hello_app.py", "line": 2}  # fmt: skip
+    text = (
+        'Traceback (most recent call last):\n  File "/home/ray/app/hello_app.py", line 2, in <module>\n'
+        "    value = x / 0\nZeroDivisionError: division by zero\n"
+    )
+    from_serve = AppException.from_traceback(text)
+    assert from_serve is not None
+    assert AppException.from_report(report).describe() == from_serve.describe()
+    assert from_serve.describe() == "ZeroDivisionError: division by zero (hello_app.py, line 2)"

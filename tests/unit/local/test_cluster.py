@@ -24,12 +24,14 @@ from raybuild.state import (
     PublishedImage,
     PublishRecord,
     cluster_record_path,
+    failure_log_path,
     project_id,
     publish_record_path,
     save_build_record,
 )
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, container_id, make_app
+from tests.unit.serve_failures import failed_status
 
 OTHER_APP = "\n" + other_app(deployment_lines="num_replicas = 3\nray_actor_options = { num_cpus = 1 }\n")
 IMAGES = {"_head": "reg/ray-head:1", "demo": "reg/demo:1", "other": "reg/other:1"}
@@ -427,6 +429,35 @@ def test_a_refused_deploy_takes_the_cluster_down_again(
         cluster.up(built, engine, built.apps, timeout=5)
     assert engine.containers == {} and engine.networks == {}
     assert not cluster_record_path(built).exists()
+
+
+def test_an_app_that_fails_to_deploy_is_named_and_the_cluster_taken_down(
+    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gets: list[str] = []
+
+    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
+        if url.endswith("/api/serve/applications/") and method == "GET":
+            gets.append(url)
+            return 200, json.dumps(failed_status("other", constructor=False))
+        if "/api/v0/nodes" in url:
+            return 200, NODES_ALIVE
+        return (200, "{}") if method == "PUT" else (0, "connection refused")
+
+    monkeypatch.setattr(kuberay, "http", http)
+    monkeypatch.setattr(cluster, "http", http)
+    engine = FakeEngine()
+    with pytest.raises(ClusterError) as raised:
+        cluster.up(built, engine, built.apps, timeout=60)
+    assert str(raised.value) == (
+        "app 'other': Serve could not deploy it: "
+        "ModuleNotFoundError: No module named 'not_a_module_anywhere' (importfail_app.py, line 1)"
+    )
+    log = failure_log_path(built, "up", "other")
+    assert f"are in {log}" in (raised.value.hint or "")
+    assert "Deploying app 'imp' failed with exception" in log.read_text()
+    assert len(gets) == 1, "stopped at the first status read"
+    assert engine.containers == {} and engine.networks == {}
 
 
 def test_an_interrupted_up_takes_its_half_started_cluster_down(

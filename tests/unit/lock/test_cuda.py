@@ -182,7 +182,8 @@ def test_gpu_lockfile_records_its_cuda_between_target_and_hash(gpu_project: TmpP
     assert lines[2] == "# Target: Python 3.11, x86_64-manylinux_2_36, Ray 2.60.0, resolver uv"
     assert lines[3] == "# CUDA: 12.9"
     assert lines[4] == f"# raybuild-inputs-sha256: {locking.app_target(config, gpu).inputs_hash(config)}"
-    assert lines[5] == "numpy==2.4.6 \\"
+    assert lines[5].startswith("# raybuild-body-sha256: ")
+    assert lines[6] == "numpy==2.4.6 \\"
     assert {r.name: r.cuda for r in results} == {"ray": None, "demo": None, "gpu": "12.9"}
     assert locking.check_cuda(config, gpu) == "12.9"
 

@@ -76,6 +76,11 @@ class FakeEngine:
     pushed: list[str] = field(default_factory=list)
     deadlines: list[float | None] = field(default_factory=list)
     print_digest: bool = True
+    daemon_up: bool = True
+
+    def ping(self) -> None:
+        if not self.daemon_up:
+            raise EngineError("the Docker daemon is not reachable", hint="start it")
 
     def inspect(self, ref: str) -> dict[str, Any]:
         if ref not in self.images:
@@ -596,6 +601,20 @@ def test_cli_registry_down_is_one_line_and_exit_1(
     assert result.stdout == ""
     assert "error: registry 127.0.0.1:5000 is not reachable (connection refused" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not publish_record_path(project).exists()
+
+
+def test_cli_daemon_down_is_named_before_any_image_is_looked_at(
+    fake_cli: Callable[..., MainResult],
+    run_main: Callable[..., MainResult],
+    engine: FakeEngine,
+    project: LoadedConfig,
+) -> None:
+    engine.daemon_up = False
+    result = fake_cli(run_main)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[0] == "error: the Docker daemon is not reachable"
+    assert "is gone" not in result.stderr  # not blamed on the image
     assert not publish_record_path(project).exists()
 
 

@@ -15,6 +15,7 @@ from raybuild.errors import EngineError, SmokeTestError
 from raybuild.verify import coldstart
 from raybuild.verify.coldstart import ColdNode, WarmStart, warm_start
 from tests.unit.fakes import FakeEngine, container_id, make_app
+from tests.unit.serve_failures import failed_status
 
 PROJECT = "0123456789abcdef"
 
@@ -247,3 +248,21 @@ def test_the_cold_node_pulls_within_the_deadline(cold: tuple[ColdNode, FakeEngin
     node.pull("127.0.0.1:5000/ns/demo-measure:1", deadline=42)
     assert engine.calls("pull") == [["pull", "--quiet", "127.0.0.1:5000/ns/demo-measure:1"]]
     assert deadlines == [42]
+
+
+def test_a_failed_deploy_stops_the_warm_start_and_keeps_the_traceback(
+    ray: Ray, engine: FakeEngine, tmp_path: Path
+) -> None:
+    ray.answers[("GET", APPS)] = (200, json.dumps(failed_status()))
+    del ray.answers[("GET", ROUTE)]
+    engine.script("exec", "*", "tail", output="replica log line")
+    log = tmp_path / "measure-demo.log"
+    with pytest.raises(SmokeTestError) as raised:
+        warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=60, log_path=log)
+    assert str(raised.value) == (
+        "app 'demo': Serve could not deploy it: "
+        "FileNotFoundError: model file /models/m.bin is missing (broken_app.py, line 5, in load_model)"
+    )
+    assert ray.requests.count(("GET", APPS)) == 1, "stopped at the first status read"
+    assert "replica log line" in log.read_text()
+    assert engine.containers == {} and engine.networks == {}

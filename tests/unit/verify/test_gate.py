@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from raybuild.verify.gate import (
     judge,
 )
 from raybuild.verify.results import AppResult, Measurement, Size, Startup, stat
+from tests.conftest import MainResult
 
 MB = 1_000_000
 
@@ -266,14 +268,15 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     return {"current": current, "smaller": smaller}
 
 
-def test_check_fails_on_a_smaller_baseline(files: dict[str, Path], tmp_path: Path) -> None:
+def test_check_fails_on_a_smaller_baseline(
+    files: dict[str, Path], tmp_path: Path, run_main: Callable[..., MainResult]
+) -> None:
     report = tmp_path / "out" / "report.md"
-    args = ["check", "--baseline", str(files["smaller"]), "--markdown", str(report)]
-    result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 1, result.output
+    result = run_main("check", "--baseline", str(files["smaller"]), "--markdown", str(report))
+    assert result.exit_code == 1, result.stderr
     assert "| hello | size.uncompressed | 270.0 MB | 300.0 MB | +11.1% | **regression** |" in result.stdout
     assert report.read_text() == result.stdout  # written even though the gate failed
-    assert "gate failed: 1 metric grew past the limit" in result.stderr
+    assert "error: gate failed: 1 metric grew past the limit" in result.stderr.splitlines()
     assert "no raybuild.toml here; using the default limits" in result.stderr
 
 
@@ -290,11 +293,13 @@ def test_check_flag_loosens_the_limit(files: dict[str, Path]) -> None:
     assert "size +20.0% (--max-size-growth)" in result.stdout
 
 
-def test_check_json(files: dict[str, Path]) -> None:
-    result = CliRunner().invoke(cli, ["check", "--baseline", str(files["smaller"]), "--json"])
+def test_check_json(files: dict[str, Path], run_main: Callable[..., MainResult]) -> None:
+    result = run_main("check", "--baseline", str(files["smaller"]), "--json")
     assert result.exit_code == 1
-    payload = json.loads(result.stdout)
-    assert payload["failed"] is True
+    payload = json.loads(result.stdout)  # one object: the report, and the error with its hint
+    assert (payload["ok"], payload["failed"]) == (False, True)
+    assert payload["error"] == "gate failed: 1 metric grew past the limit"
+    assert "max_size_growth" in payload["hint"]
     assert payload["rows"][0]["verdict"] == "regression"
     assert payload["thresholds"]["apps"]["hello"]["size"] == {"value": 0.05, "source": "default"}
 
@@ -311,6 +316,7 @@ def test_check_uses_raybuild_toml_limits(files: dict[str, Path], tmp_path: Path)
     assert "size +15.0% ([gate])" in result.stdout
     tight = CliRunner().invoke(cli, ["check", "--baseline", str(files["smaller"]), "--max-size-growth", ".1"])
     assert tight.exit_code == 1
+    assert str(tight.exception) == "gate failed: 1 metric grew past the limit"
 
 
 def _run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:

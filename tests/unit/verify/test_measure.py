@@ -223,6 +223,9 @@ class FakeEngine:
     calls: list[list[str]] = field(default_factory=list)
     deadlines: list[float | None] = field(default_factory=list)
 
+    def ping(self) -> None:
+        """The daemon answers (measure asks before it looks for any image)."""
+
     def image_exists(self, ref: str) -> bool:
         return ref in self.images
 

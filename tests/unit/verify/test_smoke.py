@@ -16,6 +16,7 @@ from raybuild.errors import SmokeTestError
 from raybuild.state import project_id
 from raybuild.verify import smoke
 from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.serve_failures import REPLICA_LOG, failed_status
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
     from tests.conftest import MainResult, TmpProject
@@ -177,14 +178,60 @@ def test_smoke_test_names_the_apps_serve_status_when_the_route_never_answers(
     engine = FakeEngine()
     engine.script("port", output="127.0.0.1:49153\n")
     engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="HTTP/1.1 404 Not Found")
-    status = {"applications": {"demo": {"status": "DEPLOY_FAILED", "message": "ImportError: demo_app"}}}
+    status = {"applications": {"demo": {"status": "DEPLOYING", "message": "Deploying app 'demo'."}}}
     answers = {"PUT": (200, "{}"), "GET": (200, json.dumps(status))}
     monkeypatch.setattr(kuberay, "http", lambda method, *args, **kwargs: answers[method])
     with pytest.raises(SmokeTestError) as raised:
         smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=0.1)
     assert str(raised.value) == (
-        "app 'demo': no HTTP 200 on /demo/ within 0s: status DEPLOY_FAILED: ImportError: demo_app"
+        "app 'demo': no HTTP 200 on /demo/ within 0s: status DEPLOYING: Deploying app 'demo'."
     )
+    assert engine.containers == {}
+
+
+@pytest.mark.parametrize(
+    ("constructor", "expected"),
+    [
+        (
+            True,
+            "FileNotFoundError: model file /models/m.bin is missing (broken_app.py, line 5, in load_model)",
+        ),
+        (False, "ModuleNotFoundError: No module named 'not_a_module_anywhere' (importfail_app.py, line 1)"),
+    ],
+    ids=["exception in a constructor", "import error"],
+)
+def test_a_failed_deploy_stops_the_test_at_the_first_status_poll(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch, constructor: bool, expected: str
+) -> None:
+    engine = FakeEngine()
+    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="wget: can't connect")
+    engine.script("exec", "*", "tail", output="INFO replica -- Started initializing replica.")
+    gets: list[str] = []
+
+    def http(method: str, url: str, *args: Any, **kwargs: Any) -> tuple[int, str]:
+        if method == "GET":
+            gets.append(url)
+            return 200, json.dumps(failed_status(constructor=constructor))
+        return 200, "{}"
+
+    monkeypatch.setattr(kuberay, "http", http)
+    log = tmp_project.root / ".raybuild" / "logs" / "test-demo.log"
+    with pytest.raises(SmokeTestError) as raised:
+        # The call counts below check that it stopped at the first poll; the timeout bounds a regression.
+        smoke.smoke_test(
+            tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=60, log_path=log
+        )
+    assert str(raised.value) == f"app 'demo': Serve could not deploy it: {expected}"
+    assert f"are in {log}" in (raised.value.hint or "")
+    assert "fix the app under apps/demo" in (raised.value.hint or "")
+    assert len(gets) == 1, "one status read: the first one showed the failure"
+    assert len([c for c in engine.calls("exec") if FETCH in c]) == 1
+    saved = log.read_text()
+    assert expected.split(" (")[0] in saved  # Serve's whole message, untruncated
+    if constructor:
+        assert f"{kuberay.RAY_LOGS_DIR}{REPLICA_LOG}" in saved
+        assert "Started initializing replica." in saved
     assert engine.containers == {}
 
 

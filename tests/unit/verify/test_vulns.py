@@ -4,6 +4,7 @@ measurements built from trivy's report format (the fixture) through `measure --s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +16,7 @@ from raybuild.verify.gate import compare
 from raybuild.verify.results import Finding, Measurement, schema
 from raybuild.verify.scan import parse_report, with_vulnerabilities
 from raybuild.verify.vulns import compare_vulnerabilities, markdown
+from tests.conftest import MainResult
 from tests.unit.verify.test_gate import app, measurement
 from tests.unit.verify.test_scan import FIXTURE
 
@@ -111,20 +113,19 @@ def test_without_any_scan_the_report_has_no_vulnerability_section() -> None:
 
 
 def test_check_fails_on_a_new_high_finding_in_a_fixture_comparison(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_main: Callable[..., MainResult]
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAYBUILD_CONFIG", raising=False)
     baseline, current = tmp_path / "baseline.json", tmp_path / "current.json"
     scanned({"hello": [f for f in REPORT if f.id != "CVE-2099-0001"]}).write(baseline)
     scanned({"hello": REPORT}).write(current)
-    result = CliRunner().invoke(
-        cli, ["check", "--baseline", str(baseline), "--current", str(current), "--json"]
-    )
-    assert result.exit_code == 1, result.output
-    assert "gate failed: 1 new HIGH/CRITICAL vulnerability" in result.stderr
+    result = run_main("check", "--baseline", str(baseline), "--current", str(current), "--json")
+    assert result.exit_code == 1, result.stderr
+    assert "error: gate failed: 1 new HIGH/CRITICAL vulnerability" in result.stderr.splitlines()
     payload = json.loads(result.stdout)
     assert payload["failed"] is True and all(row["verdict"] == "ok" for row in payload["rows"])
+    assert (payload["ok"], payload["error"]) == (False, "gate failed: 1 new HIGH/CRITICAL vulnerability")
     assert payload["vulnerabilities"][0]["new"][0]["id"] == "CVE-2099-0001"
     back = CliRunner().invoke(cli, ["check", "--baseline", str(current), "--current", str(baseline)])
     assert back.exit_code == 0, back.output

@@ -47,7 +47,7 @@ COPY --from=ray /out/ /
 WORKDIR /home/ray/app
 LABEL io.raybuild.ray-version="2.60.0" \
       io.raybuild.python="3.11" \
-      io.raybuild.ray-lock-sha256="49cbfc34ed060010"
+      io.raybuild.ray-lock-sha256="bca179929ae268ae"
 
 # ---- Stage 3: the app's own packages, installed beside the Ray venv ---------------------------------
 FROM raybuild/builder:py3.11-4e945928ec12 AS app
@@ -87,6 +87,6 @@ ENV LD_LIBRARY_PATH=/opt/app/site-packages/nvidia/cuda_runtime/lib
 COPY --from=code /out/ /
 LABEL io.raybuild.app="cuda" \
       io.raybuild.device="gpu" \
-      io.raybuild.lock-sha256="5ed45101784aeca8" \
+      io.raybuild.lock-sha256="c1f2533da295e6d8" \
       io.raybuild.code-sha256="5f0d27eedf3b0e0d" \
       io.raybuild.cuda="12.9"

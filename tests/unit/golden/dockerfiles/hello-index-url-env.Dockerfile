@@ -14,7 +14,7 @@
 # SOURCE_DATE_EPOCH), and / is the one folder that a layer never records.
 # The head image (base and Ray layers). `raybuild build` builds or pulls it first and passes it pinned by
 # digest once the registry has it, so this image shares those layers with every node that runs the head.
-ARG HEAD_IMAGE=127.0.0.1:5000/raybuild/ray-head:ray2.60.0-py3.11-efa71d8cc453
+ARG HEAD_IMAGE=127.0.0.1:5000/raybuild/ray-head:ray2.60.0-py3.11-c1e6c8843b70
 
 # ---- Stage 1: Ray, from the project's shared Ray lock --------------------------------------------------
 FROM raybuild/builder:py3.11-4e945928ec12 AS ray
@@ -50,7 +50,7 @@ COPY --from=ray /out/ /
 WORKDIR /home/ray/app
 LABEL io.raybuild.ray-version="2.60.0" \
       io.raybuild.python="3.11" \
-      io.raybuild.ray-lock-sha256="49cbfc34ed060010"
+      io.raybuild.ray-lock-sha256="bca179929ae268ae"
 
 FROM ${HEAD_IMAGE} AS head-image
 
@@ -92,5 +92,5 @@ ENV WIN="C:\\tmp"
 COPY --from=code /out/ /
 LABEL io.raybuild.app="hello" \
       io.raybuild.device="cpu" \
-      io.raybuild.lock-sha256="53a1c4b53d202dad" \
+      io.raybuild.lock-sha256="58d82acb8ba57a36" \
       io.raybuild.code-sha256="f4d522f3431bc3b0"
