@@ -60,6 +60,7 @@ def start_node(main: Engine, index: int) -> tuple[ColdNode, Engine]:
     """An empty dockerd under /var/lib/raybuild/repro-<index>, on a bridge and /29 of its own."""
     node = ColdNode(
         main,
+        f"benchmark-repro-{index}",  # the project id its containers carry
         root=Path(f"/var/lib/raybuild/repro-{index}"),
         progress=log,
         bridge=f"rbrepro{index}",

@@ -81,6 +81,7 @@ def fresh_engine(engine: Engine) -> Iterator[Engine]:
     """A second dockerd with an empty image store and build cache: a fresh CI runner."""
     node = ColdNode(
         engine,
+        f"test-digests-{os.getpid()}",  # the project id its containers carry
         root=Path(f"/var/lib/raybuild/test-digests-{os.getpid()}"),
         bridge="rbtestdigests",
         bridge_cidr="198.51.100.49/29",
