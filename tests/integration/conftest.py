@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from raybuild.engine import Engine
 from raybuild.errors import EngineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+REGISTRY = "127.0.0.1:5000"
 
 
 def _unavailable(reason: str) -> None:
@@ -57,3 +60,29 @@ def copy_project(source: Path, root: Path) -> Path:
 def project_copy(tmp_path: Path) -> Iterator[Path]:
     """A copy of the bundled project (config, apps, lockfiles, templates) that a test may change."""
     yield copy_project(REPO_ROOT, tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def registry() -> str:
+    """The local registry; under CI=true a missing one fails the run (scripts/setup starts it)."""
+    url = f"http://{REGISTRY}/v2/"
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5):
+            pass
+    except OSError as exc:
+        _unavailable(f"no registry answers at {url} ({exc})")
+    return REGISTRY
+
+
+@pytest.fixture
+def namespace(engine: Engine, registry: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A registry namespace of this test's own; the local tags it leaves are removed afterwards."""
+    topic = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    name = f"{registry}/test-{topic}-{uuid.uuid4().hex[:10]}"
+    yield name
+    # Both the pushed tags and the digest references that pulls leave behind.
+    fmt = "{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}"
+    listed = engine.docker_cmd("images", "--digests", "--format", fmt, check=False).output
+    for ref in listed.split():
+        if ref.startswith(name + "/") and not ref.endswith((":<none>", "@<none>")):
+            engine.remove_image(ref)

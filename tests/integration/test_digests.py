@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,36 +34,11 @@ from tests.integration.conftest import REPO_ROOT, copy_project
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
-REGISTRY = "127.0.0.1:5000"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 def _ca() -> Path | None:
     return default_ca_bundle() or (HOST_CA if HOST_CA.is_file() else None)
-
-
-@pytest.fixture(scope="module")
-def registry() -> str:
-    url = f"http://{REGISTRY}/v2/"
-    try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5):
-            pass
-    except OSError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but no registry answers at {url} ({exc})", pytrace=False)
-        pytest.skip(f"no registry answers at {url} ({exc})")
-    return REGISTRY
-
-
-@pytest.fixture
-def namespace(engine: Engine, registry: str) -> Iterator[str]:
-    name = f"{registry}/test-digests-{uuid.uuid4().hex[:10]}"
-    yield name
-    fmt = "{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}"
-    listed = engine.docker_cmd("images", "--digests", "--format", fmt, check=False).output
-    for ref in listed.split():
-        if ref.startswith(name + "/") and not ref.endswith((":<none>", "@<none>")):
-            engine.remove_image(ref)
 
 
 def project(root: Path, namespace: str) -> LoadedConfig:

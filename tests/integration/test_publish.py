@@ -7,10 +7,7 @@ Each test publishes under a namespace of its own and works in a copy of the proj
 from __future__ import annotations
 
 import json
-import os
-import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,35 +23,7 @@ from raybuild.state import HEAD_KEY, PublishRecord, load_build_record, publish_r
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
-REGISTRY = "127.0.0.1:5000"
 DOWN = "127.0.0.1:5999"
-
-
-@pytest.fixture(scope="session")
-def registry() -> str:
-    """The local registry; under CI=true a missing one fails the run (scripts/setup starts it)."""
-    url = f"http://{REGISTRY}/v2/"
-    try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5):
-            pass
-    except OSError as exc:
-        reason = f"no registry answers at {url} ({exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}; scripts/setup should have started it", pytrace=False)
-        pytest.skip(reason)
-    return REGISTRY
-
-
-@pytest.fixture
-def namespace(engine: Engine, registry: str) -> Iterator[str]:
-    name = f"{registry}/test-{uuid.uuid4().hex[:12]}"
-    yield name
-    # Both the pushed tags and the digest references that pulls leave behind.
-    fmt = "{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}"
-    listed = engine.docker_cmd("images", "--digests", "--format", fmt, check=False).output
-    for ref in listed.split():
-        if ref.startswith(name + "/") and not ref.endswith((":<none>", "@<none>")):
-            engine.remove_image(ref)
 
 
 @pytest.fixture

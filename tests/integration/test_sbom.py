@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ from raybuild.image.build import Builder
 from raybuild.lock.resolve import normalize
 from raybuild.registry import OCI_INDEX, fallback_tag
 from raybuild.state import PublishRecord, load_build_record, publish_record_path
-from tests.integration.test_publish import registry  # noqa: F401  (the fixture: the local registry)
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -45,16 +43,6 @@ def project(engine: Engine, project_copy: Path) -> LoadedConfig:
     ca = Path("/etc/ssl/certs/ca-certificates.crt")
     Builder(config, engine, ca_bundle=ca if ca.is_file() else None).build(config.select(("hello",)))
     return config
-
-
-@pytest.fixture
-def namespace(engine: Engine, registry: str) -> Iterator[str]:  # noqa: F811
-    name = f"{registry}/test-sbom-{uuid.uuid4().hex[:12]}"
-    yield name
-    listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
-    for ref in listed.split():
-        if ref.startswith(name + "/"):
-            engine.remove_image(ref)
 
 
 @pytest.fixture
