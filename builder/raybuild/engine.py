@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 
 from raybuild.docker_client import DockerClient, find_docker_client
 from raybuild.errors import BuildError, DockerRetry, EngineError
-from raybuild.labels import PROJECT_LABEL, label_filters, parse_ids
+from raybuild.labels import PROJECT_LABEL, PURPOSE_LABEL, label_filters, parse_ids
 from raybuild.progress import Progress
 
 TAIL_LINES = 40
@@ -419,6 +420,35 @@ class Engine:
             if self.echo:
                 where = f"label={PROJECT_LABEL}={labels.get(PROJECT_LABEL, '')}"
                 self.echo(f"warning: cleanup failed ({exc.message}); see `docker ps -a --filter {where}`")
+
+    def run_python(
+        self,
+        image: str,
+        script: bytes,
+        args: Iterable[str],
+        *,
+        labels: Mapping[str, str],
+        timeout: float,
+        what: str,
+        check: bool = True,
+    ) -> Result:
+        """Run a Python ``script`` (fed on stdin) in a throwaway container of ``image``, with no network.
+
+        `--rm` removes the container when it ends by itself; when raybuild stops waiting first (the
+        deadline, Ctrl-C, SIGTERM) it is removed by name and ``labels``, since killing the docker client
+        does not stop the container.
+        """
+        name = f"raybuild-{labels.get(PURPOSE_LABEL, 'probe')}-{uuid.uuid4().hex[:8]}"
+        command = ["run", "--rm", "-i", "--name", name, "--network", "none"]
+        for key, value in sorted(labels.items()):
+            command += ["--label", f"{key}={value}"]
+        try:
+            return self.docker_cmd(
+                *command, "--entrypoint", "python", image, "-", *args,
+                stdin=script, check=check, timeout=timeout, what=what,
+            )  # fmt: skip
+        finally:
+            self.release(labels, name=name)
 
     def logs(self, container: str, tail: int = 30) -> str:
         return self.docker_cmd("logs", "--tail", str(tail), container, check=False).output

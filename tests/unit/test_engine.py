@@ -4,6 +4,7 @@ build command it constructs (checked through the fake engine, which replaces onl
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -517,3 +518,18 @@ def test_which_finds_a_tool_beside_the_interpreter_before_path(
     (venv_bin / "dive").unlink()
     assert engines.which("dive") == str(path_bin / "dive")
     assert engines.which("hadolint") is None
+
+
+def test_run_python_runs_offline_and_its_container_is_removed_when_interrupted() -> None:
+    engine = FakeEngine()
+    engine.script("run", "--rm", raises=KeyboardInterrupt())  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_python("img:1", b"print(1)", ["a"], labels=MINE, timeout=5, what="probe")
+    (args,) = engine.calls("run")
+    name = args[args.index("--name") + 1]
+    assert args[:3] == ["run", "--rm", "-i"] and args[args.index("--network") + 1] == "none"
+    assert args[-5:] == ["--entrypoint", "python", "img:1", "-", "a"]
+    # The cleanup looks the container up by its name and this project's labels.
+    (listed,) = engine.calls("ps")
+    assert f"name=^/?{re.escape(name)}$" in listed
+    assert f"label={labels.PROJECT_LABEL}={'a' * 16}" in listed

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -172,36 +171,15 @@ def parse_report(app: App, output: str) -> ServeApp:
 def introspect(engine: Engine, image: str, app: App, project: str) -> ServeApp:
     """Import ``app`` inside ``image`` with Serve's build machinery; its deployments, or a BuildError.
 
-    ``project`` (state.project_id) labels the container. `--rm` removes it when it ends by itself; when
-    raybuild stops waiting first (the deadline, Ctrl-C, SIGTERM), the ``finally`` removes it by name and
-    labels, since killing the docker client does not stop the container.
+    ``project`` (state.project_id) labels the throwaway container (see ``Engine.run_python``).
     """
-    name = f"raybuild-introspect-{uuid.uuid4().hex[:8]}"
-    labels = object_labels(project, "introspect")
-    command = [
-        "run",
-        "--rm",
-        "-i",
-        "--name",
-        name,
-        *(arg for key, value in sorted(labels.items()) for arg in ("--label", f"{key}={value}")),
-        "--network",
-        "none",
-        "--entrypoint",
-        "python",
+    result = engine.run_python(
         image,
-        "-",
-        app.import_path,
-        CODE_DIR,
-    ]
-    try:
-        result = engine.docker_cmd(
-            *command,
-            stdin=PROBE.read_bytes(),
-            check=False,
-            timeout=TIMEOUT_S,
-            what=f"import check of app {app.name!r}",
-        )
-    finally:
-        engine.release(labels, name=name)
+        PROBE.read_bytes(),
+        [app.import_path, CODE_DIR],
+        labels=object_labels(project, "introspect"),
+        timeout=TIMEOUT_S,
+        what=f"import check of app {app.name!r}",
+        check=False,
+    )
     return parse_report(app, result.output)

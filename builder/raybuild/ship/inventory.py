@@ -9,7 +9,6 @@ was meant to be installed is only used afterwards, to find each wheel's hash.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,19 +121,14 @@ def parse_inventory(output: str, image: str) -> Inventory:
 def read_inventory(engine: Engine, image: str, project: str) -> Inventory:
     """Run the probe in ``image`` (a tag or an image ID) and return what it found.
 
-    The container carries ``project``'s labels; if raybuild stops waiting first (deadline, Ctrl-C,
-    SIGTERM), it is removed by name and labels, as the import check's is.
+    The throwaway container carries ``project``'s labels (see ``Engine.run_python``).
     """
-    name = f"raybuild-sbom-{uuid.uuid4().hex[:8]}"
-    labels = object_labels(project, "sbom")
-    command = ["run", "--rm", "-i", "--network", "none", "--name", name]
-    for key, value in sorted(labels.items()):
-        command += ["--label", f"{key}={value}"]
-    command += ["--entrypoint", "python", image, "-"]
-    try:
-        result = engine.docker_cmd(
-            *command, stdin=PROBE.read_bytes(), timeout=TIMEOUT_S, what=f"listing the packages in {image}"
-        )
-    finally:
-        engine.release(labels, name=name)
+    result = engine.run_python(
+        image,
+        PROBE.read_bytes(),
+        [],
+        labels=object_labels(project, "sbom"),
+        timeout=TIMEOUT_S,
+        what=f"listing the packages in {image}",
+    )
     return parse_inventory(result.output, image)
