@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -86,3 +88,17 @@ def namespace(engine: Engine, registry: str, request: pytest.FixtureRequest) -> 
     for ref in listed.split():
         if ref.startswith(name + "/") and not ref.endswith((":<none>", "@<none>")):
             engine.remove_image(ref)
+
+
+@pytest.fixture(scope="session")
+def wheel_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """raybuild's wheel, built from this checkout as users get it (pip fetches the build backend)."""
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO_ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (path,) = out.glob("raybuild-*.whl")
+    return path

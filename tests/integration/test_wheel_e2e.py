@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from raybuild.engine import Engine
-from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.network]
 
@@ -43,20 +42,12 @@ app = Words.bind()
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def installed(wheel_path: Path) -> Path:
     """A venv outside the repository with the raybuild wheel (and its dependencies) installed."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO_ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    (wheel,) = out.glob("raybuild-*.whl")
     venv = Path(tempfile.mkdtemp(prefix="raybuild-venv-"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(wheel_path)],
         check=True,
         capture_output=True,
         timeout=900,

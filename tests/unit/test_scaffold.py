@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,17 +133,9 @@ def test_a_working_dir_outside_the_project_is_refused(tmp_path: Path) -> None:
         plan_adoption(tmp_path / "project", read_serve_config(source))
 
 
-def test_the_workflow_is_a_valid_github_workflow_pinned_to_this_raybuild(tmp_path: Path) -> None:
-    path = tmp_path / "raybuild.yml"
-    path.write_text(workflow(), encoding="utf-8")
-    checked = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+def test_the_workflow_is_pinned_to_this_raybuild() -> None:
+    # Its validity against GitHub's schema and its raybuild calls are checked in test_workflow.py.
+    data = yaml.safe_load(workflow())
     assert data["env"]["RAYBUILD_VERSION"] == __version__
     steps = data["jobs"]["images"]["steps"]
     install = next(step["run"] for step in steps if step.get("name", "").startswith("Install raybuild"))
