@@ -30,7 +30,7 @@ from raybuild.errors import BuildError, EngineError, UsageError
 from raybuild.fsutil import read_text
 from raybuild.image import bases
 from raybuild.image.dockerfile import render_dockerfile, template_dir
-from raybuild.image.epoch import image_epoch
+from raybuild.image.epoch import Change, epoch_of, image_inputs, last_change
 from raybuild.image.ignore import IGNORE_FILE
 from raybuild.image.introspect import introspect
 from raybuild.image.provenance import provenance_labels
@@ -176,6 +176,7 @@ class Builder:
     _offline: set[str] = field(default_factory=set, init=False, repr=False)  # registries that did not answer
     _heads: dict[str, BuiltImage] = field(default_factory=dict, init=False, repr=False)
     _bases: set[str] = field(default_factory=set, init=False, repr=False)  # devices ensured ("": builder)
+    _changes: dict[str | None, Change | None] = field(default_factory=dict, init=False, repr=False)
 
     def secrets(self) -> dict[str, Path]:
         # BuildKit secrets: mounted for one RUN step, never stored in a layer, cache key or build arg.
@@ -291,6 +292,13 @@ class Builder:
             self.progress(f"{app.name}: warning: {line}")
         return found.as_config()
 
+    def _last_change(self, app: App | None) -> Change | None:
+        """The last commit that changed an image's inputs (``app`` None: the head's), asked of git once."""
+        key = app.name if app is not None else None
+        if key not in self._changes:
+            self._changes[key] = last_change(self.engine, self.config.root, image_inputs(self.config, app))
+        return self._changes[key]
+
     def _head(self, app: App, context: Path) -> BuiltImage:
         """The head image CPU apps build on: from this engine, the registry, or a build (once per run)."""
         hr = head_ref(self.config, head_hash(self.config, app))
@@ -305,8 +313,9 @@ class Builder:
         else:
             self._ensure_bases("cpu")
             self.progress(f"building head image {hr}")
-            args = {"RAY_SOURCE_DATE_EPOCH": str(image_epoch(self.config, self.engine))}
-            labels = provenance_labels(self.engine, self.config, None, hr)
+            change = self._last_change(None)
+            args = {"RAY_SOURCE_DATE_EPOCH": str(epoch_of(self.config, change))}
+            labels = provenance_labels(self.engine, self.config, None, hr, change)
             head_id = self._build(context, "head", "build of the head image", args, labels)
             self.engine.tag(head_id, hr)
             head = BuiltImage(HEAD_KEY, hr, head_id, "cpu", cached=False)
@@ -337,13 +346,14 @@ class Builder:
             # A CPU app's last stage is the head image; a GPU app's is its own base plus Ray.
             self._ensure_bases(*(("gpu",) if app.device == "gpu" else ()))
             self.progress(f"building {app.name} -> {ref}")
+            change = self._last_change(app)
             args = {
-                "SOURCE_DATE_EPOCH": str(image_epoch(self.config, self.engine, app)),
-                "RAY_SOURCE_DATE_EPOCH": str(image_epoch(self.config, self.engine)),
+                "SOURCE_DATE_EPOCH": str(epoch_of(self.config, change)),
+                "RAY_SOURCE_DATE_EPOCH": str(epoch_of(self.config, self._last_change(None))),
             }
             if head is not None:
                 args["HEAD_IMAGE"] = self._pinned(head.ref)
-            labels = provenance_labels(self.engine, self.config, app, ref)
+            labels = provenance_labels(self.engine, self.config, app, ref, change)
             image_id = self._build(context, None, f"build of app {app.name!r}", args, labels)
         # A broken app fails here, before its content-addressed tag exists: nothing half-made is tagged.
         deployments = self._deployments(app, image_id)

@@ -85,18 +85,18 @@ def last_change(engine: Engine, root: Path, paths: list[Path]) -> Change | None:
     return Change(match.group(1), int(match.group(2)), clean=status is not None and not status.strip())
 
 
-def git_epoch(engine: Engine, root: Path, paths: list[Path]) -> int | None:
-    """The committer time of the last commit that touched ``paths``; None outside git or before a commit."""
-    change = last_change(engine, root, paths)
-    return change.epoch if change is not None else None
-
-
 def image_epoch(config: LoadedConfig, engine: Engine, app: App | None = None) -> int:
     """The epoch of the head image (``app`` None) or of an app image."""
     if config.project.source_date_epoch is not None:
         return config.project.source_date_epoch
-    found = git_epoch(engine, config.root, image_inputs(config, app))
-    return found if found is not None else FALLBACK_EPOCH
+    return epoch_of(config, last_change(engine, config.root, image_inputs(config, app)))
+
+
+def epoch_of(config: LoadedConfig, change: Change | None) -> int:
+    """The epoch for an image whose inputs last changed in ``change`` (None: outside git)."""
+    if config.project.source_date_epoch is not None:
+        return config.project.source_date_epoch
+    return change.epoch if change is not None else FALLBACK_EPOCH
 
 
 def _snapshot_epoch(snapshot: str) -> int:

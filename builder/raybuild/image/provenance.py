@@ -21,7 +21,7 @@ from pathlib import Path
 from raybuild import __version__
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
-from raybuild.image.epoch import git, image_inputs, last_change
+from raybuild.image.epoch import Change, git
 from raybuild.labels import IMAGE_LABEL_PREFIX
 
 OCI = "org.opencontainers.image."
@@ -44,14 +44,16 @@ def _sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def provenance_labels(engine: Engine, config: LoadedConfig, app: App | None, ref: str) -> dict[str, str]:
-    """The labels of the image ``ref`` (the head image's when ``app`` is None)."""
+def provenance_labels(
+    engine: Engine, config: LoadedConfig, app: App | None, ref: str, change: Change | None
+) -> dict[str, str]:
+    """The labels of the image ``ref`` (the head image's when ``app`` is None); ``change`` is the last commit
+    that changed its inputs (``epoch.last_change``), which also gives the image its SOURCE_DATE_EPOCH."""
     labels = {OCI + "version": ref.rsplit(":", 1)[1], RAYBUILD + "version": __version__}
     for name, path in (("ray", config.ray_lockfile()), ("app", config.lockfile(app) if app else None)):
         digest = _sha256(path) if path is not None else None
         if digest:
             labels[f"{RAYBUILD}lockfile.{name}-sha256"] = digest
-    change = last_change(engine, config.root, image_inputs(config, app))
     if change is not None and change.clean:
         labels[OCI + "revision"] = change.revision
         labels[OCI + "created"] = change.created

@@ -14,7 +14,8 @@ from raybuild import __version__
 from raybuild.config import LoadedConfig
 from raybuild.engine import Engine
 from raybuild.image.build import Builder
-from raybuild.image.provenance import image_inputs, last_change, provenance_labels, source_url
+from raybuild.image.epoch import image_inputs, last_change
+from raybuild.image.provenance import provenance_labels, source_url
 from tests.conftest import TmpProject
 from tests.unit.fakes import FakeEngine
 from tests.unit.image.test_build import refs, write_locks
@@ -100,7 +101,10 @@ def test_outside_a_repository_there_is_no_change(tmp_project: TmpProject) -> Non
 def test_labels_of_a_committed_project(repo: LoadedConfig) -> None:
     git(repo.root, "remote", "add", "origin", "https://bot:secret@github.com/team/serving.git")
     ref = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
-    labels = provenance_labels(Engine(), repo, repo.apps[0], ref)
+    app = repo.apps[0]
+    labels = provenance_labels(
+        Engine(), repo, app, ref, last_change(Engine(), repo.root, image_inputs(repo, app))
+    )
     assert labels == {
         "org.opencontainers.image.version": "ray2.60.0-py3.11-cpu-222222222222",
         "org.opencontainers.image.revision": git(repo.root, "rev-parse", "HEAD"),
