@@ -29,6 +29,11 @@ SUPPORTED_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 _APP_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,30}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# `ha = true` on an app: so many replicas of each deployment and worker pods at least, so that losing one
+# node leaves one serving, and at most this many replicas of a deployment per node (Serve's
+# max_replicas_per_node), so that the replicas are on different nodes.
+HA_MIN_REPLICAS = 2
+HA_MAX_REPLICAS_PER_NODE = 1
 
 
 class _Model(BaseModel):
@@ -140,6 +145,8 @@ class App(_Model):
     prune: Prune = Prune()
     workers: Workers = Workers()
     gate: Gate = Gate()
+    # High availability: replicas on at least two worker nodes (see ``served``).
+    ha: bool = False
 
     @field_validator("name")
     @classmethod
@@ -175,6 +182,35 @@ class App(_Model):
     @property
     def num_gpus(self) -> float:
         return sum(d.ray_actor_options.num_gpus or 0.0 for d in self.deployments)
+
+    def served(self) -> App:
+        """The app as `render` and `up` run it. With ``ha``, every deployment and the worker group get at
+        least HA_MIN_REPLICAS, raising a lower value written in raybuild.toml (a deployment without one,
+        Serve's default of a single replica, included); the upper bounds follow where they would be lower."""
+        if not self.ha:
+            return self
+        floor = HA_MIN_REPLICAS
+        deployments = []
+        for deployment in self.deployments:
+            if deployment.autoscaling is not None:
+                scaling = deployment.autoscaling
+                low = max(scaling.min_replicas, floor)
+                raised = scaling.model_copy(
+                    update={"min_replicas": low, "max_replicas": max(scaling.max_replicas, low)}
+                )
+                deployments.append(deployment.model_copy(update={"autoscaling": raised}))
+            else:
+                replicas = max(deployment.num_replicas or 1, floor)
+                deployments.append(deployment.model_copy(update={"num_replicas": replicas}))
+        workers = self.workers
+        workers = workers.model_copy(
+            update={
+                "replicas": max(workers.replicas, floor),
+                "min_replicas": max(workers.min_replicas, floor),
+                "max_replicas": max(workers.max_replicas, floor),
+            }
+        )
+        return self.model_copy(update={"deployments": deployments, "workers": workers})
 
 
 class Head(_Model):

@@ -162,6 +162,7 @@ class NodeSpec:
     shm_size: str | None = "1g"  # Ray's object store lives in /dev/shm
     nofile: int | None = field(default_factory=nofile_limit)
     restart: str | None = None
+    stop_timeout: int | None = None  # seconds `docker stop` waits before SIGKILL: the pod's grace period
 
     def run_args(self) -> list[str]:
         """The `docker run` arguments (after the docker binary)."""
@@ -180,6 +181,8 @@ class NodeSpec:
             args.append(f"--shm-size={self.shm_size}")
         if self.restart:
             args += ["--restart", self.restart]
+        if self.stop_timeout is not None:
+            args += ["--stop-timeout", str(self.stop_timeout)]
         if self.gpus:
             args += ["--gpus", "all" if self.gpus == "all" else f"count={self.gpus}"]
         for port, host_port in sorted(self.publish.items()):
@@ -236,6 +239,21 @@ PROBE_TIMEOUT_S = 2
 EXEC_TIMEOUT_S = 10
 
 
+# A RayService worker's readiness probe as KubeRay injects it (ray-operator's pod.go and utils/constant.go):
+# the raylet check, and the Serve proxy's `/-/healthz`, which answers 503 once the node drains. Its failure
+# threshold is 1 (ServeReadinessProbeFailureThreshold), so a draining or dead proxy leaves the serve
+# Service at the next probe. The rendered manifest spells this probe out, and `raybuild up`'s front checks
+# its backends with the same period and threshold.
+SERVE_HEALTH_PATH = "/-/healthz"
+SERVE_PROBE = (
+    f"wget -T {PROBE_TIMEOUT_S} -q -O- http://localhost:{SERVE_PORT}{SERVE_HEALTH_PATH} | grep success"
+)
+WORKER_READINESS_PROBE = f"{RAYLET_PROBE} && {SERVE_PROBE}"
+READINESS_INITIAL_DELAY_S = 10
+READINESS_PERIOD_S = 5
+READINESS_FAILURE_THRESHOLD = 1
+
+
 def probe(engine: Engine, container: str, role: str = "head") -> bool:
     """KubeRay's exec probes for a node, each bounded the way kubelet bounds an exec probe (timeoutSeconds).
 
@@ -257,6 +275,48 @@ def healthz_ok(status: int, body: str) -> bool:
     """Ray 2.60's agent `/api/healthz`: HTTP 200 with `raylet: success` and `gcs: success` lines."""
     checks = dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
     return status == 200 and all(checks.get(name, "").startswith("success") for name in ("raylet", "gcs"))
+
+
+# -- draining a worker before Ray stops -------------------------------------------------------------------
+
+# A worker pod's terminationGracePeriodSeconds: the preStop hook below, and what follows it, fit inside.
+TERMINATION_GRACE_S = 60
+# The deadline the hook gives Ray's drain. Serve stops the replicas of a draining node gracefully (each
+# waits for the requests it holds) once the deadline is less than their graceful_shutdown_timeout_s
+# (20 s by default) away, or as soon as a replacement runs elsewhere: 45 s leaves Serve's proxy its
+# minimum draining period, RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S (30 s), which is what lets the serve
+# Service (readiness every 5 s) take the pod out before the proxy stops.
+DRAIN_DEADLINE_S = 45
+# How long the hook waits for the proxy and the replicas to be gone, before `ray stop` anyway; the rest
+# of the grace period is for `ray stop`.
+DRAIN_WAIT_S = TERMINATION_GRACE_S - 10
+# The preStop hook. `ray drain-node` (Ray 2.60; the call the autoscaler makes before it removes a node)
+# marks this node as draining with a deadline: Ray schedules nothing new on it, Serve starts replacement
+# replicas elsewhere and stops this node's replicas gracefully, and its proxy answers `/-/healthz` with 503
+# while it keeps serving what it has, then stops once it holds no request. The hook waits for both (the
+# proxy's port refuses: wget exits 4; no `ray::ServeReplica` process is left, a pattern that the grep's own
+# command line does not match), then stops Ray. One try at 127.0.0.1: wget retries a refused connection
+# to localhost 20 times with a growing back-off (its ::1 fails with "Cannot assign requested address"), which
+# once kept a drained worker waiting until its grace period ran out. Without it,
+# SIGTERM goes to the container's shell, which ignores it, and the pod dies at the end of its grace period
+# with its requests.
+DRAIN_HOOK = (
+    "ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION --reason-message 'pod terminating' "
+    f"--deadline-remaining-seconds {DRAIN_DEADLINE_S}; "
+    f"for _ in $(seq {DRAIN_WAIT_S}); do "
+    f"wget -t 1 -T {PROBE_TIMEOUT_S} -q -O /dev/null http://127.0.0.1:{SERVE_PORT}{SERVE_HEALTH_PATH}; "
+    "[ $? -eq 4 ] && ! grep -qs 'ServeReplic[a]' /proc/[0-9]*/cmdline && break; sleep 1; done; "
+    "ray stop"
+)
+
+
+def draining_command(command: str) -> str:
+    """A worker's command that runs the preStop hook on SIGTERM, for a container that no kubelet stops.
+
+    `docker stop` sends SIGTERM to the container's shell, then SIGKILL after the stop timeout (the grace
+    period): the shell runs the hook, and ends when `ray start --block` does.
+    """
+    return f"drain() {{ {DRAIN_HOOK}; }}; trap drain TERM; {command} & wait $!; wait $!"
 
 
 # -- the dashboard's REST API -----------------------------------------------------------------------------

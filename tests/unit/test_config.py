@@ -285,3 +285,37 @@ def test_raybuild_registry_overrides_the_projects_registry(
     assert tmp_project.load().project.registry == "ghcr.io/acme/raybuild"
     monkeypatch.setenv("RAYBUILD_REGISTRY", "")
     assert tmp_project.load().project.registry == "127.0.0.1:5000/demo"
+
+
+def test_ha_must_be_a_boolean(tmp_project: TmpProject) -> None:
+    error = config_error(
+        tmp_project, replaced('route_prefix = "/demo"', 'route_prefix = "/demo"\nha = "yes"')
+    )
+    assert error.message.startswith("raybuild.toml: key 'apps[0].ha': ")
+    assert "valid boolean" in error.message
+
+
+def test_ha_raises_every_replica_count_to_two_and_keeps_higher_ones(tmp_project: TmpProject) -> None:
+    tmp_project.write_config(
+        replaced(
+            'route_prefix = "/demo"', 'route_prefix = "/demo"\nha = true\nworkers = { max_replicas = 5 }'
+        )
+        + '\n[[apps.deployments]]\nname = "Auto"\nautoscaling = { min_replicas = 0, max_replicas = 1 }\n'
+        + '\n[[apps.deployments]]\nname = "Many"\nnum_replicas = 3\n'
+        + '\n[[apps.deployments]]\nname = "Unset"\n'
+    )
+    app = tmp_project.load().apps[0]
+    assert app.ha
+    served = app.served()
+    replicas = {d.name: d.num_replicas for d in served.deployments}
+    assert replicas == {"Demo": 2, "Auto": None, "Many": 3, "Unset": 2}
+    auto = served.deployments[1].autoscaling
+    assert auto is not None and (auto.min_replicas, auto.max_replicas) == (2, 2)
+    workers = served.workers
+    assert (workers.replicas, workers.min_replicas, workers.max_replicas) == (2, 2, 5)
+    assert app.deployments[0].num_replicas == 1, "the config as written is unchanged"
+
+
+def test_without_ha_the_app_is_served_as_written(tmp_project: TmpProject) -> None:
+    app = tmp_project.load().apps[0]
+    assert not app.ha and app.served() is app

@@ -18,14 +18,16 @@ from raybuild.cli.common import (
 )
 from raybuild.errors import ReportedFailure
 from raybuild.local import cluster as local
-from raybuild.local.drill import DrillKind, DrillReport, run_drill
+from raybuild.local.drill import DRILL_KINDS, DrillKind, DrillReport, run_drill
 from raybuild.state import project_id
 
 POSITIVE = FiniteFloat(min=0, min_open=True)
+# The name worker-kill had before workers could also be drained.
+ALIASES = {"worker-restart": "worker-kill"}
 
 
 @click.command()
-@click.argument("kind", type=click.Choice(["head-restart", "worker-restart", "gcs-outage"]))
+@click.argument("kind", type=click.Choice([*DRILL_KINDS, *ALIASES]))
 @click.option(
     "--duration", type=POSITIVE, default=30.0, show_default=True, help="Seconds the request loop runs."
 )
@@ -38,7 +40,7 @@ POSITIVE = FiniteFloat(min=0, min_open=True)
     "is refused before anything is killed.",
 )
 @click.option(
-    "--app", "app_name", default=None, help="worker-restart: whose worker to kill [default: the first]."
+    "--app", "app_name", default=None, help="worker-kill, worker-drain: whose worker [default: the first]."
 )
 @click.option(
     "--outage",
@@ -46,6 +48,11 @@ POSITIVE = FiniteFloat(min=0, min_open=True)
     default=5.0,
     show_default=True,
     help="gcs-outage: seconds the store is down.",
+)
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Send the requests round-robin to every worker's Serve port instead of through the front.",
 )
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even when requests failed (to record a drill).")
 @json_option
@@ -57,19 +64,23 @@ def drill(
     rps: float,
     app_name: str | None,
     outage: float,
+    direct: bool,
     allow_failures: bool,
     as_json: bool,
 ) -> None:
     """Kill and replace a node under a bounded request loop, and report what clients saw.
 
-    head-restart: the head pod restarts with the same GCS store; with GCS fault tolerance, 0 requests fail.
-    worker-restart: one worker dies; Serve reschedules its replicas. gcs-outage: the store stops briefly.
+    Requests go through `raybuild up`'s front (--direct: to the workers' Serve ports). head-restart: the
+    head pod restarts with the same GCS store; with GCS fault tolerance, 0 requests fail. worker-kill: one
+    worker dies (SIGKILL), like a lost node. worker-drain: one worker gets SIGTERM and its pod's grace
+    period, like a scale-down; its preStop drain lets Serve finish its requests first. Either way a new
+    worker replaces it. gcs-outage: the store stops briefly. worker-restart is worker-kill's old name.
     """
     if duration * rps > 10000:
         raise click.BadParameter("need at most 10000 requests in all (--duration times --rps)")
     config = state.config()
     cluster = local.load_cluster(config)
-    drill_kind = cast(DrillKind, kind)  # click.Choice above allows exactly these values
+    drill_kind = cast(DrillKind, ALIASES.get(kind, kind))  # click.Choice above allows exactly these
     report = run_drill(
         engine_for(state),
         project_id(config),
@@ -80,6 +91,7 @@ def drill(
         app=app_name,
         outage=outage,
         progress=progress,
+        direct=direct,
     )
     if not as_json:
         _print(report)
@@ -107,7 +119,7 @@ def _print(report: DrillReport) -> None:
         ],
     )
     click.echo(
-        f"recovered: {report.recovered}  apps running: {report.apps_running}  "
+        f"through: {report.mode}  recovered: {report.recovered}  apps running: {report.apps_running}  "
         f"replicas unchanged: {report.replicas_unchanged}"
     )
     if report.client_saturated:

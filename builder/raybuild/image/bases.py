@@ -27,6 +27,8 @@ from raybuild.progress import Progress, silent
 RUNTIME_PACKAGES = ("python3-minimal", "libpython3-stdlib", "bash", "wget", "ca-certificates", "libstdc++6")
 BUILDER_PACKAGES = (*RUNTIME_PACKAGES, "binutils")
 REDIS_PACKAGES = ("bash", "redis-server")
+# The front of `raybuild up`: Debian's HAProxy, standing in for the serve Service (or an Ingress).
+FRONT_PACKAGES = ("bash", "haproxy")
 # usrmerge pulls in perl (about 50 MB); once the system is merged, none of it is needed at run time, and
 # neither is perl-base, which only dpkg's and debconf's maintainer scripts use (the images have no apt).
 PURGE_AFTER_BOOTSTRAP = (
@@ -75,8 +77,8 @@ class BaseSpec:
     def template(self) -> str:
         if self.kind == "builder":
             return "cpu/builder.Dockerfile.j2"
-        if self.kind == "redis":
-            return "common/redis.Dockerfile.j2"
+        if self.kind in ("redis", "front"):
+            return f"common/{self.kind}.Dockerfile.j2"
         return f"{self.device}/base.Dockerfile.j2"
 
     def context(self) -> dict[str, object]:
@@ -123,7 +125,9 @@ class Rootfs:
 
 
 def rootfs(settings: BaseImage, kind: str) -> Rootfs:
-    packages = {"builder": BUILDER_PACKAGES, "redis": REDIS_PACKAGES}.get(kind, RUNTIME_PACKAGES)
+    packages = {"builder": BUILDER_PACKAGES, "redis": REDIS_PACKAGES, "front": FRONT_PACKAGES}.get(
+        kind, RUNTIME_PACKAGES
+    )
     if settings.source == "image":
         return Rootfs(settings.image, settings, packages)
     tag = _digest(
@@ -182,6 +186,19 @@ def ensure_redis(config: LoadedConfig, engine: Engine, progress: Progress = sile
     ensure_rootfs(engine, rootfs(config.config.base.cpu, "redis"), progress, config)
     ref = redis_ref(config)
     _build_image(engine, config, redis_spec(config), ref, progress)
+    return ref
+
+
+def front_ref(config: LoadedConfig) -> str:
+    return _ref(config, _on_rootfs(config, "front", "front"), "front-haproxy")
+
+
+def ensure_front(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> str:
+    """The HAProxy image that `raybuild up` puts in front of the workers, made on first use."""
+    engine.ping()
+    ensure_rootfs(engine, rootfs(config.config.base.cpu, "front"), progress, config)
+    ref = front_ref(config)
+    _build_image(engine, config, _on_rootfs(config, "front", "front"), ref, progress)
     return ref
 
 

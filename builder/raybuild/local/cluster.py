@@ -3,11 +3,13 @@
 On a private Docker network: a Redis GCS store (Debian's redis-server on the slim base, with a password),
 a head started as KubeRay starts it with GCS fault tolerance (num-cpus 0, RAY_REDIS_ADDRESS, REDIS_PASSWORD,
 RAY_external_storage_namespace), and one worker per app image carrying the same Ray node labels as the
-rendered worker groups. The Serve config is the rendered serveConfigV2, deployed through the dashboard REST
-API as KubeRay does. Only workers' Serve ports are published (like excludeHeadPodFromServeSvc), and only on
-127.0.0.1. Everything carries raybuild's labels with this project's id, so `down` removes it even after a
-failed or interrupted `up`, and never another checkout's cluster of the same name: container and network
-names carry the project id too, so two checkouts can even run their clusters side by side.
+rendered worker groups (two for an app with `ha = true`). The Serve config is the rendered serveConfigV2,
+deployed through the dashboard REST API as KubeRay does. Only workers' Serve ports are published (like
+excludeHeadPodFromServeSvc), and only on 127.0.0.1; the front (local/front.py) is the serve Service over
+them. A worker runs its pod's preStop drain on SIGTERM and `docker stop` waits its grace period.
+Everything carries raybuild's labels with this project's id, so `down` removes it even after a failed or
+interrupted `up`, and never another checkout's cluster of the same name: container and network names
+carry the project id too, so two checkouts can even run their clusters side by side.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from raybuild import kuberay
-from raybuild.config import App, LoadedConfig
+from raybuild.config import HA_MIN_REPLICAS, App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import ClusterError, RaybuildError
 from raybuild.fsutil import atomic_write
@@ -36,6 +38,7 @@ from raybuild.kuberay import (
     required_cpus,
 )
 from raybuild.labels import object_labels
+from raybuild.local.front import CONFIG_ENV, FRONT_PORT, Backend, FrontMode, haproxy_config
 from raybuild.loopback import free_port, http, wait_until
 from raybuild.manifest import render as k8s
 from raybuild.progress import Progress, silent
@@ -52,7 +55,7 @@ from raybuild.state import (
 @dataclass(frozen=True)
 class Node:
     name: str
-    role: str  # "gcs", "head" or "worker"
+    role: str  # "gcs", "head", "worker" or "front"
     image: str
     command: str
     env: dict[str, str]
@@ -70,6 +73,7 @@ class LocalCluster:
     subnet: str
     nodes: list[Node]
     routes: dict[str, str]  # app -> route prefix
+    front: str = ""  # the front's mode (local/front.py), "" for none
 
     def node(self, role: str, app: str | None = None) -> Node:
         for node in self.nodes:
@@ -80,6 +84,19 @@ class LocalCluster:
     @property
     def dashboard(self) -> str:
         return f"http://127.0.0.1:{self.node('head').publish[DASHBOARD_PORT]}"
+
+    @property
+    def front_url(self) -> str:
+        """Where clients reach the cluster, like the serve Service (or an Ingress); "" without a front."""
+        if not self.front:
+            return ""
+        return f"http://127.0.0.1:{self.node('front').publish[FRONT_PORT]}"
+
+    def front_urls(self) -> dict[str, list[str]]:
+        """Each app's URL through the front (empty without one)."""
+        if not self.front:
+            return {}
+        return {app: [f"{self.front_url}{route}"] for app, route in self.routes.items()}
 
     def urls(self) -> dict[str, list[str]]:
         """Each app's URLs through every worker's Serve port (any proxy routes to any app)."""
@@ -98,7 +115,9 @@ class LocalCluster:
         nodes = [
             Node(**{**n, "publish": {int(k): v for k, v in n["publish"].items()}}) for n in data["nodes"]
         ]
-        return cls(data["name"], data["network"], data["subnet"], nodes, data["routes"])
+        return cls(
+            data["name"], data["network"], data["subnet"], nodes, data["routes"], data.get("front", "")
+        )
 
 
 def load_cluster(config: LoadedConfig) -> LocalCluster:
@@ -136,11 +155,14 @@ def plan(
     subnet: str,
     password: str,
     apps: tuple[App, ...],
+    front: FrontMode | None = None,
+    front_image: str = "",
 ) -> LocalCluster:
-    """The nodes of the local cluster. Fixed IPs for the GCS store and head: workers reconnect to them."""
+    """The nodes of the local cluster. Fixed IPs for every node: workers reconnect to the store and head at
+    theirs, and the front reaches each worker at its own, even after the worker was replaced."""
     name, network = cluster_name(config), object_prefix(config)
     prefix = subnet.rsplit(".", 1)[0]
-    gcs_ip, head_ip = f"{prefix}.10", f"{prefix}.11"
+    gcs_ip, head_ip, front_ip = f"{prefix}.10", f"{prefix}.11", f"{prefix}.12"
     # The head schedules nothing (num-cpus 0, like the rendered head group) and keeps its state in the store.
     head_command = kuberay.head_command(0, gcs_fault_tolerance=True, usage_stats=False)
     head_env = kuberay.gcs_head_env(f"{gcs_ip}:{GCS_PORT}", password, config.config.cluster.name)
@@ -156,27 +178,43 @@ def plan(
             publish={DASHBOARD_PORT: 0},
         ),
     ]
+    workers: list[Node] = []
     for app in apps:
         env = {RECONNECT_TIMEOUT_ENV: WORKER_RECONNECT_TIMEOUT_S}
-        nodes.append(
-            Node(
-                f"{network}-worker-{app.name}",
-                "worker",
-                images[app.name],
-                kuberay.worker_command(
-                    head_ip, required_cpus(app), labels={LABEL_KEY: app.name}, usage_stats=False
-                ),
-                env,
-                app=app.name,
-                publish={SERVE_PORT: 0},
-            )
+        command = kuberay.worker_command(
+            head_ip, required_cpus(app), labels={LABEL_KEY: app.name}, usage_stats=False
         )
-    return LocalCluster(name, network, subnet, nodes, {app.name: app.route_prefix for app in apps})
+        # The fewest worker pods that show the behaviour: two for an HA app (its replicas spread over
+        # them), one otherwise, whatever the group's replicas say.
+        count = HA_MIN_REPLICAS if app.ha else 1
+        for index in range(count):
+            suffix = f"-{index + 1}" if count > 1 else ""
+            workers.append(
+                Node(
+                    f"{network}-worker-{app.name}{suffix}",
+                    "worker",
+                    images[app.name],
+                    kuberay.draining_command(command),
+                    env,
+                    ip=f"{prefix}.{20 + len(workers)}",
+                    app=app.name,
+                    publish={SERVE_PORT: 0},
+                )
+            )
+    nodes += workers
+    if front is not None:
+        backends = [Backend(w.name, f"{w.ip}:{SERVE_PORT}") for w in workers]
+        env = {CONFIG_ENV: haproxy_config(front, backends)}
+        nodes.append(
+            Node(f"{network}-front", "front", front_image, "", env, ip=front_ip, publish={FRONT_PORT: 0})
+        )
+    routes = {app.name: app.route_prefix for app in apps}
+    return LocalCluster(name, network, subnet, nodes, routes, front or "")
 
 
 def node_spec(project: str, cluster: LocalCluster, node: Node) -> NodeSpec:
     """The container of one node: on the cluster's network, under its own name, with its fixed IP."""
-    ray_node = node.role != "gcs"
+    ray_node = node.role in ("head", "worker")
     return NodeSpec(
         name=node.name,
         image=node.image,
@@ -191,6 +229,8 @@ def node_spec(project: str, cluster: LocalCluster, node: Node) -> NodeSpec:
         # Kubernetes restarts a pod's container when it exits (restartPolicy Always); a head whose GCS lost
         # its store exits on purpose so that this restart brings it back.
         restart="on-failure" if ray_node else None,
+        # `docker stop` gives a worker its pod's grace period for the drain its command runs on SIGTERM.
+        stop_timeout=kuberay.TERMINATION_GRACE_S if node.role == "worker" else None,
     )
 
 
@@ -239,6 +279,13 @@ def all_routes_answer(cluster: LocalCluster) -> bool:
     return all(http("GET", url, timeout=5)[0] == 200 for urls in cluster.urls().values() for url in urls)
 
 
+def front_answers(cluster: LocalCluster) -> bool:
+    """Every app answers through the front (True when there is none)."""
+    return all(
+        http("GET", url, timeout=5)[0] == 200 for urls in cluster.front_urls().values() for url in urls
+    )
+
+
 def local_images(config: LoadedConfig, apps: tuple[App, ...]) -> dict[str, str]:
     """Images as `raybuild render` references them, except that an image never built is an error here."""
     images = image_references(config, load_publish_record(config), apps)
@@ -257,6 +304,7 @@ def up(
     apps: tuple[App, ...],
     timeout: float = 300.0,
     progress: Progress = silent,
+    front: FrontMode | None = "service",
 ) -> LocalCluster:
     cpu_apps = tuple(a for a in apps if a.device == "cpu")
     if not cpu_apps:
@@ -270,28 +318,25 @@ def up(
     for warning in image_references(config, load_publish_record(config), cpu_apps).warnings:
         progress(f"warning: {warning}")
     redis_image = bases.ensure_redis(config, engine, progress)
+    front_image = bases.ensure_front(config, engine, progress) if front is not None else ""
     project = project_id(config)
     try:
         subnet = _create_network(engine, config)
-        cluster = plan(config, images, redis_image, subnet, secrets.token_hex(16), cpu_apps)
+        password = secrets.token_hex(16)
+        cluster = plan(config, images, redis_image, subnet, password, cpu_apps, front, front_image)
         started: list[Node] = []
         for node in cluster.nodes:
             progress(f"starting {node.role} {node.name} ({node.image})")
             started.append(run_node(engine, project, cluster, node))
             if node.role == "head":
-                cluster = LocalCluster(
-                    cluster.name,
-                    cluster.network,
-                    cluster.subnet,
-                    started + cluster.nodes[len(started) :],
-                    cluster.routes,
-                )
+                cluster = replace(cluster, nodes=started + cluster.nodes[len(started) :])
                 if not wait_until(partial(kuberay.probe, engine, node.name, "head"), timeout):
                     raise ClusterError(f"head never became healthy: {engine.logs(node.name, 5)!r}")
-        cluster = LocalCluster(cluster.name, cluster.network, cluster.subnet, started, cluster.routes)
+        cluster = replace(cluster, nodes=started)
         atomic_write(cluster_record_path(config), cluster.to_json(), mode=0o600)  # it holds the password
         progress("waiting for every worker to join the head")
-        dashboard, ray_nodes = cluster.dashboard, len(started) - 1
+        dashboard = cluster.dashboard
+        ray_nodes = sum(1 for node in started if node.role in ("head", "worker"))
         if not wait_until(lambda: kuberay.alive_nodes(dashboard) >= ray_nodes, timeout, interval=1.0):
             raise ClusterError(f"only {kuberay.alive_nodes(dashboard)} of {ray_nodes} Ray nodes joined")
         progress("deploying serveConfigV2 through the dashboard")
@@ -307,6 +352,12 @@ def up(
         if not outcome.answered:
             statuses = {k: v.get("status") for k, v in kuberay.serve_status(dashboard).items()}
             raise ClusterError(f"not every app answered within {timeout:.0f}s: {statuses}")
+        if cluster.front:
+            progress(f"waiting for the front ({cluster.front}) at {cluster.front_url}")
+            if not wait_until(lambda: front_answers(cluster), timeout, interval=1.0):
+                raise ClusterError(
+                    f"the front never answered: {engine.logs(cluster.node('front').name, 5)!r}"
+                )
         return cluster
     except BaseException:
         # A failed or interrupted (Ctrl-C, SIGTERM) `up` leaves nothing behind but what helps to diagnose:

@@ -1,8 +1,13 @@
 """Fault drills on the local cluster: a bounded request loop while a node is killed and replaced.
 
-The loop sends at most ``rps * duration`` requests, only to the workers' Serve ports on 127.0.0.1, and stops
-by itself. The report is honest: every failure is counted, with latency percentiles for the outage window
-(from the kill until the replacement is healthy) and for the whole drill.
+The loop sends at most ``rps * duration`` requests, through the front (like clients of the serve Service or
+an Ingress) or, with ``direct``, round-robin to every worker's Serve port, all on 127.0.0.1, and stops by
+itself. A worker is lost in one of two ways: ``worker-kill`` (SIGKILL, like a node that dies) and
+``worker-drain`` (`docker stop` with the pod's grace period: SIGTERM runs the preStop drain, like a
+scale-down or a preemption with notice). Either way a new worker takes its place, as KubeRay makes a new pod.
+
+The report is honest: every failure is counted, with latency percentiles for the outage window (from the
+kill until the replacement is healthy) and for the whole drill.
 
 It is honest about its own client too. A request the loop could not send on time (its thread fell behind
 the schedule, or too many requests were still waiting for an answer) measures this machine, not the
@@ -16,16 +21,26 @@ import threading
 import time
 import urllib.error
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from raybuild import kuberay
 from raybuild.engine import Engine
 from raybuild.errors import ClusterError, UsageError
-from raybuild.local.cluster import LocalCluster, Node, all_routes_answer, remove_node, run_node
+from raybuild.local.cluster import (
+    LocalCluster,
+    Node,
+    all_routes_answer,
+    front_answers,
+    remove_node,
+    run_node,
+)
 from raybuild.loopback import LOOPBACK, wait_until
 from raybuild.progress import Progress, silent
 
-DrillKind = Literal["head-restart", "worker-restart", "gcs-outage"]
+DrillKind = Literal["head-restart", "worker-kill", "worker-drain", "gcs-outage"]
+DRILL_KINDS: tuple[str, ...] = get_args(DrillKind)
+# `docker stop` returns once the container ended; bounded beyond the grace period for a daemon that hangs.
+STOP_MARGIN_S = 30
 
 # A request sent this long after its slot, or while this many are still unanswered, would measure the
 # client's own backlog (a Python thread per request, on a machine that also runs the cluster). A shorter
@@ -69,10 +84,13 @@ class DrillReport:
     outage_s: float  # from the kill until the replacement passed its probes
     recovered: bool
     apps_running: bool
-    replicas_unchanged: bool
+    replicas_unchanged: bool  # False: Serve moved (replaced) replicas
     errors: dict[str, int]
     client_late: int = 0  # requests the loop could not send on time: neither sent nor counted
     client_saturated: bool = False
+    mode: str = (
+        "direct"  # what the requests went through: the front's mode ("service", "ingress") or "direct"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,11 +245,18 @@ def run_drill(
     outage: float = 5.0,
     timeout: float = 120.0,
     progress: Progress = silent,
+    direct: bool = False,
 ) -> DrillReport:
-    if not all_routes_answer(cluster):
+    if not direct and not cluster.front:
+        raise ClusterError(
+            "this cluster has no front to send the drill's requests through",
+            hint="rerun `raybuild up` (it starts one), or pass --direct to hit the workers' ports",
+        )
+    if not all_routes_answer(cluster) or not (direct or front_answers(cluster)):
         raise ClusterError("not every app answers before the drill", hint="check `raybuild up`, or rerun it")
     before = replica_ids(kuberay.serve_status(cluster.dashboard))
-    urls = [url for app_urls in cluster.urls().values() for url in app_urls]
+    targets = cluster.urls() if direct else cluster.front_urls()
+    urls = [url for app_urls in targets.values() for url in app_urls]
     loop = RequestLoop(urls, rps, duration)
     loop.start()
     time.sleep(min(duration * 0.2, 5.0))
@@ -241,9 +266,16 @@ def run_drill(
         target = cluster.node("head")
         progress(f"t={t_kill:.1f}s: killing the head {target.name} and starting a new one at {target.ip}")
         _replace(engine, project, cluster, target)
-    elif kind == "worker-restart":
+    elif kind == "worker-kill":
         target = cluster.node("worker", app) if app else cluster.node("worker")
-        progress(f"t={t_kill:.1f}s: killing worker {target.name} and starting a new one")
+        progress(f"t={t_kill:.1f}s: killing worker {target.name} (SIGKILL) and starting a new one")
+        _replace(engine, project, cluster, target)
+    elif kind == "worker-drain":
+        target = cluster.node("worker", app) if app else cluster.node("worker")
+        grace = kuberay.TERMINATION_GRACE_S
+        progress(f"t={t_kill:.1f}s: stopping worker {target.name} (SIGTERM, {grace}s grace period)")
+        engine.docker_cmd("stop", "-t", str(grace), target.name, check=False, timeout=grace + STOP_MARGIN_S)
+        progress(f"t={loop.now():.1f}s: {target.name} drained and stopped; starting a new one")
         _replace(engine, project, cluster, target)
     else:
         target = cluster.node("gcs")
@@ -273,6 +305,7 @@ def run_drill(
     return DrillReport(
         drill=kind,
         target=target.name,
+        mode="direct" if direct else cluster.front,
         duration_s=duration,
         rps=rps,
         total=window(samples),

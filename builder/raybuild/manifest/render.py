@@ -16,7 +16,8 @@ from typing import Any, Literal, get_args
 import jinja2
 import yaml
 
-from raybuild.config import App, LoadedConfig
+from raybuild import kuberay
+from raybuild.config import HA_MAX_REPLICAS_PER_NODE, App, LoadedConfig
 from raybuild.errors import ConfigError
 from raybuild.kuberay import LABEL_KEY
 from raybuild.state import HEAD_KEY, PublishRecord, image_references
@@ -107,7 +108,7 @@ def _render_template(dirs: Templates, name: str, context: dict[str, Any]) -> str
 
 
 def _worker_group(app: App, image: str) -> tuple[dict[str, Any], list[str]]:
-    workers = app.workers
+    workers = app.served().workers
     warnings = []
     gpus = max(workers.gpu, 1) if app.device == "gpu" else 0
     if app.device == "cpu" and workers.replicas == 0:
@@ -134,8 +135,25 @@ def _worker_group(app: App, image: str) -> tuple[dict[str, Any], list[str]]:
     return group, warnings
 
 
+def _worker_pod(kind: Kind) -> dict[str, Any]:
+    """What every worker pod gets from the KubeRay node contract: its readiness probe and its drain.
+
+    The probe checks Serve's proxy, so only a RayService (whose controller deploys Serve) spells it out; a
+    RayCluster's workers get KubeRay's raylet-only probe.
+    """
+    return {
+        "readiness_command": kuberay.WORKER_READINESS_PROBE if kind == "RayService" else "",
+        "readiness_initial_delay_s": kuberay.READINESS_INITIAL_DELAY_S,
+        "readiness_period_s": kuberay.READINESS_PERIOD_S,
+        "readiness_timeout_s": kuberay.PROBE_TIMEOUT_S,
+        "readiness_failure_threshold": kuberay.READINESS_FAILURE_THRESHOLD,
+        "drain_hook": kuberay.DRAIN_HOOK,
+        "grace_s": kuberay.TERMINATION_GRACE_S,
+    }
+
+
 def _serve_deployment(app: App, index: int) -> dict[str, Any]:
-    deployment = app.deployments[index]
+    deployment = app.served().deployments[index]
     actor = deployment.ray_actor_options
     # The same hard selector on every deployment: Ray 2.60 then also pins the app's build task (which
     # imports the app's code) to this group, the only image that has the app's packages.
@@ -154,6 +172,10 @@ def _serve_deployment(app: App, index: int) -> dict[str, Any]:
             "min_replicas": deployment.autoscaling.min_replicas,
             "max_replicas": deployment.autoscaling.max_replicas,
         }
+    if app.ha:
+        # Serve's own spread: a node that already holds a replica of this deployment gets no second one,
+        # so the replicas the app needs are on different worker pods.
+        entry["max_replicas_per_node"] = HA_MAX_REPLICAS_PER_NODE
     return entry
 
 
@@ -253,6 +275,7 @@ def render_manifest(
             "priority_class": cluster.priority_class,
         },
         "workers": groups,
+        "worker_pod": _worker_pod(kind),
         "gcs": gcs,
         "serve_config": dump_yaml(serve_config(config)).rstrip("\n"),
     }

@@ -38,7 +38,8 @@ def serve_application(
     """
     from raybuild.manifest.render import serve_application as rendered
 
-    application = rendered(app)
+    # One node cannot hold replicas spread over nodes: the app as written, without `ha`'s spread.
+    application = rendered(app.model_copy(update={"ha": False}))
     for deployment in application["deployments"]:
         actor = deployment["ray_actor_options"]
         actor.pop("label_selector", None)

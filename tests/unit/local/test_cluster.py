@@ -36,6 +36,7 @@ from tests.unit.serve_failures import failed_status
 OTHER_APP = "\n" + other_app(deployment_lines="num_replicas = 3\nray_actor_options = { num_cpus = 1 }\n")
 IMAGES = {"_head": "reg/ray-head:1", "demo": "reg/demo:1", "other": "reg/other:1"}
 REDIS = "raybuild/gcs-redis:py3.11-abc"
+FRONT = "raybuild/front-haproxy:py3.11-abc"
 SUBNET = "172.29.213.0"
 PID = "0123456789abcdef"
 
@@ -55,16 +56,14 @@ def planned(project: LoadedConfig) -> LocalCluster:
 # -- the plan ---------------------------------------------------------------------------------------------
 
 
-def test_plan_gives_the_gcs_store_and_the_head_fixed_ips(
-    project: LoadedConfig, planned: LocalCluster
-) -> None:
+def test_plan_gives_every_node_a_fixed_ip(project: LoadedConfig, planned: LocalCluster) -> None:
     prefix = f"raybuild-serve-{project_id(project)[:8]}"  # Docker names are global: this checkout's own
     assert cluster.object_prefix(project) == prefix
     assert [(n.name, n.role, n.ip) for n in planned.nodes] == [
         (f"{prefix}-gcs", "gcs", "172.29.213.10"),
         (f"{prefix}-head", "head", "172.29.213.11"),
-        (f"{prefix}-worker-demo", "worker", None),
-        (f"{prefix}-worker-other", "worker", None),
+        (f"{prefix}-worker-demo", "worker", "172.29.213.20"),
+        (f"{prefix}-worker-other", "worker", "172.29.213.21"),
     ]
     assert (planned.name, planned.network, planned.subnet) == ("raybuild-serve", prefix, SUBNET)
     assert planned.routes == {"demo": "/demo", "other": "/other"}
@@ -98,7 +97,8 @@ def test_workers_carry_the_app_label_and_wait_for_the_gcs(
         worker = planned.node("worker", app.name)
         assert worker.image == IMAGES[app.name]
         assert worker.app == app.name
-        assert worker.command == (
+        # KubeRay's command, run so that SIGTERM drains the worker first, as its pod's preStop hook does.
+        assert worker.command == kuberay.draining_command(
             "ulimit -n 65536; ray start --address=172.29.213.11:6379 --block "
             "--dashboard-agent-listen-port=52365 --disable-usage-stats "
             f"--labels=raybuild.io/app={app.name} --metrics-export-port=8080 "
@@ -156,7 +156,7 @@ def started(planned: LocalCluster) -> LocalCluster:
         Node(n.name, n.role, n.image, n.command, n.env, n.ip, n.app, {p: next(ports) for p in n.publish})
         for n in planned.nodes
     ]
-    return LocalCluster(planned.name, planned.network, planned.subnet, nodes, planned.routes)
+    return replace(planned, nodes=nodes)
 
 
 def test_local_cluster_survives_a_json_round_trip(planned: LocalCluster) -> None:
@@ -173,6 +173,47 @@ def test_urls_reach_every_app_through_every_worker(planned: LocalCluster) -> Non
         "demo": ["http://127.0.0.1:40002/demo", "http://127.0.0.1:40003/demo"],
         "other": ["http://127.0.0.1:40002/other", "http://127.0.0.1:40003/other"],
     }
+
+
+def test_an_ha_app_gets_two_workers_and_the_front_balances_over_every_worker(
+    tmp_project: TmpProject,
+) -> None:
+    tmp_project.append_config(
+        OTHER_APP.replace('route_prefix = "/other"', 'route_prefix = "/other"\nha = true')
+    )
+    tmp_project.add_app("other")
+    project = tmp_project.load()
+    planned = cluster.plan(project, IMAGES, REDIS, SUBNET, "pw", project.apps, "ingress", FRONT)
+    prefix = cluster.object_prefix(project)
+    workers = [(n.name, n.ip, n.app) for n in planned.nodes if n.role == "worker"]
+    assert workers == [
+        (f"{prefix}-worker-demo", "172.29.213.20", "demo"),
+        (f"{prefix}-worker-other-1", "172.29.213.21", "other"),
+        (f"{prefix}-worker-other-2", "172.29.213.22", "other"),
+    ]
+    front = planned.node("front")
+    assert (front.image, front.ip, front.publish, planned.front) == (
+        FRONT,
+        "172.29.213.12",
+        {8000: 0},
+        "ingress",
+    )
+    config = front.env["HAPROXY_CFG"]
+    assert "    mode http\n" in config and "retry-on conn-failure empty-response 502 503" in config
+    servers = [line.split()[1:] for line in config.splitlines() if line.strip().startswith("server ")]
+    assert servers == [[name, f"{ip}:8000"] for name, ip, _ in workers]
+    running = started(planned)
+    assert running.front_url == "http://127.0.0.1:40005"
+    assert running.front_urls() == {
+        "demo": ["http://127.0.0.1:40005/demo"],
+        "other": ["http://127.0.0.1:40005/other"],
+    }
+    assert LocalCluster.from_json(running.to_json()) == running
+
+
+def test_a_cluster_without_a_front_has_no_front_urls(planned: LocalCluster) -> None:
+    assert (planned.front, planned.front_url, planned.front_urls()) == ("", "", {})
+    assert "front" not in [n.role for n in planned.nodes]
 
 
 def test_a_missing_node_is_a_cluster_error(planned: LocalCluster) -> None:
@@ -270,8 +311,9 @@ def test_run_node_keeps_the_host_port_of_a_restarted_node(planned: LocalCluster)
     worker = started(planned).node("worker", "other")
     again = cluster.run_node(engine, PID, planned, worker)
     [run] = engine.calls("run")
-    assert "--ip" not in run
+    assert run[run.index("--ip") + 1] == worker.ip == "172.29.213.21", "the front finds it at the same IP"
     assert run[run.index("-p") + 1] == "127.0.0.1:40003:8000"
+    assert run[run.index("--stop-timeout") + 1] == str(kuberay.TERMINATION_GRACE_S)
     assert again == worker
 
 
@@ -383,6 +425,7 @@ def built(project: LoadedConfig, monkeypatch: pytest.MonkeyPatch) -> LoadedConfi
         ],
     )
     monkeypatch.setattr(cluster.bases, "ensure_redis", lambda *args: REDIS)
+    monkeypatch.setattr(cluster.bases, "ensure_front", lambda *args: FRONT)
     return project
 
 
@@ -400,8 +443,9 @@ def test_up_starts_the_topology_probes_the_head_and_deploys_the_rendered_config(
     engine = FakeEngine()
     running = cluster.up(built, engine, built.apps, timeout=5)
 
-    assert [node.role for node in running.nodes] == ["gcs", "head", "worker", "worker"]
+    assert [node.role for node in running.nodes] == ["gcs", "head", "worker", "worker", "front"]
     assert list(engine.containers) == [node.name for node in running.nodes]
+    assert running.front == "service" and running.front_url.startswith("http://127.0.0.1:")
     assert cluster.load_cluster(built) == running
     probes = [call[-1] for call in engine.calls("exec", running.node("head").name)]
     assert probes == [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]
@@ -412,7 +456,8 @@ def test_up_starts_the_topology_probes_the_head_and_deploys_the_rendered_config(
         cluster.serve_body(built, built.apps),
     )
     routes = [url for method, url, _ in requests if method == "GET" and "/api/" not in url]
-    assert sorted(routes) == sorted(url for urls in running.urls().values() for url in urls)
+    through = [*running.urls().values(), *running.front_urls().values()]
+    assert sorted(routes) == sorted(url for urls in through for url in urls)
 
 
 def test_a_refused_deploy_takes_the_cluster_down_again(

@@ -17,7 +17,7 @@ from typing import ClassVar
 import pytest
 
 from raybuild import kuberay
-from raybuild.errors import UsageError
+from raybuild.errors import ClusterError, UsageError
 from raybuild.local import drill
 from raybuild.local.cluster import LocalCluster, Node, node_spec
 from raybuild.local.drill import Latency, RequestLoop, Sample, Window
@@ -203,19 +203,23 @@ def test_a_stopped_loop_sends_nothing_more(server: tuple[str, list[str]]) -> Non
 SERVE_STATUS = {"demo": {"status": "RUNNING", "deployments": {"Demo": {"replicas": [{"replica_id": "r1"}]}}}}
 
 
-def _cluster(port: int) -> LocalCluster:
+def _cluster(port: int, front: int = 0) -> LocalCluster:
+    """A running cluster whose worker (and, with ``front``, whose front) is the test server at ``port``."""
     nodes = [
         Node("c-gcs", "gcs", "redis:1", "", {"REDIS_PASSWORD": "pw"}, ip="172.29.213.10"),
         Node("c-head", "head", "head:1", "ray start --head", {}, ip="172.29.213.11", publish={8265: 40001}),
         Node("c-worker-demo", "worker", "demo:1", "ray start", {}, app="demo", publish={8000: port}),
     ]
-    return LocalCluster("c", "c", "172.29.213.0", nodes, {"demo": "/demo"})
+    if front:
+        nodes.append(Node("c-front", "front", "front:1", "", {}, ip="172.29.213.12", publish={8000: front}))
+    return LocalCluster("c", "c", "172.29.213.0", nodes, {"demo": "/demo"}, "ingress" if front else "")
 
 
 @pytest.mark.parametrize(
     ("kind", "target", "probed", "probes"),
     [
-        ("worker-restart", "c-worker-demo", "c-worker-demo", [kuberay.RAYLET_PROBE]),
+        ("worker-kill", "c-worker-demo", "c-worker-demo", [kuberay.RAYLET_PROBE]),
+        ("worker-drain", "c-worker-demo", "c-worker-demo", [kuberay.RAYLET_PROBE]),
         ("head-restart", "c-head", "c-head", [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]),
         ("gcs-outage", "c-gcs", "c-head", [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]),
     ],
@@ -235,7 +239,9 @@ def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
     engine = FakeEngine()
     for node in cluster.nodes:  # running, as `up` started them
         engine.containers[node.name] = dict(node_spec(PROJECT, cluster, node).labels)
-    report = drill.run_drill(engine, PROJECT, cluster, kind, duration=0.3, rps=10, outage=0.01, timeout=5)
+    report = drill.run_drill(
+        engine, PROJECT, cluster, kind, duration=0.3, rps=10, outage=0.01, timeout=5, direct=True
+    )
 
     assert (report.target, report.recovered, report.apps_running, report.replicas_unchanged) == (
         target,
@@ -246,6 +252,9 @@ def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
     assert report.total.failed == 0 and report.total.sent == 3
     assert set(hits) == {"/demo"}
     assert [call[-1] for call in engine.calls("exec", probed)] == probes
+    assert report.mode == "direct"
+    if kind == "worker-drain":  # `docker stop` with the pod's grace period: SIGTERM runs the drain first
+        assert engine.calls("stop") == [["stop", "-t", str(kuberay.TERMINATION_GRACE_S), target]]
     if kind == "gcs-outage":
         assert engine.calls("stop") == [["stop", "-t", "0", "c-gcs"]]
         assert engine.calls("start") == [["start", "c-gcs"]]
@@ -266,6 +275,37 @@ def test_a_rate_the_client_cannot_sustain_is_refused_before_anything_is_killed(
     monkeypatch.setattr(drill, "RequestLoop", partial(RequestLoop, max_in_flight=0))  # nothing fits
     engine = FakeEngine()
     with pytest.raises(UsageError, match=r"^--rps 10: this machine's request loop fell behind") as raised:
-        drill.run_drill(engine, PROJECT, cluster, "head-restart", duration=0.3, rps=10, timeout=5)
+        drill.run_drill(
+            engine, PROJECT, cluster, "head-restart", duration=0.3, rps=10, timeout=5, direct=True
+        )
     assert raised.value.hint is not None and "lower --rps" in raised.value.hint
+    assert engine.commands == [], "no node was touched"
+
+
+def test_a_drill_goes_through_the_front_unless_direct(
+    server: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, hits = server
+    port = int(base.rsplit(":", 1)[1])
+    cluster = _cluster(closed_port(), front=port)  # a worker port that refuses: only the front answers
+    status = json.dumps({"applications": SERVE_STATUS})
+    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, status))
+    monkeypatch.setattr(drill, "all_routes_answer", lambda cluster: True)
+    engine = FakeEngine()
+    for node in cluster.nodes:
+        engine.containers[node.name] = dict(node_spec(PROJECT, cluster, node).labels)
+    report = drill.run_drill(engine, PROJECT, cluster, "worker-kill", duration=0.3, rps=10, timeout=5)
+    assert (report.mode, report.total.sent, report.total.failed) == ("ingress", 3, 0)
+    assert set(hits) == {"/demo"}
+
+
+def test_a_drill_through_a_cluster_without_a_front_is_refused(
+    server: tuple[str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, _ = server
+    cluster = _cluster(int(base.rsplit(":", 1)[1]))
+    engine = FakeEngine()
+    with pytest.raises(ClusterError, match="no front") as raised:
+        drill.run_drill(engine, PROJECT, cluster, "worker-kill", duration=0.3, rps=10, timeout=5)
+    assert raised.value.hint is not None and "--direct" in raised.value.hint
     assert engine.commands == [], "no node was touched"

@@ -311,6 +311,12 @@ def test_raycluster_is_the_rayservice_cluster(fixture: LoadedConfig) -> None:
     cluster = ray_doc(render_manifest(fixture, fixture_record(), kind="RayCluster").text)
     assert cluster["kind"] == "RayCluster"
     assert cluster["metadata"] == service["metadata"]
+    # The one difference: only a RayService's workers run Serve, so only they get the Serve readiness probe.
+    for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        assert (
+            "/-/healthz"
+            in group["template"]["spec"]["containers"][0].pop("readinessProbe")["exec"]["command"][2]
+        )
     assert cluster["spec"] == service["spec"]["rayClusterConfig"]
 
 
@@ -467,3 +473,64 @@ def test_cli_rejects_an_unknown_store(fixture: LoadedConfig, run_main: Callable[
     result = run_main("--config", str(fixture.path), "render", "--with-gcs-store", "memcached")
     assert result.exit_code == 2
     assert "memcached" in result.stderr
+
+
+# --- High availability (`ha = true`) ---------------------------------------------------------------------
+
+
+def ha_fixture(root: Path) -> LoadedConfig:
+    """The fixture with `ha = true` on web (one deployment at 2 replicas, one autoscaled from 1 to 6, a
+    worker group starting at 2 with a minimum of 1) and on vision (one replica, a group of 0 to 2)."""
+    text = FIXTURE_TOML.replace('route_prefix = "/web"\n', 'route_prefix = "/web"\nha = true\n')
+    text = text.replace('route_prefix = "/vision"\n', 'route_prefix = "/vision"\nha = true\n')
+    return write_fixture(root, toml=text)
+
+
+def test_ha_raises_replicas_and_spreads_them_over_nodes(tmp_path: Path, crds: Any) -> None:
+    manifest = render_manifest(ha_fixture(tmp_path / "project"), fixture_record())
+    assert validate_manifest(manifest.documents(), crds) == []
+    doc = ray_doc(manifest.text)
+    serve = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    deployments = {d["name"]: d for app in serve["applications"] for d in app["deployments"]}
+    assert deployments["Front"]["num_replicas"] == 2  # already 2: kept
+    assert deployments["Back"]["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 6}
+    assert deployments["Detector"]["num_replicas"] == 2  # raised from 1
+    assert {d["max_replicas_per_node"] for d in deployments.values()} == {1}
+    groups = {g["groupName"]: g for g in cluster_of(doc)["workerGroupSpecs"]}
+    assert (groups["web"]["replicas"], groups["web"]["minReplicas"], groups["web"]["maxReplicas"]) == (
+        2,
+        2,
+        5,
+    )
+    assert (
+        groups["vision"]["replicas"],
+        groups["vision"]["minReplicas"],
+        groups["vision"]["maxReplicas"],
+    ) == (
+        2,
+        2,
+        2,
+    )
+
+
+def test_without_ha_nothing_is_raised_or_spread(fixture: LoadedConfig) -> None:
+    serve = yaml.safe_load(ray_doc(render_manifest(fixture, fixture_record()).text)["spec"]["serveConfigV2"])
+    deployments = {d["name"]: d for app in serve["applications"] for d in app["deployments"]}
+    assert deployments["Detector"]["num_replicas"] == 1
+    assert not any("max_replicas_per_node" in d for d in deployments.values())
+
+
+def test_every_worker_pod_drains_before_ray_stops(fixture: LoadedConfig) -> None:
+    from raybuild import kuberay
+
+    for group in cluster_of(ray_doc(render_manifest(fixture, fixture_record()).text))["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        container = pod["containers"][0]
+        hook = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert hook[:2] == ["bash", "-c"] and hook[2].startswith("ray drain-node ")
+        assert hook[2].endswith("; ray stop")
+        # The hook waits at most DRAIN_WAIT_S, which leaves `ray stop` time inside the grace period.
+        assert pod["terminationGracePeriodSeconds"] == kuberay.TERMINATION_GRACE_S > kuberay.DRAIN_WAIT_S
+        probe = container["readinessProbe"]
+        assert probe["exec"]["command"][2] == kuberay.WORKER_READINESS_PROBE
+        assert (probe["periodSeconds"], probe["failureThreshold"]) == (5, 1)
