@@ -314,9 +314,12 @@ def draining_command(command: str) -> str:
     """A worker's command that runs the preStop hook on SIGTERM, for a container that no kubelet stops.
 
     `docker stop` sends SIGTERM to the container's shell, then SIGKILL after the stop timeout (the grace
-    period): the shell runs the hook, and ends when `ray start --block` does.
+    period). The shell runs the hook, then does what the kubelet does once a preStop hook returns: SIGTERM
+    to `ray start --block`, which `ray stop` leaves blocking (it reports subprocesses that ended on SIGTERM
+    as graceful, and goes on waiting).
     """
-    return f"drain() {{ {DRAIN_HOOK}; }}; trap drain TERM; {command} & wait $!; wait $!"
+    stop = "kill -TERM $ray 2>/dev/null"
+    return f"drain() {{ {DRAIN_HOOK}; {stop}; }}; trap drain TERM; {command} & ray=$!; wait $ray; wait $ray"
 
 
 # -- the dashboard's REST API -----------------------------------------------------------------------------

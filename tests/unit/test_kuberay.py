@@ -444,3 +444,25 @@ def test_waiting_for_serve_stops_when_the_route_answers(monkeypatch: pytest.Monk
     outcome = kuberay.wait_for_serve("http://d", ["demo"], lambda: next(answers), timeout=60, interval=0.01)
     assert outcome == kuberay.ServeWait(answered=True)
     assert reads == ["status", "status"], "the status is read after every unanswered try"
+
+
+def test_the_drain_hook_drains_through_ray_waits_for_serve_then_stops_ray() -> None:
+    hook = kuberay.DRAIN_HOOK
+    drain, wait, stop = hook.index("ray drain-node "), hook.index("for _ in"), hook.index("ray stop")
+    assert drain < wait < stop and hook.endswith("ray stop")
+    assert "--reason DRAIN_NODE_REASON_PREEMPTION" in hook
+    assert f"--deadline-remaining-seconds {kuberay.DRAIN_DEADLINE_S}" in hook
+    assert f"$(seq {kuberay.DRAIN_WAIT_S})" in hook
+    # One bounded try at 127.0.0.1: wget's retries against localhost once outlasted the grace period.
+    assert "wget -t 1 -T 2 -q -O /dev/null http://127.0.0.1:8000/-/healthz" in hook
+    # The wait ends only when the proxy's port refuses and no replica is left on the node.
+    assert "[ $? -eq 4 ] && ! grep -qs 'ServeReplic[a]' /proc/[0-9]*/cmdline && break" in hook
+    assert kuberay.DRAIN_WAIT_S < kuberay.TERMINATION_GRACE_S
+
+
+def test_a_local_worker_runs_the_hook_on_sigterm_then_ends_ray_start() -> None:
+    command = kuberay.draining_command("ulimit -n 65536; ray start --block")
+    assert command == (
+        f"drain() {{ {kuberay.DRAIN_HOOK}; kill -TERM $ray 2>/dev/null; }}; trap drain TERM; "
+        "ulimit -n 65536; ray start --block & ray=$!; wait $ray; wait $ray"
+    )

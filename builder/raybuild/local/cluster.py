@@ -369,6 +369,37 @@ def up(
         raise
 
 
+def switch_front(
+    config: LoadedConfig, engine: Engine, mode: FrontMode, timeout: float = 60.0, progress: Progress = silent
+) -> LocalCluster:
+    """Replace the running cluster's front with one in ``mode``, leaving every Ray node as it is."""
+    cluster = load_cluster(config)
+    project = project_id(config)
+    workers = [n for n in cluster.nodes if n.role == "worker"]
+    backends = [Backend(w.name, f"{w.ip}:{SERVE_PORT}") for w in workers]
+    old = cluster.node("front") if cluster.front else None
+    if old is not None:
+        remove_node(engine, project, cluster, old)
+    prefix = cluster.subnet.rsplit(".", 1)[0]
+    front = Node(
+        f"{cluster.network}-front",
+        "front",
+        old.image if old is not None else bases.ensure_front(config, engine, progress),
+        "",
+        {CONFIG_ENV: haproxy_config(mode, backends)},
+        ip=f"{prefix}.12",
+        publish=old.publish if old is not None else {FRONT_PORT: 0},
+    )
+    nodes = [n for n in cluster.nodes if n.role != "front"]
+    cluster = replace(cluster, nodes=[*nodes, front], front=mode)
+    started = run_node(engine, project, cluster, front)
+    cluster = replace(cluster, nodes=[*nodes, started])
+    atomic_write(cluster_record_path(config), cluster.to_json(), mode=0o600)
+    if not wait_until(lambda: front_answers(cluster), timeout, interval=1.0):
+        raise ClusterError(f"the front never answered: {engine.logs(started.name, 5)!r}")
+    return cluster
+
+
 def down(config: LoadedConfig, engine: Engine, progress: Progress = silent) -> int:
     """Remove this checkout's cluster: every container and network with its labels; how many went.
 

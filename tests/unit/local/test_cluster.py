@@ -539,3 +539,28 @@ def test_up_warns_when_an_image_was_rebuilt_after_it_was_published(
         "warning: built since the last publish: 'demo', 'other': using the new local tags; "
         "run `raybuild publish` to pin them by digest"
     ]
+
+
+def test_switch_front_replaces_only_the_front_and_records_its_mode(
+    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cluster, "http", lambda *args, **kwargs: (200, "ok"))
+    planned = cluster.plan(built, IMAGES, REDIS, SUBNET, "pw", built.apps, "service", FRONT)
+    running = started(planned)
+    cluster_record_path(built).parent.mkdir(parents=True, exist_ok=True)
+    cluster_record_path(built).write_text(running.to_json())
+    engine = FakeEngine()
+    for node in running.nodes:
+        engine.containers[node.name] = dict(cluster.node_spec(project_id(built), running, node).labels)
+
+    switched = cluster.switch_front(built, engine, "ingress", timeout=5)
+
+    front = running.node("front")
+    assert engine.calls("rm") == [["rm", "--force", "--volumes", container_id(front.name)]]
+    [run] = engine.calls("run")
+    assert run[run.index("--name") + 1] == front.name
+    assert run[run.index("-p") + 1] == f"127.0.0.1:{front.publish[8000]}:8000", "clients keep its URL"
+    assert switched.front == "ingress" and switched.front_url == running.front_url
+    assert "mode http" in switched.node("front").env["HAPROXY_CFG"]
+    assert [n for n in switched.nodes if n.role != "front"] == [n for n in running.nodes if n.role != "front"]
+    assert cluster.load_cluster(built) == switched

@@ -3,6 +3,11 @@ ingress mode, and the readiness probe's period and threshold for both."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from raybuild import kuberay
@@ -47,3 +52,17 @@ def test_ingress_mode_retries_idempotent_requests_on_another_worker() -> None:
 def test_an_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown front mode 'gateway'"):
         haproxy_config("gateway", BACKENDS)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["service", "ingress"])
+def test_haproxy_accepts_the_configuration(mode: str, tmp_path: Path) -> None:
+    """`haproxy -c` on the host (Debian's, which scripts/setup installs) checks what the front image runs."""
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("haproxy is not installed, and CI=true requires it: run scripts/setup")
+        pytest.skip("haproxy is not installed (scripts/setup installs Debian's)")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config(mode, BACKENDS))  # type: ignore[arg-type]
+    result = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
