@@ -276,11 +276,16 @@ def test_sigterm_during_up_takes_the_half_started_cluster_down(
     again = finish(project, tmp_path / "again", "up", "hello", "--json")
     try:
         assert again.proc.returncode == 0, again.stderr
-        assert {node["role"] for node in json.loads(again.stdout)["nodes"]} == {"gcs", "head", "worker"}
+        assert {node["role"] for node in json.loads(again.stdout)["nodes"]} == {
+            "gcs",
+            "head",
+            "worker",
+            "front",
+        }
     finally:
         down = finish(project, tmp_path / "down", "down")
     assert down.proc.returncode == 0, down.stderr
-    assert down.stdout.strip() == "removed 4 containers and networks"
+    assert down.stdout.strip() == "removed 5 containers and networks"  # store, head, worker, front, network
     assert engine.container_ids(ours(project)) == [] and engine.network_ids(ours(project)) == []
 
 

@@ -88,9 +88,8 @@ class DrillReport:
     errors: dict[str, int]
     client_late: int = 0  # requests the loop could not send on time: neither sent nor counted
     client_saturated: bool = False
-    mode: str = (
-        "direct"  # what the requests went through: the front's mode ("service", "ingress") or "direct"
-    )
+    # What the requests went through: the front's mode ("service" or "ingress"), or "direct".
+    mode: str = "direct"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
