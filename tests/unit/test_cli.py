@@ -9,6 +9,7 @@ import ast
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import click
@@ -294,6 +295,40 @@ def test_a_drill_with_failed_requests_exits_1_unless_allowed(
         assert result.stderr.splitlines()[0] == f"error: {payload['error']}"
     else:
         assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "direct"),
+    [
+        (["worker-drain"], "worker-drain", False),
+        (["worker-kill", "--direct"], "worker-kill", True),
+        (["worker-restart"], "worker-kill", False),  # the old name
+    ],
+)
+def test_a_worker_drill_goes_through_the_front_unless_direct(
+    monkeypatch: pytest.MonkeyPatch,
+    run_main: Callable[..., MainResult],
+    args: list[str],
+    kind: str,
+    direct: bool,
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def fake(*positional: Any, **options: Any) -> DrillReport:
+        calls.append((positional[3], options["direct"]))
+        return _drill(True)
+
+    monkeypatch.setattr(drill_cli.local, "load_cluster", lambda config: None)
+    monkeypatch.setattr(drill_cli, "run_drill", fake)
+    result = run_main("--config", BUNDLED, "drill", *args, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert calls == [(kind, direct)]
+
+
+def test_up_refuses_an_unknown_front(run_main: Callable[..., MainResult]) -> None:
+    result = run_main("--config", BUNDLED, "up", "--front", "gateway")
+    assert result.exit_code == 2
+    assert "'gateway' is not one of 'service', 'ingress'" in result.stderr
 
 
 def test_version() -> None:
