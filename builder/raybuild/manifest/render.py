@@ -131,6 +131,7 @@ def _worker_group(app: App, image: str) -> tuple[dict[str, Any], list[str]]:
         "memory": workers.memory,
         "gpus": gpus,
         "labels": {LABEL_KEY: app.name},
+        "ha": app.ha,
     }
     return group, warnings
 
@@ -233,6 +234,30 @@ def _store_context(config: LoadedConfig, kind: StoreKind) -> dict[str, Any]:
     }
 
 
+def _ha_warnings(config: LoadedConfig, text: str, dirs: Templates) -> list[str]:
+    """HA apps whose rendered worker pods miss the drain or the readiness probe. A project's own copy of
+    _cluster.yaml.j2 from before they existed renders pods without them, which lose requests when they go."""
+    ha = {app.name for app in config.apps if app.ha}
+    warnings = []
+    for doc in yaml.safe_load_all(text):
+        if not isinstance(doc, dict) or doc.get("kind") not in _TEMPLATES:
+            continue
+        service = doc["kind"] == "RayService"
+        cluster = doc["spec"]["rayClusterConfig"] if service else doc["spec"]
+        for group in cluster.get("workerGroupSpecs") or []:
+            container = group["template"]["spec"]["containers"][0]
+            missing = [] if "preStop" in (container.get("lifecycle") or {}) else ["preStop drain"]
+            if service and "readinessProbe" not in container:
+                missing.append("readiness probe")
+            if group["groupName"] in ha and missing:
+                warnings.append(
+                    f"app {group['groupName']!r} has ha = true, but its worker pods have no "
+                    f"{' and no '.join(missing)} ({dirs.path('_cluster.yaml.j2')}); "
+                    "compare that template with raybuild's bundled deploy/_cluster.yaml.j2"
+                )
+    return warnings
+
+
 def render_manifest(
     config: LoadedConfig,
     record: PublishRecord | None,
@@ -280,6 +305,7 @@ def render_manifest(
         "serve_config": dump_yaml(serve_config(config)).rstrip("\n"),
     }
     text = _render_template(dirs, _TEMPLATES[kind], context)
+    warnings.extend(_ha_warnings(config, text, dirs))
     if gcs_store_manifests:
         store: StoreKind = cluster.gcs.store if gcs_store_manifests is True else gcs_store_manifests
         if store not in STORE_KINDS:

@@ -502,6 +502,16 @@ def test_ha_raises_replicas_and_spreads_them_over_nodes(tmp_path: Path, crds: An
         2,
         5,
     )
+    for name, group in groups.items():
+        # Soft spread of the group's pods over Kubernetes nodes, selected by the label KubeRay sets.
+        assert group["template"]["spec"]["topologySpreadConstraints"] == [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"ray.io/group": name}},
+            }
+        ]
     assert (
         groups["vision"]["replicas"],
         groups["vision"]["minReplicas"],
@@ -518,6 +528,8 @@ def test_without_ha_nothing_is_raised_or_spread(fixture: LoadedConfig) -> None:
     deployments = {d["name"]: d for app in serve["applications"] for d in app["deployments"]}
     assert deployments["Detector"]["num_replicas"] == 1
     assert not any("max_replicas_per_node" in d for d in deployments.values())
+    groups = cluster_of(ray_doc(render_manifest(fixture, fixture_record()).text))["workerGroupSpecs"]
+    assert not any("topologySpreadConstraints" in g["template"]["spec"] for g in groups)
 
 
 def test_every_worker_pod_drains_before_ray_stops(fixture: LoadedConfig) -> None:
@@ -534,3 +546,23 @@ def test_every_worker_pod_drains_before_ray_stops(fixture: LoadedConfig) -> None
         probe = container["readinessProbe"]
         assert probe["exec"]["command"][2] == kuberay.WORKER_READINESS_PROBE
         assert (probe["periodSeconds"], probe["failureThreshold"]) == (5, 1)
+
+
+def test_an_ha_app_with_an_old_project_template_is_warned_about(tmp_path: Path) -> None:
+    config = ha_fixture(tmp_path / "project")
+    from raybuild.templating import BUNDLED_TEMPLATES
+
+    bundled = (BUNDLED_TEMPLATES / "deploy" / "_cluster.yaml.j2").read_text()
+    start, end = bundled.index("            lifecycle:\n"), bundled.index("            resources:\n")
+    (config.root / "deploy").mkdir()
+    (config.root / "deploy" / "_cluster.yaml.j2").write_text(bundled[:start] + bundled[end:])
+    warnings = render_manifest(config, fixture_record()).warnings
+    template = config.root / "deploy" / "_cluster.yaml.j2"
+    assert [w for w in warnings if "ha = true" in w] == [
+        f"app {name!r} has ha = true, but its worker pods have no preStop drain ({template}); "
+        "compare that template with raybuild's bundled deploy/_cluster.yaml.j2"
+        for name in ("web", "vision")
+    ]
+    assert not [
+        w for w in render_manifest(ha_fixture(tmp_path / "fresh"), fixture_record()).warnings if "ha" in w
+    ]
