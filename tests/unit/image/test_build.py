@@ -573,7 +573,7 @@ def test_build_makes_bases_then_tags_the_head_and_records_every_image(
 ) -> None:
     ensured: list[tuple[str, ...]] = []
     monkeypatch.setattr(
-        bases, "ensure_bases", lambda config, engine, devices, progress: ensured.append(devices)
+        bases, "ensure_bases", lambda config, engine, devices, progress, platform: ensured.append(devices)
     )
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[head])
