@@ -162,10 +162,13 @@ class NodeSpec:
     shm_size: str | None = "1g"  # Ray's object store lives in /dev/shm
     nofile: int | None = field(default_factory=nofile_limit)
     restart: str | None = None
+    platform: str | None = None  # another platform's image, run under emulation (`docker run --platform`)
 
     def run_args(self) -> list[str]:
         """The `docker run` arguments (after the docker binary)."""
         args = ["run", "-d", "--name", self.name]
+        if self.platform:
+            args += ["--platform", self.platform]
         if self.hostname:
             args += ["--hostname", self.hostname]
         if self.network:

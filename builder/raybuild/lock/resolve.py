@@ -227,11 +227,7 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
                 "or use the default uv resolver",
             )
         if target.platform != platforms.DEFAULT:
-            raise LockError(
-                f"resolver pip-tools cannot lock for {target.platform}: it resolves for the machine it runs "
-                "on only",
-                hint="use the default uv resolver, which locks for every platform from any machine",
-            )
+            raise _pip_tools_cannot(target.platform)
         host = f"{sys.version_info.major}.{sys.version_info.minor}"
         if host != project.python:
             raise LockError(
@@ -255,8 +251,28 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
     return command
 
 
+def _pip_tools_cannot(platform: str) -> LockError:
+    return LockError(
+        f"resolver pip-tools cannot lock for {platform}: it resolves for the machine it runs on only",
+        hint="use the default uv resolver, which locks for every platform from any machine, or leave "
+        f"{platform} out of [project].platforms and the apps' platforms",
+    )
+
+
 def compile_target(config: LoadedConfig, target: LockTarget, runner: Runner = _run) -> LockResult:
     """Compile one lockfile; the previous one stays in place until the new one is complete."""
+    return _write_all([_compile(config, target, runner)])[0]
+
+
+def _write_all(compiled: list[tuple[LockResult, str | None]]) -> list[LockResult]:
+    for result, text in compiled:
+        if text is not None:
+            atomic_write(result.path, text)
+    return [result for result, _ in compiled]
+
+
+def _compile(config: LoadedConfig, target: LockTarget, runner: Runner) -> tuple[LockResult, str | None]:
+    """A lockfile's result, and its new text when it changed (None: the file stays as it is)."""
     with tempfile.TemporaryDirectory(prefix="raybuild-lock-") as tmp:
         source = Path(tmp) / f"{target.name}.in"
         source.write_text(target.requirements, encoding="utf-8")
@@ -284,10 +300,9 @@ def compile_target(config: LoadedConfig, target: LockTarget, runner: Runner = _r
         # Never write over a file raybuild did not make: lock_dir may point where the user keeps files.
         raise lockfile.problem_error(old, _shown(config, target.path), target.regenerate)
     changed = old is None or old.header + old.body != text or old.problem is not None
-    if changed:
-        atomic_write(target.path, text)
     recorded = cuda.recorded(cuda_text) if cuda_text else None
-    return LockResult(target.name, target.path, changed, len(parse_pins(body)), recorded, target.platform)
+    locked = LockResult(target.name, target.path, changed, len(parse_pins(body)), recorded, target.platform)
+    return locked, text if changed else None
 
 
 def _shown(config: LoadedConfig, path: Path) -> str:
@@ -319,17 +334,26 @@ def lock(
     runner: Runner = _run,
     progress: Progress = silent,
 ) -> list[LockResult]:
-    results = []
     rays, app_targets = targets(config, apps)
+    other = next((t.platform for t in rays if t.platform != platforms.DEFAULT), None)
+    if config.project.resolver == "pip-tools" and other is not None:
+        raise _pip_tools_cannot(other)  # before any lock is compiled, not after the first ones
+    compiled = []
     for ray in rays:
         # The shared lock is compiled again when its inputs changed, and when it is not intact (edited, cut
         # short, not UTF-8): it is raybuild's own output, so `raybuild lock` is how any of that is repaired.
         if _problem(config, ray) is not None:
             progress(f"ray (shared Ray lock){_for(ray)}")
-            results.append(compile_target(config, ray, runner))
-    for target in app_targets:
-        progress(f"{target.name}{_for(target)}")
-        results.append(compile_target(config, target, runner))
+            compiled.append(_compile(config, ray, runner))
+    # Every platform's lockfile of one app is written only once all of them resolved: a package with no
+    # wheel for one platform leaves every lockfile of the app as it was.
+    results = _write_all(compiled)
+    for app in apps:
+        compiled = []
+        for target in (t for t in app_targets if t.name == app.name):
+            progress(f"{target.name}{_for(target)}")
+            compiled.append(_compile(config, target, runner))
+        results += _write_all(compiled)
     return results
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raybuild import kuberay
+from raybuild import kuberay, platforms
 from raybuild.config import App
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
@@ -61,12 +61,20 @@ class SmokeResult:
     status: int
     body: str
     gpus: float = 0.0  # GPUs Ray reported on the head (GPU mode only)
+    platform: str = platforms.DEFAULT
+    # Under emulation the times say how slow qemu is, not how fast a node starts: reported, never measured.
+    emulated: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return self.__dict__.copy()
+        data = self.__dict__.copy()
+        if self.platform == platforms.DEFAULT and not self.emulated:
+            del data["platform"], data["emulated"]  # a linux/amd64 test reports what it always did
+        return data
 
 
-def head_spec(image: str, num_cpus: int, project: str, gpus: int = 0) -> NodeSpec:
+def head_spec(
+    image: str, num_cpus: int, project: str, gpus: int = 0, platform: str = platforms.DEFAULT
+) -> NodeSpec:
     """A single-node cluster's head, as KubeRay starts it, with ``gpus`` GPUs; its dashboard published.
 
     ``project``: the id of the checkout that runs the test (state.project_id), for the container's labels.
@@ -78,6 +86,7 @@ def head_spec(image: str, num_cpus: int, project: str, gpus: int = 0) -> NodeSpe
         labels=object_labels(project, "smoke"),
         publish={DASHBOARD_PORT: 0},
         gpus=gpus,
+        platform=None if platforms.native(platform) else platform,
     )
 
 
@@ -91,8 +100,12 @@ def smoke_test(
     timeout: float = 180.0,
     progress: Progress = silent,
     log_path: Path | None = None,
+    platform: str = platforms.DEFAULT,
 ) -> SmokeResult:
     """Start ``image`` as KubeRay would, deploy the app, and wait for HTTP 200 on its route.
+
+    ``image`` is ``platform``'s: another platform than this machine's runs under emulation, and
+    ``timeout`` (meant for native speed) is stretched for it (platforms.timeout_for).
 
     A deploy that Serve reports as failed stops the wait at once: the error names the app's exception,
     and ``log_path`` (when given) keeps Serve's whole message and the replica's log.
@@ -100,7 +113,9 @@ def smoke_test(
     cpu_mode = app.device == "gpu" and not gpu
     num_gpus = required_gpus(app) if gpu else 0
     ray_gpus = 0.0
-    with kuberay.running(engine, head_spec(image, required_cpus(app), project, num_gpus)) as head:
+    timeout = platforms.timeout_for(platform, timeout)
+    spec = head_spec(image, required_cpus(app), project, num_gpus, platform)
+    with kuberay.running(engine, spec) as head:
         container = head.name
         dashboard = f"http://127.0.0.1:{engine.published_port(container, DASHBOARD_PORT)}"
         started = time.monotonic()
@@ -141,7 +156,18 @@ def smoke_test(
             )
         t_serve = time.monotonic() - deploy_started
         payload = last[0].strip().splitlines()[-1] if last[0].strip() else ""
-        return SmokeResult(app.name, image, gpu, round(t_head, 2), round(t_serve, 2), 200, payload, ray_gpus)
+        return SmokeResult(
+            app.name,
+            image,
+            gpu,
+            round(t_head, 2),
+            round(t_serve, 2),
+            200,
+            payload,
+            ray_gpus,
+            platform,
+            not platforms.native(platform),
+        )
 
 
 # Libraries that the node provides, not the image, so a missing one is not an error here:
