@@ -279,9 +279,15 @@ def alive_nodes(dashboard: str) -> int:
     return sum(1 for node in nodes if isinstance(node, dict) and node.get("state") == "ALIVE")
 
 
-def deploy(dashboard: str, body: Mapping[str, Any], error: type[RaybuildError], context: str = "") -> None:
+def deploy(
+    dashboard: str,
+    body: Mapping[str, Any],
+    error: type[RaybuildError],
+    context: str = "",
+    timeout: float = 60,
+) -> None:
     """PUT a Serve config, as KubeRay's RayService controller sends it; ``error`` when it is refused."""
-    status, text = http("PUT", f"{dashboard}{SERVE_APPLICATIONS_PATH}", dict(body), timeout=60)
+    status, text = http("PUT", f"{dashboard}{SERVE_APPLICATIONS_PATH}", dict(body), timeout=timeout)
     if status != 200:
         raise error(f"{context}Serve deploy request returned {status}: {text[:300]}")
 

@@ -135,7 +135,9 @@ def smoke_test(
         progress(f"{app.name}: head ready in {t_head:.1f}s; deploying Serve config through the dashboard")
         body = {"applications": [serve_application(app, cpu_mode=cpu_mode)]}
         deploy_started = time.monotonic()
-        kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ")
+        # The dashboard starts Serve's controller before it answers: 60 s natively, more under emulation.
+        deploy_timeout = platforms.timeout_for(platform, 60)
+        kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ", deploy_timeout)
         route = app.route_prefix.rstrip("/") + "/"
         fetch = f"wget -q -S -O- http://localhost:{SERVE_PORT}{route} 2>&1"
         last: list[str] = [""]

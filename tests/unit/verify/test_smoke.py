@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from raybuild import kuberay
+from raybuild import kuberay, platforms
 from raybuild.config import App
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
-from raybuild.state import project_id
+from raybuild.state import BuiltImage, project_id, save_build_record
 from raybuild.verify import smoke
 from tests.unit.fakes import FakeEngine, make_app
 from tests.unit.serve_failures import REPLICA_LOG, failed_status
@@ -264,3 +264,58 @@ def test_the_test_command_smoke_tests_the_given_image(
     assert result.exit_code == 0, result.stderr
     assert calls == [("demo", "img:1", False, 180.0, project_id(tmp_project.load()))]
     assert json.loads(result.stdout)["body"] == "hi"
+
+
+def test_another_platforms_head_runs_under_emulation_with_its_platform() -> None:
+    emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
+    spec = smoke.head_spec("img:1", 2, PROJECT, platform=emulated)
+    assert spec.run_args()[:6] == ["run", "-d", "--name", spec.name, "--platform", emulated]
+    native = smoke.head_spec("img:1", 2, PROJECT)
+    assert "--platform" not in native.run_args()
+
+
+def test_the_test_command_tests_every_platform_the_app_was_built_for(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raybuild.cli import test as test_command
+
+    config = tmp_project.load()
+    refs = (("linux/amd64", "r/demo:a"), ("linux/arm64", "r/demo:b-arm64"))
+    save_build_record(config, [BuiltImage("demo", "r/demo:ab", "sha256:2", "cpu", False, (), False, refs)])
+    calls: list[tuple[str, str]] = []
+
+    def fake_smoke_test(app: App, image: str, engine: Engine, **options: Any) -> smoke.SmokeResult:
+        calls.append((image, options["platform"]))
+        emulated = not platforms.native(options["platform"])
+        return smoke.SmokeResult(
+            app.name, image, False, 1.5, 0.5, 200, "hi", 0.0, options["platform"], emulated
+        )
+
+    monkeypatch.setattr(test_command, "smoke_test", fake_smoke_test)
+    monkeypatch.setattr(platforms, "emulation_problem", lambda name: None)
+    monkeypatch.setattr(FakeEngine, "ping", lambda self: None, raising=False)
+    monkeypatch.setattr(test_command, "engine_for", lambda state: FakeEngine())
+    result = run_main("--config", str(tmp_project.config_path), "test", "demo")
+    assert result.exit_code == 0, result.stderr
+    assert calls == [("r/demo:a", "linux/amd64"), ("r/demo:b-arm64", "linux/arm64")]
+    assert "[linux/arm64, emulated]" in result.stdout.splitlines()[1]
+    calls.clear()
+    result = run_main(
+        "--config", str(tmp_project.config_path), "test", "demo", "--platform", "linux/arm64", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert calls == [("r/demo:b-arm64", "linux/arm64")]
+    assert json.loads(result.stdout)["emulated"] is True
+
+
+def test_testing_a_platform_the_app_was_not_built_for_is_one_error(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raybuild.cli import test as test_command
+
+    config = tmp_project.load()
+    save_build_record(config, [BuiltImage("demo", "r/demo:a", "sha256:2", "cpu", False)])
+    monkeypatch.setattr(test_command, "engine_for", lambda state: FakeEngine())
+    result = run_main("--config", str(tmp_project.config_path), "test", "demo", "--platform", "linux/arm64")
+    assert result.exit_code != 0
+    assert "app 'demo' was not built for linux/arm64 (built for linux/amd64)" in result.stderr
