@@ -26,6 +26,7 @@ from raybuild.kuberay import DASHBOARD_PORT, SERVE_PORT, NodeSpec, required_cpus
 from raybuild.labels import object_labels
 from raybuild.loopback import wait_until
 from raybuild.progress import Progress, silent
+from raybuild.templating import BUNDLED_TEMPLATES
 
 
 def serve_application(
@@ -137,7 +138,10 @@ def smoke_test(
         deploy_started = time.monotonic()
         # The dashboard starts Serve's controller before it answers: 60 s natively, more under emulation.
         deploy_timeout = platforms.timeout_for(platform, 60)
-        kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ", deploy_timeout)
+        if platforms.native(platform):
+            kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ", deploy_timeout)
+        else:
+            deploy_emulated(engine, container, body, app, deploy_timeout)
         route = app.route_prefix.rstrip("/") + "/"
         fetch = f"wget -q -S -O- http://localhost:{SERVE_PORT}{route} 2>&1"
         last: list[str] = [""]
@@ -170,6 +174,21 @@ def smoke_test(
             platform,
             not platforms.native(platform),
         )
+
+
+EMULATED_DEPLOY = BUNDLED_TEMPLATES / "probe" / "emulated_deploy.py"
+_DEPLOYED = "@@raybuild-emulated-deploy "
+
+
+def deploy_emulated(engine: Engine, container: str, body: dict[str, Any], app: App, timeout: float) -> None:
+    """The dashboard's deploy, sent by a driver inside an emulated head (see probe/emulated_deploy.py:
+    under qemu-user, Ray's drivers cannot find the local raylet, the dashboard's included)."""
+    script = EMULATED_DEPLOY.read_text(encoding="utf-8")
+    result = engine.exec(container, ["python", "-c", script, json.dumps(body)], timeout=timeout)
+    said = next((ln[len(_DEPLOYED) :] for ln in result.output.splitlines() if ln.startswith(_DEPLOYED)), None)
+    if said != "ok":
+        reason = said or (result.output.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise SmokeTestError(f"app {app.name!r}: Serve deploy under emulation failed: {reason[:300]}")
 
 
 # Libraries that the node provides, not the image, so a missing one is not an error here:
