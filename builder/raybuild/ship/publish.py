@@ -172,6 +172,9 @@ class Planned:
     platform: str = platforms.DEFAULT
     # An image built for several platforms: one image per platform, pushed before the index at ``target``.
     parts: tuple[Planned, ...] = ()
+    # `raybuild sbom` inventories the local image, which is this machine's platform's: another platform's
+    # image of the set gets no SBOM rather than one that describes different binaries.
+    sbom: bool = True
 
     @property
     def images(self) -> tuple[Planned, ...]:
@@ -325,7 +328,7 @@ class Publisher:
         except EngineError:
             image_id = ""
         target = f"{registry}/{repository_name(key)}:{split_reference(ref)[2]}"
-        return Planned(key, ref, image_id, target, platform)
+        return Planned(key, ref, image_id, target, platform, sbom=platforms.native(platform))
 
     def _index_at(self, item: Planned) -> Manifest | None:
         host, repository, tag = split_reference(item.target)
@@ -381,6 +384,10 @@ class Publisher:
         self, host: str, item: Planned, image: PublishedImage, manifest: Manifest | None
     ) -> PublishedImage:
         if self.attach_sbom is None:
+            return image
+        if not item.sbom:
+            self.progress(f"{item.key}: no SBOM attached to {item.target} ({item.platform}: `raybuild sbom` "
+                          "inventories this machine's platform's image)")  # fmt: skip
             return image
         if manifest is None:
             self.progress(

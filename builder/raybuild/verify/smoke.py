@@ -52,6 +52,26 @@ def serve_application(
     return application
 
 
+# Under qemu a head starts several times slower, and Ray gives its GCS 20 one-second tries to answer
+# (ray_constants.NUM_REDIS_GET_RETRIES): on a loaded 2-core machine an emulated `ray start --head` failed
+# with "Failed to start GCS" at that limit. An emulated head gets 120, Ray's own budget for a slow GCS.
+EMULATED_HEAD_ENV = {"RAY_NUM_REDIS_GET_RETRIES": "120"}
+
+
+def _probed(engine: Engine, container: str, app: App) -> bool:
+    """KubeRay's probes pass; a head that exited fails at once rather than at the (long) timeout."""
+    if kuberay.probe(engine, container):
+        return True
+    state = engine.docker_cmd("inspect", "-f", "{{.State.Running}}", container, check=False).output.strip()
+    if state == "false":
+        raise SmokeTestError(
+            f"app {app.name!r}: the head exited before it passed KubeRay's probes; "
+            f"last logs: {engine.logs(container, 5)!r}",
+            hint="run `raybuild --debug test`",
+        )
+    return False
+
+
 @dataclass(frozen=True)
 class SmokeResult:
     app: str
@@ -88,6 +108,7 @@ def head_spec(
         publish={DASHBOARD_PORT: 0},
         gpus=gpus,
         platform=None if platforms.native(platform) else platform,
+        env={} if platforms.native(platform) else EMULATED_HEAD_ENV,
     )
 
 
@@ -121,7 +142,7 @@ def smoke_test(
         dashboard = f"http://127.0.0.1:{engine.published_port(container, DASHBOARD_PORT)}"
         started = time.monotonic()
         progress(f"{app.name}: waiting for KubeRay's probes in {container}")
-        if not wait_until(lambda: kuberay.probe(engine, container), timeout):
+        if not wait_until(lambda: _probed(engine, container, app), timeout):
             raise SmokeTestError(
                 f"app {app.name!r}: head never passed KubeRay's probes within {timeout:.0f}s; "
                 f"last logs: {engine.logs(container, 5)!r}",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from raybuild import platforms
 from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
@@ -807,3 +808,22 @@ def test_a_multi_platform_tag_holding_an_image_is_not_moved(
     with pytest.raises(PublishError, match="not an image index"):
         publisher.publish(("demo",))
     assert engine.pushed == []
+
+
+def test_only_this_machines_platform_gets_the_sbom_that_describes_it(
+    multi: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(platforms, "host", lambda: platforms.get("linux/amd64"))
+    attached: list[str] = []
+
+    def attach(registry_: object, key: str, image: PublishedImage, manifest: Manifest) -> str:
+        attached.append(image.reference)
+        return "sha256:" + "f" * 64
+
+    publisher = Publisher(
+        multi, engine, connect=registry.connect, progress=run.progress.append, secrets=(), attach_sbom=attach
+    )
+    publisher.publish(("demo",))
+    # `raybuild sbom` inventories the local image, which is amd64's here.
+    assert [ref for ref in attached if "/demo:" in ref] == [AMD64_REF]
+    assert any("no SBOM attached to " + ARM64_REF in line for line in run.progress)

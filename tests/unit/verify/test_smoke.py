@@ -319,3 +319,23 @@ def test_testing_a_platform_the_app_was_not_built_for_is_one_error(
     result = run_main("--config", str(tmp_project.config_path), "test", "demo", "--platform", "linux/arm64")
     assert result.exit_code != 0
     assert "app 'demo' was not built for linux/arm64 (built for linux/amd64)" in result.stderr
+
+
+def test_a_head_that_exits_fails_at_once_not_at_the_timeout(tmp_project: TmpProject) -> None:
+    engine = FakeEngine()
+    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("exec", "*", "timeout", returncode=1)
+    engine.script("inspect", "-f", "{{.State.Running}}", output="false\n")
+    engine.script("logs", output="RuntimeError: Failed to start GCS.")
+    with pytest.raises(SmokeTestError) as raised:
+        # A timeout the test would never reach: the exit is noticed at the first poll.
+        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=3600)
+    assert "the head exited before it passed KubeRay's probes" in str(raised.value)
+    assert "Failed to start GCS" in str(raised.value)
+    assert engine.containers == {}
+
+
+def test_an_emulated_head_gives_its_gcs_longer_to_start() -> None:
+    emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
+    assert dict(smoke.head_spec("img:1", 2, PROJECT, platform=emulated).env) == smoke.EMULATED_HEAD_ENV
+    assert dict(smoke.head_spec("img:1", 2, PROJECT).env) == {}
