@@ -339,7 +339,7 @@ class Builder:
             self.progress(f"building head image {hr}")
             change = self._last_change(None)
             args = {"RAY_SOURCE_DATE_EPOCH": str(epoch_of(self.config, change))}
-            labels = provenance_labels(self.engine, self.config, None, hr, change)
+            labels = provenance_labels(self.engine, self.config, None, hr, change, platform)
             what = f"build of the head image{_for(platform)}"
             head_id = self._build(context, "head", what, args, labels, platform)
             self.engine.tag(head_id, hr)
@@ -392,7 +392,7 @@ class Builder:
             }
             if head is not None:
                 args["HEAD_IMAGE"] = self._pinned(head.ref)
-            labels = provenance_labels(self.engine, self.config, app, ref, change)
+            labels = provenance_labels(self.engine, self.config, app, ref, change, platform)
             what = f"build of app {app.name!r}{_for(platform)}"
             image_id = self._build(context, None, what, args, labels, platform)
         # A broken app fails here, before its content-addressed tag exists: nothing half-made is tagged.

@@ -339,3 +339,21 @@ def test_an_emulated_head_gives_its_gcs_longer_to_start() -> None:
     emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
     assert dict(smoke.head_spec("img:1", 2, PROJECT, platform=emulated).env) == smoke.EMULATED_HEAD_ENV
     assert dict(smoke.head_spec("img:1", 2, PROJECT).env) == {}
+
+
+def test_an_emulated_head_that_exits_during_start_up_is_started_again(tmp_project: TmpProject) -> None:
+    emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
+    engine = FakeEngine()
+    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("exec", "*", "timeout", returncode=1)
+    engine.script("inspect", "-f", "{{.State.Running}}", output="false\n")
+    engine.script("logs", output="Exception: The current node timed out during startup.")
+    with pytest.raises(smoke.HeadExited):
+        smoke.smoke_test(
+            tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=3600, platform=emulated
+        )
+    # Ray's fixed 30 s raylet window: an emulated head gets its attempts, each in a new container.
+    runs = engine.calls("run")
+    assert len(runs) == smoke.EMULATED_HEAD_ATTEMPTS
+    assert len({run[run.index("--name") + 1] for run in runs}) == smoke.EMULATED_HEAD_ATTEMPTS
+    assert engine.containers == {}
