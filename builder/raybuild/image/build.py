@@ -420,12 +420,14 @@ class Builder:
         return self._as_one(app.name, images), heads
 
     def _as_one(self, key: str, images: dict[str, BuiltImage]) -> BuiltImage:
-        """The record entry of an image built for ``images``' platforms: the image itself when there is one
-        for the default platform alone, else the multi-platform tag on the image this machine runs."""
+        """The record entry of an image built for ``images``' platforms: the image itself when it was built
+        for one platform, else the multi-platform tag on the image this machine runs."""
         names = platforms.ordered(images)
         if names == (platforms.DEFAULT,):
             return images[platforms.DEFAULT]
         refs = tuple((p, images[p].ref) for p in names)
+        if len(names) == 1:  # one other platform: its own tag is the image's tag, no index needed
+            return dataclasses.replace(images[names[0]], platform_refs=refs)
         local = next((images[p] for p in names if platforms.native(p)), images[names[0]])
         ref = multi_platform_ref(self.config, key, dict(refs))
         if ref != local.ref:
