@@ -317,6 +317,11 @@ def summary_rows(measurement: Measurement) -> list[list[str]]:
                 ),
             ]
         )
+        # Another platform's image: its sizes, and never a time (it would be qemu's).
+        for platform, other in (result.platform_sizes or {}).items():
+            rows.append(
+                [f"{name} ({platform})", _mb(other.uncompressed), _mb(other.compressed), "-"] + ["-"] * 5
+            )
     return rows
 
 
