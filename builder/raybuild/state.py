@@ -259,12 +259,17 @@ def _not_built(key: str) -> StateError:
     return StateError(f"app {key!r} has not been built", hint=f"run `raybuild build {key}`")
 
 
-def built_ref(config: LoadedConfig, key: str) -> str:
-    """The tag of the last build of ``key``; StateError when it was never built."""
+def built_image(config: LoadedConfig, key: str) -> BuiltImage:
+    """The last build of ``key``; StateError when it was never built."""
     image = load_build_record(config).get(key)
     if image is None:
         raise _not_built(key)
-    return image.ref
+    return image
+
+
+def built_ref(config: LoadedConfig, key: str) -> str:
+    """The tag of the last build of ``key``; StateError when it was never built."""
+    return built_image(config, key).ref
 
 
 # -- the publish record -------------------------------------------------------------------------------------

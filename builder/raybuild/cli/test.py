@@ -18,7 +18,7 @@ from raybuild.config import LoadedConfig
 from raybuild.errors import UsageError
 from raybuild.kuberay import required_gpus
 from raybuild.lock.resolve import cuda_need
-from raybuild.state import built_ref, failure_log_path, load_build_record, project_id
+from raybuild.state import built_image, failure_log_path, project_id
 from raybuild.verify import gpu as gpus
 from raybuild.verify.smoke import smoke_test
 
@@ -117,10 +117,7 @@ def _images(config: LoadedConfig, app: str, image: str | None, platform: str | N
     """(platform, image) pairs to test: --image as --platform's, else the last build's of each platform."""
     if image is not None:
         return [(platform or platforms.DEFAULT, image)]
-    built = load_build_record(config).get(app)
-    if built is None:
-        built_ref(config, app)  # raises: not built
-        raise AssertionError("unreachable")
+    built = built_image(config, app)
     wanted = (platform,) if platform else built.platforms
     found = [(p, built.platform_ref(p)) for p in wanted]
     missing = [p for p, ref in found if ref is None]
