@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from raybuild import platforms as plat
 from raybuild.config_checks import check_paths, describe_error
 from raybuild.errors import ConfigError, FileError, shown_path
 
@@ -38,6 +39,20 @@ HA_MAX_REPLICAS_PER_NODE = 1
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _check_platforms(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return value
+    allowed = ", ".join(repr(p) for p in plat.ALLOWED)
+    if not value:
+        raise ValueError(f"must name at least one platform ({allowed})")
+    unknown = [p for p in value if p not in plat.KNOWN]
+    if unknown:
+        raise ValueError(f"unknown platform {unknown[0]!r}; allowed: {allowed}")
+    if len(set(value)) != len(value):
+        raise ValueError("names a platform twice")
+    return value
 
 
 class BaseImage(_Model):
@@ -147,6 +162,26 @@ class App(_Model):
     gate: Gate = Gate()
     # High availability: replicas on at least two worker nodes (see ``served``).
     ha: bool = False
+    # Unset: [project].platforms for a CPU app, linux/amd64 for a GPU app (NVIDIA's CUDA wheels decide what
+    # exists for other architectures, so a GPU app opts in with its own list).
+    platforms: list[str] | None = None
+    # Pins the app's worker group to nodes of one architecture (kubernetes.io/arch). Unset: pinned only when
+    # the app is built for one platform, so that Kubernetes never schedules it where it cannot run.
+    node_arch: str | None = None
+
+    _platforms = field_validator("platforms")(_check_platforms)
+
+    @model_validator(mode="after")
+    def _node_arch_built(self) -> App:
+        if self.node_arch is None:
+            return self
+        arches = [plat.get(p).architecture for p in self.platforms or plat.ALLOWED]
+        if self.node_arch not in arches:
+            raise ValueError(
+                f"node_arch {self.node_arch!r} must be the architecture of a platform the app is built for "
+                f"({', '.join(repr(a) for a in arches)})"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -244,11 +279,15 @@ class Project(_Model):
     resolver: Literal["uv", "pip-tools"] = "uv"
     lock_dir: str = "lockfiles"
     platform: str = "x86_64-manylinux_2_36"
+    # OCI platforms every CPU app's image is built for; more than one publishes an image index per app.
+    platforms: list[str] = Field(default_factory=lambda: [plat.DEFAULT])
     index_url: str | None = None
     torch_backend: str = "cpu"
     gpu_torch_backend: str = "cu128"
     # File times in every image layer (seconds since 1970). Unset: from git, per image (raybuild.image.epoch).
     source_date_epoch: int | None = Field(default=None, ge=0)
+
+    _platforms = field_validator("platforms")(_check_platforms)
 
     @field_validator("python")
     @classmethod
@@ -336,11 +375,30 @@ class LoadedConfig:
     def lock_dir(self) -> Path:
         return self.root / self.project.lock_dir
 
-    def lockfile(self, app: App) -> Path:
-        return self.lock_dir() / f"{app.name}.txt"
+    def lockfile(self, app: App, platform: str = plat.DEFAULT) -> Path:
+        return self.lock_dir() / f"{app.name}{plat.get(platform).lock_suffix}.txt"
 
-    def ray_lockfile(self) -> Path:
-        return self.lock_dir() / "ray.txt"
+    def ray_lockfile(self, platform: str = plat.DEFAULT) -> Path:
+        return self.lock_dir() / f"ray{plat.get(platform).lock_suffix}.txt"
+
+    def platforms(self, app: App) -> tuple[str, ...]:
+        """The platforms ``app``'s image is built for, the default platform first."""
+        if app.platforms is not None:
+            return plat.ordered(app.platforms)
+        if app.device == "gpu":
+            return (plat.DEFAULT,)
+        return plat.ordered(self.project.platforms)
+
+    def all_platforms(self, apps: tuple[App, ...] | None = None) -> tuple[str, ...]:
+        """Every platform one of ``apps`` (default: all) is built for: each needs a Ray lock and head."""
+        return plat.ordered(p for app in (self.apps if apps is None else apps) for p in self.platforms(app))
+
+    def node_arch(self, app: App) -> str | None:
+        """The kubernetes.io/arch value an app's worker group is pinned to, if any."""
+        if app.node_arch is not None:
+            return app.node_arch
+        built = self.platforms(app)
+        return plat.get(built[0]).architecture if len(built) == 1 else None
 
     def image_name(self, app: App) -> str:
         return f"{self.project.registry}/{app.name}"

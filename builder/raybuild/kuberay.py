@@ -163,10 +163,13 @@ class NodeSpec:
     nofile: int | None = field(default_factory=nofile_limit)
     restart: str | None = None
     stop_timeout: int | None = None  # seconds `docker stop` waits before SIGKILL: the pod's grace period
+    platform: str | None = None  # another platform's image, run under emulation (`docker run --platform`)
 
     def run_args(self) -> list[str]:
         """The `docker run` arguments (after the docker binary)."""
         args = ["run", "-d", "--name", self.name]
+        if self.platform:
+            args += ["--platform", self.platform]
         if self.hostname:
             args += ["--hostname", self.hostname]
         if self.network:
@@ -339,9 +342,15 @@ def alive_nodes(dashboard: str) -> int:
     return sum(1 for node in nodes if isinstance(node, dict) and node.get("state") == "ALIVE")
 
 
-def deploy(dashboard: str, body: Mapping[str, Any], error: type[RaybuildError], context: str = "") -> None:
+def deploy(
+    dashboard: str,
+    body: Mapping[str, Any],
+    error: type[RaybuildError],
+    context: str = "",
+    timeout: float = 60,
+) -> None:
     """PUT a Serve config, as KubeRay's RayService controller sends it; ``error`` when it is refused."""
-    status, text = http("PUT", f"{dashboard}{SERVE_APPLICATIONS_PATH}", dict(body), timeout=60)
+    status, text = http("PUT", f"{dashboard}{SERVE_APPLICATIONS_PATH}", dict(body), timeout=timeout)
     if status != 200:
         raise error(f"{context}Serve deploy request returned {status}: {text[:300]}")
 

@@ -146,6 +146,7 @@ class Descriptor:
     size: int
     artifact_type: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    platform: Mapping[str, str] = field(default_factory=dict)  # in an image index: {"os", "architecture"}
 
     @classmethod
     def of(cls, media_type: str, data: bytes, **fields: Any) -> Descriptor:
@@ -160,6 +161,7 @@ class Descriptor:
             int(data["size"]),
             str(data["artifactType"]) if data.get("artifactType") else None,
             {str(k): str(v) for k, v in annotations.items()},
+            {str(k): str(v) for k, v in (data.get("platform") or {}).items()},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -168,6 +170,8 @@ class Descriptor:
             out["artifactType"] = self.artifact_type
         if self.annotations:
             out["annotations"] = dict(sorted(self.annotations.items()))
+        if self.platform:
+            out["platform"] = dict(sorted(self.platform.items()))
         return out
 
 
@@ -251,6 +255,28 @@ def attach(
     )
     registry.put_manifest(repository, tag, index, OCI_INDEX)
     return manifest
+
+
+def image_index(manifests: list[Descriptor]) -> tuple[bytes, str]:
+    """An index of one image manifest per platform, and its media type.
+
+    Docker's manifest list when every entry is a Docker manifest (what `docker push` writes), else an OCI
+    image index (OCI manifests, as skopeo writes them): each kind of entry in the index type made for it.
+    """
+    docker = all(m.media_type == DOCKER_MANIFEST for m in manifests)
+    media_type = DOCKER_MANIFEST_LIST if docker else OCI_INDEX
+    body = {"schemaVersion": 2, "mediaType": media_type, "manifests": [m.to_json() for m in manifests]}
+    return _canonical(body), media_type
+
+
+def put_index(registry: Registry, repository: str, tag: str, manifests: list[Descriptor]) -> Manifest:
+    """PUT an index of ``manifests`` (already in ``repository``) under ``tag``; the index as a manifest.
+
+    The same manifests always give the same bytes, so the same digest: publishing again moves nothing.
+    """
+    body, media_type = image_index(manifests)
+    registry.put_manifest(repository, tag, body, media_type)
+    return parse_manifest(body, media_type)
 
 
 def split_reference(ref: str) -> tuple[str, str, str]:

@@ -21,6 +21,8 @@ from typing import Any
 from raybuild.config import App, Deployment, LoadedConfig
 from raybuild.errors import StateError, unreadable
 from raybuild.fsutil import atomic_write
+from raybuild.platforms import DEFAULT as DEFAULT_PLATFORM
+from raybuild.platforms import KNOWN as KNOWN_PLATFORMS
 
 # Relative to the project root (the folder holding raybuild.toml).
 STATE_DIR = Path(".raybuild")
@@ -116,6 +118,24 @@ def head_ref(config: LoadedConfig, head_hash: str) -> str:
     return f"{_repository(config, HEAD_KEY)}:ray{project.ray_version}-py{project.python}-{head_hash}"
 
 
+def multi_platform_ref(config: LoadedConfig, key: str, refs: Mapping[str, str]) -> str:
+    """The one tag of an image built for several platforms (``refs``: platform -> that platform's tag).
+
+    A hash of the platform set and of each platform's content-addressed tag, so adding a platform gives a
+    new tag and leaves every single-platform tag where it was. `publish` puts the image index here.
+    """
+    digest = hashlib.sha256()
+    for platform, ref in sorted(refs.items()):
+        digest.update(f"{platform}\0{ref}\0".encode())
+    suffix = digest.hexdigest()[:12]
+    project = config.project
+    if key == HEAD_KEY:
+        return head_ref(config, suffix)
+    device = next(iter(refs.values())).rsplit(":", 1)[1].split("-")[2]  # ray2.60.0-py3.11-cpu-<hash>
+    tag = f"ray{project.ray_version}-py{project.python}-{device}-{suffix}"
+    return f"{_repository(config, key)}:{tag}"
+
+
 def latest_ref(config: LoadedConfig, key: str) -> str:
     """The alias every successful build moves to its newest image."""
     return f"{_repository(config, key)}:latest"
@@ -134,9 +154,27 @@ class BuiltImage:
     # The app's deployments as found in its code at build time, in raybuild.toml's form (not for the head).
     deployments: tuple[dict[str, Any], ...] = ()
     pulled: bool = False  # taken from the registry, which had its tag, rather than built here
+    # (platform, that platform's tag) for an image built for other platforms than the default alone; then
+    # ``ref`` is the multi-platform tag (several platforms) or the one platform's tag.
+    platform_refs: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def refs(self) -> tuple[str, ...]:
+        """Every tag this entry names: its own and each platform's."""
+        return (self.ref, *(ref for _, ref in self.platform_refs))
+
+    def platform_ref(self, platform: str) -> str | None:
+        """The tag of ``platform``'s image; None when it was not built for it."""
+        if not self.platform_refs:
+            return self.ref if platform == DEFAULT_PLATFORM else None
+        return dict(self.platform_refs).get(platform)
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        return tuple(p for p, _ in self.platform_refs) or (DEFAULT_PLATFORM,)
 
 
 def load_build_record(config: LoadedConfig) -> dict[str, BuiltImage]:
@@ -171,7 +209,23 @@ def load_build_record(config: LoadedConfig) -> dict[str, BuiltImage]:
                 f"{path}: malformed build record (key 'images.{key}.deployments' must be a list of tables)",
                 hint=_REBUILD,
             )
-        built[key] = BuiltImage(key, ref, image_id, device, cached=True, deployments=tuple(deployments))
+        by_platform = fields.get("platforms", {})
+        if not isinstance(by_platform, dict) or not all(
+            p in KNOWN_PLATFORMS and isinstance(r, str) and r for p, r in by_platform.items()
+        ):
+            raise StateError(
+                f"{path}: malformed build record (key 'images.{key}.platforms' must map platforms to tags)",
+                hint=_REBUILD,
+            )
+        built[key] = BuiltImage(
+            key,
+            ref,
+            image_id,
+            device,
+            cached=True,
+            deployments=tuple(deployments),
+            platform_refs=tuple(sorted(by_platform.items())),
+        )
     return built
 
 
@@ -184,6 +238,7 @@ def save_build_record(config: LoadedConfig, built: Iterable[BuiltImage]) -> None
         "images": {
             key: {"ref": image.ref, "image_id": image.image_id, "device": image.device}
             | ({"deployments": list(image.deployments)} if image.deployments else {})
+            | ({"platforms": dict(image.platform_refs)} if image.platform_refs else {})
             for key, image in sorted(images.items())
         },
     }
@@ -204,12 +259,17 @@ def _not_built(key: str) -> StateError:
     return StateError(f"app {key!r} has not been built", hint=f"run `raybuild build {key}`")
 
 
-def built_ref(config: LoadedConfig, key: str) -> str:
-    """The tag of the last build of ``key``; StateError when it was never built."""
+def built_image(config: LoadedConfig, key: str) -> BuiltImage:
+    """The last build of ``key``; StateError when it was never built."""
     image = load_build_record(config).get(key)
     if image is None:
         raise _not_built(key)
-    return image.ref
+    return image
+
+
+def built_ref(config: LoadedConfig, key: str) -> str:
+    """The tag of the last build of ``key``; StateError when it was never built."""
+    return built_image(config, key).ref
 
 
 # -- the publish record -------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def test_list_json_is_machine_readable() -> None:
         "lockfile": "lockfiles/cuda.txt",
         "image": "127.0.0.1:5000/raybuild/cuda",
         "route_prefix": "/cuda",
+        "platforms": ["linux/amd64"],
     }
 
 

@@ -15,7 +15,7 @@ from urllib.error import URLError
 
 import pytest
 
-from raybuild import doctor
+from raybuild import doctor, platforms
 from raybuild.docker_client import DockerClient
 from raybuild.doctor import Check
 from raybuild.errors import EngineError
@@ -277,6 +277,10 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Check]]:
     monkeypatch.setattr(doctor, "check_local_registry", lambda: results["local"])
     monkeypatch.setattr(doctor, "check_tls_proxy", lambda: results["tls"])
     monkeypatch.setattr(doctor, "which", lambda name: None)
+    monkeypatch.setattr(doctor, "check_emulation", lambda platform: results["emulation"])
+    results["emulation"] = Check(
+        "emulation-arm64", False, "binfmt_misc is not mounted", "setup", required=False
+    )
     yield results
 
 
@@ -297,6 +301,7 @@ def test_doctor_passes_when_only_optional_checks_fail(
         "dive",
         "hadolint",
         "trivy",
+        "emulation-arm64",
     ]
     assert report["checks"][5] == {
         "name": "mmdebstrap",
@@ -335,3 +340,14 @@ def test_doctor_table_shows_missing_and_warnings(
     assert lines["docker-daemon"] == ["MISSING", "the Docker daemon is not reachable -> sudo scripts/setup"]
     assert lines["public-registry"][0] == "warn"
     assert lines["buildkit-client"][0] == "ok"
+
+
+def test_emulation_is_checked_for_each_other_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(platforms, "host", lambda: platforms.get(platforms.DEFAULT))
+    monkeypatch.setattr(platforms, "emulation_problem", lambda name: "binfmt_misc is not mounted at /proc/x")
+    failed = doctor.check_emulation(platforms.ARM64)
+    assert (failed.name, failed.ok, failed.required) == ("emulation-arm64", False, False)
+    assert "binfmt_misc is not mounted" in failed.detail and "scripts/setup" in failed.fix
+    monkeypatch.setattr(platforms, "emulation_problem", lambda name: None)
+    assert doctor.check_emulation(platforms.ARM64).ok
+    assert doctor.check_emulation(platforms.DEFAULT).detail == "linux/amd64 is this machine's own platform"

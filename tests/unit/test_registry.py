@@ -31,8 +31,10 @@ from raybuild.registry import (
     attach,
     fallback_tag,
     find_referrers,
+    image_index,
     is_loopback,
     parse_manifest,
+    put_index,
 )
 from tests.unit.fakes import FakeRegistry, manifest_body
 
@@ -363,3 +365,40 @@ def test_a_refused_write_is_unverifiable_and_a_failing_one_unreachable(server: t
     client = HttpRegistry(address, timeout=5)
     with pytest.raises(RegistryUnreachable, match="start upload: HTTP 501"):
         client.put_blob("ns/demo", b"x")
+
+
+# -- image indexes -------------------------------------------------------------------------------------------
+
+
+def _platform_manifest(media_type: str, arch: str, fill: str) -> Descriptor:
+    return Descriptor(media_type, "sha256:" + fill * 64, 1000, platform={"os": "linux", "architecture": arch})
+
+
+def test_an_index_of_docker_manifests_is_a_manifest_list_and_says_each_platform() -> None:
+    entries = [
+        _platform_manifest(DOCKER_MANIFEST, "amd64", "a"),
+        _platform_manifest(DOCKER_MANIFEST, "arm64", "b"),
+    ]
+    body, media_type = image_index(entries)
+    assert media_type == DOCKER_MANIFEST_LIST
+    data = json.loads(body)
+    assert data["mediaType"] == DOCKER_MANIFEST_LIST
+    assert [(m["digest"], m["platform"]["architecture"]) for m in data["manifests"]] == [
+        ("sha256:" + "a" * 64, "amd64"),
+        ("sha256:" + "b" * 64, "arm64"),
+    ]
+    assert Descriptor.from_json(data["manifests"][1]) == entries[1]
+    # OCI manifests (skopeo's) go into an OCI image index.
+    assert image_index([_platform_manifest(OCI_MANIFEST, "amd64", "c")])[1] == OCI_INDEX
+
+
+def test_put_index_writes_the_same_bytes_for_the_same_manifests() -> None:
+    registry = FakeRegistry()
+    entries = [
+        _platform_manifest(DOCKER_MANIFEST, "amd64", "a"),
+        _platform_manifest(DOCKER_MANIFEST, "arm64", "b"),
+    ]
+    first = put_index(registry, "ns/demo", "v1", entries)
+    assert first.config_digest is None and first.media_type == DOCKER_MANIFEST_LIST
+    assert first.digest == "sha256:" + hashlib.sha256(registry.bodies[("ns/demo", "v1")]).hexdigest()
+    assert put_index(registry, "ns/demo", "v1", entries).digest == first.digest

@@ -27,6 +27,7 @@ from raybuild.state import (
     latest_ref,
     load_build_record,
     load_publish_record,
+    multi_platform_ref,
     publish_record_path,
     repository_name,
     save_build_record,
@@ -293,3 +294,49 @@ def test_an_app_without_deployments_that_was_never_built_cannot_be_rendered(tmp_
     with pytest.raises(ConfigError, match="lists no deployments, and no build has found them") as raised:
         serve_application(app)
     assert "raybuild build demo" in (raised.value.hint or "")
+
+
+# -- several platforms ---------------------------------------------------------------------------------------
+
+
+def test_a_multi_platform_tag_hashes_the_platform_set_and_each_platforms_tag(project: LoadedConfig) -> None:
+    amd64 = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
+    arm64 = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-333333333333-arm64"
+    both = multi_platform_ref(project, "demo", {"linux/amd64": amd64, "linux/arm64": arm64})
+    assert both.startswith("127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-")
+    assert both not in (amd64, arm64)
+    assert multi_platform_ref(project, "demo", {"linux/arm64": arm64, "linux/amd64": amd64}) == both
+    other = multi_platform_ref(project, "demo", {"linux/amd64": amd64, "linux/arm64": arm64 + "x"})
+    assert other != both
+    head = multi_platform_ref(project, HEAD_KEY, {"linux/amd64": amd64, "linux/arm64": arm64})
+    assert head.split(":")[-1].startswith("ray2.60.0-py3.11-") and "/ray-head:" in head
+
+
+def test_the_build_record_keeps_each_platforms_tag(project: LoadedConfig) -> None:
+    platform_refs = (("linux/amd64", "r/demo:a"), ("linux/arm64", "r/demo:b-arm64"))
+    save_build_record(
+        project,
+        [HEAD_BUILT, BuiltImage("demo", "r/demo:ab", "sha256:2", "cpu", False, (), False, platform_refs)],
+    )
+    demo = load_build_record(project)["demo"]
+    assert demo.platform_refs == platform_refs
+    assert demo.platforms == ("linux/amd64", "linux/arm64")
+    assert demo.platform_ref("linux/arm64") == "r/demo:b-arm64"
+    assert demo.refs == ("r/demo:ab", "r/demo:a", "r/demo:b-arm64")
+    head = load_build_record(project)[HEAD_KEY]
+    assert (head.platforms, head.platform_ref("linux/amd64"), head.platform_ref("linux/arm64")) == (
+        ("linux/amd64",),
+        HEAD_BUILT.ref,
+        None,
+    )
+    # A record without platforms keeps its shape: no key is written for a default-platform image.
+    assert "platforms" not in json.loads(build_record_path(project).read_text())["images"][HEAD_KEY]
+
+
+def test_a_build_record_naming_an_unknown_platform_is_refused(project: LoadedConfig) -> None:
+    save_build_record(project, [HEAD_BUILT])
+    data = json.loads(build_record_path(project).read_text())
+    data["images"][HEAD_KEY]["platforms"] = {"linux/s390x": "r:x"}
+    build_record_path(project).write_text(json.dumps(data))
+    with pytest.raises(StateError, match=r"images\._head\.platforms"):
+        load_build_record(project)

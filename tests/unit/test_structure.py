@@ -57,6 +57,11 @@ def _owners(predicate: object) -> set[str]:
         ),
         ("KubeRay's probe endpoints", lambda s: "healthz" in s, "kuberay.py"),
         ("Docker object label keys", lambda s: s.startswith("io.raybuild."), "labels.py"),
+        (
+            "platform names and the node arch label",
+            lambda s: s.startswith(("linux/amd64", "linux/arm64")) or s == "kubernetes.io/arch",
+            "platforms.py",
+        ),
     ],
 )
 def test_a_concept_lives_in_one_module(what: str, predicate: object, owner: str) -> None:

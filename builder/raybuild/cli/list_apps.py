@@ -11,7 +11,7 @@ from raybuild.cli.common import State, emit_json, json_option, pass_state, table
 @json_option
 @pass_state
 def list_apps(state: State, as_json: bool) -> None:
-    """List the project's apps: name, device, lockfile and image name."""
+    """List the project's apps: name, device, lockfile and image name (--json: and their platforms)."""
     config = state.config()
     rows = [
         {
@@ -20,6 +20,7 @@ def list_apps(state: State, as_json: bool) -> None:
             "lockfile": str(config.lockfile(app).relative_to(config.root)),
             "image": config.image_name(app),
             "route_prefix": app.route_prefix,
+            "platforms": list(config.platforms(app)),
         }
         for app in config.apps
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from raybuild import platforms
 from raybuild.cli.common import (
     State,
     emit_json,
@@ -13,9 +14,11 @@ from raybuild.cli.common import (
     progress,
     seconds_option,
 )
+from raybuild.config import LoadedConfig
+from raybuild.errors import UsageError
 from raybuild.kuberay import required_gpus
 from raybuild.lock.resolve import cuda_need
-from raybuild.state import built_ref, failure_log_path, project_id
+from raybuild.state import built_image, failure_log_path, project_id
 from raybuild.verify import gpu as gpus
 from raybuild.verify.smoke import smoke_test
 
@@ -35,6 +38,15 @@ from raybuild.verify.smoke import smoke_test
     help="With --gpu: when this host cannot run the app on a GPU, print why as `skipped: ...` and exit 0.",
 )
 @click.option("--image", default=None, help="Image to test [default: the app's last build].")
+@click.option(
+    "--platform",
+    "platform_name",
+    type=click.Choice(platforms.ALLOWED),
+    default=None,
+    help="Test this platform's image only [default: every platform the app was built for]. Another "
+    "platform than this machine's runs under emulation (scripts/setup), with --timeout stretched for it; "
+    "its times are not start-up figures.",
+)
 @seconds_option("--timeout", default=180.0, help="Seconds to wait for the head and the route.")
 @json_option
 @pass_state
@@ -44,6 +56,7 @@ def test_app(
     gpu: bool,
     skip_if_unavailable: bool,
     image: str | None,
+    platform_name: str | None,
     timeout: float,
     as_json: bool,
 ) -> None:
@@ -66,24 +79,51 @@ def test_app(
                 click.echo(f"skipped: {host.reason}")
             return
         progress(f"GPU host: driver {host.driver}, {host.gpus} GPU(s) {', '.join(host.names)}".rstrip())
-    ref = image or built_ref(config, app.name)
+    targets = _images(config, app.name, image, platform_name)
     engine.ping()  # a daemon that is down is one line saying so, not a failed `docker run`
     log = failure_log_path(config, "test", app.name)
-    result = smoke_test(
-        app,
-        ref,
-        engine,
-        project=project_id(config),
-        gpu=gpu,
-        timeout=timeout,
-        progress=progress,
-        log_path=log,
-    )
+    results = []
+    for platform, ref in targets:
+        if not platforms.native(platform):
+            problem = platforms.emulation_problem(platform)
+            if problem is not None:
+                raise UsageError(
+                    f"cannot test {app.name!r} for {platform}: {problem}", hint=platforms.EMULATION_HINT
+                )
+        result = smoke_test(
+            app,
+            ref,
+            engine,
+            project=project_id(config),
+            gpu=gpu,
+            timeout=timeout,
+            progress=progress,
+            log_path=log,
+            platform=platform,
+        )
+        results.append(result)
+        if not as_json:
+            gpu_text = f", {result.gpus:g} GPU(s) in Ray" if gpu else ""
+            where = f" [{platform}, emulated]" if result.emulated else ""
+            click.echo(
+                f"ok: {app.name} ({ref}){where} head ready {result.t_head:.1f}s{gpu_text}, route "
+                f"{app.route_prefix} answered 200 after {result.t_serve:.1f}s: {result.body[:80]}"
+            )
     if as_json:
-        emit_json(result.to_dict())
-        return
-    gpu_text = f", {result.gpus:g} GPU(s) in Ray" if gpu else ""
-    click.echo(
-        f"ok: {app.name} ({ref}) head ready {result.t_head:.1f}s{gpu_text}, route {app.route_prefix} "
-        f"answered 200 after {result.t_serve:.1f}s: {result.body[:80]}"
-    )
+        emit_json(results[0].to_dict() if len(results) == 1 else [r.to_dict() for r in results])
+
+
+def _images(config: LoadedConfig, app: str, image: str | None, platform: str | None) -> list[tuple[str, str]]:
+    """(platform, image) pairs to test: --image as --platform's, else the last build's of each platform."""
+    if image is not None:
+        return [(platform or platforms.DEFAULT, image)]
+    built = built_image(config, app)
+    wanted = (platform,) if platform else built.platforms
+    found = [(p, built.platform_ref(p)) for p in wanted]
+    missing = [p for p, ref in found if ref is None]
+    if missing:
+        raise UsageError(
+            f"app {app!r} was not built for {', '.join(missing)} (built for {', '.join(built.platforms)})",
+            hint=f"add it to the app's platforms (or [project].platforms) and run `raybuild build {app}`",
+        )
+    return [(p, ref) for p, ref in found if ref is not None]

@@ -7,6 +7,12 @@ template gives a new name and an unchanged one is never rebuilt:
 - the runtime base: rootfs plus the ray user and environment (the GPU base adds the NVIDIA variables on
   top of the CPU base, sharing all its layers);
 - the builder: a rootfs with binutils, plus uv, used only in build stages.
+
+Each platform has its own three (tags end in ``-arm64`` for linux/arm64; the default platform's names are
+unchanged). Another platform's rootfs is bootstrapped with ``mmdebstrap --arch`` under emulation and
+loaded with the right architecture in its image config (see archive.py); its base and builder are built
+with BuildKit's ``--platform``, so the builder's binutils and uv are that platform's own, and strip works
+on its binaries.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raybuild import platforms
 from raybuild.config import BaseImage, LoadedConfig
 from raybuild.engine import Engine, which
 from raybuild.errors import RaybuildError
 from raybuild.image import epoch
+from raybuild.image.archive import write_archive
 from raybuild.image.dockerfile import render_base, template_dir
+from raybuild.labels import ROLE_LABEL
 from raybuild.progress import Progress, silent
 
 RUNTIME_PACKAGES = ("python3-minimal", "libpython3-stdlib", "bash", "wget", "ca-certificates", "libstdc++6")
@@ -73,6 +82,7 @@ class BaseSpec:
     uv_image: str = ""
     parent: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    platform: str = platforms.DEFAULT  # what BuildKit builds it for; not in the Dockerfile's text
 
     def template(self) -> str:
         if self.kind == "builder":
@@ -107,8 +117,8 @@ def uv_version() -> str:
     return version("uv")
 
 
-def uv_image() -> str:
-    return f"{NAMESPACE}/uv:{uv_version()}"
+def uv_image(platform: str = platforms.DEFAULT) -> str:
+    return f"{NAMESPACE}/uv:{uv_version()}{platforms.get(platform).suffix}"
 
 
 @dataclass(frozen=True)
@@ -118,18 +128,35 @@ class Rootfs:
     ref: str
     settings: BaseImage
     packages: tuple[str, ...]
+    platform: str = platforms.DEFAULT
 
     @property
     def bootstrapped(self) -> bool:
         return self.settings.source == "bootstrap"
 
+    @property
+    def removals(self) -> tuple[str, ...]:
+        """REMOVE_AFTER_BOOTSTRAP, with the multiarch folder of this platform's glibc."""
+        machine = platforms.get(self.platform).machine
+        return tuple(
+            p.replace("/x86_64-linux-gnu/", f"/{machine}-linux-gnu/") for p in REMOVE_AFTER_BOOTSTRAP
+        )
 
-def rootfs(settings: BaseImage, kind: str) -> Rootfs:
+
+def rootfs(settings: BaseImage, kind: str, platform: str = platforms.DEFAULT) -> Rootfs:
     packages = {"builder": BUILDER_PACKAGES, "redis": REDIS_PACKAGES, "front": FRONT_PACKAGES}.get(
         kind, RUNTIME_PACKAGES
     )
     if settings.source == "image":
+        if platform != platforms.DEFAULT:
+            raise RaybuildError(
+                f'[base.cpu] source = "image" gives {platforms.DEFAULT} bases only; {platform} needs a '
+                "bootstrapped base",
+                hint='set [base.cpu] source = "bootstrap", or leave the platform out of [project].platforms',
+            )
         return Rootfs(settings.image, settings, packages)
+    # Another platform's tag also hashes its name; the default platform's is what it always was.
+    other = () if platform == platforms.DEFAULT else (platform,)
     tag = _digest(
         "rootfs-v2",
         settings.suite,
@@ -140,13 +167,17 @@ def rootfs(settings: BaseImage, kind: str) -> Rootfs:
         *REMOVE_AFTER_BOOTSTRAP,
         *EMPTY_FILES,
         *BYTECODE_UNDER,
+        *other,
     )
-    return Rootfs(f"{NAMESPACE}/rootfs-{kind}:{settings.suite}-{tag}", settings, packages)
+    suffix = platforms.get(platform).suffix
+    return Rootfs(f"{NAMESPACE}/rootfs-{kind}:{settings.suite}-{tag}{suffix}", settings, packages, platform)
 
 
-def _on_rootfs(config: LoadedConfig, kind: str, rootfs_kind: str, uv: str = "") -> BaseSpec:
+def _on_rootfs(
+    config: LoadedConfig, kind: str, rootfs_kind: str, uv: str = "", platform: str = platforms.DEFAULT
+) -> BaseSpec:
     """An image made on one of the project's rootfs images (apt-installing its packages on a registry one)."""
-    root = rootfs(config.config.base.cpu, rootfs_kind)
+    root = rootfs(config.config.base.cpu, rootfs_kind, platform)
     return BaseSpec(
         kind,
         "cpu",
@@ -155,21 +186,28 @@ def _on_rootfs(config: LoadedConfig, kind: str, rootfs_kind: str, uv: str = "") 
         install_packages=not root.bootstrapped,
         packages=root.packages,
         uv_image=uv,
+        platform=platform,
     )
 
 
-def base_spec(config: LoadedConfig, device: str) -> BaseSpec:
+def base_spec(config: LoadedConfig, device: str, platform: str = platforms.DEFAULT) -> BaseSpec:
     if device == "gpu":
         gpu = config.config.base.gpu
-        parent = gpu.cuda_runtime_image or base_ref(config, "cpu")
+        parent = gpu.cuda_runtime_image or base_ref(config, "cpu", platform)
         return BaseSpec(
-            "base", "gpu", config.project.python, rootfs="", install_packages=False, parent=parent
+            "base",
+            "gpu",
+            config.project.python,
+            rootfs="",
+            install_packages=False,
+            parent=parent,
+            platform=platform,
         )
-    return _on_rootfs(config, "base", "runtime")
+    return _on_rootfs(config, "base", "runtime", platform=platform)
 
 
-def builder_spec(config: LoadedConfig) -> BaseSpec:
-    return _on_rootfs(config, "builder", "builder", uv=uv_image())
+def builder_spec(config: LoadedConfig, platform: str = platforms.DEFAULT) -> BaseSpec:
+    return _on_rootfs(config, "builder", "builder", uv=uv_image(platform), platform=platform)
 
 
 def redis_spec(config: LoadedConfig) -> BaseSpec:
@@ -204,15 +242,16 @@ def ensure_front(config: LoadedConfig, engine: Engine, progress: Progress = sile
 
 def _ref(config: LoadedConfig, spec: BaseSpec, name: str) -> str:
     text = render_base(spec, template_dir(config.root))
-    return f"{NAMESPACE}/{name}:py{config.project.python}-{_digest(text)}"
+    suffix = platforms.get(spec.platform).suffix
+    return f"{NAMESPACE}/{name}:py{config.project.python}-{_digest(text)}{suffix}"
 
 
-def base_ref(config: LoadedConfig, device: str) -> str:
-    return _ref(config, base_spec(config, device), f"base-{device}")
+def base_ref(config: LoadedConfig, device: str, platform: str = platforms.DEFAULT) -> str:
+    return _ref(config, base_spec(config, device, platform), f"base-{device}")
 
 
-def builder_ref(config: LoadedConfig) -> str:
-    return _ref(config, builder_spec(config), "builder")
+def builder_ref(config: LoadedConfig, platform: str = platforms.DEFAULT) -> str:
+    return _ref(config, builder_spec(config, platform), "builder")
 
 
 # -- making them ----------------------------------------------------------------------------------------
@@ -234,13 +273,15 @@ def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
     if settings.snapshot:
         mirror = f"http://snapshot.debian.org/archive/debian/{settings.snapshot}"
     command = ["mmdebstrap", "--variant=essential", "--include=" + ",".join(root.packages)]
+    if root.platform != platforms.DEFAULT:
+        command.insert(1, f"--arch={platforms.get(root.platform).debian}")
     command += [f"--dpkgopt=path-exclude={pattern}" for pattern in _DPKG_EXCLUDES]
     # Keep the copyright files: licences must ship with the binaries.
     command.append("--dpkgopt=path-include=/usr/share/doc/*/copyright")
     purge = " ".join(PURGE_AFTER_BOOTSTRAP)
     purge_flags = "--force-depends --force-remove-essential"
     command.append(f'--customize-hook=chroot "$1" dpkg --purge {purge_flags} {purge}')
-    command.append("--customize-hook=rm -rf " + " ".join(f'"$1"{path}' for path in REMOVE_AFTER_BOOTSTRAP))
+    command.append("--customize-hook=rm -rf " + " ".join(f'"$1"{path}' for path in root.removals))
     command.append("--customize-hook=truncate -s 0 " + " ".join(f'"$1"{path}' for path in EMPTY_FILES))
     if any(package.startswith("python3") for package in root.packages):
         # Only a rootfs with Python has Debian's bytecode to drop (the Redis store's has none, and find
@@ -253,20 +294,60 @@ def mmdebstrap_command(root: Rootfs, out: Path) -> list[str]:
     return command
 
 
-def ensure_uv_image(engine: Engine, progress: Progress) -> str:
-    """A one-file image holding the uv binary raybuild itself uses, for build stages to copy from."""
-    ref = uv_image()
+def uv_download_command(uv: str, platform: str, target: Path, index_url: str | None) -> list[str]:
+    """Install the uv release raybuild runs, as ``platform``'s wheel, into ``target`` (binary: bin/uv)."""
+    machine = platforms.get(platform).machine
+    command = [
+        uv,
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--target",
+        str(target),
+    ]
+    command += ["--python-platform", f"{machine}-manylinux_2_28", f"uv=={uv_version()}"]
+    return command + (["--index-url", index_url] if index_url else [])
+
+
+def ensure_uv_image(
+    engine: Engine, progress: Progress, platform: str = platforms.DEFAULT, index_url: str | None = None
+) -> str:
+    """A one-file image holding the uv binary raybuild itself uses, for build stages to copy from.
+
+    Another platform's gets the same uv release's wheel for that platform from the package index.
+    """
+    ref = uv_image(platform)
     if engine.image_exists(ref):
         return ref
     from raybuild.lock.resolve import uv_binary
 
-    progress(f"importing {ref} from {uv_binary()}")
     with tempfile.TemporaryDirectory(prefix="raybuild-uv-") as tmp:
         tarball = Path(tmp) / "uv.tar"
+        binary = Path(uv_binary())
+        if platform != platforms.DEFAULT:
+            progress(f"downloading uv {uv_version()} for {platform}")
+            engine.run(
+                uv_download_command(str(binary), platform, Path(tmp) / "wheel", index_url),
+                what=f"download of uv for {platform}",
+            )
+            binary = Path(tmp) / "wheel" / "bin" / "uv"
+        progress(f"importing {ref} from {binary}")
         with tarfile.open(tarball, "w") as tar:
-            tar.add(uv_binary(), arcname="uv")
-        engine.import_tarball(tarball, ref, changes=["LABEL io.raybuild.role=uv"])
+            tar.add(binary, arcname="uv")
+        _import(engine, tarball, ref, platform, {ROLE_LABEL: "uv"})
     return ref
+
+
+def _import(engine: Engine, tarball: Path, ref: str, platform: str, labels: dict[str, str]) -> None:
+    if platform == platforms.DEFAULT:
+        engine.import_tarball(tarball, ref, changes=[f"LABEL {k}={v}" for k, v in labels.items()])
+        return
+    archive = tarball.with_name(tarball.name + ".image.tar")
+    write_archive(tarball, archive, ref, platforms.get(platform), labels)
+    engine.load(archive, what=f"docker load {ref}")
 
 
 def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress, config: LoadedConfig) -> None:
@@ -278,6 +359,10 @@ def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress, config: Load
             f"cannot bootstrap {root.ref}: mmdebstrap is not installed",
             hint='run scripts/setup (apt-get install mmdebstrap), or set [base.cpu] source = "image"',
         )
+    if root.platform != platforms.DEFAULT:
+        problem = platforms.emulation_problem(root.platform)
+        if problem is not None:
+            raise RaybuildError(f"cannot bootstrap {root.ref}: {problem}", hint=platforms.EMULATION_HINT)
     source_date = epoch.rootfs_epoch(config, root.settings)
     progress(f"bootstrapping {root.ref} from Debian {root.settings.suite} with mmdebstrap")
     with tempfile.TemporaryDirectory(prefix="raybuild-rootfs-") as tmp:
@@ -288,8 +373,8 @@ def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress, config: Load
             what=f"mmdebstrap {root.settings.suite}",
             on_line=lambda line: progress(f"  {line}") if line.startswith("I: ") else None,
         )
-        labels = ["LABEL io.raybuild.role=rootfs", f"LABEL {epoch.EPOCH_LABEL}={source_date}"]
-        engine.import_tarball(tarball, root.ref, changes=labels)
+        labels = {ROLE_LABEL: "rootfs", epoch.EPOCH_LABEL: str(source_date)}
+        _import(engine, tarball, root.ref, root.platform, labels)
 
 
 def base_epoch(config: LoadedConfig, engine: Engine, spec: BaseSpec) -> int:
@@ -317,6 +402,7 @@ def _build_image(engine: Engine, config: LoadedConfig, spec: BaseSpec, ref: str,
             iidfile=context / "iid",
             build_args={"SOURCE_DATE_EPOCH": str(base_epoch(config, engine, spec))},
             what=f"build of {ref}",
+            platform=None if spec.platform == platforms.DEFAULT else spec.platform,
             on_line=lambda line: progress(f"  {line}") if line.startswith("#") else None,
         )
     engine.tag(image_id, ref)
@@ -327,18 +413,19 @@ def ensure_bases(
     engine: Engine,
     devices: tuple[str, ...] = ("cpu", "gpu"),
     progress: Progress = silent,
+    platform: str = platforms.DEFAULT,
 ) -> dict[str, str]:
-    """Make (only) the missing base images; returns {"builder": ref, "cpu": ref, ...}."""
+    """Make (only) the missing base images of ``platform``; returns {"builder": ref, "cpu": ref, ...}."""
     engine.ping()
     cpu_settings = config.config.base.cpu
-    refs = {"builder": builder_ref(config)}
-    ensure_uv_image(engine, progress)
-    ensure_rootfs(engine, rootfs(cpu_settings, "builder"), progress, config)
-    _build_image(engine, config, builder_spec(config), refs["builder"], progress)
+    refs = {"builder": builder_ref(config, platform)}
+    ensure_uv_image(engine, progress, platform, config.project.index_url)
+    ensure_rootfs(engine, rootfs(cpu_settings, "builder", platform), progress, config)
+    _build_image(engine, config, builder_spec(config, platform), refs["builder"], progress)
     wanted = ("cpu", *devices) if "gpu" in devices else devices
     for device in dict.fromkeys(wanted):
         if device == "cpu":
-            ensure_rootfs(engine, rootfs(cpu_settings, "runtime"), progress, config)
-        refs[device] = base_ref(config, device)
-        _build_image(engine, config, base_spec(config, device), refs[device], progress)
+            ensure_rootfs(engine, rootfs(cpu_settings, "runtime", platform), progress, config)
+        refs[device] = base_ref(config, device, platform)
+        _build_image(engine, config, base_spec(config, device, platform), refs[device], progress)
     return refs

@@ -10,10 +10,16 @@ The configured registry is the truth for a content-addressed tag. Before buildin
 registry for its tag: when the registry has it, the image is pulled and used, not rebuilt, so a fresh machine
 (a CI runner) ends up with the very digests that are deployed, and an app image built there sits on the
 published head image, sharing its base and Ray layers. ``rebuild`` builds locally regardless.
+
+An app built for several platforms gets one image per platform, each under its own tag (``-arm64`` for
+linux/arm64; the default platform's tag is what a single-platform build gives), and one more tag for the
+set, `state.multi_platform_ref`, which `publish` puts an image index under. Locally, where Docker 20.10
+holds one image per tag, that tag names this machine's own platform's image, as a pull of the index would.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from raybuild import platforms
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, EngineError, UsageError
@@ -54,6 +61,7 @@ from raybuild.state import (
     image_ref,
     latest_ref,
     load_build_record,
+    multi_platform_ref,
     project_id,
     save_build_record,
 )
@@ -74,10 +82,17 @@ def default_ca_bundle() -> Path | None:
     return None
 
 
-def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progress = silent) -> str:
+def stage_context(
+    config: LoadedConfig,
+    app: App,
+    context: Path,
+    progress: Progress = silent,
+    platform: str = platforms.DEFAULT,
+) -> str:
     """Write the app's build context into ``context``; return its content hash (the image tag's suffix)."""
-    lockfile = config.lockfile(app)
-    missing = next((path for path in (lockfile, config.ray_lockfile()) if not path.is_file()), None)
+    lockfile = config.lockfile(app, platform)
+    ray_lockfile = config.ray_lockfile(platform)
+    missing = next((path for path in (lockfile, ray_lockfile) if not path.is_file()), None)
     if missing is not None:
         raise BuildError(
             f"app {app.name!r}: no lockfile at {missing.relative_to(config.root)}",
@@ -86,10 +101,10 @@ def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progr
     # Out of date, edited by hand or cut short: one line naming the file and the `raybuild lock` to run.
     lock.check(config, (app,))
     templates = template_dir(config.root)
-    ray_text = config.ray_lockfile().read_text(encoding="utf-8")
+    ray_text = ray_lockfile.read_text(encoding="utf-8")
     plan = app_prune_plan(app)
     files = {
-        "Dockerfile": render_dockerfile(image_spec_for(config, app), templates),
+        "Dockerfile": render_dockerfile(image_spec_for(config, app, platform), templates),
         "ray.lock": ray_text,
         "app.lock": lock.extras_lock(lockfile.read_text(encoding="utf-8"), ray_text),
         "prune.py": read_text(prune_script(templates)),
@@ -118,7 +133,7 @@ def stage_context(config: LoadedConfig, app: App, context: Path, progress: Progr
         digest.update(f"code/{rel}\0".encode() + path.read_bytes() + b"\0")
     for folder in (code, *(p for p in code.rglob("*") if p.is_dir())):
         folder.chmod(0o755)
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()[:12] + platforms.get(platform).suffix
 
 
 _STEP = re.compile(r"^#\d+ \[([^\]]+)\] (.*)$")
@@ -175,7 +190,8 @@ class Builder:
     connect: Callable[[str], Registry] | None = None  # HOST[:PORT] -> its client; default HttpRegistry
     _offline: set[str] = field(default_factory=set, init=False, repr=False)  # registries that did not answer
     _heads: dict[str, BuiltImage] = field(default_factory=dict, init=False, repr=False)
-    _bases: set[str] = field(default_factory=set, init=False, repr=False)  # devices ensured ("": builder)
+    # (platform, device) pairs ensured; device "" is the builder
+    _bases: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
     _changes: dict[str | None, Change | None] = field(default_factory=dict, init=False, repr=False)
 
     def secrets(self) -> dict[str, Path]:
@@ -252,17 +268,24 @@ class Builder:
 
     # -- building -------------------------------------------------------------------------------------------
 
-    def _ensure_bases(self, *devices: str) -> None:
+    def _ensure_bases(self, *devices: str, platform: str = platforms.DEFAULT) -> None:
         """The base images a build needs, made on first need only: a machine that pulls every image needs no
         base and no mmdebstrap, and a CPU app built on a head image from the registry needs the builder only.
         """
-        if "" in self._bases and set(devices) <= self._bases:
+        wanted = {(platform, d) for d in ("", *devices)}
+        if wanted <= self._bases:
             return
-        bases.ensure_bases(self.config, self.engine, devices, self.progress)
-        self._bases |= {"", *devices, *(("cpu",) if "gpu" in devices else ())}
+        bases.ensure_bases(self.config, self.engine, devices, self.progress, platform)
+        self._bases |= wanted | ({(platform, "cpu")} if "gpu" in devices else set())
 
     def _build(
-        self, context: Path, target: str | None, what: str, args: dict[str, str], labels: dict[str, str]
+        self,
+        context: Path,
+        target: str | None,
+        what: str,
+        args: dict[str, str],
+        labels: dict[str, str],
+        platform: str = platforms.DEFAULT,
     ) -> str:
         """Build without tagging; the image ID. Callers tag only what passed its checks."""
         try:
@@ -276,6 +299,7 @@ class Builder:
                 labels=labels,
                 what=what,
                 on_line=_progress_filter(self.progress),
+                platform=None if platform == platforms.DEFAULT else platform,
             )
         except BuildError as exc:
             step = failing_step(exc.output_tail)
@@ -299,9 +323,9 @@ class Builder:
             self._changes[key] = last_change(self.engine, self.config.root, image_inputs(self.config, app))
         return self._changes[key]
 
-    def _head(self, app: App, context: Path) -> BuiltImage:
+    def _head(self, app: App, context: Path, platform: str = platforms.DEFAULT) -> BuiltImage:
         """The head image CPU apps build on: from this engine, the registry, or a build (once per run)."""
-        hr = head_ref(self.config, head_hash(self.config, app))
+        hr = head_ref(self.config, head_hash(self.config, app, platform))
         if hr in self._heads:
             return self._heads[hr]
         found = self._resolve(hr)
@@ -311,40 +335,55 @@ class Builder:
             image_id = self.engine.inspect(hr)["Id"]
             head = BuiltImage(HEAD_KEY, hr, image_id, "cpu", cached=True, pulled=found == "pulled")
         else:
-            self._ensure_bases("cpu")
+            self._ensure_bases("cpu", platform=platform)
             self.progress(f"building head image {hr}")
             change = self._last_change(None)
             args = {"RAY_SOURCE_DATE_EPOCH": str(epoch_of(self.config, change))}
-            labels = provenance_labels(self.engine, self.config, None, hr, change)
-            head_id = self._build(context, "head", "build of the head image", args, labels)
+            labels = provenance_labels(self.engine, self.config, None, hr, change, platform)
+            what = f"build of the head image{_for(platform)}"
+            head_id = self._build(context, "head", what, args, labels, platform)
             self.engine.tag(head_id, hr)
             head = BuiltImage(HEAD_KEY, hr, head_id, "cpu", cached=False)
         self._heads[hr] = head
         return head
 
-    def build_app(self, app: App) -> tuple[BuiltImage, BuiltImage | None]:
-        """Build (or pull) one app image; also the head image (base + Ray only) when it is a CPU app."""
+    def build_app(
+        self,
+        app: App,
+        platform: str = platforms.DEFAULT,
+        deployments: tuple[dict[str, Any], ...] | None = None,
+    ) -> tuple[BuiltImage, BuiltImage | None]:
+        """Build (or pull) one app image for ``platform``; also the head image (base + Ray only) when it is
+        a CPU app.
+
+        ``deployments``, found in another platform's image of the same code, spare this one the import check
+        (another platform's image runs under emulation, where importing Ray takes a minute: its smoke test,
+        `raybuild test --platform`, runs it).
+        """
         with tempfile.TemporaryDirectory(prefix=f"raybuild-{app.name}-") as tmp:
             context = Path(tmp)
-            ref = image_ref(self.config, app, stage_context(self.config, app, context, self.progress))
-            head = self._head(app, context) if app.device == "cpu" else None
+            content = stage_context(self.config, app, context, self.progress, platform)
+            ref = image_ref(self.config, app, content)
+            head = self._head(app, context, platform) if app.device == "cpu" else None
             found = self._resolve(ref)
+            main = platform == self.config.platforms(app)[0]  # the one `latest` and the record name
             if found is not None:
                 if found == "local":
                     self.progress(f"{app.name}: {ref} is up to date")
                 recorded = load_build_record(self.config).get(app.name)
-                deployments = (
-                    recorded.deployments
-                    if recorded is not None and recorded.ref == ref and recorded.deployments
-                    else self._deployments(app, ref)
-                )
+                if deployments is None:
+                    deployments = (
+                        recorded.deployments
+                        if recorded is not None and ref in recorded.refs and recorded.deployments
+                        else self._deployments(app, ref)
+                    )
                 image_id = self.engine.inspect(ref)["Id"]
-                if found == "pulled":
+                if found == "pulled" and main:
                     self.engine.tag(ref, latest_ref(self.config, app.name))
                 pulled = found == "pulled"
                 return BuiltImage(app.name, ref, image_id, app.device, True, deployments, pulled), head
             # A CPU app's last stage is the head image; a GPU app's is its own base plus Ray.
-            self._ensure_bases(*(("gpu",) if app.device == "gpu" else ()))
+            self._ensure_bases(*(("gpu",) if app.device == "gpu" else ()), platform=platform)
             self.progress(f"building {app.name} -> {ref}")
             change = self._last_change(app)
             args = {
@@ -353,24 +392,70 @@ class Builder:
             }
             if head is not None:
                 args["HEAD_IMAGE"] = self._pinned(head.ref)
-            labels = provenance_labels(self.engine, self.config, app, ref, change)
-            image_id = self._build(context, None, f"build of app {app.name!r}", args, labels)
+            labels = provenance_labels(self.engine, self.config, app, ref, change, platform)
+            what = f"build of app {app.name!r}{_for(platform)}"
+            image_id = self._build(context, None, what, args, labels, platform)
         # A broken app fails here, before its content-addressed tag exists: nothing half-made is tagged.
-        deployments = self._deployments(app, image_id)
+        if deployments is None:
+            deployments = self._deployments(app, image_id)
         self.engine.tag(image_id, ref)
-        self.engine.tag(ref, latest_ref(self.config, app.name))
+        if main:
+            self.engine.tag(ref, latest_ref(self.config, app.name))
         return BuiltImage(app.name, ref, image_id, app.device, False, deployments), head
+
+    def build_platforms(self, app: App) -> tuple[BuiltImage, dict[str, BuiltImage]]:
+        """One app's image for each of its platforms, and what the build record keeps for the app."""
+        names = self.config.platforms(app)
+        # The import check runs in the image this machine runs natively, when there is one.
+        order = sorted(names, key=lambda p: not platforms.native(p))
+        images: dict[str, BuiltImage] = {}
+        heads: dict[str, BuiltImage] = {}
+        deployments: tuple[dict[str, Any], ...] | None = None
+        for platform in order:
+            image, head = self.build_app(app, platform, deployments)
+            deployments = image.deployments
+            images[platform] = image
+            if head is not None:
+                heads[platform] = head
+        return self._as_one(app.name, images), heads
+
+    def _as_one(self, key: str, images: dict[str, BuiltImage]) -> BuiltImage:
+        """The record entry of an image built for ``images``' platforms: the image itself when it was built
+        for one platform, else the multi-platform tag on the image this machine runs."""
+        names = platforms.ordered(images)
+        if names == (platforms.DEFAULT,):
+            return images[platforms.DEFAULT]
+        refs = tuple((p, images[p].ref) for p in names)
+        if len(names) == 1:  # one other platform: its own tag is the image's tag, no index needed
+            return dataclasses.replace(images[names[0]], platform_refs=refs)
+        local = next((images[p] for p in names if platforms.native(p)), images[names[0]])
+        ref = multi_platform_ref(self.config, key, dict(refs))
+        if ref != local.ref:
+            self.engine.tag(local.ref, ref)
+        return dataclasses.replace(
+            local,
+            ref=ref,
+            cached=all(i.cached for i in images.values()),
+            pulled=all(i.pulled for i in images.values()),
+            platform_refs=refs,
+        )
 
     def build(self, apps: tuple[App, ...]) -> list[BuiltImage]:
         self.engine.ping()
         built: list[BuiltImage] = []
-        head: BuiltImage | None = None
+        heads: dict[str, BuiltImage] = {}
         for app in apps:
-            image, app_head = self.build_app(app)
+            image, app_heads = self.build_platforms(app)
             built.append(image)
-            head = head or app_head
-        if head is not None:
+            for platform, head in app_heads.items():
+                heads.setdefault(platform, head)
+        if heads:
+            head = self._as_one(HEAD_KEY, heads)
             self.engine.tag(head.ref, latest_ref(self.config, HEAD_KEY))
             built.insert(0, head)
         save_build_record(self.config, built)
         return built
+
+
+def _for(platform: str) -> str:
+    return "" if platform == platforms.DEFAULT else f" for {platform}"

@@ -23,6 +23,7 @@ from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.image.epoch import Change, git
 from raybuild.labels import IMAGE_LABEL_PREFIX
+from raybuild.platforms import DEFAULT as DEFAULT_PLATFORM
 
 OCI = "org.opencontainers.image."
 RAYBUILD = IMAGE_LABEL_PREFIX
@@ -45,12 +46,19 @@ def _sha256(path: Path) -> str | None:
 
 
 def provenance_labels(
-    engine: Engine, config: LoadedConfig, app: App | None, ref: str, change: Change | None
+    engine: Engine,
+    config: LoadedConfig,
+    app: App | None,
+    ref: str,
+    change: Change | None,
+    platform: str = DEFAULT_PLATFORM,
 ) -> dict[str, str]:
     """The labels of the image ``ref`` (the head image's when ``app`` is None); ``change`` is the last commit
-    that changed its inputs (``epoch.last_change``), which also gives the image its SOURCE_DATE_EPOCH."""
+    that changed its inputs (``epoch.last_change``), which also gives the image its SOURCE_DATE_EPOCH.
+    The lockfile hashes are those of ``platform``'s lockfiles, which that image was installed from."""
     labels = {OCI + "version": ref.rsplit(":", 1)[1], RAYBUILD + "version": __version__}
-    for name, path in (("ray", config.ray_lockfile()), ("app", config.lockfile(app) if app else None)):
+    ray_lock, app_lock = config.ray_lockfile(platform), config.lockfile(app, platform) if app else None
+    for name, path in (("ray", ray_lock), ("app", app_lock)):
         digest = _sha256(path) if path is not None else None
         if digest:
             labels[f"{RAYBUILD}lockfile.{name}-sha256"] = digest

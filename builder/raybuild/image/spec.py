@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from raybuild import platforms
 from raybuild.config import App, LoadedConfig
 from raybuild.errors import UsageError
 from raybuild.fsutil import atomic_write, read_text
@@ -70,8 +71,8 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def lock_hash(config: LoadedConfig, app: App) -> str:
-    return _file_hash(config.lockfile(app))
+def lock_hash(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> str:
+    return _file_hash(config.lockfile(app, platform))
 
 
 def code_files(config: LoadedConfig, app: App) -> CodeFiles:
@@ -99,18 +100,19 @@ def app_prune_plan(app: App) -> PrunePlan:
 HEAD_TEMPLATES = ("cpu/Dockerfile.j2", "common/app.Dockerfile.j2")
 
 
-def head_hash(config: LoadedConfig, app: App) -> str:
+def head_hash(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> str:
     """The head image's tag suffix, from its inputs rather than from the Dockerfile rendered for ``app``.
 
     The inputs: the base and builder images, Python and Ray, the Ray lock, the prune rules applied to Ray
     (rules an app keeps apply there too) and the prune script, and the text of the templates. Nothing of
-    the app's code or of its own packages, so CPU apps with the same prune rules share one head.
+    the app's code or of its own packages, so CPU apps with the same prune rules share one head. Another
+    platform's head has its own bases and Ray lock, and its platform's suffix (``-arm64``).
     """
     templates = template_dir(config.root)
     project = config.project
     inputs: dict[str, object] = {
-        "base_image": bases.base_ref(config, app.device),
-        "builder_image": bases.builder_ref(config),
+        "base_image": bases.base_ref(config, app.device, platform),
+        "builder_image": bases.builder_ref(config, platform),
         "python": project.python,
         "ray_version": project.ray_version,
         "index_url": project.index_url,
@@ -118,15 +120,17 @@ def head_hash(config: LoadedConfig, app: App) -> str:
         "app_site": APP_SITE,
         "code_dir": CODE_DIR,
     }
-    ray_lock = config.ray_lockfile()
+    ray_lock = config.ray_lockfile(platform)
     # Before `raybuild lock` there is none: `generate` still works, and `build` refuses to start. One that
     # is not what raybuild wrote (edited, cut short, not UTF-8) is refused here (trusted_pins).
-    inputs["ray.lock"] = read_text(ray_lock) if trusted_pins(config, None) is not None else ""
+    trusted = trusted_pins(config, None, platform) is not None
+    inputs["ray.lock"] = read_text(ray_lock) if trusted else ""
     inputs["prune-ray.json"] = app_prune_plan(app).to_json()
     inputs["prune.py"] = read_text(prune_script(templates))
     for name in HEAD_TEMPLATES:
         inputs[name] = read_text(templates.path(name))
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+    return digest + platforms.get(platform).suffix
 
 
 def nvidia_library_dirs(lock_text: str) -> tuple[str, ...]:
@@ -142,33 +146,37 @@ def nvidia_library_dirs(lock_text: str) -> tuple[str, ...]:
     return tuple(dirs)
 
 
-def image_spec_for(config: LoadedConfig, app: App) -> ImageSpec:
+def image_spec_for(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> ImageSpec:
     # A lockfile that is not what raybuild wrote (edited, cut short) fails here, before any Dockerfile.
-    lock_text = trusted_pins(config, app) or ""
+    lock_text = trusted_pins(config, app, platform) or ""
     gpu = app.device == "gpu"
     return ImageSpec(
         app=app.name,
         device=app.device,
         python=config.project.python,
         ray_version=config.project.ray_version,
-        base_image=bases.base_ref(config, app.device),
-        builder_image=bases.builder_ref(config),
-        lock_hash=lock_hash(config, app),
+        base_image=bases.base_ref(config, app.device, platform),
+        builder_image=bases.builder_ref(config, platform),
+        lock_hash=lock_hash(config, app, platform),
         env=tuple(sorted(app.env.items())),
         index_url=config.project.index_url,
         ld_library_path=nvidia_library_dirs(lock_text) if gpu else (),
         cuda=check_cuda(config, app) if gpu else None,
         # GPU apps build base and Ray in their own file on the GPU base: identical Ray layer bytes, and a
         # CUDA runtime base ([base.gpu] cuda_runtime_image) works as well.
-        head_image="" if gpu else head_ref(config, head_hash(config, app)),
-        ray_lock_hash=_file_hash(config.ray_lockfile()),
+        head_image="" if gpu else head_ref(config, head_hash(config, app, platform)),
+        ray_lock_hash=_file_hash(config.ray_lockfile(platform)),
         code_hash=code_hash(config, app),
     )
 
 
-def dockerfile_for(config: LoadedConfig, app: App) -> str:
-    """The app's Dockerfile, from the project's templates (or the bundled ones)."""
-    return render_dockerfile(image_spec_for(config, app), template_dir(config.root))
+def dockerfile_for(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> str:
+    """The app's Dockerfile for ``platform``, from the project's templates (or the bundled ones).
+
+    Every platform's Dockerfile is the same text but for the images it starts from: BuildKit runs it for
+    the platform of those images (``--platform``).
+    """
+    return render_dockerfile(image_spec_for(config, app, platform), template_dir(config.root))
 
 
 def _not_generated(path: Path) -> bool:
@@ -184,7 +192,14 @@ def _not_generated(path: Path) -> bool:
 def generate_all(config: LoadedConfig, apps: tuple[App, ...], out_dir: Path | None = None) -> dict[str, Path]:
     """Write each app's Dockerfile; nothing at all when one would replace a Dockerfile of the user's own."""
     out = out_dir or dockerfiles_dir(config)
-    planned = {app.name: (out / f"{app.name}.Dockerfile", dockerfile_for(config, app)) for app in apps}
+    planned = {
+        f"{app.name}{platforms.get(p).lock_suffix}": (
+            out / f"{app.name}{platforms.get(p).lock_suffix}.Dockerfile",
+            dockerfile_for(config, app, p),
+        )
+        for app in apps
+        for p in config.platforms(app)
+    }
     theirs = [str(path) for path, _ in planned.values() if _not_generated(path)]
     if theirs:
         raise UsageError(

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raybuild import platforms
 from raybuild.config import DEFAULT_RAY_VERSION, LoadedConfig
 from raybuild.errors import LockError
 from raybuild.lock.lockfile import normalize, parse_pins
@@ -38,6 +39,14 @@ _NO_WHEELS = re.compile(
     r"Because the requested Python version \([^)]*\) does not satisfy \S+ and ([^\s,]+) depends on Python",
 )
 _WHEEL_TAGS = re.compile(r"`cp(3)(\d+)`")
+# uv with --only-binary :all: (every platform but the default): a package without a wheel for the target.
+_NO_PLATFORM_WHEEL = (
+    re.compile(r"Wheels are required for `([^`]+)`"),
+    re.compile(
+        r"(?:versions? of |Because )([A-Za-z0-9._-]+)(?:==\S+)? (?:has|have) no (?:usable wheels|wheels "
+        r"with a matching platform tag)"
+    ),
+)
 # The short reason inside a network failure's output (pip buries it in a urllib3 exception's repr).
 _NETWORK_CAUSE = re.compile(
     r"Connection refused|Name or service not known|Temporary failure in name resolution|timed out|"
@@ -111,6 +120,20 @@ def python_failure(config: LoadedConfig, target: LockTarget, output: str) -> Loc
     )
 
 
+def platform_failure(target: LockTarget, output: str) -> LockError | None:
+    """A package with no wheel for a platform other than the default: refused at lock time, not at build."""
+    if target.platform == platforms.DEFAULT:
+        return None
+    match = next((m for m in (p.search(output) for p in _NO_PLATFORM_WHEEL) if m), None)
+    if match is None:
+        return None
+    return LockError(
+        f"{_what(target)}: {match.group(1)} has no wheel for {target.platform}",
+        hint=f"pick a version (or a replacement) that publishes {platforms.get(target.platform).machine} "
+        f"wheels, or leave {target.platform} out of the app's platforms",
+    )
+
+
 def version_failure(config: LoadedConfig, target: LockTarget, output: str) -> LockError | None:
     """A pinned version that the index does not have: Ray's is [project].ray_version."""
     for pattern in _NO_VERSION:
@@ -139,6 +162,7 @@ def explain_failure(config: LoadedConfig, target: LockTarget, output: str) -> Lo
         torch_index_failure(target, output)
         or index_failure(config, output)
         or python_failure(config, target, output)
+        or platform_failure(target, output)
         or version_failure(config, target, output)
         or requirements_failure(_what(target), output, target.requirements, target.constraint)
     )

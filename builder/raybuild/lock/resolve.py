@@ -4,6 +4,12 @@ First the shared Ray lock (``ray[serve]==X`` alone) is compiled. Then each app i
 a constraint, so a package an app shares with Ray gets the very version Ray's layer has: the app layer only
 adds packages, and one Ray layer serves every image. Locks target the image's Python and Linux platform,
 not the host's. A GPU app's lockfile also records the CUDA version its wheels need (see cuda.py).
+
+One lockfile per platform an app is built for (``hello.txt``, ``hello.linux-arm64.txt``), each against that
+platform's Ray lock: a universal resolution would pick one version for all platforms, which fails or falls
+back to an older release whenever a package publishes a wheel for one architecture later than for another.
+Every platform but the default is locked with wheels only: its image is built under emulation, where an
+sdist would build slowly if at all, and a missing wheel is better found at lock time than in a build.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from raybuild import platforms
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import which
 from raybuild.errors import LockError, StaleLockError
@@ -56,6 +63,10 @@ class LockTarget:
     regenerate: str
     torch_backend: str = "cpu"
     device: str = "cpu"  # a GPU app's header records its CUDA version
+    platform: str = platforms.DEFAULT
+
+    def python_platform(self, config: LoadedConfig) -> str:
+        return platforms.get(self.platform).python_platform(config.project.platform)
 
     def inputs_hash(self, config: LoadedConfig) -> str:
         project = config.project
@@ -64,7 +75,7 @@ class LockTarget:
             "raybuild-lock-v1",
             project.resolver,
             project.python,
-            project.platform,
+            self.python_platform(config),
             project.index_url or "",
             self.torch_backend,
             self.requirements,
@@ -82,34 +93,43 @@ class LockResult:
     changed: bool
     packages: int
     cuda: str | None = None  # GPU apps: "12.9", "12", or "none"
+    platform: str = platforms.DEFAULT
 
 
-def ray_target(config: LoadedConfig) -> LockTarget:
+def ray_target(config: LoadedConfig, platform: str = platforms.DEFAULT) -> LockTarget:
     return LockTarget(
         name=RAY_LOCK_NAME,
-        path=config.ray_lockfile(),
+        path=config.ray_lockfile(platform),
         requirements=f"ray[serve]=={config.project.ray_version}\n",
         constraint=None,
         regenerate="raybuild lock",
+        platform=platform,
     )
 
 
-def app_target(config: LoadedConfig, app: App) -> LockTarget:
+def app_target(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> LockTarget:
     user = read_text(config.requirements_file(app), hint=f"save {app.requirements} as UTF-8 text")
     # Ray is part of every app's lock: the resolver then sees the app's needs and Ray's pins together.
     requirements = user.rstrip("\n") + ("\n" if user.strip() else "")
     requirements += f"ray[serve]=={config.project.ray_version}\n"
     return LockTarget(
         name=app.name,
-        path=config.lockfile(app),
+        path=config.lockfile(app, platform),
         requirements=requirements,
-        constraint=config.ray_lockfile(),
+        constraint=config.ray_lockfile(platform),
         regenerate=f"raybuild lock {app.name}",
         torch_backend=(
             config.project.gpu_torch_backend if app.device == "gpu" else config.project.torch_backend
         ),
         device=app.device,
+        platform=platform,
     )
+
+
+def targets(config: LoadedConfig, apps: tuple[App, ...]) -> tuple[list[LockTarget], list[LockTarget]]:
+    """The shared Ray locks and the app locks for every platform ``apps`` are built for."""
+    rays = [ray_target(config, platform) for platform in config.all_platforms(apps)]
+    return rays, [app_target(config, app, platform) for app in apps for platform in config.platforms(app)]
 
 
 def cuda_line(target: LockTarget, body: str) -> str:
@@ -125,7 +145,7 @@ def header(target: LockTarget, config: LoadedConfig, cuda_text: str = "") -> str
     return (
         f"{lockfile.GENERATED}\n"
         f"# Regenerate it with: {target.regenerate}\n"
-        f"# Target: Python {project.python}, {project.platform}, Ray {project.ray_version}, "
+        f"# Target: Python {project.python}, {target.python_platform(config)}, Ray {project.ray_version}, "
         f"resolver {project.resolver}\n"
         f"{cuda_text}{HEADER_HASH}{target.inputs_hash(config)}\n"
     )
@@ -191,8 +211,10 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
             "--python-version",
             project.python,
             "--python-platform",
-            project.platform,
+            target.python_platform(config),
         ]
+        if target.platform != platforms.DEFAULT:
+            command += ["--only-binary", ":all:"]
         # "none" takes torch from the index like any package (PyPI's Linux torch is the CUDA build).
         if target.torch_backend != "none":
             command += ["--torch-backend", target.torch_backend]
@@ -204,6 +226,8 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
                 hint="install raybuild's pip-tools extra (pip install 'raybuild[pip-tools]'), "
                 "or use the default uv resolver",
             )
+        if target.platform != platforms.DEFAULT:
+            raise _pip_tools_cannot(target.platform)
         host = f"{sys.version_info.major}.{sys.version_info.minor}"
         if host != project.python:
             raise LockError(
@@ -227,8 +251,28 @@ def compile_command(config: LoadedConfig, target: LockTarget, source: Path, outp
     return command
 
 
+def _pip_tools_cannot(platform: str) -> LockError:
+    return LockError(
+        f"resolver pip-tools cannot lock for {platform}: it resolves for the machine it runs on only",
+        hint="use the default uv resolver, which locks for every platform from any machine, or leave "
+        f"{platform} out of [project].platforms and the apps' platforms",
+    )
+
+
 def compile_target(config: LoadedConfig, target: LockTarget, runner: Runner = _run) -> LockResult:
     """Compile one lockfile; the previous one stays in place until the new one is complete."""
+    return _write_all([_compile(config, target, runner)])[0]
+
+
+def _write_all(compiled: list[tuple[LockResult, str | None]]) -> list[LockResult]:
+    for result, text in compiled:
+        if text is not None:
+            atomic_write(result.path, text)
+    return [result for result, _ in compiled]
+
+
+def _compile(config: LoadedConfig, target: LockTarget, runner: Runner) -> tuple[LockResult, str | None]:
+    """A lockfile's result, and its new text when it changed (None: the file stays as it is)."""
     with tempfile.TemporaryDirectory(prefix="raybuild-lock-") as tmp:
         source = Path(tmp) / f"{target.name}.in"
         source.write_text(target.requirements, encoding="utf-8")
@@ -256,10 +300,9 @@ def compile_target(config: LoadedConfig, target: LockTarget, runner: Runner = _r
         # Never write over a file raybuild did not make: lock_dir may point where the user keeps files.
         raise lockfile.problem_error(old, _shown(config, target.path), target.regenerate)
     changed = old is None or old.header + old.body != text or old.problem is not None
-    if changed:
-        atomic_write(target.path, text)
     recorded = cuda.recorded(cuda_text) if cuda_text else None
-    return LockResult(target.name, target.path, changed, len(parse_pins(body)), recorded)
+    locked = LockResult(target.name, target.path, changed, len(parse_pins(body)), recorded, target.platform)
+    return locked, text if changed else None
 
 
 def _shown(config: LoadedConfig, path: Path) -> str:
@@ -291,17 +334,31 @@ def lock(
     runner: Runner = _run,
     progress: Progress = silent,
 ) -> list[LockResult]:
-    results = []
-    ray = ray_target(config)
-    # The shared lock is compiled again when its inputs changed, and when it is not intact (edited, cut
-    # short, not UTF-8): it is raybuild's own output, so `raybuild lock` is how any of that is repaired.
-    if _problem(config, ray) is not None:
-        progress("ray (shared Ray lock)")
-        results.append(compile_target(config, ray, runner))
+    rays, app_targets = targets(config, apps)
+    other = next((t.platform for t in rays if t.platform != platforms.DEFAULT), None)
+    if config.project.resolver == "pip-tools" and other is not None:
+        raise _pip_tools_cannot(other)  # before any lock is compiled, not after the first ones
+    compiled = []
+    for ray in rays:
+        # The shared lock is compiled again when its inputs changed, and when it is not intact (edited, cut
+        # short, not UTF-8): it is raybuild's own output, so `raybuild lock` is how any of that is repaired.
+        if _problem(config, ray) is not None:
+            progress(f"ray (shared Ray lock){_for(ray)}")
+            compiled.append(_compile(config, ray, runner))
+    # Every platform's lockfile of one app is written only once all of them resolved: a package with no
+    # wheel for one platform leaves every lockfile of the app as it was.
+    results = _write_all(compiled)
     for app in apps:
-        progress(app.name)
-        results.append(compile_target(config, app_target(config, app), runner))
+        compiled = []
+        for target in (t for t in app_targets if t.name == app.name):
+            progress(f"{target.name}{_for(target)}")
+            compiled.append(_compile(config, target, runner))
+        results += _write_all(compiled)
     return results
+
+
+def _for(target: LockTarget) -> str:
+    return "" if target.platform == platforms.DEFAULT else f" for {target.platform}"
 
 
 def _cuda_line_current(target: LockTarget, found: lockfile.Lockfile) -> bool:
@@ -333,15 +390,20 @@ def _problem(config: LoadedConfig, target: LockTarget) -> str | None:
 
 def problems(config: LoadedConfig, apps: tuple[App, ...]) -> list[tuple[str, str]]:
     """(path, reason) of each lockfile that is missing, out of date or not intact. Writes nothing."""
-    ray = ray_target(config)
-    ray_reason = _problem(config, ray)
-    out = [(_shown(config, ray.path), ray_reason)] if ray_reason is not None else []
-    # An app's inputs include the Ray lock's bytes, so a Ray lock edited by hand makes every app "out of
-    # date" too: that says nothing more, and the `raybuild lock` that repairs the Ray lock relocks them.
-    ray_broken = ray_reason not in (None, "missing", OUT_OF_DATE)
-    for target in [app_target(config, app) for app in apps]:
+    rays, app_targets = targets(config, apps)
+    out = []
+    ray_broken = set()
+    for ray in rays:
+        ray_reason = _problem(config, ray)
+        if ray_reason is not None:
+            out.append((_shown(config, ray.path), ray_reason))
+        # An app's inputs include the Ray lock's bytes, so a Ray lock edited by hand makes every app "out of
+        # date" too: that says nothing more, and the `raybuild lock` that repairs the Ray lock relocks them.
+        if ray_reason not in (None, "missing", OUT_OF_DATE):
+            ray_broken.add(ray.platform)
+    for target in app_targets:
         reason = _problem(config, target)
-        if reason is not None and not (ray_broken and reason == OUT_OF_DATE):
+        if reason is not None and not (target.platform in ray_broken and reason == OUT_OF_DATE):
             out.append((_shown(config, target.path), reason))
     return out
 
@@ -353,8 +415,13 @@ def stale(config: LoadedConfig, apps: tuple[App, ...]) -> list[str]:
 
 def regenerate_command(config: LoadedConfig, apps: tuple[App, ...], found: list[tuple[str, str]]) -> str:
     """The one `raybuild lock` that repairs every lockfile in ``found``."""
-    names = [app.name for app in apps if _shown(config, config.lockfile(app)) in {p for p, _ in found}]
-    ray_broken = _shown(config, config.ray_lockfile()) in {p for p, _ in found}
+    paths = {p for p, _ in found}
+    names = [
+        app.name
+        for app in apps
+        if any(_shown(config, config.lockfile(app, p)) in paths for p in config.platforms(app))
+    ]
+    ray_broken = any(_shown(config, config.ray_lockfile(p)) in paths for p in config.all_platforms(apps))
     if ray_broken or not names:
         return "raybuild lock"
     return "raybuild lock " + " ".join(names)
@@ -375,13 +442,13 @@ def cuda_need(config: LoadedConfig, app: App) -> cuda.CudaNeed | None:
     return cuda.cuda_need(parse_pins(body or ""), app.name)
 
 
-def trusted_pins(config: LoadedConfig, app: App | None) -> str | None:
+def trusted_pins(config: LoadedConfig, app: App | None, platform: str = platforms.DEFAULT) -> str | None:
     """The pinned body of an app's lockfile (the shared Ray lock's for None); None when there is none.
 
     A lockfile that was edited, cut short or is not UTF-8 is a ``LockError`` naming it and the command
     that rewrites it: nothing is generated or built from pins that raybuild did not write.
     """
-    path = config.ray_lockfile() if app is None else config.lockfile(app)
+    path = config.ray_lockfile(platform) if app is None else config.lockfile(app, platform)
     regenerate = "raybuild lock" if app is None else f"raybuild lock {app.name}"
     return lockfile.trusted_body(path, _shown(config, path), regenerate)
 

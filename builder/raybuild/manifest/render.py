@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 import jinja2
 import yaml
 
-from raybuild import kuberay
+from raybuild import kuberay, platforms
 from raybuild.config import HA_MAX_REPLICAS_PER_NODE, App, LoadedConfig
 from raybuild.errors import ConfigError
 from raybuild.kuberay import LABEL_KEY
@@ -107,7 +107,11 @@ def _render_template(dirs: Templates, name: str, context: dict[str, Any]) -> str
     return out
 
 
-def _worker_group(app: App, image: str) -> tuple[dict[str, Any], list[str]]:
+def _node_selector(arch: str | None) -> dict[str, str]:
+    return {platforms.ARCH_LABEL: arch} if arch else {}
+
+
+def _worker_group(app: App, image: str, arch: str | None = None) -> tuple[dict[str, Any], list[str]]:
     workers = app.served().workers
     warnings = []
     gpus = max(workers.gpu, 1) if app.device == "gpu" else 0
@@ -132,6 +136,7 @@ def _worker_group(app: App, image: str) -> tuple[dict[str, Any], list[str]]:
         "gpus": gpus,
         "labels": {LABEL_KEY: app.name},
         "ha": app.ha,
+        "node_selector": _node_selector(arch),
     }
     return group, warnings
 
@@ -258,6 +263,13 @@ def _ha_warnings(config: LoadedConfig, text: str, dirs: Templates) -> list[str]:
     return warnings
 
 
+def _head_arch(config: LoadedConfig) -> str | None:
+    """The head image's one architecture, when its CPU apps are all built for the same single platform."""
+    cpu_apps = tuple(app for app in config.apps if app.device == "cpu") or config.apps
+    built = config.all_platforms(cpu_apps)
+    return platforms.get(built[0]).architecture if len(built) == 1 else None
+
+
 def render_manifest(
     config: LoadedConfig,
     record: PublishRecord | None,
@@ -278,7 +290,7 @@ def render_manifest(
     warnings = list(images.warnings)
     groups = []
     for app in config.apps:
-        group, group_warnings = _worker_group(app, images[app.name].ref)
+        group, group_warnings = _worker_group(app, images[app.name].ref, config.node_arch(app))
         groups.append(group)
         warnings.extend(group_warnings)
     gcs = None
@@ -298,6 +310,7 @@ def render_manifest(
             "cpu": cluster.head.cpu,
             "memory": cluster.head.memory,
             "priority_class": cluster.priority_class,
+            "node_selector": _node_selector(_head_arch(config)),
         },
         "workers": groups,
         "worker_pod": _worker_pod(kind),

@@ -10,6 +10,10 @@ that could carry them. The record is written once, after every image is in the r
 publish leaves the previous record exactly as it was, and removes the local tags it made for the target
 registry.
 
+An image built for several platforms is pushed as one image per platform (each under its own tag), then an
+image index of those manifests under the multi-platform tag, through raybuild's registry client: a node
+pulls the index and gets its own architecture's image. The record names the index.
+
 Registry work is bounded: each image's push has a deadline ([limits].registry_deadline_s), every attempt
 included, and the retries are raybuild's alone ([limits].registry_attempts, one line each): `Engine.push`
 cuts Docker's own layer retries short. A stalled upload fails at the deadline with one line naming the
@@ -26,17 +30,20 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar
 
+from raybuild import platforms
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
 from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
 from raybuild.progress import Progress, silent
 from raybuild.registry import (
+    Descriptor,
     HttpRegistry,
     Manifest,
     Registry,
     RegistryUnreachable,
     RegistryUnverifiable,
     api_url,
+    put_index,
     repo_digest,
     split_reference,
 )
@@ -162,6 +169,17 @@ class Planned:
     local_ref: str
     image_id: str
     target: str
+    platform: str = platforms.DEFAULT
+    # An image built for several platforms: one image per platform, pushed before the index at ``target``.
+    parts: tuple[Planned, ...] = ()
+    # `raybuild sbom` inventories the local image, which is this machine's platform's: another platform's
+    # image of the set gets no SBOM rather than one that describes different binaries.
+    sbom: bool = True
+
+    @property
+    def images(self) -> tuple[Planned, ...]:
+        """The images `docker push` sends for this entry."""
+        return self.parts or (self,)
 
 
 @dataclass
@@ -208,7 +226,10 @@ class Publisher:
             if key in built:
                 ref, image_id = built[key].ref, built[key].image_id
                 target = f"{registry}/{repository_name(key)}:{split_reference(ref)[2]}"
-                items.append(Planned(key, ref, image_id, target))
+                refs = built[key].platform_refs
+                parts = tuple(self._part(key, registry, p, r) for p, r in refs) if len(refs) > 1 else ()
+                platform = refs[0][0] if len(refs) == 1 else platforms.DEFAULT
+                items.append(Planned(key, ref, image_id, target, platform, parts))
         if not items:
             raise PublishError(
                 "nothing to publish: the build record has no images", hint="run `raybuild build`"
@@ -226,9 +247,19 @@ class Publisher:
         previous = PublishRecord.load(path)  # a malformed record fails here, before anything is pushed
         made: list[str] = []
         try:
-            planned = [(item, *self._check(item)) for item in self.plan(names)]
+            plan = self.plan(names)
+            planned = [(image, *self._check(image)) for item in plan for image in item.images]
             self._refuse_moved_tags(planned)
-            results = [self._publish_one(item, size, remote, made) for item, size, remote in planned]
+            self._refuse_moved_indexes([item for item in plan if item.parts])
+            pushed = {
+                image.target: self._publish_one(image, size, remote, made) for image, size, remote in planned
+            }
+            results = [
+                self._publish_index(item, [pushed[p.target] for p in item.parts])
+                if item.parts
+                else pushed[item.target]
+                for item in plan
+            ]
             images = {**(previous.images if previous else {}), **{r.key: r.image for r in results}}
             record = PublishRecord(MappingProxyType(images))
             if previous is None or record.to_json() != previous.to_json():
@@ -290,10 +321,73 @@ class Publisher:
         image = PublishedImage(item.target, digest, size, compressed)
         return Published(item.key, "pushed", self._with_sbom(host, item, image, pushed))
 
+    def _part(self, key: str, registry: str, platform: str, ref: str) -> Planned:
+        """One platform's image of a multi-platform entry, under its own tag in the target registry."""
+        try:
+            image_id = str(self.engine.inspect(ref).get("Id") or "")
+        except EngineError:
+            image_id = ""
+        target = f"{registry}/{repository_name(key)}:{split_reference(ref)[2]}"
+        return Planned(key, ref, image_id, target, platform, sbom=platforms.native(platform))
+
+    def _index_at(self, item: Planned) -> Manifest | None:
+        host, repository, tag = split_reference(item.target)
+        return self._remote(host, repository, tag)
+
+    def _refuse_moved_indexes(self, items: list[Planned]) -> None:
+        """An index tag that holds something else than an index is another image: never moved silently."""
+        moved = [
+            f"{item.target} is image {remote.config_digest} in the registry, not an image index"
+            for item in items
+            if (remote := self._index_at(item)) is not None and remote.config_digest is not None
+        ]
+        if moved and not self.force:
+            raise PublishError(
+                "refusing to move a content-addressed tag: " + "; ".join(moved),
+                hint="`raybuild publish --force` overwrites the registry's image",
+            )
+
+    def _publish_index(self, item: Planned, images: list[Published]) -> Published:
+        """PUT the image index of ``images`` (each platform's, already pushed) under ``item.target``."""
+        host, repository, tag = split_reference(item.target)
+        manifests = []
+        for part, published in zip(item.parts, images, strict=True):
+            manifest = self._remote(host, repository, published.image.digest)
+            if manifest is None:
+                raise PublishError(
+                    f"{item.key}: the registry does not show {published.image.pinned}; no index was pushed",
+                    hint="rerun `raybuild publish`",
+                )
+            arch = platforms.get(part.platform).architecture
+            manifests.append(
+                Descriptor(
+                    manifest.media_type,
+                    manifest.digest,
+                    manifest.size,
+                    platform={"os": "linux", "architecture": arch},
+                )
+            )
+        before = self._index_at(item)
+        registry = self.connect(host)
+        index = self._retrying(host, lambda: put_index(registry, repository, tag, manifests))
+        status: Literal["pushed", "skipped"] = (
+            "skipped" if before and before.digest == index.digest else "pushed"
+        )
+        arches = ", ".join(platforms.get(p.platform).architecture for p in item.parts)
+        self.progress(f"{item.key}: image index {item.target} ({arches}) {status}")
+        # Sizes are the default platform's image (the first): what an amd64 node pulls.
+        first = images[0].image
+        image = PublishedImage(item.target, index.digest, first.size, first.compressed_size)
+        return Published(item.key, status, image)
+
     def _with_sbom(
         self, host: str, item: Planned, image: PublishedImage, manifest: Manifest | None
     ) -> PublishedImage:
         if self.attach_sbom is None:
+            return image
+        if not item.sbom:
+            self.progress(f"{item.key}: no SBOM attached to {item.target} ({item.platform}: `raybuild sbom` "
+                          "inventories this machine's platform's image)")  # fmt: skip
             return image
         if manifest is None:
             self.progress(

@@ -12,12 +12,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from raybuild import platforms
 from raybuild.config import App, LoadedConfig
 from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
 from raybuild.progress import Progress, silent
 from raybuild.registry import HttpRegistry, Registry
-from raybuild.state import HEAD_KEY, ImageReferences, failure_log_path, image_references, project_id
+from raybuild.state import (
+    HEAD_KEY,
+    ImageReferences,
+    failure_log_path,
+    image_references,
+    load_build_record,
+    project_id,
+)
 from raybuild.verify import coldstart
 from raybuild.verify.results import SEVERITIES, AppResult, Measurement, Size, Startup, Stat, stat
 from raybuild.verify.sizes import measure_ref, measure_size, shared_bytes
@@ -196,13 +204,29 @@ def measure(
         for app in apps:
             shared = shared_bytes(sizes[app.name].layers, _others(images, engine, app.name, sizes))
             sizes[app.name] = sizes[app.name].model_copy(update={"shared_bytes": shared})
+        other_sizes: dict[str, dict[str, Size]] = {}
+        for app in apps:
+            for platform, ref in _other_platforms(config, app.name):
+                progress(f"{app.name}: measuring the size of {ref} ({platform}; sizes only, no timings)")
+                other_sizes.setdefault(app.name, {})[platform] = measure_size(
+                    engine,
+                    ref,
+                    app.name,
+                    config.project.python,
+                    registry,
+                    project=project,
+                    namespace=config.project.registry,
+                    deadline=config.config.limits.registry_deadline_s,
+                )[0]
 
         gpu = options.startup and any(app.device == "gpu" for app in apps) and _gpu_available()
         results: dict[str, AppResult] = {}
         cold_heads: dict[str, list[float]] = {}
         for app in apps:
             samples = _Samples()
-            if options.startup:
+            if options.startup and not _runs_natively(config, app.name):
+                progress(f"{app.name}: built for no platform this machine runs natively: no timings")
+            elif options.startup:
                 samples = _start_runs(
                     engine,
                     node,
@@ -215,7 +239,11 @@ def measure(
                 )
             cold_heads[app.name] = samples.cold_head
             results[app.name] = AppResult(
-                image=refs[app.name], device=app.device, size=sizes[app.name], startup=samples.startup()
+                image=refs[app.name],
+                device=app.device,
+                size=sizes[app.name],
+                startup=samples.startup(),
+                platform_sizes=other_sizes.get(app.name),
             )
     finally:
         # Best effort, so that the error or interruption that ended the run is what gets reported.
@@ -233,6 +261,21 @@ def measure(
         apps=results,
     )
     return MeasureReport(measurement, cold_heads, methods)
+
+
+def _other_platforms(config: LoadedConfig, key: str) -> list[tuple[str, str]]:
+    """(platform, tag) of each image of ``key`` beside the one its build tag names here (the native one)."""
+    built = load_build_record(config).get(key)
+    if built is None or len(built.platform_refs) < 2:
+        return []
+    local = next((p for p, _ in built.platform_refs if platforms.native(p)), built.platform_refs[0][0])
+    return [(p, ref) for p, ref in built.platform_refs if p != local]
+
+
+def _runs_natively(config: LoadedConfig, key: str) -> bool:
+    """Whether ``key``'s local image is of this machine's platform: timings of any other are qemu's."""
+    built = load_build_record(config).get(key)
+    return built is None or any(platforms.native(p) for p in built.platforms)
 
 
 # -- output -------------------------------------------------------------------------------------------------
@@ -274,6 +317,11 @@ def summary_rows(measurement: Measurement) -> list[list[str]]:
                 ),
             ]
         )
+        # Another platform's image: its sizes, and never a time (it would be qemu's).
+        for platform, other in (result.platform_sizes or {}).items():
+            rows.append(
+                [f"{name} ({platform})", _mb(other.uncompressed), _mb(other.compressed), "-"] + ["-"] * 5
+            )
     return rows
 
 

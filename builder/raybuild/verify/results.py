@@ -137,6 +137,10 @@ class AppResult(_Model):
     startup: Startup
     # Optional, so that documents written before scans existed (or without --scan) still validate.
     vulnerabilities: Vulnerabilities | None = None
+    # An app built for several platforms: ``image``, ``size`` and ``startup`` are this machine's own
+    # platform's image; the other platforms' images have their sizes here (by platform, linux/arm64).
+    # Never timings: an image that runs under emulation starts as fast as qemu, not as a node would.
+    platform_sizes: dict[str, Size] | None = None
 
 
 class Measurement(_Model):
@@ -160,10 +164,15 @@ class Measurement(_Model):
     def to_json(self) -> str:
         # An app measured without --scan has no "vulnerabilities" key at all (not null): the document stays
         # exactly what readers of the first version of raybuild.measure/v1 expect.
-        unscanned = {
-            name: {"vulnerabilities"} for name, app in self.apps.items() if app.vulnerabilities is None
+        left_out = {
+            name: {"vulnerabilities"} if app.vulnerabilities is None else set()
+            for name, app in self.apps.items()
         }
-        exclude = {"apps": unscanned} if unscanned else None
+        for name, app in self.apps.items():
+            if app.platform_sizes is None:  # a single-platform app: no key, as before platforms existed
+                left_out[name].add("platform_sizes")
+        left_out = {name: keys for name, keys in left_out.items() if keys}
+        exclude = {"apps": left_out} if left_out else None
         return self.model_dump_json(by_alias=True, indent=2, exclude=exclude) + "\n"
 
     @classmethod

@@ -11,14 +11,17 @@ pod's nvidia.com/gpu limit to `ray start`; Ray must report them, and the app dep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from raybuild import kuberay
+from raybuild import kuberay, platforms
 from raybuild.config import App
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
@@ -26,6 +29,7 @@ from raybuild.kuberay import DASHBOARD_PORT, SERVE_PORT, NodeSpec, required_cpus
 from raybuild.labels import object_labels
 from raybuild.loopback import wait_until
 from raybuild.progress import Progress, silent
+from raybuild.templating import BUNDLED_TEMPLATES
 
 
 def serve_application(
@@ -52,6 +56,72 @@ def serve_application(
     return application
 
 
+# Under qemu a head starts several times slower, and Ray gives its GCS 20 one-second tries to answer
+# (ray_constants.NUM_REDIS_GET_RETRIES): on a loaded 2-core machine an emulated `ray start --head` failed
+# with "Failed to start GCS" at that limit. An emulated head gets 120, Ray's own budget for a slow GCS.
+EMULATED_HEAD_ENV = {"RAY_NUM_REDIS_GET_RETRIES": "120"}
+
+
+# Ray waits a fixed 30 s for the raylet to register with the GCS (ray._private.node, not configurable):
+# under qemu on a loaded 2-core machine a head sometimes misses it and exits ("The current node timed out
+# during startup"). An emulated head that exits during start-up is started again, at most this many times;
+# a native one that exits fails at once.
+EMULATED_HEAD_ATTEMPTS = 3
+
+
+class HeadExited(SmokeTestError):
+    """The head's container stopped before KubeRay's probes passed."""
+
+
+def _probed(engine: Engine, container: str, app: App) -> bool:
+    """KubeRay's probes pass; a head that exited fails at once rather than at the (long) timeout."""
+    if kuberay.probe(engine, container):
+        return True
+    state = engine.docker_cmd("inspect", "-f", "{{.State.Running}}", container, check=False).output.strip()
+    if state == "false":
+        raise HeadExited(
+            f"app {app.name!r}: the head exited before it passed KubeRay's probes; "
+            f"last logs: {engine.logs(container, 5)!r}",
+            hint="run `raybuild --debug test`",
+        )
+    return False
+
+
+def _ready_head(
+    stack: contextlib.ExitStack[bool | None],
+    engine: Engine,
+    spec: Callable[[], NodeSpec],
+    app: App,
+    timeout: float,
+    progress: Progress,
+) -> tuple[str, float]:
+    """Start a head (its removal registered on ``stack``) and wait for KubeRay's probes: (name, seconds)."""
+    first = spec()
+    attempts = 1 if first.platform is None else EMULATED_HEAD_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        node = first if attempt == 1 else spec()
+        with contextlib.ExitStack() as this_try:
+            container = this_try.enter_context(kuberay.running(engine, node)).name
+            started = time.monotonic()
+            progress(f"{app.name}: waiting for KubeRay's probes in {container}")
+            try:
+                ready = wait_until(partial(_probed, engine, container, app), timeout)
+            except HeadExited:
+                if attempt == attempts:
+                    raise
+                progress(f"{app.name}: the emulated head exited during start-up; starting it again")
+                continue
+            if not ready:
+                raise SmokeTestError(
+                    f"app {app.name!r}: head never passed KubeRay's probes within {timeout:.0f}s; "
+                    f"last logs: {engine.logs(container, 5)!r}",
+                    hint="run `raybuild --debug test`",
+                )
+            stack.enter_context(this_try.pop_all())  # the caller's stack now removes the head
+            return container, time.monotonic() - started
+    raise AssertionError("attempts is at least 1")
+
+
 @dataclass(frozen=True)
 class SmokeResult:
     app: str
@@ -62,12 +132,20 @@ class SmokeResult:
     status: int
     body: str
     gpus: float = 0.0  # GPUs Ray reported on the head (GPU mode only)
+    platform: str = platforms.DEFAULT
+    # Under emulation the times say how slow qemu is, not how fast a node starts: reported, never measured.
+    emulated: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return self.__dict__.copy()
+        data = self.__dict__.copy()
+        if self.platform == platforms.DEFAULT and not self.emulated:
+            del data["platform"], data["emulated"]  # a linux/amd64 test reports what it always did
+        return data
 
 
-def head_spec(image: str, num_cpus: int, project: str, gpus: int = 0) -> NodeSpec:
+def head_spec(
+    image: str, num_cpus: int, project: str, gpus: int = 0, platform: str = platforms.DEFAULT
+) -> NodeSpec:
     """A single-node cluster's head, as KubeRay starts it, with ``gpus`` GPUs; its dashboard published.
 
     ``project``: the id of the checkout that runs the test (state.project_id), for the container's labels.
@@ -79,6 +157,8 @@ def head_spec(image: str, num_cpus: int, project: str, gpus: int = 0) -> NodeSpe
         labels=object_labels(project, "smoke"),
         publish={DASHBOARD_PORT: 0},
         gpus=gpus,
+        platform=None if platforms.native(platform) else platform,
+        env={} if platforms.native(platform) else EMULATED_HEAD_ENV,
     )
 
 
@@ -92,8 +172,12 @@ def smoke_test(
     timeout: float = 180.0,
     progress: Progress = silent,
     log_path: Path | None = None,
+    platform: str = platforms.DEFAULT,
 ) -> SmokeResult:
     """Start ``image`` as KubeRay would, deploy the app, and wait for HTTP 200 on its route.
+
+    ``image`` is ``platform``'s: another platform than this machine's runs under emulation, and
+    ``timeout`` (meant for native speed) is stretched for it (platforms.timeout_for).
 
     A deploy that Serve reports as failed stops the wait at once: the error names the app's exception,
     and ``log_path`` (when given) keeps Serve's whole message and the replica's log.
@@ -101,18 +185,11 @@ def smoke_test(
     cpu_mode = app.device == "gpu" and not gpu
     num_gpus = required_gpus(app) if gpu else 0
     ray_gpus = 0.0
-    with kuberay.running(engine, head_spec(image, required_cpus(app), project, num_gpus)) as head:
-        container = head.name
+    timeout = platforms.timeout_for(platform, timeout)
+    with contextlib.ExitStack() as stack:
+        spec = partial(head_spec, image, required_cpus(app), project, num_gpus, platform)
+        container, t_head = _ready_head(stack, engine, spec, app, timeout, progress)
         dashboard = f"http://127.0.0.1:{engine.published_port(container, DASHBOARD_PORT)}"
-        started = time.monotonic()
-        progress(f"{app.name}: waiting for KubeRay's probes in {container}")
-        if not wait_until(lambda: kuberay.probe(engine, container), timeout):
-            raise SmokeTestError(
-                f"app {app.name!r}: head never passed KubeRay's probes within {timeout:.0f}s; "
-                f"last logs: {engine.logs(container, 5)!r}",
-                hint="run `raybuild --debug test`",
-            )
-        t_head = time.monotonic() - started
         if app.device == "gpu":
             check_cuda_libraries(engine, container, app)
         if gpu:
@@ -121,7 +198,12 @@ def smoke_test(
         progress(f"{app.name}: head ready in {t_head:.1f}s; deploying Serve config through the dashboard")
         body = {"applications": [serve_application(app, cpu_mode=cpu_mode)]}
         deploy_started = time.monotonic()
-        kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ")
+        # The dashboard starts Serve's controller before it answers: 60 s natively, more under emulation.
+        deploy_timeout = platforms.timeout_for(platform, 60)
+        if platforms.native(platform):
+            kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ", deploy_timeout)
+        else:
+            deploy_emulated(engine, container, body, app, deploy_timeout)
         route = app.route_prefix.rstrip("/") + "/"
         fetch = f"wget -q -S -O- http://localhost:{SERVE_PORT}{route} 2>&1"
         last: list[str] = [""]
@@ -142,7 +224,33 @@ def smoke_test(
             )
         t_serve = time.monotonic() - deploy_started
         payload = last[0].strip().splitlines()[-1] if last[0].strip() else ""
-        return SmokeResult(app.name, image, gpu, round(t_head, 2), round(t_serve, 2), 200, payload, ray_gpus)
+        return SmokeResult(
+            app.name,
+            image,
+            gpu,
+            round(t_head, 2),
+            round(t_serve, 2),
+            200,
+            payload,
+            ray_gpus,
+            platform,
+            not platforms.native(platform),
+        )
+
+
+EMULATED_DEPLOY = BUNDLED_TEMPLATES / "probe" / "emulated_deploy.py"
+_DEPLOYED = "@@raybuild-emulated-deploy "
+
+
+def deploy_emulated(engine: Engine, container: str, body: dict[str, Any], app: App, timeout: float) -> None:
+    """The dashboard's deploy, sent by a driver inside an emulated head (see probe/emulated_deploy.py:
+    under qemu-user, Ray's drivers cannot find the local raylet, the dashboard's included)."""
+    script = EMULATED_DEPLOY.read_text(encoding="utf-8")
+    result = engine.exec(container, ["python", "-c", script, json.dumps(body)], timeout=timeout)
+    said = next((ln[len(_DEPLOYED) :] for ln in result.output.splitlines() if ln.startswith(_DEPLOYED)), None)
+    if said != "ok":
+        reason = said or (result.output.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise SmokeTestError(f"app {app.name!r}: Serve deploy under emulation failed: {reason[:300]}")
 
 
 # Libraries that the node provides, not the image, so a missing one is not an error here:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raybuild import platforms
 from raybuild.config import BaseImage, LoadedConfig
 from raybuild.errors import EngineError, RaybuildError
 from raybuild.image import bases
@@ -210,3 +211,87 @@ def test_ensure_bases_stops_when_the_daemon_is_down(tmp_project: TmpProject) -> 
     with pytest.raises(EngineError, match="not reachable"):
         bases.ensure_bases(tmp_project.load(), engine)
     assert len(engine.commands) == 1
+
+
+# -- other platforms ----------------------------------------------------------------------------------------
+
+
+def test_the_default_platforms_names_do_not_move_and_arm64_gets_its_own() -> None:
+    amd64 = bases.rootfs(BaseImage(), "runtime")
+    arm64 = bases.rootfs(BaseImage(), "runtime", platforms.ARM64)
+    assert amd64 == bases.rootfs(BaseImage(), "runtime", platforms.DEFAULT)
+    assert not amd64.ref.endswith("-arm64") and arm64.ref.endswith("-arm64")
+    assert arm64.ref.rsplit("-", 2)[-2] != amd64.ref.rsplit("-", 1)[-1]  # its own content hash too
+    command = bases.mmdebstrap_command(arm64, Path("/tmp/rootfs.tar"))
+    assert command[:2] == ["mmdebstrap", "--arch=arm64"]
+    assert any("/usr/lib/aarch64-linux-gnu/gconv" in arg for arg in command)
+    assert not any("x86_64" in arg for arg in command)
+
+
+def test_a_registry_rootfs_is_refused_for_another_platform() -> None:
+    with pytest.raises(RaybuildError, match='source = "image" gives linux/amd64 bases only'):
+        bases.rootfs(BaseImage(source="image"), "runtime", platforms.ARM64)
+
+
+@pytest.mark.usefixtures("mmdebstrap", "tiny_uv")
+def test_arm64_bases_are_loaded_with_their_architecture_and_built_for_it(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_project.load()
+    engine = FakeEngine()
+    monkeypatch.setattr(platforms, "emulation_problem", lambda name: None)
+    archives: list[tuple[str, str]] = []
+
+    def fake_archive(rootfs: Path, out: Path, ref: str, platform: platforms.Platform, labels: object) -> str:
+        archives.append((ref, platform.architecture))
+        return "sha256:" + "0" * 64
+
+    monkeypatch.setattr(bases, "write_archive", fake_archive)
+    monkeypatch.setattr(bases, "_import", _recording_import(bases._import, archives))
+    fake_run = engine.run
+
+    def run(command: list[str], **kwargs: object) -> object:
+        if command[1:3] == ["pip", "install"]:  # the uv download leaves the arm64 binary at bin/uv
+            target = Path(command[command.index("--target") + 1])
+            (target / "bin").mkdir(parents=True)
+            (target / "bin" / "uv").write_bytes(b"\x7fELF")
+        return fake_run(command, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "run", run)
+    refs = bases.ensure_bases(config, engine, ("cpu",), platform=platforms.ARM64)
+    assert refs["cpu"] == bases.base_ref(config, "cpu", platforms.ARM64)
+    assert refs["cpu"].endswith("-arm64") and refs["builder"].endswith("-arm64")
+    # The uv image, the builder rootfs and the runtime rootfs: each loaded as an arm64 image.
+    cpu = config.config.base.cpu
+    assert archives == [
+        (bases.uv_image(platforms.ARM64), "arm64"),
+        (bases.rootfs(cpu, "builder", platforms.ARM64).ref, "arm64"),
+        (bases.rootfs(cpu, "runtime", platforms.ARM64).ref, "arm64"),
+    ]
+    assert not engine.calls("import")
+    assert len(engine.calls("load", "-q", "-i")) == 3
+    download = next(c for c in engine.commands if c[1:3] == ["pip", "install"])
+    assert "aarch64-manylinux_2_28" in download and f"uv=={bases.uv_version()}" in download
+    assert [c[c.index("--platform") + 1] for c in engine.builds()] == ["linux/arm64", "linux/arm64"]
+
+
+def _recording_import(real: object, archives: list[tuple[str, str]]) -> object:
+    def run(engine: FakeEngine, tarball: Path, ref: str, platform: str, labels: dict[str, str]) -> None:
+        tarball.write_bytes(b"")  # what mmdebstrap or the uv download would have left
+        assert callable(real)
+        real(engine, tarball, ref, platform, labels)
+        engine.images[ref] = ref  # `docker load` tagged it
+
+    return run
+
+
+@pytest.mark.usefixtures("mmdebstrap", "tiny_uv")
+def test_arm64_without_emulation_is_one_error_naming_the_fix(
+    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(platforms, "emulation_problem", lambda name: "binfmt_misc is not mounted")
+    monkeypatch.setattr(bases, "ensure_uv_image", lambda *args: "uv")
+    with pytest.raises(RaybuildError) as caught:
+        bases.ensure_bases(tmp_project.load(), FakeEngine(), ("cpu",), platform=platforms.ARM64)
+    assert "binfmt_misc is not mounted" in caught.value.message
+    assert caught.value.hint is not None and "scripts/setup" in caught.value.hint

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from raybuild import platforms
 from raybuild.cli import build as build_cli
 from raybuild.config import LoadedConfig
 from raybuild.errors import BuildError, StaleLockError, UsageError
@@ -27,6 +28,7 @@ from raybuild.state import (
     head_ref,
     image_ref,
     load_build_record,
+    multi_platform_ref,
     with_found_deployments,
 )
 from tests.conftest import TmpProject, other_app
@@ -573,7 +575,7 @@ def test_build_makes_bases_then_tags_the_head_and_records_every_image(
 ) -> None:
     ensured: list[tuple[str, ...]] = []
     monkeypatch.setattr(
-        bases, "ensure_bases", lambda config, engine, devices, progress: ensured.append(devices)
+        bases, "ensure_bases", lambda config, engine, devices, progress, platform: ensured.append(devices)
     )
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[head])
@@ -741,3 +743,70 @@ def test_build_cli_says_what_it_pulled_and_rebuild_builds_instead(
     rebuilt = run_main("--config", str(project.path), "build", "--rebuild")
     assert [line.split()[1] for line in rebuilt.stdout.splitlines()[1:]] == ["built", "built"]
     assert len(engine.builds()) == 2
+
+
+# -- several platforms -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def both(tmp_project: TmpProject) -> LoadedConfig:
+    tmp_project.write_config(
+        tmp_project.config_path.read_text().replace(
+            "[project]\n", '[project]\nplatforms = ["linux/amd64", "linux/arm64"]\n'
+        )
+    )
+    config = tmp_project.load()
+    for platform in ("linux/amd64", "linux/arm64"):
+        ray = locking.ray_target(config, platform)
+        ray.path.parent.mkdir(parents=True, exist_ok=True)
+        ray.path.write_text(locking.lockfile_text(ray, config, RAY_BODY))
+        target = locking.app_target(config, config.apps[0], platform)
+        target.path.write_text(locking.lockfile_text(target, config, app_body()))
+    return config
+
+
+def test_each_platform_is_built_for_itself_and_recorded_under_one_tag(
+    both: LoadedConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(platforms, "host", lambda: platforms.get("linux/amd64"))
+    ensured: list[str] = []
+    monkeypatch.setattr(
+        bases, "ensure_bases", lambda config, engine, devices, progress, platform: ensured.append(platform)
+    )
+    engine = FakeEngine()
+    built = Builder(both, engine).build(both.apps)
+    head, demo = built
+    (app,) = both.apps
+    (tmp_path / "context").mkdir()
+    amd64 = image_ref(both, app, build.stage_context(both, app, tmp_path / "context"))
+    assert dict(demo.platform_refs)["linux/amd64"] == amd64  # the tag a single-platform project gets
+    arm64 = dict(demo.platform_refs)["linux/arm64"]
+    assert arm64.endswith("-arm64") and dict(head.platform_refs)["linux/arm64"].endswith("-arm64")
+    assert demo.ref not in (amd64, arm64) and demo.ref == multi_platform_ref(
+        both, "demo", dict(demo.platform_refs)
+    )
+    # Locally, the one tag is this machine's platform's image.
+    assert engine.images[demo.ref] == engine.images[amd64]
+    platforms_built = [
+        b[b.index("--platform") + 1] if "--platform" in b else "native" for b in engine.builds()
+    ]
+    assert platforms_built == ["native", "native", "linux/arm64", "linux/arm64"]  # head, app, each platform
+    assert ensured == ["linux/amd64", "linux/arm64"]
+    # The app was imported once, in the image this machine runs natively.
+    assert len(engine.calls("run", "--rm")) == 1
+    record = load_build_record(both)
+    assert record["demo"].platforms == ("linux/amd64", "linux/arm64")
+    assert record[HEAD_KEY].platform_ref("linux/arm64") == dict(head.platform_refs)["linux/arm64"]
+
+
+def test_an_app_built_for_one_other_platform_is_tagged_for_it_alone(
+    both: LoadedConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bases, "ensure_bases", lambda config, engine, devices, progress, platform: None)
+    only_arm64 = both.apps[0].model_copy(update={"platforms": ["linux/arm64"]})
+    config = LoadedConfig(both.config.model_copy(update={"apps": [only_arm64]}), both.root, both.path)
+    engine = FakeEngine()
+    _, demo = Builder(config, engine).build(config.apps)
+    assert demo.ref.endswith("-arm64")  # no index: one platform's image is the app's image
+    assert demo.platform_refs == (("linux/arm64", demo.ref),)
+    assert all("--platform" in b for b in engine.builds())

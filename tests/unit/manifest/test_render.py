@@ -566,3 +566,40 @@ def test_an_ha_app_with_an_old_project_template_is_warned_about(tmp_path: Path) 
     assert not [
         w for w in render_manifest(ha_fixture(tmp_path / "fresh"), fixture_record()).warnings if "ha" in w
     ]
+
+
+# --- Architectures ------------------------------------------------------------------------------------
+
+
+def _arch_selectors(text: str) -> dict[str, str | None]:
+    cluster = cluster_of(ray_doc(text))
+    groups = {HEAD_KEY: cluster["headGroupSpec"], **{g["groupName"]: g for g in cluster["workerGroupSpecs"]}}
+    return {
+        name: (group["template"]["spec"].get("nodeSelector") or {}).get("kubernetes.io/arch")
+        for name, group in groups.items()
+    }
+
+
+def test_single_platform_groups_are_pinned_to_their_architecture(fixture: LoadedConfig) -> None:
+    # Built for linux/amd64 only (the default): never scheduled onto an arm64 node of a mixed cluster.
+    assert _arch_selectors(render_manifest(fixture, fixture_record()).text) == {
+        HEAD_KEY: "amd64",
+        "web": "amd64",
+        "vision": "amd64",
+    }
+
+
+def test_multi_platform_groups_run_anywhere_unless_node_arch_pins_them(tmp_path: Path, crds: Any) -> None:
+    toml = FIXTURE_TOML.replace(
+        'registry = "registry.example:5000/fixture"',
+        'registry = "registry.example:5000/fixture"\nplatforms = ["linux/amd64", "linux/arm64"]',
+    )
+    config = write_fixture(tmp_path / "both", toml=toml)
+    text = render_manifest(config, fixture_record()).text
+    # The GPU app stays amd64 (CUDA wheels), the CPU app and the head image have both architectures.
+    assert _arch_selectors(text) == {HEAD_KEY: None, "web": None, "vision": "amd64"}
+    assert validate_manifest(text, crds) == []
+    pinned = toml.replace('route_prefix = "/web"', 'route_prefix = "/web"\nnode_arch = "arm64"')
+    text = render_manifest(write_fixture(tmp_path / "pinned", toml=pinned), fixture_record()).text
+    assert _arch_selectors(text)["web"] == "arm64"
+    assert validate_manifest(text, crds) == []

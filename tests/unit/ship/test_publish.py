@@ -5,6 +5,7 @@ Nothing here opens a socket; the real registry client is tested in tests/unit/te
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from raybuild import platforms
 from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig
 from raybuild.engine import Result
@@ -756,3 +758,72 @@ def test_a_registry_that_keeps_failing_uploads_is_reported_after_raybuilds_attem
         "4 attempts); nothing was recorded"
     )
     assert run.sleeps == [1.0, 2.0, 4.0]
+
+
+# -- several platforms ---------------------------------------------------------------------------------------
+
+AMD64_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
+ARM64_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-444444444444-arm64"
+BOTH_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-555555555555"
+ARM64_ID = "sha256:" + "e" * 64
+
+
+@pytest.fixture
+def multi(project: LoadedConfig, engine: FakeEngine) -> LoadedConfig:
+    refs = (("linux/amd64", AMD64_REF), ("linux/arm64", ARM64_REF))
+    save_build_record(project, [BuiltImage("demo", BOTH_REF, DEMO_ID, "cpu", False, (), False, refs)])
+    engine.images[ARM64_REF] = {"Id": ARM64_ID, "Size": 460_000_000}
+    engine.images[BOTH_REF] = engine.images[AMD64_REF]  # locally, the multi-platform tag is this host's image
+    return project
+
+
+def test_a_multi_platform_image_is_each_platforms_image_then_one_index(
+    multi: LoadedConfig, publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    results = publisher.publish(("demo",))
+    assert engine.pushed == [HEAD_REF, AMD64_REF, ARM64_REF]  # never the local multi-platform tag itself
+    (demo,) = [r for r in results if r.key == "demo"]
+    index = json.loads(registry.bodies[("demo/demo", BOTH_REF.rsplit(":", 1)[1])])
+    assert [(m["digest"], m["platform"]) for m in index["manifests"]] == [
+        (stored(registry, AMD64_REF).digest, {"architecture": "amd64", "os": "linux"}),
+        (stored(registry, ARM64_REF).digest, {"architecture": "arm64", "os": "linux"}),
+    ]
+    record = PublishRecord.load(publish_record_path(multi))
+    assert record is not None
+    # The record, and so render, names the index: the tag every platform shares, pinned by its digest.
+    assert record.images["demo"].reference == BOTH_REF
+    assert record.images["demo"].digest == demo.image.digest
+    assert (
+        demo.image.digest
+        == "sha256:" + hashlib.sha256(registry.bodies[("demo/demo", BOTH_REF.rsplit(":", 1)[1])]).hexdigest()
+    )
+    # Sizes are the default platform's image.
+    assert demo.image.size == 450_000_000
+
+
+def test_a_multi_platform_tag_holding_an_image_is_not_moved(
+    multi: LoadedConfig, publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    store(registry, BOTH_REF, OTHER_ID)
+    with pytest.raises(PublishError, match="not an image index"):
+        publisher.publish(("demo",))
+    assert engine.pushed == []
+
+
+def test_only_this_machines_platform_gets_the_sbom_that_describes_it(
+    multi: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(platforms, "host", lambda: platforms.get("linux/amd64"))
+    attached: list[str] = []
+
+    def attach(registry_: object, key: str, image: PublishedImage, manifest: Manifest) -> str:
+        attached.append(image.reference)
+        return "sha256:" + "f" * 64
+
+    publisher = Publisher(
+        multi, engine, connect=registry.connect, progress=run.progress.append, secrets=(), attach_sbom=attach
+    )
+    publisher.publish(("demo",))
+    # `raybuild sbom` inventories the local image, which is amd64's here.
+    assert [ref for ref in attached if "/demo:" in ref] == [AMD64_REF]
+    assert any("no SBOM attached to " + ARM64_REF in line for line in run.progress)

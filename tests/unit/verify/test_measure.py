@@ -623,3 +623,26 @@ def test_cli_refuses_zero_runs(tmp_project: TmpProject, run_main: Callable[..., 
     result = run_main("--config", str(tmp_project.config_path), "measure", "--runs", "0")
     assert result.exit_code == 2
     assert "--runs" in result.stderr
+
+
+def test_other_platforms_have_size_rows_and_never_times() -> None:
+    document = example_document()
+    hello = document.apps["hello"]
+    arm64 = hello.size.model_copy(update={"uncompressed": 368_400_000, "compressed": 123_900_000})
+    with_arm64 = document.model_copy(
+        update={"apps": {"hello": hello.model_copy(update={"platform_sizes": {"linux/arm64": arm64}})}}
+    )
+    assert summary_rows(with_arm64)[1] == [
+        "hello (linux/arm64)",
+        "368.4",
+        "123.9",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+    ]
+    # The document carries them (and round-trips); a single-platform app has no platform_sizes key at all.
+    assert Measurement.from_json(with_arm64.to_json()).apps["hello"].platform_sizes == {"linux/arm64": arm64}
+    assert "platform_sizes" not in document.to_json()

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from raybuild import kuberay
+from raybuild import kuberay, platforms
 from raybuild.config import App
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
-from raybuild.state import project_id
+from raybuild.state import BuiltImage, project_id, save_build_record
 from raybuild.verify import smoke
 from tests.unit.fakes import FakeEngine, make_app
 from tests.unit.serve_failures import REPLICA_LOG, failed_status
@@ -264,3 +264,96 @@ def test_the_test_command_smoke_tests_the_given_image(
     assert result.exit_code == 0, result.stderr
     assert calls == [("demo", "img:1", False, 180.0, project_id(tmp_project.load()))]
     assert json.loads(result.stdout)["body"] == "hi"
+
+
+def test_another_platforms_head_runs_under_emulation_with_its_platform() -> None:
+    emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
+    spec = smoke.head_spec("img:1", 2, PROJECT, platform=emulated)
+    assert spec.run_args()[:6] == ["run", "-d", "--name", spec.name, "--platform", emulated]
+    native = smoke.head_spec("img:1", 2, PROJECT)
+    assert "--platform" not in native.run_args()
+
+
+def test_the_test_command_tests_every_platform_the_app_was_built_for(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raybuild.cli import test as test_command
+
+    config = tmp_project.load()
+    refs = (("linux/amd64", "r/demo:a"), ("linux/arm64", "r/demo:b-arm64"))
+    save_build_record(config, [BuiltImage("demo", "r/demo:ab", "sha256:2", "cpu", False, (), False, refs)])
+    calls: list[tuple[str, str]] = []
+
+    def fake_smoke_test(app: App, image: str, engine: Engine, **options: Any) -> smoke.SmokeResult:
+        calls.append((image, options["platform"]))
+        emulated = not platforms.native(options["platform"])
+        return smoke.SmokeResult(
+            app.name, image, False, 1.5, 0.5, 200, "hi", 0.0, options["platform"], emulated
+        )
+
+    monkeypatch.setattr(test_command, "smoke_test", fake_smoke_test)
+    monkeypatch.setattr(platforms, "emulation_problem", lambda name: None)
+    monkeypatch.setattr(FakeEngine, "ping", lambda self: None, raising=False)
+    monkeypatch.setattr(test_command, "engine_for", lambda state: FakeEngine())
+    result = run_main("--config", str(tmp_project.config_path), "test", "demo")
+    assert result.exit_code == 0, result.stderr
+    assert calls == [("r/demo:a", "linux/amd64"), ("r/demo:b-arm64", "linux/arm64")]
+    assert "[linux/arm64, emulated]" in result.stdout.splitlines()[1]
+    calls.clear()
+    result = run_main(
+        "--config", str(tmp_project.config_path), "test", "demo", "--platform", "linux/arm64", "--json"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert calls == [("r/demo:b-arm64", "linux/arm64")]
+    assert json.loads(result.stdout)["emulated"] is True
+
+
+def test_testing_a_platform_the_app_was_not_built_for_is_one_error(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raybuild.cli import test as test_command
+
+    config = tmp_project.load()
+    save_build_record(config, [BuiltImage("demo", "r/demo:a", "sha256:2", "cpu", False)])
+    monkeypatch.setattr(test_command, "engine_for", lambda state: FakeEngine())
+    result = run_main("--config", str(tmp_project.config_path), "test", "demo", "--platform", "linux/arm64")
+    assert result.exit_code != 0
+    assert "app 'demo' was not built for linux/arm64 (built for linux/amd64)" in result.stderr
+
+
+def test_a_head_that_exits_fails_at_once_not_at_the_timeout(tmp_project: TmpProject) -> None:
+    engine = FakeEngine()
+    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("exec", "*", "timeout", returncode=1)
+    engine.script("inspect", "-f", "{{.State.Running}}", output="false\n")
+    engine.script("logs", output="RuntimeError: Failed to start GCS.")
+    with pytest.raises(SmokeTestError) as raised:
+        # A timeout the test would never reach: the exit is noticed at the first poll.
+        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=3600)
+    assert "the head exited before it passed KubeRay's probes" in str(raised.value)
+    assert "Failed to start GCS" in str(raised.value)
+    assert engine.containers == {}
+
+
+def test_an_emulated_head_gives_its_gcs_longer_to_start() -> None:
+    emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
+    assert dict(smoke.head_spec("img:1", 2, PROJECT, platform=emulated).env) == smoke.EMULATED_HEAD_ENV
+    assert dict(smoke.head_spec("img:1", 2, PROJECT).env) == {}
+
+
+def test_an_emulated_head_that_exits_during_start_up_is_started_again(tmp_project: TmpProject) -> None:
+    emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
+    engine = FakeEngine()
+    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("exec", "*", "timeout", returncode=1)
+    engine.script("inspect", "-f", "{{.State.Running}}", output="false\n")
+    engine.script("logs", output="Exception: The current node timed out during startup.")
+    with pytest.raises(smoke.HeadExited):
+        smoke.smoke_test(
+            tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=3600, platform=emulated
+        )
+    # Ray's fixed 30 s raylet window: an emulated head gets its attempts, each in a new container.
+    runs = engine.calls("run")
+    assert len(runs) == smoke.EMULATED_HEAD_ATTEMPTS
+    assert len({run[run.index("--name") + 1] for run in runs}) == smoke.EMULATED_HEAD_ATTEMPTS
+    assert engine.containers == {}
