@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from raybuild.config import LoadedConfig
+from raybuild.config import LoadedConfig, load_config
 from raybuild.errors import StateError
 from raybuild.state import (
     DEFAULT_MEASURE_PATH,
@@ -28,6 +28,7 @@ from raybuild.state import (
     load_build_record,
     load_publish_record,
     publish_record_path,
+    published_tag,
     repository_name,
     save_build_record,
     state_dir,
@@ -293,3 +294,15 @@ def test_an_app_without_deployments_that_was_never_built_cannot_be_rendered(tmp_
     with pytest.raises(ConfigError, match="lists no deployments, and no build has found them") as raised:
         serve_application(app)
     assert "raybuild build demo" in (raised.value.hint or "")
+
+
+def test_gzip_publishes_under_the_build_tag_and_zstd_under_a_tag_of_its_own(project: LoadedConfig) -> None:
+    tag = "ray2.60.0-py3.11-cpu-0123456789ab"
+    assert published_tag(project, tag) == tag  # today's tags and goldens stay where they are
+    project.path.write_text(project.path.read_text() + '\n[publish]\ncompression = "zstd"\n')
+    zstd = published_tag(load_config(project.path), tag)
+    assert zstd.startswith("ray2.60.0-py3.11-cpu-") and zstd != tag
+    assert len(zstd) == len(tag)
+    assert published_tag(load_config(project.path), tag) == zstd  # deterministic
+    project.path.write_text(project.path.read_text() + "compression_level = 3\n")
+    assert published_tag(load_config(project.path), tag) not in (tag, zstd)

@@ -17,6 +17,7 @@ from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
 from raybuild.progress import Progress, silent
 from raybuild.registry import HttpRegistry, Registry
+from raybuild.ship.push import Compression
 from raybuild.state import HEAD_KEY, ImageReferences, failure_log_path, image_references, project_id
 from raybuild.verify import coldstart
 from raybuild.verify.results import SEVERITIES, AppResult, Measurement, Size, Startup, Stat, stat
@@ -191,6 +192,7 @@ def measure(
                 project=project,
                 namespace=config.project.registry,
                 deadline=config.config.limits.registry_deadline_s,
+                compression=Compression.of(config),
             )
             progress(f"{app.name}: compressed size from the {methods[app.name]}")
         for app in apps:
