@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -96,3 +97,21 @@ def test_no_measure_container_is_left(engine: Engine, bundled: LoadedConfig, rep
     if node.running():
         assert node.node.container_ids(labels) == []
     assert engine.network_ids(labels) == []
+
+
+def test_the_cold_node_is_a_fresh_containerd_that_leaves_nothing_behind(report: MeasureReport) -> None:
+    startup = report.measurement.apps["hello"].startup
+    assert startup.runtime is not None and startup.runtime.startswith("containerd ")
+    assert report.measurement.apps["hello"].size.compression == "gzip"
+    folders = list(Path(tempfile.gettempdir()).glob("raybuild-containerd-*"))
+    assert folders == [], "the cold containerd's folder must be removed"
+    running = [p.read_bytes() for p in Path("/proc").glob("[0-9]*/cmdline") if _readable(p)]
+    assert not [cmd for cmd in running if b"raybuild-containerd-" in cmd]
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_bytes()
+    except OSError:
+        return False
+    return True
