@@ -46,6 +46,7 @@ from raybuild.registry import (
 )
 from raybuild.ship.push import (
     Compression,
+    PushStage,
     check_layers,
     diff_ids,
     is_image,
@@ -65,7 +66,6 @@ from raybuild.state import (
 T = TypeVar("T")
 
 _REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
-_PUSH_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")  # PushStage: the manifest is up
 # Both are retried; what is still failing after the last attempt is reported as "down" or "failing".
 _DOWN = re.compile(
     r"connection refused|no such host|server misbehaving|no route to host|network is unreachable"
@@ -123,38 +123,6 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return text
 
 
-_LAYER = re.compile(
-    r"^([0-9a-f]{12,64}): (Preparing|Waiting|Pushing|Pushed|Layer already exists|Mounted from)"
-)
-_DONE = ("Pushed", "Layer already exists", "Mounted from")
-
-
-@dataclass
-class PushStage:
-    """How far a `docker push` got, from its output: for the one line that reports a stalled push."""
-
-    layers: dict[str, str] = field(default_factory=dict)  # layer ID -> its last status
-    manifest: bool = False
-
-    def feed(self, line: str) -> None:
-        match = _LAYER.match(line.strip())
-        if match:
-            self.layers[match.group(1)] = match.group(2)
-        elif _PUSH_DIGEST.search(line):
-            self.manifest = True
-
-    def __str__(self) -> str:
-        if self.manifest:
-            return "after the manifest was uploaded"
-        if not self.layers:
-            return "before any layer upload started (checking the registry)"
-        waiting = [layer for layer, status in self.layers.items() if status not in _DONE]
-        done = len(self.layers) - len(waiting)
-        if not waiting:
-            return f"uploading the manifest ({done} of {done} layers done)"
-        return f"uploading layer {waiting[0]} ({done} of {len(self.layers)} layers done)"
-
-
 @dataclass(frozen=True)
 class Backoff:
     attempts: int = 4
@@ -198,6 +166,7 @@ class Publisher:
     secrets: tuple[str, ...] = field(default_factory=lambda: secret_values(os.environ))
     attach_sbom: AttachSbom | None = None
     force: bool = False  # overwrite a tag the registry holds as another image
+    compression: Compression = field(init=False)  # [publish].compression
 
     def __post_init__(self) -> None:
         limits = self.config.config.limits

@@ -1,7 +1,7 @@
 """Pushing one local image to one registry reference, in the layer compression the project publishes.
 
 This is the single seam for "put this image there": publish and measure call it per image; retries,
-deadlines and the record stay with the caller.
+deadlines and the record stay with the caller, which can follow a push's output with `PushStage`.
 
 - gzip (the default): `docker push`, after tagging the image as the target. Every Docker and containerd
   can pull gzip layers, and `docker push` keeps the image's config, so the registry's config digest is the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from raybuild.config import LoadedConfig
@@ -64,6 +64,46 @@ class Compression:
 
 
 GZIP = Compression()
+
+
+_LAYER = re.compile(
+    r"^([0-9a-f]{12,64}): (Preparing|Waiting|Pushing|Pushed|Layer already exists|Mounted from)"
+)
+# skopeo (zstd) names each blob once, as it starts copying it, and the manifest last.
+_SKOPEO_BLOB = re.compile(r"^Copying blob (?:sha256:)?([0-9a-f]{12})")
+_DONE = ("Pushed", "Layer already exists", "Mounted from")
+
+
+@dataclass
+class PushStage:
+    """How far a `docker push` got, from its output: for the one line that reports a stalled push."""
+
+    layers: dict[str, str] = field(default_factory=dict)  # layer ID -> its last status
+    manifest: bool = False
+
+    def feed(self, line: str) -> None:
+        match = _LAYER.match(line.strip())
+        blob = _SKOPEO_BLOB.match(line.strip())
+        if match:
+            self.layers[match.group(1)] = match.group(2)
+        elif blob:
+            for layer, status in self.layers.items():  # one blob at a time: the one before is done
+                if status == "Pushing":
+                    self.layers[layer] = "Pushed"
+            self.layers[blob.group(1)] = "Pushing"
+        elif _PUSH_DIGEST.search(line) or line.startswith("Writing manifest"):
+            self.manifest = True
+
+    def __str__(self) -> str:
+        if self.manifest:
+            return "after the manifest was uploaded"
+        if not self.layers:
+            return "before any layer upload started (checking the registry)"
+        waiting = [layer for layer, status in self.layers.items() if status not in _DONE]
+        done = len(self.layers) - len(waiting)
+        if not waiting:
+            return f"uploading the manifest ({done} of {done} layers done)"
+        return f"uploading layer {waiting[0]} ({done} of {len(self.layers)} layers done)"
 
 
 def push_digest(output: str) -> str | None:

@@ -35,7 +35,7 @@ from raybuild.ship.publish import (
     secret_values,
     split_reference,
 )
-from raybuild.ship.push import push_digest
+from raybuild.ship.push import PushStage, push_digest
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
@@ -893,3 +893,16 @@ def test_a_zstd_push_is_retried_like_a_docker_push(
     engine.script = [push_failure("dial tcp 127.0.0.1:5000: connect: connection refused")]
     zstd_publisher.publish(("demo",))
     assert len(engine.copied) == 3 and run.sleeps == [1.0]
+
+
+def test_a_stalled_skopeo_copy_names_the_blob_it_was_copying() -> None:
+    stage = PushStage()
+    for line in (
+        "Getting image source signatures",
+        f"Copying blob sha256:{'1' * 64}",
+        f"Copying blob sha256:{'2' * 64}",
+    ):
+        stage.feed(line)
+    assert str(stage) == f"uploading layer {'2' * 12} (1 of 2 layers done)"
+    stage.feed("Writing manifest to image destination")
+    assert str(stage) == "after the manifest was uploaded"
