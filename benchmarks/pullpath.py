@@ -1,9 +1,10 @@
 """The pull path for benchmarks/compare.py: cold pulls and head starts on containerd, interleaved.
 
 Single runs on a shared 2-core machine swing by 10% or more, and the load drifts over minutes. So every
-variant is measured in turns (A, B, C, A, B, C, ...), never all of A then all of B: a slow minute falls on
-all of them alike. Each figure keeps its samples, min, median and max, and a comparison says when the
-spread is wider than the difference it reports.
+variant is measured in turns (A, B, C, then B, C, A, ...: the order rotates, so that no variant always
+goes first), never all of A then all of B: a slow minute falls on all of them alike. Each figure keeps
+its samples, min, median and max, and a comparison says when the spread is wider than the difference it
+reports.
 
 - ``cold_pulls``: per round and variant, a freshly started containerd with an empty store (raybuild's
   containerd cold node) pulls the image, as kubelet does (t_pull), then starts KubeRay's head until both
@@ -45,6 +46,11 @@ class Samples:
         }
 
 
+def _rotated(variants: Sequence[Variant], run: int) -> list[Variant]:
+    shift = run % len(variants)
+    return [*variants[shift:], *variants[:shift]]
+
+
 def cold_pulls(
     engine: Engine, variants: Sequence[Variant], runs: int, log: Callable[[str], None], deadline: float = 900
 ) -> dict[str, dict[str, Any]]:
@@ -54,7 +60,7 @@ def cold_pulls(
     node = ContainerdNode(engine, progress=log)
     try:
         for run in range(runs):
-            for variant in variants:
+            for variant in _rotated(variants, run):
                 node.start()  # a new containerd on a new folder: nothing cached from the turn before
                 t_pull = node.pull(variant.ref, deadline)
                 t_head = node.head(variant.app, variant.ref, timeout=240)
@@ -80,7 +86,7 @@ def head_starts(
         for variant in variants:
             node.pull(variant.ref, deadline)
         for run in range(runs):
-            for variant in variants:
+            for variant in _rotated(variants, run):
                 t_head = node.head(variant.app, variant.ref, timeout=240)
                 log(f"head {run + 1}/{runs} {variant.name}: {t_head:.2f}s")
                 starts[variant.name].values.append(round(t_head, 3))
