@@ -325,7 +325,10 @@ class Engine:
             host = {**os.environ, **self.env}.get("DOCKER_HOST")
             if host:
                 command += ["--src-daemon-host", host]
-            command += ["--digestfile", str(digestfile), f"docker-daemon:{ref}", f"docker://{target}"]
+            # skopeo's docker-daemon: wants a tag where docker would assume :latest.
+            named = ref.startswith("sha256:") or "@" in ref or ":" in ref.rsplit("/", 1)[-1]
+            source = ref if named else f"{ref}:latest"
+            command += ["--digestfile", str(digestfile), f"docker-daemon:{source}", f"docker://{target}"]
             self.run(
                 command,
                 on_line=on_line,

@@ -82,3 +82,23 @@ def test_every_zstd_layer_must_be_zstd() -> None:
     assert wrong_layers(manifest(), zstd)  # no media types at all proves nothing
     assert wrong_layers(manifest(GZIP_LAYER), Compression()) == []
     assert wrong_layers(manifest(ZSTD_LAYER), Compression()) != []
+
+
+@pytest.mark.parametrize(
+    ("local", "source"),
+    [("demo", "demo:latest"), ("127.0.0.1:5000/ns/demo", "127.0.0.1:5000/ns/demo:latest"), (LOCAL, LOCAL)],
+)
+def test_skopeo_gets_a_tag_where_docker_would_assume_latest(
+    monkeypatch: pytest.MonkeyPatch, local: str, source: str
+) -> None:
+    monkeypatch.setattr(engine_module, "which", lambda tool: f"/usr/bin/{tool}")
+    engine = FakeEngine()
+    seen: list[list[str]] = []
+
+    def run(command: list[str], **kwargs: Any) -> Any:
+        seen.append(command)
+        Path(command[command.index("--digestfile") + 1]).write_text("sha256:" + "b" * 64)
+
+    monkeypatch.setattr(engine, "run", run)
+    push_image(engine, local, "127.0.0.1:5000/d/x:t", Compression("zstd", 19))
+    assert seen[0][-2] == f"docker-daemon:{source}"
