@@ -8,7 +8,10 @@ It builds, for one bundled app:
   (b) raybuild's image of the same app;
 then measures both with raybuild measure (size, compressed size, t_head, t_serve, t_pull, t_cold), times a
 rebuild after a one-line change to the app's code, and measures the floor: `ray start --head` in a plain
-venv on the host. It writes benchmarks/results/<date>.json and <date>.md; the README shows the latest table.
+venv on the host. The pull path (benchmarks/pullpath.py) follows: raybuild's image is also pushed with zstd
+layers, and the naive image, raybuild's gzip and raybuild's zstd are pulled in turns, each on a freshly
+started containerd (t_pull, t_cold), then started in turns as KubeRay heads (t_head, --head-runs each).
+It writes benchmarks/results/<date>.json and <date>.md; the README shows the latest table.
 
 The naive base cannot come from a registry here, so it is `debian:bookworm`'s package set reconstructed
 with mmdebstrap (minbase variant, plus the packages a Dockerfile would apt-get install).
@@ -30,6 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from pullpath import Variant, cold_pulls, head_starts, pull_path_table, spread_note, zstd_copy
+
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder, default_ca_bundle
@@ -37,6 +42,7 @@ from raybuild.lock.resolve import uv_binary
 from raybuild.state import BuiltImage, save_build_record, state_dir
 from raybuild.verify.measure import Options, measure
 from raybuild.verify.results import Measurement
+from raybuild.verify.sizes import measure_ref
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -234,7 +240,66 @@ def table(result: dict[str, Any]) -> str:
     ]
     for name, figures in PUBLISHED.items():
         lines.append(f"| {name} | {figures['size'] / 1e6:.0f} | {figures['compressed'] / 1e6:.0f} |")
+    if result.get("pull_path"):
+        lines += ["", *pull_path_table(result["pull_path"])]
     return "\n".join(lines) + "\n"
+
+
+def pull_path(
+    engine: Engine, config: LoadedConfig, app_name: str, naive_name: str, doc: Measurement, args: Any
+) -> dict[str, Any]:
+    """gzip and zstd against the naive image on containerd, interleaved; with the targets' verdicts."""
+    namespace = config.project.registry
+    app, naive = config.select((app_name,))[0], config.select((naive_name,))[0]
+    ours, theirs = doc.apps[app_name].image, doc.apps[naive_name].image
+    zstd_ref = measure_ref(ours, f"{app_name}-zstd", namespace)
+    log(f"pushing {ours} with zstd layers to {zstd_ref}")
+    zstd_size = zstd_copy(engine, ours, zstd_ref)
+    variants = [
+        Variant("naive (gzip)", naive, measure_ref(theirs, naive_name, namespace)),
+        Variant("raybuild (gzip)", app, measure_ref(ours, app_name, namespace)),
+        Variant("raybuild (zstd 19)", app, zstd_ref),
+    ]
+    log(f"cold pulls on containerd, {args.runs} interleaved rounds")
+    cold = cold_pulls(engine, variants, args.runs, log)
+    log(f"head starts on containerd, {args.head_runs} of each, alternating")
+    heads = head_starts(engine, variants[:2], args.head_runs, log)
+    heads["raybuild (zstd 19)"] = heads["raybuild (gzip)"]  # the same image once unpacked
+    sizes = {
+        "naive (gzip)": doc.apps[naive_name].size.compressed,
+        "raybuild (gzip)": doc.apps[app_name].size.compressed,
+        "raybuild (zstd 19)": zstd_size,
+    }
+
+    def med(name: str, metric: str) -> float:
+        value = cold[name][metric]["median"] if metric != "t_head" else heads[name]["median"]
+        return float(value)
+
+    gz, zs, nv = "raybuild (gzip)", "raybuild (zstd 19)", "naive (gzip)"
+    verdicts = [
+        f"hello compressed with zstd: {zstd_size / 1e6:.1f} MB (target <= 100 MB): "
+        + ("met" if zstd_size <= 100e6 else "missed"),
+        f"t_pull zstd / gzip: {med(zs, 't_pull') / med(gz, 't_pull'):.2f}x (target <= 0.75x): "
+        + ("met" if med(zs, "t_pull") <= 0.75 * med(gz, "t_pull") else "missed"),
+        f"t_cold raybuild (zstd) / naive: {med(zs, 't_cold') / med(nv, 't_cold'):.2f}x (target <= 0.65x): "
+        + ("met" if med(zs, "t_cold") <= 0.65 * med(nv, "t_cold") else "missed"),
+        f"t_head raybuild / naive (interleaved): {med(gz, 't_head') / med(nv, 't_head'):.2f}x "
+        "(target <= 1.0x): " + ("met" if med(gz, "t_head") <= med(nv, "t_head") else "missed"),
+    ]
+    notes = [
+        spread_note(heads[gz], heads[nv], "t_head raybuild", "naive"),
+        spread_note(cold[zs]["t_pull"], cold[gz]["t_pull"], "t_pull zstd", "gzip"),
+    ]
+    return {
+        "runtime": cold[gz]["runtime"],
+        "runs": args.runs,
+        "head_runs": args.head_runs,
+        "compressed": sizes,
+        "cold": cold,
+        "head": heads,
+        "verdicts": verdicts,
+        "notes": notes,
+    }
 
 
 def _fmt(value: float | None) -> str:
@@ -245,6 +310,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--app", default="hello", help="the bundled CPU app to compare")
     parser.add_argument("--runs", type=int, default=3, help="cold starts per image")
+    parser.add_argument("--head-runs", type=int, default=5, help="interleaved head starts per image")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     work = HERE / "work"
@@ -297,6 +363,7 @@ def main() -> int:
             **{m: median(doc, name, m) for m in ("t_head", "t_worker", "t_serve", "t_pull", "t_cold")},
         }
     result["measurement"] = json.loads(doc.to_json())
+    result["pull_path"] = pull_path(engine, config, args.app, naive_name, doc, args)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / result["date"]
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

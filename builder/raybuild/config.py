@@ -140,8 +140,11 @@ class Prune(_Model):
 class Gate(_Model):
     max_size_growth: float | None = Field(default=None, ge=0)
     max_startup_growth: float | None = Field(default=None, ge=0)
+    # Seconds: the team's scale-up budget for one node (pull plus head start), checked against the worst
+    # measured t_cold. KubeRay 1.1+ ignores the RayService's unhealthy-second thresholds, so this is it.
+    max_t_cold: float | None = Field(default=None, gt=0)
 
-    @field_validator("max_size_growth", "max_startup_growth", mode="before")
+    @field_validator("max_size_growth", "max_startup_growth", "max_t_cold", mode="before")
     @classmethod
     def _int_is_float(cls, value: Any) -> Any:
         return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -327,8 +330,35 @@ class Limits(_Model):
     registry_attempts: int = Field(default=4, ge=1, le=10)
 
 
+ZSTD_DEFAULT_LEVEL = 19
+
+
+class Publish(_Model):
+    """How `raybuild publish` compresses layers. gzip: every Docker and containerd pulls it. zstd: smaller
+    and faster to unpack, but only containerd >= 1.5 and Docker Engine >= 23 can pull it."""
+
+    compression: Literal["gzip", "zstd"] = "gzip"
+    # zstd's levels; None: ZSTD_DEFAULT_LEVEL. `docker push` takes no level, so gzip has none.
+    compression_level: int | None = Field(default=None, ge=1, le=22)
+
+    @model_validator(mode="after")
+    def _level_needs_zstd(self) -> Publish:
+        if self.compression == "gzip" and self.compression_level is not None:
+            raise ValueError(
+                'compression_level applies to compression = "zstd" only (docker push sets gzip\'s)'
+            )
+        return self
+
+    @property
+    def level(self) -> int | None:
+        if self.compression == "gzip":
+            return None
+        return self.compression_level if self.compression_level is not None else ZSTD_DEFAULT_LEVEL
+
+
 class RaybuildConfig(_Model):
     project: Project = Project()
+    publish: Publish = Publish()
     base: Bases = Bases()
     cluster: Cluster = Cluster()
     gate: Gate = Gate()

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -295,6 +296,53 @@ class Engine:
                 command=[self.docker.path, "push", ref],
                 output_tail="\n".join(recent),
             ) from None
+
+    def copy_to_registry(
+        self,
+        ref: str,
+        target: str,
+        *,
+        compression: str,
+        level: int | None,
+        plain_http: bool,
+        on_line: Progress | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Copy the daemon's image ``ref`` to the registry reference ``target`` with skopeo, recompressing
+        every layer (``compression``, e.g. "zstd", at ``level``); the digest of the manifest it wrote.
+
+        From the daemon, skopeo always recompresses; registry to registry it reuses existing gzip blobs,
+        which is why the source is always ``docker-daemon:``. ``plain_http``: the registry is on this host
+        and speaks HTTP, as Docker allows for 127.0.0.0/8.
+        """
+        skopeo = which("skopeo")
+        if skopeo is None:
+            raise EngineError(
+                f"skopeo not found: publishing {compression} layers needs it",
+                hint="install skopeo (scripts/setup does; Debian: apt-get install skopeo)",
+            )
+        with tempfile.TemporaryDirectory(prefix="raybuild-skopeo-") as folder:
+            digestfile = Path(folder) / "digest"
+            command = [skopeo, "copy", "--format", "oci", "--dest-compress-format", compression]
+            if level is not None:
+                command += ["--dest-compress-level", str(level)]
+            if plain_http:
+                command.append("--dest-tls-verify=false")
+            # The daemon skopeo reads from is the one this engine talks to.
+            host = {**os.environ, **self.env}.get("DOCKER_HOST")
+            if host:
+                command += ["--src-daemon-host", host]
+            # skopeo's docker-daemon: wants a tag where docker would assume :latest.
+            named = ref.startswith("sha256:") or "@" in ref or ":" in ref.rsplit("/", 1)[-1]
+            source = ref if named else f"{ref}:latest"
+            command += ["--digestfile", str(digestfile), f"docker-daemon:{source}", f"docker://{target}"]
+            self.run(
+                command,
+                on_line=on_line,
+                timeout=timeout,
+                what=f"skopeo copy {ref} to {target}",
+            )
+            return digestfile.read_text(encoding="utf-8").strip()
 
     def pull(
         self,

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from raybuild.config import App
-from raybuild.engine import Engine
+from raybuild.engine import Engine, Result
 from raybuild.errors import EngineError, GpuUnavailable, RaybuildError
 from raybuild.fsutil import atomic_write
 from raybuild.image.introspect import AppException
@@ -257,7 +257,15 @@ READINESS_PERIOD_S = 5
 READINESS_FAILURE_THRESHOLD = 1
 
 
-def probe(engine: Engine, container: str, role: str = "head") -> bool:
+class Executes(Protocol):
+    """Runs a command in a running container: the Docker engine, or the containerd cold node's ctr."""
+
+    def exec(
+        self, container: str, command: list[str], check: bool = False, timeout: float | None = None
+    ) -> Result: ...
+
+
+def probe(engine: Executes, container: str, role: str = "head") -> bool:
     """KubeRay's exec probes for a node, each bounded the way kubelet bounds an exec probe (timeoutSeconds).
 
     Unbounded, a probe sent before the port listens does not fail: under `--network none` wget's connect

@@ -76,6 +76,7 @@ class Manifest:
     config_digest: str | None  # None for an index or manifest list: never equal to a local image ID
     layer_sizes: tuple[int, ...] = ()
     layer_digests: tuple[str, ...] = ()  # compressed, as pushed: what nodes pull and share
+    layer_media_types: tuple[str, ...] = ()  # says each layer's compression (gzip, zstd)
 
     @property
     def compressed_size(self) -> int:
@@ -96,7 +97,8 @@ def parse_manifest(body: bytes, content_type: str = "") -> Manifest:
     layers = data.get("layers") or []
     sizes = tuple(int(layer["size"]) for layer in layers)
     digests = tuple(str(layer.get("digest", "")) for layer in layers)
-    return Manifest(digest, media_type, len(body), str(config.get("digest")), sizes, digests)
+    types = tuple(str(layer.get("mediaType", "")) for layer in layers)
+    return Manifest(digest, media_type, len(body), str(config.get("digest")), sizes, digests, types)
 
 
 class Registry(Protocol):

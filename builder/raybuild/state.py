@@ -136,6 +136,18 @@ def multi_platform_ref(config: LoadedConfig, key: str, refs: Mapping[str, str]) 
     return f"{_repository(config, key)}:{tag}"
 
 
+def published_tag(config: LoadedConfig, tag: str) -> str:
+    """The tag an image is published under: the build's tag, its content hash rehashed with the layer
+    compression when that is not the default gzip. Switching compression so never moves a published tag
+    (the same image ID would sit behind other layer digests), and gzip tags stay what they always were."""
+    publish = config.config.publish
+    if publish.compression == "gzip":
+        return tag
+    prefix, _, content_hash = tag.rpartition("-")
+    salted = f"{content_hash}\0compression={publish.compression}\0level={publish.level}".encode()
+    return f"{prefix}{'-' if prefix else ''}{hashlib.sha256(salted).hexdigest()[:12]}"
+
+
 def latest_ref(config: LoadedConfig, key: str) -> str:
     """The alias every successful build moves to its newest image."""
     return f"{_repository(config, key)}:latest"
@@ -460,7 +472,9 @@ def image_references(
     def published(key: str) -> PublishedImage | None:
         # A build after the last publish has another content-addressed tag: the published image is not it.
         image = record.get(key) if record is not None else None
-        if image is None or key not in built or _tag(image.reference) == _tag(built[key].ref):
+        if image is None or key not in built:
+            return image
+        if _tag(image.reference) == published_tag(config, _tag(built[key].ref)):
             return image
         stale.append(label(key))
         return None

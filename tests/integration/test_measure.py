@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -96,3 +97,16 @@ def test_no_measure_container_is_left(engine: Engine, bundled: LoadedConfig, rep
     if node.running():
         assert node.node.container_ids(labels) == []
     assert engine.network_ids(labels) == []
+
+
+def test_the_cold_node_is_a_fresh_containerd_that_leaves_nothing_behind(report: MeasureReport) -> None:
+    startup = report.measurement.apps["hello"].startup
+    assert startup.runtime is not None and startup.runtime.startswith("containerd ")
+    assert report.measurement.apps["hello"].size.compression == "gzip"
+    folders = list(Path(tempfile.gettempdir()).glob("raybuild-containerd-*"))
+    assert folders == [], "the cold containerd's folder must be removed"
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert b"raybuild-containerd-" not in cmdline.read_bytes(), "a cold containerd still runs"
+        except OSError:  # the process ended while we looked
+            continue

@@ -18,8 +18,17 @@ from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder
+from raybuild.registry import OCI_MANIFEST, HttpRegistry, fallback_tag, split_reference
 from raybuild.ship.publish import Publisher
-from raybuild.state import HEAD_KEY, PublishRecord, load_build_record, publish_record_path, repository_name
+from raybuild.ship.push import ZSTD_LAYER
+from raybuild.state import (
+    HEAD_KEY,
+    PublishRecord,
+    load_build_record,
+    publish_record_path,
+    published_tag,
+    repository_name,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -92,3 +101,37 @@ def test_registry_down_fails_clearly_and_keeps_the_record(
     assert "Traceback" not in result.stderr
     assert sleeps == [1.0, 2.0, 4.0]
     assert publish_record_path(project).read_bytes() == before
+
+
+def test_zstd_layers_of_two_apps_keep_one_ray_layer_and_their_sboms(
+    engine: Engine, project: LoadedConfig, namespace: str, publish: Callable[..., Any]
+) -> None:
+    ca = Path("/etc/ssl/certs/ca-certificates.crt")
+    Builder(project, engine, ca_bundle=ca if ca.is_file() else None).build(project.select(("sklearn",)))
+    project.path.write_text(project.path.read_text() + '\n[publish]\ncompression = "zstd"\n')
+    config = load_config(project.path)
+
+    result = publish("hello", "sklearn", "--registry", namespace, "--offline", "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = {row["app"]: row for row in json.loads(result.stdout)}
+    registry = HttpRegistry(namespace.split("/", 1)[0])
+    built, layers = load_build_record(config), {}
+    for key, row in rows.items():
+        # A tag of its own: the gzip tag of the same build is never moved.
+        assert row["reference"].rsplit(":", 1)[1] == published_tag(config, built[key].ref.rsplit(":", 1)[1])
+        assert row["reference"].rsplit(":", 1)[1] != built[key].ref.rsplit(":", 1)[1]
+        _, repository, _ = split_reference(row["reference"])
+        manifest = registry.manifest(repository, row["digest"])
+        assert manifest is not None and manifest.media_type == OCI_MANIFEST
+        assert set(manifest.layer_media_types) == {ZSTD_LAYER}
+        assert row["sbom"], "the SBOM is attached to the zstd manifest"
+        assert registry.manifest_body(repository, fallback_tag(row["digest"])) is not None
+        layers[key] = manifest.layer_digests
+    # zstd output is deterministic: the head's base and Ray layers have one digest in every app image, so
+    # a node that runs one app pulls only the other's own layers.
+    head = layers[HEAD_KEY]
+    assert layers["hello"][: len(head)] == layers["sklearn"][: len(head)] == head
+
+    again = publish("hello", "sklearn", "--registry", namespace, "--offline", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert {row["status"] for row in json.loads(again.stdout)} == {"skipped"}

@@ -319,3 +319,30 @@ def test_ha_raises_every_replica_count_to_two_and_keeps_higher_ones(tmp_project:
 def test_without_ha_the_app_is_served_as_written(tmp_project: TmpProject) -> None:
     app = tmp_project.load().apps[0]
     assert not app.ha and app.served() is app
+
+
+# -- [publish] --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "says"),
+    [
+        ('compression = "lz4"', "publish.compression", "'gzip' or 'zstd'"),
+        ('compression = "zstd"\ncompression_level = 23', "publish.compression_level", "or equal to 22"),
+        ("compression_level = 3", "publish", 'applies to compression = "zstd" only'),
+    ],
+)  # fmt: skip
+def test_bad_publish_compression_is_one_line_naming_the_key(
+    tmp_project: TmpProject, table: str, key: str, says: str
+) -> None:
+    error = config_error(tmp_project, PROJECT_TOML + f"\n[publish]\n{table}\n")
+    assert f"key '{key}'" in error.message and says in error.message
+    assert "\n" not in error.message
+
+
+def test_publish_compression_defaults_to_gzip_and_zstd_to_level_19(tmp_project: TmpProject) -> None:
+    assert tmp_project.load().config.publish.level is None
+    tmp_project.write_config(PROJECT_TOML + '\n[publish]\ncompression = "zstd"\n')
+    assert tmp_project.load().config.publish.level == 19
+    tmp_project.write_config(PROJECT_TOML + '\n[publish]\ncompression = "zstd"\ncompression_level = 3\n')
+    assert tmp_project.load().config.publish.level == 3

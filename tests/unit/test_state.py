@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from raybuild.config import LoadedConfig
+from raybuild.config import LoadedConfig, load_config
 from raybuild.errors import StateError
 from raybuild.state import (
     DEFAULT_MEASURE_PATH,
@@ -29,6 +29,7 @@ from raybuild.state import (
     load_publish_record,
     multi_platform_ref,
     publish_record_path,
+    published_tag,
     repository_name,
     save_build_record,
     state_dir,
@@ -340,3 +341,15 @@ def test_a_build_record_naming_an_unknown_platform_is_refused(project: LoadedCon
     build_record_path(project).write_text(json.dumps(data))
     with pytest.raises(StateError, match=r"images\._head\.platforms"):
         load_build_record(project)
+
+
+def test_gzip_publishes_under_the_build_tag_and_zstd_under_a_tag_of_its_own(project: LoadedConfig) -> None:
+    tag = "ray2.60.0-py3.11-cpu-0123456789ab"
+    assert published_tag(project, tag) == tag  # today's tags and goldens stay where they are
+    project.path.write_text(project.path.read_text() + '\n[publish]\ncompression = "zstd"\n')
+    zstd = published_tag(load_config(project.path), tag)
+    assert zstd.startswith("ray2.60.0-py3.11-cpu-") and zstd != tag
+    assert len(zstd) == len(tag)
+    assert published_tag(load_config(project.path), tag) == zstd  # deterministic
+    project.path.write_text(project.path.read_text() + "compression_level = 3\n")
+    assert published_tag(load_config(project.path), tag) not in (tag, zstd)

@@ -84,6 +84,12 @@ def check(
     [gate] in raybuild.toml, then the defaults; raybuild.toml is optional here. New and removed apps are
     reported but never fail the gate.
 
+    max_t_cold ([gate] or [apps.gate], seconds) is an absolute budget: an app whose worst measured t_cold
+    (pull plus head start on the cold node) exceeds it fails the gate, naming the app and the budget.
+
+    The report also shows each app's upgrade pull delta: the compressed bytes of the layers a node that
+    ran the baseline's image must download for the current one (JSON: "pull_delta").
+
     When both measurements were made with `raybuild measure --scan`, a HIGH or CRITICAL vulnerability the
     baseline did not have also fails the gate (a new app is compared with every baseline app's findings),
     and findings fixed since the baseline are reported.
@@ -116,10 +122,17 @@ def check(
         reasons = [f"{count} metric{'s' if count != 1 else ''} grew past the limit"] if count else []
         if found:
             reasons.append(f"{found} new HIGH/CRITICAL vulnerabilit{'y' if found == 1 else 'ies'}")
+        reasons += [f"over the start budget: {line}" for line in report.over_budget]
         raise ReportedFailure(
             f"gate failed: {'; '.join(reasons)}",
             hint="see the report; if a growth is intended, raise max_size_growth or max_startup_growth "
-            "in [gate] or [apps.gate]",
+            "in [gate] or [apps.gate]"
+            + (
+                "; max_t_cold is the team's scale-up budget: make the image smaller or faster to start, "
+                "or agree on a new budget"
+                if report.over_budget
+                else ""
+            ),
             report={"ok": False, **document},
         )
     if as_json:

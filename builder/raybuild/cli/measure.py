@@ -57,7 +57,16 @@ from raybuild.verify.scan import Trivy, scan_apps, with_vulnerabilities
 @click.option(
     "--no-pull",
     is_flag=True,
-    help="Skip the cold node (a second dockerd under /var/lib/raybuild/cold): t_pull and t_cold stay null.",
+    help="Skip the cold node: t_pull and t_cold stay null.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["containerd", "docker"]),
+    default="containerd",
+    show_default=True,
+    help="The cold node's container runtime: a freshly started containerd with an empty content store, "
+    "as Kubernetes nodes pull (containerd and ctr come with docker.io), or a second dockerd under "
+    "/var/lib/raybuild/cold for teams whose nodes run Docker (Docker 20.10 cannot pull zstd layers).",
 )
 @click.option(
     "--scan",
@@ -82,6 +91,7 @@ def measure(
     markdown_path: Path | None,
     no_startup: bool,
     no_pull: bool,
+    runtime: str,
     scan: bool,
     timeout: float,
 ) -> None:
@@ -94,7 +104,9 @@ def measure(
       bytes shared with the project's other app images, dive's efficiency, and prune savings.
     Startup (medians over --runs): t_head (container create to /api/healthz healthy), t_worker
       (a second container joins), t_serve (Serve config PUT to HTTP 200 on the route), t_pull (pull
-      into an empty image store on the cold node) and t_cold (t_pull + the head's start there).
+      into an empty store on the cold node: containerd, or dockerd with --runtime docker) and t_cold
+      (t_pull + the head's start there, until KubeRay's probes pass). The document records the runtime
+      and its version. Compressed sizes are for [publish].compression (gzip, or zstd).
 
     With --scan, each image's trivy findings too (see `raybuild scan`): counts per severity and every
       HIGH and CRITICAL finding.
@@ -113,7 +125,13 @@ def measure(
         # Before any measuring: a missing scanner or database is reported in seconds, not after minutes.
         trivy = Trivy.find(engine)
         trivy.ensure_db()
-    options = Options(runs=runs, startup=not no_startup, pull=not no_pull, timeout=timeout)
+    options = Options(
+        runs=runs,
+        startup=not no_startup,
+        pull=not no_pull,
+        timeout=timeout,
+        runtime="docker" if runtime == "docker" else "containerd",
+    )
     report = measure_apps(config, selected, engine, options, progress)
     document = report.measurement
     if trivy is not None:

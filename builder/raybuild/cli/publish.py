@@ -65,6 +65,10 @@ def publish(
     recorded in .raybuild/publish.json, which is written only when every push succeeded, and only when it
     changes.
 
+    Layers are gzip, which every Docker and containerd pulls, unless [publish].compression is "zstd":
+    then skopeo copies each image from the daemon with zstd layers (containerd >= 1.5 and Docker >= 23 pull
+    them), under a tag of its own, and every layer's media type is checked after the push.
+
     Each image's SBOM (see `raybuild sbom`) is attached to it in the registry, where OCI 1.1 tools find it
     by the image's digest (the referrers API, or the fallback tag sha256-<hex>). An SBOM already attached
     with the same content is not pushed again. The record lists each SBOM artifact's digest.
@@ -89,8 +93,10 @@ def publish(
     if as_json:
         emit_json([result.to_dict() for result in published])
         return
+    zstd = publisher.compression.format != "gzip"
+    compressed = f"compressed ({publisher.compression})" if zstd else "compressed"
     table(
-        ["app", "status", "image", "compressed", "sbom"],
+        ["app", "status", "image", compressed, "sbom"],
         [
             [p.key, p.status, p.image.pinned, f"{p.image.compressed_size / MB:.1f} MB", p.image.sbom or "-"]
             for p in published

@@ -77,10 +77,16 @@ def _store_choice(ctx: click.Context, param: click.Parameter, value: str | None)
     help="Compare with the manifest deployed now: per image, whether its digest changed and why, and "
     "whether KubeRay upgrades the RayService (a new cluster). Prints that instead of the manifest.",
 )
+@click.option(
+    "--prepull",
+    is_flag=True,
+    help="Add a DaemonSet that pulls every image (by digest) onto every node, so that autoscaled workers "
+    "start without a pull; each node then keeps every image on its disk.",
+)
 @json_option
 @pass_state
 def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | None, gcs_store: str | None,
-           deployed: Path | None, as_json: bool) -> None:  # fmt: skip
+           deployed: Path | None, prepull: bool, as_json: bool) -> None:  # fmt: skip
     """Render the KubeRay RayService (or RayCluster) that runs the project's apps.
 
     Images are pinned by digest from .raybuild/publish.json (written by `raybuild publish`); without it,
@@ -90,7 +96,9 @@ def render(state: State, out: Path | None, kind: Kind, check: bool, crd: str | N
     config = state.config()
     deployed_text = read_deployed(deployed) if deployed is not None else None  # before any work
     record = load_publish_record(config)
-    manifest = render_manifest(config, record, kind=kind, gcs_store_manifests=_STORES[gcs_store])
+    manifest = render_manifest(
+        config, record, kind=kind, gcs_store_manifests=_STORES[gcs_store], prepull=prepull
+    )
     for warning in manifest.warnings:
         click.secho(f"warning: {warning}", err=True, fg="yellow")
     check = check or crd is not None

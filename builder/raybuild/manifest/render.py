@@ -20,7 +20,7 @@ from raybuild import kuberay, platforms
 from raybuild.config import HA_MAX_REPLICAS_PER_NODE, App, LoadedConfig
 from raybuild.errors import ConfigError
 from raybuild.kuberay import LABEL_KEY
-from raybuild.state import HEAD_KEY, PublishRecord, image_references
+from raybuild.state import HEAD_KEY, ImageReferences, PublishRecord, image_references, repository_name
 from raybuild.templating import Templates, manifest_templates, template_environment
 
 Kind = Literal["RayService", "RayCluster"]
@@ -31,6 +31,7 @@ STORE_KINDS: tuple[str, ...] = get_args(StoreKind)
 
 _TEMPLATES: dict[str, str] = {"RayService": "rayservice.yaml.j2", "RayCluster": "raycluster.yaml.j2"}
 _STORE_TEMPLATE = "gcs-store.yaml.j2"
+_PREPULL_TEMPLATE = "prepull.yaml.j2"
 _REDIS_ADDRESS = re.compile(
     r"^(?:rediss?://)?(?P<host>[a-z]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9.-]+)?):(?P<port>\d+)$"
 )
@@ -270,17 +271,41 @@ def _head_arch(config: LoadedConfig) -> str | None:
     return platforms.get(built[0]).architecture if len(built) == 1 else None
 
 
+def _prepull_context(
+    config: LoadedConfig, images: ImageReferences, record: PublishRecord | None
+) -> dict[str, Any]:
+    cluster = config.config.cluster
+    compressed = sum(
+        image.published.compressed_size for image in images.images.values() if image.published is not None
+    )
+    return {
+        "name": f"{cluster.name}-prepull",
+        "namespace": cluster.namespace,
+        "cluster": cluster.name,
+        "images": [
+            {"container": f"pull-{repository_name(key)}", "ref": image.ref}
+            for key, image in images.images.items()
+        ],
+        "hold_image": images[HEAD_KEY].ref,
+        "disk": f"at most {compressed / 1e6:.0f} MB compressed, the sum of the published sizes"
+        if record is not None
+        else "their compressed sizes are known once they are published",
+    }
+
+
 def render_manifest(
     config: LoadedConfig,
     record: PublishRecord | None,
     kind: Kind = "RayService",
     gcs_store_manifests: bool | StoreKind = False,
     templates: Templates | None = None,
+    prepull: bool = False,
 ) -> RenderedManifest:
     """Render the RayService (or RayCluster) for ``config``.
 
     ``gcs_store_manifests``: True puts the store named by [cluster.gcs].store (and its PriorityClass) before
-    the Ray resource; "redis" or "dragonfly" chooses the store explicitly.
+    the Ray resource; "redis" or "dragonfly" chooses the store explicitly. ``prepull`` puts a DaemonSet after
+    it that pulls every image, by digest where published, onto every node.
     """
     if kind not in _TEMPLATES:
         raise ConfigError(f"unknown manifest kind {kind!r}", hint="use one of: " + ", ".join(KINDS))
@@ -329,4 +354,13 @@ def render_manifest(
             )
         store_text = _render_template(dirs, _STORE_TEMPLATE, {"store": _store_context(config, store)})
         text = store_text + "---\n" + text
+    if prepull:
+        unpinned = [key for key, image in images.images.items() if image.published is None]
+        if unpinned:
+            warnings.append(
+                "--prepull: not pinned by digest, so nodes keep whatever the tag named when they pulled: "
+                + ", ".join(repository_name(key) for key in unpinned)
+            )
+        context = {"prepull": _prepull_context(config, images, record)}
+        text = text + "---\n" + _render_template(dirs, _PREPULL_TEMPLATE, context)
     return RenderedManifest(text=text, kind=kind, warnings=tuple(warnings))

@@ -14,6 +14,10 @@ An image built for several platforms is pushed as one image per platform (each u
 image index of those manifests under the multi-platform tag, through raybuild's registry client: a node
 pulls the index and gets its own architecture's image. The record names the index.
 
+Layers are gzip (`docker push`) or zstd ([publish].compression; skopeo from the daemon): `ship/push.py`
+pushes one image, and every zstd push is checked layer by layer. A zstd image is published under its own
+tag (`state.published_tag`), so switching compression never moves a tag.
+
 Registry work is bounded: each image's push has a deadline ([limits].registry_deadline_s), every attempt
 included, and the retries are raybuild's alone ([limits].registry_attempts, one line each): `Engine.push`
 cuts Docker's own layer retries short. A stalled upload fails at the deadline with one line naming the
@@ -47,19 +51,28 @@ from raybuild.registry import (
     repo_digest,
     split_reference,
 )
+from raybuild.ship.push import (
+    Compression,
+    PushStage,
+    check_layers,
+    diff_ids,
+    is_image,
+    push_image,
+    wrong_layers,
+)
 from raybuild.state import (
     HEAD_KEY,
     PublishedImage,
     PublishRecord,
     load_build_record,
     publish_record_path,
+    published_tag,
     repository_name,
 )
 
 T = TypeVar("T")
 
 _REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
-_PUSH_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")
 # Both are retried; what is still failing after the last attempt is reported as "down" or "failing".
 _DOWN = re.compile(
     r"connection refused|no such host|server misbehaving|no route to host|network is unreachable"
@@ -86,18 +99,23 @@ class DockerEngine(Protocol):
     def tag(self, source: str, target: str) -> None: ...
     def remove_image(self, ref: str) -> None: ...
     def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result: ...
+    def copy_to_registry(
+        self,
+        ref: str,
+        target: str,
+        *,
+        compression: str,
+        level: int | None,
+        plain_http: bool,
+        on_line: Progress | None = None,
+        timeout: float | None = None,
+    ) -> str: ...
 
 
 def classify_push_failure(output: str) -> RegistryUnreachable | None:
     """A failure worth retrying: the registry is down or had a transient fault. None: retrying won't help."""
     found = _DOWN.search(output.lower()) or _TRANSIENT.search(output.lower())
     return RegistryUnreachable(found.group(0), down=found.re is _DOWN) if found else None
-
-
-def push_digest(output: str) -> str | None:
-    """The repo digest that docker push prints last: ``<tag>: digest: sha256:... size: N``."""
-    found = _PUSH_DIGEST.findall(output)
-    return str(found[-1]) if found else None
 
 
 def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -110,38 +128,6 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     for value in secrets:
         text = text.replace(value, "***")
     return text
-
-
-_LAYER = re.compile(
-    r"^([0-9a-f]{12,64}): (Preparing|Waiting|Pushing|Pushed|Layer already exists|Mounted from)"
-)
-_DONE = ("Pushed", "Layer already exists", "Mounted from")
-
-
-@dataclass
-class PushStage:
-    """How far a `docker push` got, from its output: for the one line that reports a stalled push."""
-
-    layers: dict[str, str] = field(default_factory=dict)  # layer ID -> its last status
-    manifest: bool = False
-
-    def feed(self, line: str) -> None:
-        match = _LAYER.match(line.strip())
-        if match:
-            self.layers[match.group(1)] = match.group(2)
-        elif _PUSH_DIGEST.search(line):
-            self.manifest = True
-
-    def __str__(self) -> str:
-        if self.manifest:
-            return "after the manifest was uploaded"
-        if not self.layers:
-            return "before any layer upload started (checking the registry)"
-        waiting = [layer for layer, status in self.layers.items() if status not in _DONE]
-        done = len(self.layers) - len(waiting)
-        if not waiting:
-            return f"uploading the manifest ({done} of {done} layers done)"
-        return f"uploading layer {waiting[0]} ({done} of {len(self.layers)} layers done)"
 
 
 @dataclass(frozen=True)
@@ -181,6 +167,8 @@ class Planned:
         """The images `docker push` sends for this entry."""
         return self.parts or (self,)
 
+    diff_ids: tuple[str, ...] = ()  # the local image's layers: a zstd push's identity in the registry
+
 
 @dataclass
 class Publisher:
@@ -197,6 +185,7 @@ class Publisher:
     secrets: tuple[str, ...] = field(default_factory=lambda: secret_values(os.environ))
     attach_sbom: AttachSbom | None = None
     force: bool = False  # overwrite a tag the registry holds as another image
+    compression: Compression = field(init=False)  # [publish].compression
 
     def __post_init__(self) -> None:
         limits = self.config.config.limits
@@ -204,6 +193,7 @@ class Publisher:
             self.backoff = Backoff(attempts=limits.registry_attempts)
         if self.deadline is None:
             self.deadline = float(limits.registry_deadline_s)
+        self.compression = Compression.of(self.config)
 
     def plan(self, names: tuple[str, ...] = ()) -> list[Planned]:
         """The head, then each selected app that has been built, in config order."""
@@ -225,7 +215,8 @@ class Publisher:
         for key in [HEAD_KEY, *(app.name for app in selected)]:
             if key in built:
                 ref, image_id = built[key].ref, built[key].image_id
-                target = f"{registry}/{repository_name(key)}:{split_reference(ref)[2]}"
+                tag = published_tag(self.config, split_reference(ref)[2])
+                target = f"{registry}/{repository_name(key)}:{tag}"
                 refs = built[key].platform_refs
                 parts = tuple(self._part(key, registry, p, r) for p, r in refs) if len(refs) > 1 else ()
                 platform = refs[0][0] if len(refs) == 1 else platforms.DEFAULT
@@ -248,7 +239,7 @@ class Publisher:
         made: list[str] = []
         try:
             plan = self.plan(names)
-            planned = [(image, *self._check(image)) for item in plan for image in item.images]
+            planned = [self._check(image) for item in plan for image in item.images]
             self._refuse_moved_tags(planned)
             self._refuse_moved_indexes([item for item in plan if item.parts])
             pushed = {
@@ -270,8 +261,9 @@ class Publisher:
             raise
         return results
 
-    def _check(self, item: Planned) -> tuple[int, Manifest | None]:
-        """The local image's size (it must still be the one built) and what the registry holds at its tag."""
+    def _check(self, item: Planned) -> tuple[Planned, int, Manifest | None]:
+        """The item with its layers, the local image's size (it must still be the one built), and what the
+        registry holds at its tag."""
         try:
             local = self.engine.inspect(item.local_ref)
         except EngineError:
@@ -280,14 +272,20 @@ class Publisher:
             raise PublishError(f"{item.key}: {item.local_ref} is gone or no longer the image that was built",
                                hint="rerun `raybuild build`, then publish")  # fmt: skip
         host, repository, tag = split_reference(item.target)
-        return int(local.get("Size") or 0), self._remote(host, repository, tag)
+        item = replace(item, diff_ids=diff_ids(local))
+        return item, int(local.get("Size") or 0), self._remote(host, repository, tag)
+
+    def _is_image(self, item: Planned, manifest: Manifest) -> bool:
+        host, repository, _ = split_reference(item.target)
+        registry = self.connect(host)
+        return is_image(registry, repository, manifest, item.image_id, item.diff_ids, self.compression)
 
     def _refuse_moved_tags(self, planned: list[tuple[Planned, int, Manifest | None]]) -> None:
         moved = [
             f"{item.target} is {remote.digest} (image {remote.config_digest}) in the registry, "
             f"but image {item.image_id} here"
             for item, _, remote in planned
-            if remote is not None and remote.config_digest not in (None, item.image_id)
+            if remote is not None and remote.config_digest is not None and not self._is_image(item, remote)
         ]
         if moved and not self.force:
             raise PublishError(
@@ -300,23 +298,23 @@ class Publisher:
 
     def _publish_one(self, item: Planned, size: int, remote: Manifest | None, made: list[str]) -> Published:
         host, repository, _ = split_reference(item.target)
-        if remote is not None and remote.config_digest == item.image_id:
+        # A tag whose layers are in another compression (pushed by another tool) is pushed again.
+        if remote is not None and self._is_image(item, remote) and not wrong_layers(remote, self.compression):
             self.progress(f"{item.key}: {item.target} is already in the registry")
             image = PublishedImage(item.target, remote.digest, size, remote.compressed_size)
             return Published(item.key, "skipped", self._with_sbom(host, item, image, remote))
-        if item.target != item.local_ref:
-            if not self.engine.image_exists(item.target):
-                made.append(item.target)
-            self.engine.tag(item.local_ref, item.target)
-        self.progress(f"pushing {item.key} -> {item.target}")
+        self.progress(f"pushing {item.key} -> {item.target}" + (
+            f" ({self.compression} layers)" if self.compression.format != "gzip" else ""))  # fmt: skip
         assert self.deadline is not None
         until = self.clock() + self.deadline
-        result = self._retrying(host, lambda: self._push_once(item.target, host, until), until)
-        digest = push_digest(result.output) or self._repo_digest(item.target)
+        digest = self._retrying(host, lambda: self._push_once(item, host, until, made), until)
+        digest = digest or self._repo_digest(item.target)
         pushed = self._remote(host, repository, digest)
-        if pushed is not None and pushed.config_digest not in (None, item.image_id):
+        if pushed is not None and pushed.config_digest is not None and not self._is_image(item, pushed):
             raise PublishError(f"{item.target}@{digest} is image {pushed.config_digest}, not {item.image_id}",
                                hint="was the tag pushed concurrently? rerun `raybuild publish`")  # fmt: skip
+        if pushed is not None and self.compression.format != "gzip":
+            check_layers(item.target, pushed, self.compression)
         compressed = pushed.compressed_size if pushed is not None else 0
         image = PublishedImage(item.target, digest, size, compressed)
         return Published(item.key, "pushed", self._with_sbom(host, item, image, pushed))
@@ -327,7 +325,8 @@ class Publisher:
             image_id = str(self.engine.inspect(ref).get("Id") or "")
         except EngineError:
             image_id = ""
-        target = f"{registry}/{repository_name(key)}:{split_reference(ref)[2]}"
+        tag = published_tag(self.config, split_reference(ref)[2])
+        target = f"{registry}/{repository_name(key)}:{tag}"
         return Planned(key, ref, image_id, target, platform, sbom=platforms.native(platform))
 
     def _index_at(self, item: Planned) -> Manifest | None:
@@ -431,7 +430,8 @@ class Publisher:
                 self.sleep(delay)
         raise AssertionError("Backoff.attempts must be at least 1")
 
-    def _push_once(self, ref: str, host: str, until: float) -> Result:
+    def _push_once(self, item: Planned, host: str, until: float, made: list[str]) -> str | None:
+        ref = item.target
         show, seen, stage = self.output or self.progress, set[str](), PushStage()
 
         def on_line(line: str) -> None:
@@ -442,7 +442,15 @@ class Publisher:
                 show("  " + kept)
 
         try:
-            return self.engine.push(ref, on_line=on_line, timeout=max(until - self.clock(), 1.0))
+            return push_image(
+                self.engine,
+                item.local_ref,
+                ref,
+                self.compression,
+                made=made,
+                on_line=on_line,
+                timeout=max(until - self.clock(), 1.0),
+            )
         except DockerRetry:
             raise RegistryUnreachable(
                 "a layer upload failed and Docker began to retry it", down=False

@@ -6,6 +6,10 @@ project's ``[gate]``, then the defaults below. Only a ``regression`` row fails t
 or removed is reported, never failed, so adding or retiring an app does not need a baseline reset.
 Measurements made with ``--scan`` are also compared finding by finding (``vulns``): a HIGH or CRITICAL
 finding the baseline did not have fails the gate, and fixed ones are reported as good news.
+
+Two more sections: the start budget (`budget`: an app's worst t_cold past ``max_t_cold`` seconds fails the
+gate, whatever the baseline), and the upgrade pull delta (`pulldelta`: the bytes a node that ran the
+baseline's image downloads for the current one; reported, never failed).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Literal
 
 from raybuild.config import Gate, RaybuildConfig
 from raybuild.errors import GateError
-from raybuild.verify import vulns
+from raybuild.verify import budget, pulldelta, vulns
 from raybuild.verify.results import AppResult, Measurement
 
 DEFAULT_MAX_SIZE_GROWTH = 0.05
@@ -202,6 +206,8 @@ def compare(
         if old != new:
             notes.append(f"{label} changed from {old} to {new}: every delta includes that upgrade.")
     return GateReport(
+        budgets=budget.check_budgets(current, policy.project, policy.apps),
+        pulls=pulldelta.pull_deltas(baseline, current),
         rows=tuple(rows),
         thresholds=thresholds,
         project_thresholds=policy.for_app(None),
@@ -232,6 +238,13 @@ class GateReport:
     current: str
     notes: tuple[str, ...] = ()
     vulnerabilities: tuple[vulns.VulnDiff, ...] = ()
+    budgets: tuple[budget.BudgetRow, ...] = ()
+    pulls: tuple[pulldelta.PullDelta, ...] = ()
+
+    @property
+    def over_budget(self) -> list[str]:
+        """One line per app whose worst t_cold is past its ``max_t_cold``, naming the app and the budget."""
+        return budget.failures(self.budgets)
 
     @property
     def regressions(self) -> tuple[Row, ...]:
@@ -244,7 +257,7 @@ class GateReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.regressions) or self.new_findings > 0
+        return bool(self.regressions) or self.new_findings > 0 or bool(self.over_budget)
 
     def summary(self) -> str:
         apps = {row.app for row in self.rows}
@@ -260,6 +273,8 @@ class GateReport:
                 parts.append(
                     f"{count} new HIGH/CRITICAL vulnerabilit{'y' if count == 1 else 'ies'} ({listed})"
                 )
+            if self.over_budget:
+                parts.append("over the start budget: " + "; ".join(self.over_budget))
             return f"**Gate failed:** {'; '.join(parts)}."
         compared = sum(row.verdict in ("ok", "improved") for row in self.rows)
         text = f"**Gate passed:** no regressions across {len(apps)} app{'s' if len(apps) != 1 else ''}"
@@ -296,9 +311,13 @@ class GateReport:
             lines.append("Per-app max growth: " + "; ".join(overrides) + ".")
         lines.append("Sizes in MB (10^6 bytes); startup times are medians in seconds.")
         lines += [f"Note: {note}" for note in self.notes]
-        section = vulns.markdown(self.vulnerabilities)
-        if section:
-            lines += ["", *section]
+        for section in (
+            budget.markdown(self.budgets),
+            pulldelta.markdown(self.pulls),
+            vulns.markdown(self.vulnerabilities),
+        ):
+            if section:
+                lines += ["", *section]
         lines += ["", f"Baseline `{self.baseline}`, current `{self.current}`.", ""]
         return "\n".join(lines)
 
@@ -321,6 +340,8 @@ class GateReport:
             },
             "notes": list(self.notes),
             "vulnerabilities": vulns.to_dict(self.vulnerabilities),
+            "t_cold_budget": [row.to_dict() for row in self.budgets],
+            "pull_delta": [delta.to_dict() for delta in self.pulls],
             "rows": [
                 {
                     "app": r.app,

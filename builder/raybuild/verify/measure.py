@@ -2,15 +2,18 @@
 
 Sizes first, for every selected app (`sizes`), since ``shared_bytes`` needs every image's layers; then
 ``runs`` cold starts per app (`coldstart`): head, worker and Serve on this host's engine, and a pull plus
-a head start on the cold node. This project's measure containers are swept by label before and after,
-whatever happens (an error, Ctrl-C, SIGTERM). Images are pushed to the project's registry, under
-``<namespace>/<app>-measure``, each push and pull within [limits].registry_deadline_s.
+a head start on the cold node: a freshly started containerd with an empty store, as kubelet pulls
+(`containerd`), or a second dockerd (``runtime="docker"``, for teams whose nodes run Docker). This
+project's measure containers are swept by label before and after, whatever happens (an error, Ctrl-C,
+SIGTERM), and the cold containerd is stopped and its folder removed. Images are pushed to the project's
+registry, under ``<namespace>/<app>-measure``, each push and pull within [limits].registry_deadline_s.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from raybuild import platforms
 from raybuild.config import App, LoadedConfig
@@ -18,6 +21,7 @@ from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
 from raybuild.progress import Progress, silent
 from raybuild.registry import HttpRegistry, Registry
+from raybuild.ship.push import Compression
 from raybuild.state import (
     HEAD_KEY,
     ImageReferences,
@@ -27,6 +31,7 @@ from raybuild.state import (
     project_id,
 )
 from raybuild.verify import coldstart
+from raybuild.verify.containerd import ContainerdNode
 from raybuild.verify.results import SEVERITIES, AppResult, Measurement, Size, Startup, Stat, stat
 from raybuild.verify.sizes import measure_ref, measure_size, shared_bytes
 
@@ -37,6 +42,10 @@ class Options:
     startup: bool = True
     pull: bool = True
     timeout: float = 180.0
+    runtime: Literal["containerd", "docker"] = "containerd"  # the cold node's
+
+
+ColdRuntime = coldstart.ColdNode | ContainerdNode
 
 
 @dataclass(frozen=True)
@@ -91,8 +100,9 @@ class _Samples:
     cold_head: list[float] = field(default_factory=list)
     cold: list[float] = field(default_factory=list)
 
-    def startup(self) -> Startup:
+    def startup(self, runtime: str | None = None) -> Startup:
         return Startup(
+            runtime=runtime if self.pull else None,
             t_head=_stat(self.head),
             t_worker=_stat(self.worker),
             t_serve=_stat(self.serve),
@@ -103,7 +113,7 @@ class _Samples:
 
 def _start_runs(
     engine: Engine,
-    node: coldstart.ColdNode | None,
+    node: ColdRuntime | None,
     app: App,
     ref: str,
     options: Options,
@@ -144,6 +154,20 @@ def _start_runs(
     return samples
 
 
+def _docker_runtime(node: coldstart.ColdNode, compression: Compression) -> str:
+    """The dockerd cold node's "docker VERSION"; MeasureError when it cannot pull ``compression``."""
+    said = node.node.docker_cmd("version", "--format", "{{.Server.Version}}", check=False, timeout=30)
+    version = said.output.strip() or "unknown"
+    major = version.split(".", 1)[0]
+    if compression.format == "zstd" and (not major.isdigit() or int(major) < 23):
+        raise MeasureError(
+            f"the dockerd cold node (Docker {version}) cannot pull zstd layers ([publish].compression)",
+            hint="Docker Engine 23 or newer can; measure with --runtime containerd (containerd >= 1.5), "
+            "or with --no-pull",
+        )
+    return f"docker {version}"
+
+
 def measure(
     config: LoadedConfig,
     apps: Sequence[App],
@@ -179,13 +203,21 @@ def measure(
     registry = target if reachable else None
     project = project_id(config)
     coldstart.sweep(engine, project)
-    node: coldstart.ColdNode | None = None
+    node: ColdRuntime | None = None
+    runtime: str | None = None
+    compression = Compression.of(config)
     try:
         if options.startup and options.pull and registry is not None:
             # Started before the sizes are measured, so that a host that cannot run it fails fast.
-            node = coldstart.ColdNode(engine, project, progress=progress)
-            node.start()
-            coldstart.sweep(node.node, project)
+            if options.runtime == "containerd":
+                node = ContainerdNode(engine, progress=progress)
+                node.start()
+                runtime = node.version
+            else:
+                node = coldstart.ColdNode(engine, project, progress=progress)
+                node.start()
+                coldstart.sweep(node.node, project)
+                runtime = _docker_runtime(node, compression)
         sizes: dict[str, Size] = {}
         methods: dict[str, str] = {}
         for app in apps:
@@ -199,6 +231,7 @@ def measure(
                 project=project,
                 namespace=config.project.registry,
                 deadline=config.config.limits.registry_deadline_s,
+                compression=compression,
             )
             progress(f"{app.name}: compressed size from the {methods[app.name]}")
         for app in apps:
@@ -242,13 +275,18 @@ def measure(
                 image=refs[app.name],
                 device=app.device,
                 size=sizes[app.name],
-                startup=samples.startup(),
+                startup=samples.startup(runtime),
                 platform_sizes=other_sizes.get(app.name),
             )
     finally:
         # Best effort, so that the error or interruption that ended the run is what gets reported.
         engine.release(coldstart.measure_labels(project))
-        if node is not None:
+        if isinstance(node, ContainerdNode):
+            try:
+                node.stop()  # its processes and its whole folder: nothing of a cold node outlives the run
+            except RaybuildError as exc:
+                progress(f"warning: could not stop the cold containerd ({exc.message})")
+        elif node is not None:
             try:
                 if node.running():
                     node.clear()  # an empty store for the next measure, and the disk space back

@@ -82,6 +82,8 @@ class Size(_Model):
     shared_bytes: int = Field(ge=0)
     dive: Dive | None
     prune_saved: dict[str, int]
+    # "gzip" or "zstd level 19": the compression behind ``compressed``. Optional: older documents lack it.
+    compression: str | None = None
 
     @model_validator(mode="after")
     def _non_negative_savings(self) -> Size:
@@ -99,6 +101,8 @@ class Startup(_Model):
     t_serve: Stat | None
     t_pull: Stat | None
     t_cold: Stat | None
+    # The cold node's runtime and version ("containerd 1.6.20"); optional, as for older documents.
+    runtime: str | None = None
 
 
 Severity = Literal["UNKNOWN", "LOW", "MEDIUM", "HIGH", "CRITICAL"]
@@ -164,15 +168,21 @@ class Measurement(_Model):
     def to_json(self) -> str:
         # An app measured without --scan has no "vulnerabilities" key at all (not null): the document stays
         # exactly what readers of the first version of raybuild.measure/v1 expect.
-        left_out = {
-            name: {"vulnerabilities"} if app.vulnerabilities is None else set()
-            for name, app in self.apps.items()
-        }
+        # Keys added to v1 later (compression, runtime, platform_sizes) are likewise left out when unknown.
+        absent: dict[str, Any] = {}
         for name, app in self.apps.items():
+            keys: dict[str, Any] = {}
+            if app.vulnerabilities is None:
+                keys["vulnerabilities"] = True
+            if app.size.compression is None:
+                keys["size"] = {"compression"}
+            if app.startup.runtime is None:
+                keys["startup"] = {"runtime"}
             if app.platform_sizes is None:  # a single-platform app: no key, as before platforms existed
-                left_out[name].add("platform_sizes")
-        left_out = {name: keys for name, keys in left_out.items() if keys}
-        exclude = {"apps": left_out} if left_out else None
+                keys["platform_sizes"] = True
+            if keys:
+                absent[name] = keys
+        exclude = {"apps": absent} if absent else None
         return self.model_dump_json(by_alias=True, indent=2, exclude=exclude) + "\n"
 
     @classmethod

@@ -23,6 +23,7 @@ from typing import IO, Any, TypeVar
 from raybuild.engine import Engine, which
 from raybuild.errors import MeasureError
 from raybuild.registry import IMAGE_MANIFEST_TYPES, Registry, RegistryUnreachable, RegistryUnverifiable
+from raybuild.ship.push import GZIP, Compression, push_image, wrong_layers
 from raybuild.verify.coldstart import measure_labels
 from raybuild.verify.results import Dive, Layer, Package, Size
 
@@ -183,15 +184,21 @@ def _read(registry: Registry, what: str, read: Callable[[], T | None]) -> T:
 
 
 def pushed_layers(
-    engine: Engine, registry: Registry, ref: str, target: str, deadline: float | None = None
+    engine: Engine,
+    registry: Registry,
+    ref: str,
+    target: str,
+    deadline: float | None = None,
+    compression: Compression = GZIP,
 ) -> ImageLayers:
-    """Push ``ref`` as ``target`` (within ``deadline`` seconds), then read the layer blob sizes and the
-    config from the registry."""
-    engine.tag(ref, target)
+    """Push ``ref`` as ``target`` (within ``deadline`` seconds) in the layer compression that publish
+    uses, then read the layer blob sizes and the config from the registry: the bytes a node pulls."""
+    made: list[str] = []
     try:
-        engine.push(target, timeout=deadline)
+        push_image(engine, ref, target, compression, made=made, timeout=deadline)
     finally:
-        engine.docker_cmd("image", "rm", target, check=False)  # only the tag; the image stays
+        for tag in made:
+            engine.docker_cmd("image", "rm", tag, check=False)  # only the tag; the image stays
     repository, _, tag = target.removeprefix(f"{registry.address}/").rpartition(":")
     manifest = _read(registry, f"manifest {repository}:{tag}", lambda: registry.manifest(repository, tag))
     config_digest = manifest.config_digest
@@ -202,6 +209,11 @@ def pushed_layers(
         config: dict[str, Any] = json.loads(blob)
     except ValueError as exc:
         raise MeasureError(f"{target}: the image config {config_digest} is not JSON: {exc}") from exc
+    wrong = wrong_layers(manifest, compression)
+    if wrong:  # sizes of the wrong compression would mislead more than no sizes
+        raise MeasureError(
+            f"{target}: {len(wrong)} layer(s) not {compression.format}: {', '.join(wrong[:3])}"
+        )
     return ImageLayers(config, list(manifest.layer_sizes), "registry manifest")
 
 
@@ -284,6 +296,7 @@ def measure_size(
     project: str,
     namespace: str,
     deadline: float | None = None,
+    compression: Compression = GZIP,
 ) -> tuple[Size, str]:
     """Everything in ``Size`` except ``shared_bytes`` (0 here: it needs every image's layers).
 
@@ -295,7 +308,8 @@ def measure_size(
         "history", "--no-trunc", "--human=false", "--format", "{{json .}}", ref, what=f"docker history {ref}"
     )
     if registry is not None:
-        blobs = pushed_layers(engine, registry, ref, measure_ref(ref, app, namespace), deadline)
+        target = measure_ref(ref, app, namespace)
+        blobs = pushed_layers(engine, registry, ref, target, deadline, compression)
     else:
         blobs = saved_layers(engine, ref)
     layers = map_layers(blobs.config, history_sizes(history.output), blobs.compressed)
@@ -308,5 +322,7 @@ def measure_size(
         shared_bytes=0,
         dive=run_dive(engine, ref),
         prune_saved=prune,
+        # Without a registry, `docker save` layers are gzipped here: gzip whatever publish would use.
+        compression=str(compression) if registry is not None else "gzip",
     )
     return size, blobs.method

@@ -133,6 +133,13 @@ VARIANTS = {
     "raycluster": {"gcs": True, "record": True, "kind": "RayCluster", "store": False},
     "rayservice_redis": {"gcs": True, "record": True, "kind": "RayService", "store": "redis"},
     "rayservice_dragonfly": {"gcs": True, "record": True, "kind": "RayService", "store": "dragonfly"},
+    "rayservice_prepull": {
+        "gcs": True,
+        "record": True,
+        "kind": "RayService",
+        "store": False,
+        "prepull": True,
+    },
 }
 
 
@@ -146,9 +153,14 @@ def test_golden(variant: str, tmp_path: Path, check_golden: Callable[[Path, str]
         record,
         kind=options["kind"],
         gcs_store_manifests=options["store"],  # type: ignore[arg-type]
+        prepull=bool(options.get("prepull")),
     )
     check_golden(GOLDEN / f"{variant}.yaml", manifest.text)
     assert validate_manifest(manifest.documents(), crds) == []
+    # KubeRay 1.1+ ignores both (kuberay #1656, #1665): rendering them would suggest a budget that is not
+    # enforced. [gate].max_t_cold is the start budget instead.
+    for ignored in ("deploymentUnhealthySecondThreshold", "serviceUnhealthySecondThreshold"):
+        assert ignored not in manifest.text
 
 
 def test_render_is_deterministic(fixture: LoadedConfig) -> None:
@@ -603,3 +615,45 @@ def test_multi_platform_groups_run_anywhere_unless_node_arch_pins_them(tmp_path:
     text = render_manifest(write_fixture(tmp_path / "pinned", toml=pinned), fixture_record()).text
     assert _arch_selectors(text)["web"] == "arm64"
     assert validate_manifest(text, crds) == []
+
+
+# --- --prepull ----------------------------------------------------------------------------------------------
+
+
+def test_prepull_pulls_every_image_by_digest_then_holds_with_the_head_image(fixture: LoadedConfig) -> None:
+    manifest = render_manifest(fixture, fixture_record(), prepull=True)
+    (daemonset,) = [d for d in manifest.documents() if d["kind"] == "DaemonSet"]
+    assert daemonset["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "raybuild"
+    assert daemonset["metadata"]["name"] == "fixture-serve-prepull"
+    pod = daemonset["spec"]["template"]
+    assert pod["metadata"]["labels"] == {
+        **daemonset["spec"]["selector"]["matchLabels"],
+        **pod["metadata"]["labels"],
+    }
+    images = {c["name"]: c["image"] for c in pod["spec"]["initContainers"]}
+    assert images == {
+        f"pull-{name}": f"registry.example:5000/fixture/{name}:v1@sha256:{DIGESTS[key]}"
+        for key, name in ((HEAD_KEY, "ray-head"), ("web", "web"), ("vision", "vision"))
+    }
+    assert {tuple(c["command"]) for c in pod["spec"]["initContainers"]} == {("/bin/sh", "-c", "true")}
+    (hold,) = pod["spec"]["containers"]
+    assert hold["image"] == images["pull-ray-head"] and hold["command"] == ["sleep", "infinity"]
+    assert "at most 0 MB compressed, the sum of the published sizes" in manifest.text  # 3 x 400 bytes
+    assert manifest.warnings == ()
+    assert "DaemonSet" not in render_manifest(fixture, fixture_record()).text
+
+
+def test_prepull_of_unpublished_images_says_they_are_not_pinned(fixture: LoadedConfig) -> None:
+    manifest = render_manifest(fixture, fixture_record((HEAD_KEY, "web")), prepull=True)
+    assert any(
+        w.startswith("--prepull: not pinned by digest") and w.endswith(": vision") for w in manifest.warnings
+    )
+
+
+def test_prepull_and_store_manifests_are_valid_kubernetes(fixture: LoadedConfig) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    manifest = render_manifest(fixture, fixture_record(), gcs_store_manifests="redis", prepull=True)
+    core = [d for d in manifest.documents() if d["kind"] not in ("RayService", "RayCluster")]
+    assert {d["kind"] for d in core} >= {"DaemonSet", "StatefulSet", "Service", "PriorityClass"}
+    for doc in core:
+        kubernetes_validate.validate(doc, "1.34.0", strict=True)

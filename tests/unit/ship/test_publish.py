@@ -16,27 +16,35 @@ import pytest
 
 from raybuild import platforms
 from raybuild.cli import publish as publish_cli
-from raybuild.config import LoadedConfig
+from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Result
 from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
 from raybuild.interrupts import Interrupted
 from raybuild.progress import Progress
-from raybuild.registry import Manifest, RegistryUnreachable, RegistryUnverifiable
+from raybuild.registry import (
+    OCI_MANIFEST,
+    Manifest,
+    RegistryUnreachable,
+    RegistryUnverifiable,
+    parse_manifest,
+)
 from raybuild.ship.publish import (
     Backoff,
     Publisher,
     classify_push_failure,
-    push_digest,
     redact,
     secret_values,
     split_reference,
 )
+from raybuild.ship.push import PushStage, push_digest
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
     PublishedImage,
     PublishRecord,
+    image_references,
     publish_record_path,
+    published_tag,
     save_build_record,
 )
 from tests.conftest import other_app
@@ -52,6 +60,7 @@ HEAD_REF = "127.0.0.1:5000/demo/ray-head:ray2.60.0-py3.11-111111111111"
 DEMO_REF = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
 OTHER_REF = "127.0.0.1:5000/demo/other:ray2.60.0-py3.11-cpu-333333333333"
 STAGING = "registry.example.com:5000/staging"
+BASE, RAY, CODE = ("sha256:" + c * 64 for c in "def")
 
 OTHER_APP = "\n" + other_app()
 
@@ -79,6 +88,30 @@ class FakeEngine:
     deadlines: list[float | None] = field(default_factory=list)
     print_digest: bool = True
     daemon_up: bool = True
+    copied: list[tuple[str, str, str, int | None, bool]] = field(default_factory=list)
+    zstd_layers: bool = True  # False: the copy left gzip layers, as skopeo does when it reuses a blob
+
+    def copy_to_registry(
+        self,
+        ref: str,
+        target: str,
+        *,
+        compression: str,
+        level: int | None,
+        plain_http: bool,
+        on_line: Progress | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """skopeo copy from the daemon: an OCI manifest whose config is rewritten (so its digest is not the
+        image ID) but lists the image's diff IDs."""
+        self.pushed.append(target)
+        self.deadlines.append(timeout)
+        self.copied.append((ref, target, compression, level, plain_http))
+        outcome = self.script.pop(0) if self.script else None
+        if isinstance(outcome, EngineError):
+            raise outcome
+        layers = self.images[ref]["RootFS"]["Layers"]
+        return store_oci(self.registry, target, layers, zstd=self.zstd_layers)
 
     def ping(self) -> None:
         if not self.daemon_up:
@@ -126,6 +159,31 @@ class FakeEngine:
         return Result(["docker", "push", ref], 0, "\n".join(lines))
 
 
+def store_oci(registry: FakeRegistry, ref: str, diff_ids: list[str], *, zstd: bool = True) -> str:
+    """What `skopeo copy --format oci` leaves: a config listing ``diff_ids``, zstd (or gzip) layers."""
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    kind = "zstd" if zstd else "gzip"
+    body = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                       "size": len(config)},
+            "layers": [
+                {"mediaType": f"application/vnd.oci.image.layer.v1.tar+{kind}", "size": 700,
+                 "digest": "sha256:" + hashlib.sha256(f"{kind}{layer}".encode()).hexdigest()}
+                for layer in diff_ids
+            ],
+        }
+    ).encode()  # fmt: skip
+    manifest = parse_manifest(body)
+    _, repository, tag = split_reference(ref)
+    registry.manifests[(repository, tag)] = registry.manifests[(repository, manifest.digest)] = manifest
+    registry.blobs[config_digest] = config
+    return manifest.digest
+
+
 def push_failure(*lines: str) -> EngineError:
     return EngineError("docker push failed (exit 1)", returncode=1, output_tail="\n".join(lines))
 
@@ -153,9 +211,9 @@ def registry() -> FakeRegistry:
 @pytest.fixture
 def engine(registry: FakeRegistry) -> FakeEngine:
     images = {
-        HEAD_REF: {"Id": HEAD_ID, "Size": 400_000_000},
-        DEMO_REF: {"Id": DEMO_ID, "Size": 450_000_000},
-        OTHER_REF: {"Id": OTHER_ID, "Size": 1},
+        HEAD_REF: {"Id": HEAD_ID, "Size": 400_000_000, "RootFS": {"Layers": [BASE, RAY]}},
+        DEMO_REF: {"Id": DEMO_ID, "Size": 450_000_000, "RootFS": {"Layers": [BASE, RAY, CODE]}},
+        OTHER_REF: {"Id": OTHER_ID, "Size": 1, "RootFS": {"Layers": [BASE]}},
     }
     return FakeEngine(registry, images)
 
@@ -827,3 +885,94 @@ def test_only_this_machines_platform_gets_the_sbom_that_describes_it(
     # `raybuild sbom` inventories the local image, which is amd64's here.
     assert [ref for ref in attached if "/demo:" in ref] == [AMD64_REF]
     assert any("no SBOM attached to " + ARM64_REF in line for line in run.progress)
+
+
+# -- zstd layers ([publish].compression) ---------------------------------------------------------------------
+
+ZSTD = '\n[publish]\ncompression = "zstd"\n'
+
+
+@pytest.fixture
+def zstd_publisher(project: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run) -> Publisher:
+    project.path.write_text(project.path.read_text() + ZSTD)
+    config = load_config(project.path)
+    return Publisher(
+        config,
+        engine,
+        connect=registry.connect,
+        progress=run.progress.append,
+        sleep=run.sleeps.append,
+        secrets=(),
+    )
+
+
+def test_zstd_is_copied_from_the_daemon_under_a_tag_of_its_own(
+    zstd_publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    results = {r.key: r for r in zstd_publisher.publish()}
+    assert engine.tags == []  # skopeo reads the daemon's image: no local tag to make or clean up
+    head_tag = published_tag(zstd_publisher.config, split_reference(HEAD_REF)[2])
+    demo_tag = published_tag(zstd_publisher.config, split_reference(DEMO_REF)[2])
+    assert [(c[0], c[1], c[2], c[3], c[4]) for c in engine.copied] == [
+        (HEAD_REF, f"127.0.0.1:5000/demo/ray-head:{head_tag}", "zstd", 19, True),
+        (DEMO_REF, f"127.0.0.1:5000/demo/demo:{demo_tag}", "zstd", 19, True),
+    ]
+    assert demo_tag != split_reference(DEMO_REF)[2]  # the gzip tag is never moved
+    record = PublishRecord.load(publish_record_path(zstd_publisher.config))
+    assert record is not None
+    pushed = stored(registry, results["demo"].image.reference)
+    assert record.images["demo"].digest == pushed.digest
+    assert set(pushed.layer_media_types) == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    # The record's zstd tags are what the build made, not stale ones: render pins them.
+    refs = image_references(zstd_publisher.config, record)
+    assert refs["demo"].ref == record.images["demo"].pinned
+
+
+def test_zstd_published_again_is_recognised_by_its_layers_and_skipped(
+    zstd_publisher: Publisher, engine: FakeEngine
+) -> None:
+    zstd_publisher.publish()
+    again = zstd_publisher.publish()
+    assert {r.status for r in again} == {"skipped"}
+    assert len(engine.copied) == 2
+
+
+def test_a_zstd_push_that_left_gzip_layers_fails_naming_them(
+    zstd_publisher: Publisher, engine: FakeEngine
+) -> None:
+    engine.zstd_layers = False
+    with pytest.raises(PublishError, match=r"layer\(s\) not zstd: sha256:.*tar\+gzip") as raised:
+        zstd_publisher.publish(("demo",))
+    assert "--force" in (raised.value.hint or "")
+    assert not publish_record_path(zstd_publisher.config).exists()
+
+
+def test_a_zstd_tag_holding_other_layers_is_not_moved(
+    zstd_publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
+) -> None:
+    demo_tag = published_tag(zstd_publisher.config, split_reference(DEMO_REF)[2])
+    store_oci(registry, f"127.0.0.1:5000/demo/demo:{demo_tag}", [BASE, RAY, OTHER_ID])
+    with pytest.raises(PublishError, match="refusing to move a content-addressed tag"):
+        zstd_publisher.publish(("demo",))
+    assert engine.copied == []
+
+
+def test_a_zstd_push_is_retried_like_a_docker_push(
+    zstd_publisher: Publisher, engine: FakeEngine, run: Run
+) -> None:
+    engine.script = [push_failure("dial tcp 127.0.0.1:5000: connect: connection refused")]
+    zstd_publisher.publish(("demo",))
+    assert len(engine.copied) == 3 and run.sleeps == [1.0]
+
+
+def test_a_stalled_skopeo_copy_names_the_blob_it_was_copying() -> None:
+    stage = PushStage()
+    for line in (
+        "Getting image source signatures",
+        f"Copying blob sha256:{'1' * 64}",
+        f"Copying blob sha256:{'2' * 64}",
+    ):
+        stage.feed(line)
+    assert str(stage) == f"uploading layer {'2' * 12} (1 of 2 layers done)"
+    stage.feed("Writing manifest to image destination")
+    assert str(stage) == "after the manifest was uploaded"

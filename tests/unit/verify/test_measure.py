@@ -24,6 +24,7 @@ from raybuild.engine import Result
 from raybuild.errors import MeasureError, StateError
 from raybuild.progress import Progress, silent
 from raybuild.registry import OCI_INDEX, RegistryUnreachable, RegistryUnverifiable, parse_manifest
+from raybuild.ship.push import Compression
 from raybuild.state import BuiltImage, build_record_path, project_id, save_build_record
 from raybuild.verify import coldstart, sizes
 from raybuild.verify import measure as measure_module
@@ -42,6 +43,7 @@ from raybuild.verify.sizes import (
     shared_bytes,
 )
 from tests.conftest import other_app
+from tests.unit.fakes import FakeEngine as RecordingEngine
 from tests.unit.fakes import FakeRegistry
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
@@ -646,3 +648,60 @@ def test_other_platforms_have_size_rows_and_never_times() -> None:
     # The document carries them (and round-trips); a single-platform app has no platform_sizes key at all.
     assert Measurement.from_json(with_arm64.to_json()).apps["hello"].platform_sizes == {"linux/arm64": arm64}
     assert "platform_sizes" not in document.to_json()
+
+
+def test_cli_runtime_docker_keeps_the_dockerd_cold_node(
+    tmp_project: TmpProject, run_main: Callable[..., MainResult], measured: list[Options], tmp_path: Path
+) -> None:
+    args = ["--config", str(tmp_project.config_path), "measure", "--out", str(tmp_path / "m.json")]
+    assert run_main(*args, "--runtime", "docker").exit_code == 0
+    assert run_main(*args).exit_code == 0
+    assert [options.runtime for options in measured] == ["docker", "containerd"]
+    bad = run_main(*args, "--runtime", "cri-o")
+    assert bad.exit_code == 2 and "'containerd', 'docker'" in bad.stderr
+
+
+def test_the_startup_names_the_runtime_only_when_a_cold_node_pulled() -> None:
+    samples = measure_module._Samples(head=[5.0], pull=[4.0], cold=[9.0])
+    assert samples.startup("containerd 1.6.20").runtime == "containerd 1.6.20"
+    assert measure_module._Samples(head=[5.0]).startup("containerd 1.6.20").runtime is None
+
+
+@dataclass
+class _ColdDaemon:
+    version: str
+
+    @property
+    def node(self) -> Any:
+        engine = RecordingEngine()
+        engine.script("version", output=self.version)
+        return engine
+
+
+@pytest.mark.parametrize(("version", "refused"), [("20.10.24", True), ("25.0.3", False)])
+def test_a_dockerd_cold_node_older_than_23_cannot_pull_zstd(version: str, refused: bool) -> None:
+    node: Any = _ColdDaemon(version)
+    assert measure_module._docker_runtime(node, Compression()) == f"docker {version}"
+    if refused:
+        with pytest.raises(MeasureError, match="cannot pull zstd") as raised:
+            measure_module._docker_runtime(node, Compression("zstd", 19))
+        assert "--runtime containerd" in (raised.value.hint or "")
+    else:
+        assert measure_module._docker_runtime(node, Compression("zstd", 19)) == f"docker {version}"
+
+
+def test_a_document_without_the_new_keys_is_written_as_before() -> None:
+    document = example_document()
+    data = json.loads(document.to_json())
+    assert "compression" not in data["apps"]["hello"]["size"]
+    assert "runtime" not in data["apps"]["hello"]["startup"]
+    app = document.apps["hello"]
+    newer = app.model_copy(
+        update={
+            "size": app.size.model_copy(update={"compression": "zstd level 19"}),
+            "startup": app.startup.model_copy(update={"runtime": "containerd 1.6.20~ds1"}),
+        }
+    )
+    text = document.model_copy(update={"apps": {"hello": newer}}).to_json()
+    assert Measurement.from_json(text).apps["hello"].startup.runtime == "containerd 1.6.20~ds1"
+    jsonschema.Draft202012Validator(schema()).validate(json.loads(text))
