@@ -271,26 +271,44 @@ def _head_arch(config: LoadedConfig) -> str | None:
     return platforms.get(built[0]).architecture if len(built) == 1 else None
 
 
-def _prepull_context(
+def _prepull_contexts(
     config: LoadedConfig, images: ImageReferences, record: PublishRecord | None
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """One DaemonSet per node architecture, each pulling the images built for it: an init container whose
+    image has no variant for its node's architecture could not start, and would hold the pod back."""
     cluster = config.config.cluster
-    compressed = sum(
-        image.published.compressed_size for image in images.images.values() if image.published is not None
-    )
-    return {
-        "name": f"{cluster.name}-prepull",
-        "namespace": cluster.namespace,
-        "cluster": cluster.name,
-        "images": [
-            {"container": f"pull-{repository_name(key)}", "ref": image.ref}
-            for key, image in images.images.items()
-        ],
-        "hold_image": images[HEAD_KEY].ref,
-        "disk": f"at most {compressed / 1e6:.0f} MB compressed, the sum of the published sizes"
-        if record is not None
-        else "their compressed sizes are known once they are published",
-    }
+    cpu_apps = tuple(app for app in config.apps if app.device == "cpu") or config.apps
+    built = {HEAD_KEY: config.all_platforms(cpu_apps)}
+    built.update({app.name: config.platforms(app) for app in config.apps})
+    arches = list(dict.fromkeys(platforms.get(p).architecture for p in config.all_platforms()))
+    contexts = []
+    for arch in arches:
+        keys = [
+            key
+            for key in images.images
+            if arch in {platforms.get(p).architecture for p in built.get(key, (platforms.DEFAULT,))}
+        ]
+        chosen = {key: images.images[key] for key in keys}
+        compressed = sum(i.published.compressed_size for i in chosen.values() if i.published is not None)
+        contexts.append(
+            {
+                "name": f"{cluster.name}-prepull" + (f"-{arch}" if len(arches) > 1 else ""),
+                "arch": arch,
+                "namespace": cluster.namespace,
+                "cluster": cluster.name,
+                "images": [
+                    {"container": f"pull-{repository_name(key)}", "ref": image.ref}
+                    for key, image in chosen.items()
+                ],
+                # The head image is on every node that runs Ray; an architecture it is not built for holds
+                # with the first image pulled there.
+                "hold_image": (chosen.get(HEAD_KEY) or next(iter(chosen.values()))).ref,
+                "disk": f"at most {compressed / 1e6:.0f} MB compressed, the sum of the published sizes"
+                if record is not None
+                else "their compressed sizes are known once they are published",
+            }
+        )
+    return contexts
 
 
 def render_manifest(
@@ -361,6 +379,6 @@ def render_manifest(
                 "--prepull: not pinned by digest, so nodes keep whatever the tag named when they pulled: "
                 + ", ".join(repository_name(key) for key in unpinned)
             )
-        context = {"prepull": _prepull_context(config, images, record)}
+        context = {"prepulls": _prepull_contexts(config, images, record)}
         text = text + "---\n" + _render_template(dirs, _PREPULL_TEMPLATE, context)
     return RenderedManifest(text=text, kind=kind, warnings=tuple(warnings))

@@ -657,3 +657,32 @@ def test_prepull_and_store_manifests_are_valid_kubernetes(fixture: LoadedConfig)
     assert {d["kind"] for d in core} >= {"DaemonSet", "StatefulSet", "Service", "PriorityClass"}
     for doc in core:
         kubernetes_validate.validate(doc, "1.34.0", strict=True)
+
+
+def test_prepull_has_one_daemonset_per_architecture_with_the_images_built_for_it(tmp_path: Path) -> None:
+    # An init container whose image has no variant for its node could not start, and the pod would never
+    # get to the next image: the GPU app's amd64-only image must not be pre-pulled on arm64 nodes.
+    toml = FIXTURE_TOML.replace(
+        'registry = "registry.example:5000/fixture"',
+        'registry = "registry.example:5000/fixture"\nplatforms = ["linux/amd64", "linux/arm64"]',
+    )
+    manifest = render_manifest(write_fixture(tmp_path / "both", toml=toml), fixture_record(), prepull=True)
+    daemonsets = {
+        d["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"]: d
+        for d in manifest.documents()
+        if d["kind"] == "DaemonSet"
+    }
+    assert set(daemonsets) == {"amd64", "arm64"}
+    pulled = {
+        arch: {c["name"] for c in d["spec"]["template"]["spec"]["initContainers"]}
+        for arch, d in daemonsets.items()
+    }
+    assert pulled == {
+        "amd64": {"pull-ray-head", "pull-web", "pull-vision"},
+        "arm64": {"pull-ray-head", "pull-web"},
+    }
+    assert {d["metadata"]["name"] for d in daemonsets.values()} == {
+        "fixture-serve-prepull-amd64",
+        "fixture-serve-prepull-arm64",
+    }
+    assert "#   arm64 nodes: at most" in manifest.text
