@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.verify.containerd import ContainerdNode
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.engine import Engine, Result
 from raybuild.errors import EngineError, GpuUnavailable, RaybuildError
 from raybuild.fsutil import atomic_write

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from raybuild.config import App, Deployment, LoadedConfig
+from raybuild.config import LoadedConfig
+from raybuild.config_apps import App, Deployment
 from raybuild.errors import StateError, unreadable
 from raybuild.fsutil import atomic_write
 from raybuild.platforms import DEFAULT as DEFAULT_PLATFORM

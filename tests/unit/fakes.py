@@ -20,7 +20,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.docker_client import DockerClient
 from raybuild.engine import Engine, Result, classify_failure
 from raybuild.errors import EngineError

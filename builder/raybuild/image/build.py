@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from raybuild import platforms
-from raybuild.config import App, LoadedConfig
+from raybuild.config import LoadedConfig
+from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, EngineError, UsageError
 from raybuild.fsutil import read_text

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from raybuild.config import App, BaseImage, LoadedConfig
+from raybuild.config import BaseImage, LoadedConfig
+from raybuild.config_apps import App
 from raybuild.engine import Engine, which
 from raybuild.errors import RaybuildError
 from raybuild.image.dockerfile import template_dir

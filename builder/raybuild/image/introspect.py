@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import BuildError
 from raybuild.image.spec import CODE_DIR

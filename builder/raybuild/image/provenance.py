@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from raybuild import __version__
-from raybuild.config import App, LoadedConfig
+from raybuild.config import LoadedConfig
+from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.image.epoch import Change, git
 from raybuild.labels import IMAGE_LABEL_PREFIX

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raybuild import platforms
-from raybuild.config import App, LoadedConfig
+from raybuild.config import LoadedConfig
+from raybuild.config_apps import App
 from raybuild.errors import UsageError
 from raybuild.fsutil import atomic_write, read_text
 from raybuild.image import bases

@@ -21,7 +21,8 @@ from functools import partial
 from typing import Any
 
 from raybuild import kuberay
-from raybuild.config import HA_MIN_REPLICAS, App, LoadedConfig
+from raybuild.config import LoadedConfig
+from raybuild.config_apps import HA_MIN_REPLICAS, App
 from raybuild.engine import Engine
 from raybuild.errors import ClusterError, RaybuildError
 from raybuild.fsutil import atomic_write

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raybuild import platforms
-from raybuild.config import App, LoadedConfig
+from raybuild.config import LoadedConfig
+from raybuild.config_apps import App
 from raybuild.engine import which
 from raybuild.errors import LockError, StaleLockError
 from raybuild.fsutil import atomic_write, read_text

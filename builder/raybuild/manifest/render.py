@@ -17,7 +17,8 @@ import jinja2
 import yaml
 
 from raybuild import kuberay, platforms
-from raybuild.config import HA_MAX_REPLICAS_PER_NODE, App, LoadedConfig
+from raybuild.config import LoadedConfig
+from raybuild.config_apps import HA_MAX_REPLICAS_PER_NODE, App
 from raybuild.errors import ConfigError
 from raybuild.kuberay import LABEL_KEY
 from raybuild.state import HEAD_KEY, ImageReferences, PublishRecord, image_references, repository_name

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from raybuild.config import Gate
+from raybuild.config_apps import Gate
 from raybuild.verify.results import Measurement
 
 

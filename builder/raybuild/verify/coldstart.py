@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from raybuild import kuberay
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.engine import Engine, which
 from raybuild.errors import EngineError, SmokeTestError
 from raybuild.kuberay import (

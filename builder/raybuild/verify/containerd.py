@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raybuild import kuberay
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.engine import Engine, Result, which
 from raybuild.errors import EngineError, SmokeTestError
 from raybuild.kuberay import required_cpus

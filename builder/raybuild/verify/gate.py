@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from raybuild.config import Gate, RaybuildConfig
+from raybuild.config import RaybuildConfig
+from raybuild.config_apps import Gate
 from raybuild.errors import GateError
 from raybuild.verify import budget, pulldelta, vulns
 from raybuild.verify.results import AppResult, Measurement

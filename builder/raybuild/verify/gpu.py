@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, UsageError
 from raybuild.lock.cuda import CudaNeed

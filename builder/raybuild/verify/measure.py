@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raybuild import platforms
-from raybuild.config import App, LoadedConfig
+from raybuild.config import LoadedConfig
+from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
 from raybuild.progress import Progress, silent

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from raybuild import kuberay, platforms
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
 from raybuild.kuberay import DASHBOARD_PORT, SERVE_PORT, NodeSpec, required_cpus, required_gpus

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from raybuild.config import Gate
+from raybuild.config_apps import Gate
 from raybuild.verify.budget import Budget, budget_for, check_budgets, failures
 from raybuild.verify.gate import ThresholdPolicy, compare
 from raybuild.verify.results import AppResult, stat

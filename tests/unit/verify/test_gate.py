@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from raybuild.cli import cli, main
-from raybuild.config import Gate, parse_config
+from raybuild.config import parse_config
+from raybuild.config_apps import Gate
 from raybuild.verify.gate import (
     DEFAULT_MAX_SIZE_GROWTH,
     DEFAULT_MAX_STARTUP_GROWTH,

@@ -14,7 +14,8 @@ from typing import Any, cast
 import pytest
 
 from raybuild import kuberay
-from raybuild.config import App, load_config
+from raybuild.config import load_config
+from raybuild.config_apps import App
 from raybuild.engine import Engine, Result
 from raybuild.errors import EngineError, GpuUnavailable, SmokeTestError, UsageError
 from raybuild.lock.cuda import CudaNeed

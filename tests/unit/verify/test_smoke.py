@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from raybuild import kuberay, platforms
-from raybuild.config import App
+from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
 from raybuild.state import BuiltImage, project_id, save_build_record
