@@ -11,8 +11,7 @@ publish leaves the previous record exactly as it was, and removes the local tags
 registry.
 
 An image built for several platforms is pushed as one image per platform (each under its own tag), then an
-image index of those manifests under the multi-platform tag, through raybuild's registry client: a node
-pulls the index and gets its own architecture's image. The record names the index.
+image index of them under the multi-platform tag (`ship/index.py`). The record names the index.
 
 Layers are gzip (`docker push`) or zstd ([publish].compression; skopeo from the daemon): `ship/push.py`
 pushes one image, and every zstd push is checked layer by layer. A zstd image is published under its own
@@ -29,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypeVar
@@ -51,6 +50,7 @@ from raybuild.registry import (
     repo_digest,
     split_reference,
 )
+from raybuild.ship.index import publish_index, refuse_moved_indexes
 from raybuild.ship.push import (
     Compression,
     PushStage,
@@ -59,6 +59,14 @@ from raybuild.ship.push import (
     is_image,
     push_image,
     wrong_layers,
+)
+from raybuild.ship.push_failures import (
+    Backoff,
+    classify_push_failure,
+    push_hint,
+    redact,
+    secret_values,
+    unreachable,
 )
 from raybuild.state import (
     HEAD_KEY,
@@ -73,18 +81,6 @@ from raybuild.state import (
 T = TypeVar("T")
 
 _REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
-# Both are retried; what is still failing after the last attempt is reported as "down" or "failing".
-_DOWN = re.compile(
-    r"connection refused|no such host|server misbehaving|no route to host|network is unreachable"
-)
-_TRANSIENT = re.compile(
-    r"connection reset|i/o timeout|tls handshake timeout|broken pipe|unexpected eof|awaiting headers|"
-    r"unexpected http status: 5\d\d|\b5\d\d (internal server error|bad gateway|service unavailable)|"
-    r"gateway time-?out"
-)
-# Lines that may carry a credential are never shown, whatever else they say.
-_SECRET_LINE = re.compile(r"authorization|password|passwd|bearer\s|x-registry-auth|identitytoken", re.I)
-_SECRET_ENV = re.compile(r"PASS|TOKEN|SECRET|AUTH|CREDENTIAL|API_?KEY", re.I)
 _PUSH_NOISE = re.compile(r": (Preparing|Waiting|Pushing)\b")
 
 
@@ -110,33 +106,6 @@ class DockerEngine(Protocol):
         on_line: Progress | None = None,
         timeout: float | None = None,
     ) -> str: ...
-
-
-def classify_push_failure(output: str) -> RegistryUnreachable | None:
-    """A failure worth retrying: the registry is down or had a transient fault. None: retrying won't help."""
-    found = _DOWN.search(output.lower()) or _TRANSIENT.search(output.lower())
-    return RegistryUnreachable(found.group(0), down=found.re is _DOWN) if found else None
-
-
-def secret_values(environ: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(value for name, value in environ.items() if _SECRET_ENV.search(name) and len(value) >= 6)
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Drops lines that may hold a credential; masks the values of secret-looking environment variables."""
-    text = "\n".join(line for line in text.splitlines() if not _SECRET_LINE.search(line))
-    for value in secrets:
-        text = text.replace(value, "***")
-    return text
-
-
-@dataclass(frozen=True)
-class Backoff:
-    attempts: int = 4
-    first_delay: float = 1.0  # then doubled: 1 s, 2 s, 4 s
-
-    def delay(self, retry: int) -> float:
-        return float(self.first_delay * 2**retry)
 
 
 @dataclass(frozen=True)
@@ -241,7 +210,10 @@ class Publisher:
             plan = self.plan(names)
             planned = [self._check(image) for item in plan for image in item.images]
             self._refuse_moved_tags(planned)
-            self._refuse_moved_indexes([item for item in plan if item.parts])
+            indexes = [
+                (item.target, self._remote(*split_reference(item.target))) for item in plan if item.parts
+            ]
+            refuse_moved_indexes(indexes, force=self.force)
             pushed = {
                 image.target: self._publish_one(image, size, remote, made) for image, size, remote in planned
             }
@@ -329,54 +301,23 @@ class Publisher:
         target = f"{registry}/{repository_name(key)}:{tag}"
         return Planned(key, ref, image_id, target, platform, sbom=platforms.native(platform))
 
-    def _index_at(self, item: Planned) -> Manifest | None:
-        host, repository, tag = split_reference(item.target)
-        return self._remote(host, repository, tag)
-
-    def _refuse_moved_indexes(self, items: list[Planned]) -> None:
-        """An index tag that holds something else than an index is another image: never moved silently."""
-        moved = [
-            f"{item.target} is image {remote.config_digest} in the registry, not an image index"
-            for item in items
-            if (remote := self._index_at(item)) is not None and remote.config_digest is not None
-        ]
-        if moved and not self.force:
-            raise PublishError(
-                "refusing to move a content-addressed tag: " + "; ".join(moved),
-                hint="`raybuild publish --force` overwrites the registry's image",
-            )
-
     def _publish_index(self, item: Planned, images: list[Published]) -> Published:
         """PUT the image index of ``images`` (each platform's, already pushed) under ``item.target``."""
         host, repository, tag = split_reference(item.target)
-        manifests = []
-        for part, published in zip(item.parts, images, strict=True):
-            manifest = self._remote(host, repository, published.image.digest)
-            if manifest is None:
-                raise PublishError(
-                    f"{item.key}: the registry does not show {published.image.pinned}; no index was pushed",
-                    hint="rerun `raybuild publish`",
-                )
-            arch = platforms.get(part.platform).architecture
-            manifests.append(
-                Descriptor(
-                    manifest.media_type,
-                    manifest.digest,
-                    manifest.size,
-                    platform={"os": "linux", "architecture": arch},
-                )
-            )
-        before = self._index_at(item)
-        registry = self.connect(host)
-        index = self._retrying(host, lambda: put_index(registry, repository, tag, manifests))
-        status: Literal["pushed", "skipped"] = (
-            "skipped" if before and before.digest == index.digest else "pushed"
+
+        def put(manifests: list[Descriptor]) -> Manifest:
+            registry = self.connect(host)
+            return self._retrying(host, lambda: put_index(registry, repository, tag, manifests))
+
+        parts = [(part.platform, published.image) for part, published in zip(item.parts, images, strict=True)]
+        status, image = publish_index(
+            item.key,
+            item.target,
+            parts,
+            read=lambda reference: self._remote(host, repository, reference),
+            put=put,
+            progress=self.progress,
         )
-        arches = ", ".join(platforms.get(p.platform).architecture for p in item.parts)
-        self.progress(f"{item.key}: image index {item.target} ({arches}) {status}")
-        # Sizes are the default platform's image (the first): what an amd64 node pulls.
-        first = images[0].image
-        image = PublishedImage(item.target, index.digest, first.size, first.compressed_size)
         return Published(item.key, status, image)
 
     def _with_sbom(
@@ -423,7 +364,7 @@ class Publisher:
             except RegistryUnreachable as exc:
                 delay = self.backoff.delay(attempt - 1)
                 if attempt == attempts or (until is not None and self.clock() + delay >= until):
-                    raise _unreachable(host, exc, attempt) from None
+                    raise unreachable(host, exc, attempt) from None
                 self.progress(
                     f"registry {host}: {exc.reason}; attempt {attempt + 1}/{attempts} in {delay:g}s"
                 )
@@ -472,7 +413,7 @@ class Publisher:
                 f"exit {exc.returncode}" + (" (output withheld)" if last else "")
             )
             raise PublishError(
-                f"docker push {ref} failed: {shown}", hint=_push_hint(last) or exc.hint
+                f"docker push {ref} failed: {shown}", hint=push_hint(last) or exc.hint
             ) from None
 
     def _repo_digest(self, target: str) -> str:
@@ -481,25 +422,3 @@ class Publisher:
             name = target.rsplit(":", 1)[0]
             raise PublishError(f"docker push {target} printed no digest, and the image has none for {name}")
         return found
-
-
-def _unreachable(host: str, exc: RegistryUnreachable, attempts: int) -> PublishError:
-    what = "is not reachable" if exc.down else "kept failing"
-    message = f"registry {host} {what} ({exc.reason}, {attempts} attempts); nothing was recorded"
-    if exc.down:
-        hint = (
-            "check that it is running and that --registry (or [project].registry) is right: "
-            f"`curl {api_url(host)}`"
-        )
-    else:
-        hint = "the registry or the network is unstable: rerun `raybuild publish` (pushed layers are kept)"
-    return PublishError(message, hint=hint)
-
-
-def _push_hint(line: str) -> str | None:
-    lowered = line.lower()
-    if any(word in lowered for word in ("denied", "unauthorized", "authentication required")):
-        return "run `docker login HOST` (raybuild uses docker's own credential store) and check push rights"
-    if "http response to https client" in lowered:
-        return "the registry speaks plain HTTP: add it to the daemon's insecure-registries, or serve TLS"
-    return None

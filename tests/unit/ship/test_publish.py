@@ -28,15 +28,9 @@ from raybuild.registry import (
     RegistryUnverifiable,
     parse_manifest,
 )
-from raybuild.ship.publish import (
-    Backoff,
-    Publisher,
-    classify_push_failure,
-    redact,
-    secret_values,
-    split_reference,
-)
+from raybuild.ship.publish import Publisher, split_reference
 from raybuild.ship.push import PushStage, push_digest
+from raybuild.ship.push_failures import Backoff, classify_push_failure, redact, secret_values
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
