@@ -824,7 +824,8 @@ ARM64_ID = "sha256:" + "e" * 64
 def multi(project: LoadedConfig, engine: FakeEngine) -> LoadedConfig:
     refs = (("linux/amd64", AMD64_REF), ("linux/arm64", ARM64_REF))
     save_build_record(project, [BuiltImage("demo", BOTH_REF, DEMO_ID, "cpu", False, (), False, refs)])
-    engine.images[ARM64_REF] = {"Id": ARM64_ID, "Size": 460_000_000}
+    arm64_layers = ["sha256:" + c * 64 for c in "789"]  # another platform: other binaries, other layers
+    engine.images[ARM64_REF] = {"Id": ARM64_ID, "Size": 460_000_000, "RootFS": {"Layers": arm64_layers}}
     engine.images[BOTH_REF] = engine.images[AMD64_REF]  # locally, the multi-platform tag is this host's image
     return project
 
@@ -970,3 +971,29 @@ def test_a_stalled_skopeo_copy_names_the_blob_it_was_copying() -> None:
     assert str(stage) == f"uploading layer {'2' * 12} (1 of 2 layers done)"
     stage.feed("Writing manifest to image destination")
     assert str(stage) == "after the manifest was uploaded"
+
+
+def test_a_multi_platform_zstd_image_is_each_platforms_zstd_image_then_an_index_under_a_zstd_tag(
+    multi: LoadedConfig, engine: FakeEngine, registry: FakeRegistry, run: Run
+) -> None:
+    multi.path.write_text(multi.path.read_text() + ZSTD)
+    config = load_config(multi.path)
+    publisher = Publisher(config, engine, connect=registry.connect, progress=run.progress.append, secrets=())
+    results = {r.key: r for r in publisher.publish(("demo",))}
+    # Each platform's image is copied with zstd under its own rehashed tag; none moves a gzip tag.
+    zstd = {ref: f"127.0.0.1:5000/demo/demo:{published_tag(config, split_reference(ref)[2])}"
+            for ref in (AMD64_REF, ARM64_REF)}  # fmt: skip
+    assert [(c[0], c[1], c[2]) for c in engine.copied if "/demo:" in c[0]] == [
+        (AMD64_REF, zstd[AMD64_REF], "zstd"),
+        (ARM64_REF, zstd[ARM64_REF], "zstd"),
+    ]
+    index_tag = published_tag(config, split_reference(BOTH_REF)[2])
+    assert index_tag != split_reference(BOTH_REF)[2]
+    index = json.loads(registry.bodies[("demo/demo", index_tag)])
+    assert [m["digest"] for m in index["manifests"]] == [
+        stored(registry, zstd[AMD64_REF]).digest,
+        stored(registry, zstd[ARM64_REF]).digest,
+    ]
+    for ref in zstd.values():
+        assert set(stored(registry, ref).layer_media_types) == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    assert results["demo"].image.reference == f"127.0.0.1:5000/demo/demo:{index_tag}"
