@@ -18,7 +18,6 @@ and goes on, as it does in Docker on this host.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import tempfile
@@ -114,10 +113,6 @@ class ContainerdNode:
     def start(self, timeout: float = 60.0) -> None:
         """Start a new containerd on an empty folder (the one before, if any, is stopped and removed)."""
         self.stop()
-        # The node before unpacked hundreds of MB that the kernel may still be writing back; a new node has
-        # none of that pending. Without this, each pull of a run competed with the last one's writeback and
-        # read 50% slower by the fifth (5.3 s rising to 8.0 s for `hello`).
-        os.sync()
         containerd, ctr = which("containerd"), which("ctr")
         if containerd is None or ctr is None:
             raise EngineError(

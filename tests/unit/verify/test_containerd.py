@@ -60,18 +60,6 @@ def test_start_uses_a_new_empty_folder_and_stop_removes_it(node: ContainerdNode,
     node.stop()  # twice is fine
 
 
-def test_each_node_starts_after_the_last_ones_writes_are_flushed(
-    node: ContainerdNode, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    events: list[str] = []
-    monkeypatch.setattr(module.os, "sync", lambda: events.append("sync"))
-    original = module.shutil.rmtree
-    monkeypatch.setattr(module.shutil, "rmtree", lambda *a, **k: (events.append("rmtree"), original(*a, **k)))
-    node.start()
-    node.clear()
-    assert events == ["sync", "rmtree", "sync"]  # the old folder goes, then its writes are flushed
-
-
 def test_pull_is_kubelets_and_plain_http_only_on_this_host(node: ContainerdNode) -> None:
     node.start()
     node.pull("127.0.0.1:5000/ns/hello:t", deadline=60)
