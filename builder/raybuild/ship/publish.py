@@ -35,7 +35,6 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from raybuild import platforms
 from raybuild.config import LoadedConfig
-from raybuild.engine import Result
 from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
 from raybuild.progress import Progress, silent
 from raybuild.registry import (
@@ -53,6 +52,7 @@ from raybuild.registry import (
 from raybuild.ship.index import publish_index, refuse_moved_indexes
 from raybuild.ship.push import (
     Compression,
+    PushEngine,
     PushStage,
     check_layers,
     diff_ids,
@@ -89,23 +89,11 @@ _PUSH_NOISE = re.compile(r": (Preparing|Waiting|Pushing)\b")
 AttachSbom = Callable[[Registry, str, PublishedImage, Manifest], str]
 
 
-class DockerEngine(Protocol):
+class DockerEngine(PushEngine, Protocol):
+    """What publishing needs of the engine: the one image push (ship/push.py), and reading the local image."""
+
     def inspect(self, ref: str) -> dict[str, Any]: ...
-    def image_exists(self, ref: str) -> bool: ...
-    def tag(self, source: str, target: str) -> None: ...
     def remove_image(self, ref: str) -> None: ...
-    def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result: ...
-    def copy_to_registry(
-        self,
-        ref: str,
-        target: str,
-        *,
-        compression: str,
-        level: int | None,
-        plain_http: bool,
-        on_line: Progress | None = None,
-        timeout: float | None = None,
-    ) -> str: ...
 
 
 @dataclass(frozen=True)
