@@ -219,14 +219,12 @@ def measure(
                 node.start()
                 coldstart.sweep(node.node, project)
                 runtime = _docker_runtime(node, compression)
-        sizes: dict[str, Size] = {}
-        methods: dict[str, str] = {}
-        for app in apps:
-            progress(f"{app.name}: measuring the size of {refs[app.name]}")
-            sizes[app.name], methods[app.name] = measure_size(
+
+        def size_of(ref: str, app: str) -> tuple[Size, str]:
+            return measure_size(
                 engine,
-                refs[app.name],
-                app.name,
+                ref,
+                app,
                 config.project.python,
                 registry,
                 project=project,
@@ -234,6 +232,12 @@ def measure(
                 deadline=config.config.limits.registry_deadline_s,
                 compression=compression,
             )
+
+        sizes: dict[str, Size] = {}
+        methods: dict[str, str] = {}
+        for app in apps:
+            progress(f"{app.name}: measuring the size of {refs[app.name]}")
+            sizes[app.name], methods[app.name] = size_of(refs[app.name], app.name)
             progress(f"{app.name}: compressed size from the {methods[app.name]}")
         for app in apps:
             shared = shared_bytes(sizes[app.name].layers, _others(images, engine, app.name, sizes))
@@ -242,16 +246,7 @@ def measure(
         for app in apps:
             for platform, ref in _other_platforms(config, app.name):
                 progress(f"{app.name}: measuring the size of {ref} ({platform}; sizes only, no timings)")
-                other_sizes.setdefault(app.name, {})[platform] = measure_size(
-                    engine,
-                    ref,
-                    app.name,
-                    config.project.python,
-                    registry,
-                    project=project,
-                    namespace=config.project.registry,
-                    deadline=config.config.limits.registry_deadline_s,
-                )[0]
+                other_sizes.setdefault(app.name, {})[platform] = size_of(ref, app.name)[0]
 
         gpu = options.startup and any(app.device == "gpu" for app in apps) and _gpu_available()
         results: dict[str, AppResult] = {}
