@@ -265,11 +265,20 @@ def _ha_warnings(config: LoadedConfig, text: str, dirs: Templates) -> list[str]:
     return warnings
 
 
+def _head_platforms(config: LoadedConfig) -> tuple[str, ...]:
+    """The platforms the head image is built for: its CPU apps'."""
+    cpu_apps = tuple(app for app in config.apps if app.device == "cpu") or config.apps
+    return config.all_platforms(cpu_apps)
+
+
+def _architectures(built: tuple[str, ...]) -> list[str]:
+    return list(dict.fromkeys(platforms.get(p).architecture for p in built))
+
+
 def _head_arch(config: LoadedConfig) -> str | None:
     """The head image's one architecture, when its CPU apps are all built for the same single platform."""
-    cpu_apps = tuple(app for app in config.apps if app.device == "cpu") or config.apps
-    built = config.all_platforms(cpu_apps)
-    return platforms.get(built[0]).architecture if len(built) == 1 else None
+    arches = _architectures(_head_platforms(config))
+    return arches[0] if len(arches) == 1 else None
 
 
 def _prepull_contexts(
@@ -278,17 +287,13 @@ def _prepull_contexts(
     """One DaemonSet per node architecture, each pulling the images built for it: an init container whose
     image has no variant for its node's architecture could not start, and would hold the pod back."""
     cluster = config.config.cluster
-    cpu_apps = tuple(app for app in config.apps if app.device == "cpu") or config.apps
-    built = {HEAD_KEY: config.all_platforms(cpu_apps)}
-    built.update({app.name: config.platforms(app) for app in config.apps})
-    arches = list(dict.fromkeys(platforms.get(p).architecture for p in config.all_platforms()))
+    built = {HEAD_KEY: _architectures(_head_platforms(config))}
+    built.update({app.name: _architectures(config.platforms(app)) for app in config.apps})
+    default = _architectures((platforms.DEFAULT,))
+    arches = _architectures(config.all_platforms())
     contexts = []
     for arch in arches:
-        keys = [
-            key
-            for key in images.images
-            if arch in {platforms.get(p).architecture for p in built.get(key, (platforms.DEFAULT,))}
-        ]
+        keys = [key for key in images.images if arch in built.get(key, default)]
         chosen = {key: images.images[key] for key in keys}
         compressed = sum(i.published.compressed_size for i in chosen.values() if i.published is not None)
         contexts.append(
