@@ -17,21 +17,19 @@ def wheel(wheel_path: Path) -> zipfile.ZipFile:
     return zipfile.ZipFile(wheel_path)
 
 
-def test_the_wheel_carries_every_template_of_the_bundled_project(wheel: zipfile.ZipFile) -> None:
-    names = set(wheel.namelist())
-    expected = {
-        f"raybuild/templates/{p.relative_to(REPO_ROOT / 'images').as_posix()}"
-        for p in (REPO_ROOT / "images").rglob("*")
-        if p.is_file()
-    } | {f"raybuild/templates/deploy/{p.name}" for p in (REPO_ROOT / "deploy").glob("*.j2")}
-    assert expected <= names
-    for name in expected:
-        source = (
-            REPO_ROOT
-            / ("deploy" if "/deploy/" in name else "images")
-            / name.split("/", 2)[2].removeprefix("deploy/")
-        )
-        assert wheel.read(name) == Path(source).read_bytes(), name
+def test_the_wheel_carries_every_template_of_the_package(wheel: zipfile.ZipFile) -> None:
+    source = REPO_ROOT / "builder" / "raybuild" / "templates"
+    templates = {
+        f"raybuild/templates/{p.relative_to(source).as_posix()}": p
+        for p in source.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    # The Dockerfile and manifest templates a project may overlay, not only the init and probe files.
+    overlayable = ("common/app.Dockerfile.j2", "deploy/rayservice.yaml.j2")
+    assert {f"raybuild/templates/{name}" for name in overlayable} <= set(templates)
+    assert set(templates) <= set(wheel.namelist())
+    for name, path in templates.items():
+        assert wheel.read(name) == path.read_bytes(), name
 
 
 def test_the_wheel_carries_the_crds_with_their_notice_and_the_measure_schema(wheel: zipfile.ZipFile) -> None:

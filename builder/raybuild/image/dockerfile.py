@@ -1,7 +1,7 @@
 """Dockerfile generation: a pure function from a frozen spec to text, through the Jinja templates.
 
-The templates live in the project's ``images/`` folder (or raybuild's bundled copy). No Dockerfile text
-lives in Python.
+The templates are raybuild's own (``templates/``), each overridable by the project's ``images/`` folder
+(see ``raybuild.templating``). No Dockerfile text lives in Python.
 """
 
 from __future__ import annotations

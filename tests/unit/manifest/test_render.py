@@ -15,6 +15,7 @@ from raybuild.errors import ConfigError
 from raybuild.manifest.render import LABEL_KEY, render_manifest, store_service
 from raybuild.manifest.validate import BUNDLED_CRDS, GPU_RESOURCE, load_crds, validate_manifest
 from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, image_references, publish_record_path
+from raybuild.templating import BUNDLED_TEMPLATES
 from tests.conftest import GOLDEN_DIR, REPO_ROOT
 
 GOLDEN = GOLDEN_DIR / "k8s"
@@ -394,7 +395,7 @@ def test_store_needs_an_in_namespace_service_address(tmp_path: Path, address: st
 def test_a_project_template_overrides_the_bundled_one(fixture: LoadedConfig) -> None:
     deploy = fixture.root / "deploy"
     deploy.mkdir()
-    bundled = (REPO_ROOT / "deploy" / "rayservice.yaml.j2").read_text(encoding="utf-8")
+    bundled = (BUNDLED_TEMPLATES / "deploy" / "rayservice.yaml.j2").read_text(encoding="utf-8")
     (deploy / "rayservice.yaml.j2").write_text(
         bundled.replace("    app.kubernetes.io/managed-by: raybuild\n", "    team: search\n"),
         encoding="utf-8",
@@ -562,8 +563,6 @@ def test_every_worker_pod_drains_before_ray_stops(fixture: LoadedConfig) -> None
 
 def test_an_ha_app_with_an_old_project_template_is_warned_about(tmp_path: Path) -> None:
     config = ha_fixture(tmp_path / "project")
-    from raybuild.templating import BUNDLED_TEMPLATES
-
     bundled = (BUNDLED_TEMPLATES / "deploy" / "_cluster.yaml.j2").read_text()
     start, end = bundled.index("            lifecycle:\n"), bundled.index("            resources:\n")
     (config.root / "deploy").mkdir()
