@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import cast
-
 import click
 
 from raybuild.cli.common import (
@@ -18,11 +16,11 @@ from raybuild.cli.common import (
 )
 from raybuild.errors import ReportedFailure
 from raybuild.local import cluster as local
-from raybuild.local.drill import DRILL_KINDS, DrillKind, DrillReport, run_drill
+from raybuild.local.drill import DRILL_KINDS, DrillReport, run_drill
 from raybuild.state import project_id
 
 POSITIVE = FiniteFloat(min=0, min_open=True)
-# The name worker-kill had before workers could also be drained.
+# Old names of drills, still accepted: worker-kill's before workers could also be drained.
 ALIASES = {"worker-restart": "worker-kill"}
 
 
@@ -80,12 +78,11 @@ def drill(
         raise click.BadParameter("need at most 10000 requests in all (--duration times --rps)")
     config = state.config()
     cluster = local.load_cluster(config)
-    drill_kind = cast(DrillKind, ALIASES.get(kind, kind))  # click.Choice above allows exactly these
     report = run_drill(
         engine_for(state),
         project_id(config),
         cluster,
-        drill_kind,
+        ALIASES.get(kind, kind),
         duration=duration,
         rps=rps,
         app=app_name,

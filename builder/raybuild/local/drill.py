@@ -20,8 +20,10 @@ from __future__ import annotations
 import threading
 import time
 import urllib.error
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from types import MappingProxyType
+from typing import Any, Protocol
 
 from raybuild import kuberay
 from raybuild.engine import Engine
@@ -37,8 +39,6 @@ from raybuild.local.cluster import (
 from raybuild.loopback import LOOPBACK, wait_until
 from raybuild.progress import Progress, silent
 
-DrillKind = Literal["head-restart", "worker-kill", "worker-drain", "gcs-outage"]
-DRILL_KINDS: tuple[str, ...] = get_args(DrillKind)
 # `docker stop` returns once the container ended; bounded beyond the grace period for a daemon that hangs.
 STOP_MARGIN_S = 30
 
@@ -233,11 +233,117 @@ def _refuse_a_saturated_client(loop: RequestLoop, rps: float) -> None:
         )
 
 
+@dataclass(frozen=True)
+class FaultOptions:
+    """What a fault may need beyond the cluster: the drill's options, its progress and its clock."""
+
+    app: str | None  # the worker drills' app (None: the first worker)
+    outage: float  # gcs-outage: seconds the store is down
+    progress: Progress
+    t_kill: float  # seconds into the drill when the fault strikes
+    now: Callable[[], float]  # seconds into the drill, for the progress lines
+
+
+@dataclass(frozen=True)
+class Struck:
+    """The node a fault broke, and the node whose KubeRay probes say the cluster recovered."""
+
+    target: Node
+    checked: Node
+
+
+class Fault(Protocol):
+    """One kind of drill: breaks a node (and starts its replacement) while the request loop runs."""
+
+    def run(self, engine: Engine, project: str, cluster: LocalCluster, options: FaultOptions) -> Struck: ...
+
+
+def _worker(cluster: LocalCluster, app: str | None) -> Node:
+    return cluster.node("worker", app) if app else cluster.node("worker")
+
+
+class HeadRestart:
+    """The head pod restarts with the same GCS store."""
+
+    def run(self, engine: Engine, project: str, cluster: LocalCluster, options: FaultOptions) -> Struck:
+        target = cluster.node("head")
+        options.progress(
+            f"t={options.t_kill:.1f}s: killing the head {target.name} and starting a new one at {target.ip}"
+        )
+        _replace(engine, project, cluster, target)
+        return Struck(target, target)
+
+
+class WorkerKill:
+    """One worker dies (SIGKILL), like a lost node; a new one takes its place."""
+
+    def run(self, engine: Engine, project: str, cluster: LocalCluster, options: FaultOptions) -> Struck:
+        target = _worker(cluster, options.app)
+        options.progress(
+            f"t={options.t_kill:.1f}s: killing worker {target.name} (SIGKILL) and starting a new one"
+        )
+        _replace(engine, project, cluster, target)
+        return Struck(target, target)
+
+
+class WorkerDrain:
+    """One worker gets SIGTERM and its pod's grace period (its preStop drain runs), then is replaced."""
+
+    def run(self, engine: Engine, project: str, cluster: LocalCluster, options: FaultOptions) -> Struck:
+        target = _worker(cluster, options.app)
+        grace = kuberay.TERMINATION_GRACE_S
+        options.progress(
+            f"t={options.t_kill:.1f}s: stopping worker {target.name} (SIGTERM, {grace}s grace period)"
+        )
+        engine.docker_cmd("stop", "-t", str(grace), target.name, check=False, timeout=grace + STOP_MARGIN_S)
+        options.progress(f"t={options.now():.1f}s: {target.name} drained and stopped; starting a new one")
+        _replace(engine, project, cluster, target)
+        return Struck(target, target)
+
+
+class GcsOutage:
+    """The GCS store stops for a while and starts again; the head must ride it out."""
+
+    def run(self, engine: Engine, project: str, cluster: LocalCluster, options: FaultOptions) -> Struck:
+        target = cluster.node("gcs")
+        options.progress(
+            f"t={options.t_kill:.1f}s: stopping the GCS store {target.name} for {options.outage:.0f}s"
+        )
+        engine.docker_cmd("stop", "-t", "0", target.name, check=False)
+        time.sleep(options.outage)
+        engine.docker_cmd("start", target.name, check=False)
+        # The store has no KubeRay probe; the head, whose GCS lost its store, is what must recover.
+        return Struck(target, cluster.node("head"))
+
+
+# The drills, by the name `raybuild drill` takes: the one list of kinds, so a kind cannot exist without
+# the code that runs it (the CLI's choices are these names).
+DRILLS: Mapping[str, Fault] = MappingProxyType(
+    {
+        "head-restart": HeadRestart(),
+        "worker-kill": WorkerKill(),
+        "worker-drain": WorkerDrain(),
+        "gcs-outage": GcsOutage(),
+    }
+)
+DRILL_KINDS: tuple[str, ...] = tuple(DRILLS)
+
+
+def fault_for(kind: str) -> Fault:
+    """The drill named ``kind``; a name the table lacks is refused before anything runs."""
+    try:
+        return DRILLS[kind]
+    except KeyError:
+        raise UsageError(
+            f"no drill named {kind!r}", hint=f"choose one of: {', '.join(DRILL_KINDS)}"
+        ) from None
+
+
 def run_drill(
     engine: Engine,
     project: str,
     cluster: LocalCluster,
-    kind: DrillKind,
+    kind: str,
     duration: float = 30.0,
     rps: float = 20.0,
     app: str | None = None,
@@ -246,6 +352,7 @@ def run_drill(
     progress: Progress = silent,
     direct: bool = False,
 ) -> DrillReport:
+    fault = fault_for(kind)
     if not direct and not cluster.front:
         raise ClusterError(
             "this cluster has no front to send the drill's requests through",
@@ -261,28 +368,8 @@ def run_drill(
     time.sleep(min(duration * 0.2, 5.0))
     _refuse_a_saturated_client(loop, rps)
     t_kill = loop.now()
-    if kind == "head-restart":
-        target = cluster.node("head")
-        progress(f"t={t_kill:.1f}s: killing the head {target.name} and starting a new one at {target.ip}")
-        _replace(engine, project, cluster, target)
-    elif kind == "worker-kill":
-        target = cluster.node("worker", app) if app else cluster.node("worker")
-        progress(f"t={t_kill:.1f}s: killing worker {target.name} (SIGKILL) and starting a new one")
-        _replace(engine, project, cluster, target)
-    elif kind == "worker-drain":
-        target = cluster.node("worker", app) if app else cluster.node("worker")
-        grace = kuberay.TERMINATION_GRACE_S
-        progress(f"t={t_kill:.1f}s: stopping worker {target.name} (SIGTERM, {grace}s grace period)")
-        engine.docker_cmd("stop", "-t", str(grace), target.name, check=False, timeout=grace + STOP_MARGIN_S)
-        progress(f"t={loop.now():.1f}s: {target.name} drained and stopped; starting a new one")
-        _replace(engine, project, cluster, target)
-    else:
-        target = cluster.node("gcs")
-        progress(f"t={t_kill:.1f}s: stopping the GCS store {target.name} for {outage:.0f}s")
-        engine.docker_cmd("stop", "-t", "0", target.name, check=False)
-        time.sleep(outage)
-        engine.docker_cmd("start", target.name, check=False)
-    checked = cluster.node("head") if kind == "gcs-outage" else target
+    struck = fault.run(engine, project, cluster, FaultOptions(app, outage, progress, t_kill, loop.now))
+    target, checked = struck.target, struck.checked
     recovered = wait_until(lambda: kuberay.probe(engine, checked.name, checked.role), timeout, interval=0.5)
     t_healthy = loop.now()
     progress(

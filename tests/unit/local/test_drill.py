@@ -8,12 +8,13 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
+import click
 import pytest
 
 from raybuild import kuberay
@@ -21,6 +22,7 @@ from raybuild.errors import ClusterError, UsageError
 from raybuild.local import drill
 from raybuild.local.cluster import LocalCluster, Node, node_spec
 from raybuild.local.drill import Latency, RequestLoop, Sample, Window
+from tests.conftest import REPO_ROOT, MainResult
 from tests.unit.fakes import FakeEngine, container_id
 
 PROJECT = "0123456789abcdef"
@@ -215,19 +217,52 @@ def _cluster(port: int, front: int = 0) -> LocalCluster:
     return LocalCluster("c", "c", "172.29.213.0", nodes, {"demo": "/demo"}, "ingress" if front else "")
 
 
-@pytest.mark.parametrize(
-    ("kind", "target", "probed", "probes"),
-    [
-        ("worker-kill", "c-worker-demo", "c-worker-demo", [kuberay.RAYLET_PROBE]),
-        ("worker-drain", "c-worker-demo", "c-worker-demo", [kuberay.RAYLET_PROBE]),
-        ("head-restart", "c-head", "c-head", [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]),
-        ("gcs-outage", "c-gcs", "c-head", [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]),
-    ],
-)
+# Each drill: the node it breaks, the node whose probes must pass again, and those probes.
+DRILL_CASES = [
+    ("worker-kill", "c-worker-demo", "c-worker-demo", [kuberay.RAYLET_PROBE]),
+    ("worker-drain", "c-worker-demo", "c-worker-demo", [kuberay.RAYLET_PROBE]),
+    ("head-restart", "c-head", "c-head", [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]),
+    ("gcs-outage", "c-gcs", "c-head", [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]),
+]
+
+
+def test_every_drill_of_the_table_is_run_by_the_whole_drill_test() -> None:
+    # A kind added to the table gets its own case below, or this fails.
+    assert sorted(case[0] for case in DRILL_CASES) == sorted(drill.DRILLS) == sorted(drill.DRILL_KINDS)
+    for kind, fault in drill.DRILLS.items():
+        assert callable(getattr(fault, "run", None)), f"{kind} has no run()"
+
+
+def test_the_cli_offers_exactly_the_tables_drills_and_their_old_names() -> None:
+    from raybuild.cli import drill as drill_cli
+
+    [kind] = [p for p in drill_cli.drill.params if p.name == "kind"]
+    assert isinstance(kind.type, click.Choice)
+    assert list(kind.type.choices) == [*drill.DRILL_KINDS, *drill_cli.ALIASES]
+    assert set(drill_cli.ALIASES.values()) <= set(drill.DRILLS), "an old name must name a drill of the table"
+
+
+def test_an_unknown_drill_is_refused_before_anything_runs(server: tuple[str, list[str]]) -> None:
+    base, hits = server
+    cluster = _cluster(int(base.rsplit(":", 1)[1]))
+    engine = FakeEngine()
+    with pytest.raises(UsageError, match=r"^no drill named 'disk-full'") as raised:
+        drill.run_drill(engine, PROJECT, cluster, "disk-full", duration=0.3, rps=10, timeout=5, direct=True)
+    assert raised.value.hint == "choose one of: head-restart, worker-kill, worker-drain, gcs-outage"
+    assert (engine.commands, hits) == ([], []), "no request sent, no node touched"
+
+
+def test_the_cli_refuses_an_unknown_drill(run_main: Callable[..., MainResult]) -> None:
+    result = run_main("--config", str(REPO_ROOT / "raybuild.toml"), "drill", "disk-full")
+    assert result.exit_code == 2
+    assert "'disk-full' is not one of 'head-restart', 'worker-kill'" in result.stderr
+
+
+@pytest.mark.parametrize(("kind", "target", "probed", "probes"), DRILL_CASES)
 def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
     server: tuple[str, list[str]],
     monkeypatch: pytest.MonkeyPatch,
-    kind: drill.DrillKind,
+    kind: str,
     target: str,
     probed: str,
     probes: list[str],
