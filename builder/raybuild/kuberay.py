@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from raybuild.config_apps import App
+from raybuild.dashboard import RAY_DASHBOARD, Dashboard
 from raybuild.engine import Engine, Result
 from raybuild.errors import EngineError, GpuUnavailable, RaybuildError
 from raybuild.fsutil import atomic_write
 from raybuild.image.introspect import AppException
 from raybuild.labels import label_filters
-from raybuild.loopback import http, wait_until
+from raybuild.loopback import wait_until
 from raybuild.verify.gpu import TOOLKIT_HINT, no_device_driver
 
 GCS_PORT = 6379
@@ -333,14 +334,12 @@ def draining_command(command: str) -> str:
     return f"drain() {{ {DRAIN_HOOK}; {stop}; }}; trap drain TERM; {command} & ray=$!; wait $ray; wait $ray"
 
 
-# -- the dashboard's REST API -----------------------------------------------------------------------------
-
-SERVE_APPLICATIONS_PATH = "/api/serve/applications/"
+# -- the dashboard's REST API (raybuild.dashboard makes the calls; these read the answers) ----------------
 
 
-def alive_nodes(dashboard: str) -> int:
+def alive_nodes(dashboard: str, api: Dashboard = RAY_DASHBOARD) -> int:
     """ALIVE nodes in the dashboard's state API (GET /api/v0/nodes); 0 when it does not answer."""
-    status, body = http("GET", f"{dashboard}/api/v0/nodes?limit=100", timeout=5)
+    status, body = api.nodes(dashboard)
     if status != 200:
         return 0
     try:
@@ -356,16 +355,17 @@ def deploy(
     error: type[RaybuildError],
     context: str = "",
     timeout: float = 60,
+    api: Dashboard = RAY_DASHBOARD,
 ) -> None:
     """PUT a Serve config, as KubeRay's RayService controller sends it; ``error`` when it is refused."""
-    status, text = http("PUT", f"{dashboard}{SERVE_APPLICATIONS_PATH}", dict(body), timeout=timeout)
+    status, text = api.deploy_applications(dashboard, body, timeout)
     if status != 200:
         raise error(f"{context}Serve deploy request returned {status}: {text[:300]}")
 
 
-def serve_status(dashboard: str) -> dict[str, Any]:
+def serve_status(dashboard: str, api: Dashboard = RAY_DASHBOARD) -> dict[str, Any]:
     """Each Serve application's status by name; empty when the dashboard does not answer."""
-    status, text = http("GET", f"{dashboard}{SERVE_APPLICATIONS_PATH}")
+    status, text = api.applications(dashboard)
     if status != 200:
         return {}
     try:
@@ -375,9 +375,9 @@ def serve_status(dashboard: str) -> dict[str, Any]:
     return applications if isinstance(applications, dict) else {}
 
 
-def app_status(dashboard: str, app: str) -> str:
+def app_status(dashboard: str, app: str, api: Dashboard = RAY_DASHBOARD) -> str:
     """One line on an app's Serve status, for an error message."""
-    info = serve_status(dashboard).get(app)
+    info = serve_status(dashboard, api).get(app)
     if not isinstance(info, dict):
         return f"Serve reports no status for {app!r}"
     return f"status {info.get('status')}: {str(info.get('message', ''))[:300]}"
@@ -410,9 +410,11 @@ class DeployFailure:
         return lines[0][:300] if lines else "no message from Serve"
 
 
-def deploy_failures(dashboard: str, apps: Sequence[str]) -> list[DeployFailure]:
+def deploy_failures(
+    dashboard: str, apps: Sequence[str], api: Dashboard = RAY_DASHBOARD
+) -> list[DeployFailure]:
     """The apps among ``apps`` whose deploy failed, read from one Serve status request."""
-    statuses = serve_status(dashboard)
+    statuses = serve_status(dashboard, api)
     failures = []
     for app in apps:
         info = statuses.get(app)
@@ -439,7 +441,12 @@ class ServeWait:
 
 
 def wait_for_serve(
-    dashboard: str, apps: Sequence[str], answered: Callable[[], bool], timeout: float, interval: float = 0.5
+    dashboard: str,
+    apps: Sequence[str],
+    answered: Callable[[], bool],
+    timeout: float,
+    interval: float = 0.5,
+    api: Dashboard = RAY_DASHBOARD,
 ) -> ServeWait:
     """Wait until ``answered()``; stop at the first status read that shows a deploy of ``apps`` failed."""
     failed: list[DeployFailure] = []
@@ -447,7 +454,7 @@ def wait_for_serve(
     def done() -> bool:
         if answered():
             return True
-        failed.extend(deploy_failures(dashboard, apps))
+        failed.extend(deploy_failures(dashboard, apps, api))
         return bool(failed)
 
     ready = wait_until(done, timeout, interval=min(interval, STATUS_POLL_S))

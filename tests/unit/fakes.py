@@ -462,3 +462,57 @@ class FakeResolver:
                 lines.append(f"    #   -c {command[command.index('-c') + 1]}")
         output.write_text("\n".join(lines) + "\n")
         return subprocess.CompletedProcess(command, 0, "", "")
+
+
+DashboardAnswer = tuple[int, str]  # (status, body); status 0: nothing answered
+
+
+class FakeDashboard:
+    """The Ray dashboard's REST API (raybuild.dashboard.Dashboard) from answers set up per call.
+
+    Each of ``nodes``, ``applications`` and ``deploy`` is one ``(status, body)`` answer for every call, or a
+    list answered in turn (its last answer repeats). A call that was not set up fails the test: a test says
+    every request its code makes. ``calls`` records each one as (call, url, config or None, timeout or None).
+    A test whose clock the dashboard's replies advance overrides ``answer``.
+    """
+
+    def __init__(
+        self,
+        *,
+        nodes: DashboardAnswer | list[DashboardAnswer] | None = None,
+        applications: DashboardAnswer | list[DashboardAnswer] | None = None,
+        deploy: DashboardAnswer | list[DashboardAnswer] | None = None,
+    ) -> None:
+        self.answers: dict[str, list[DashboardAnswer]] = {
+            name: list(answer) if isinstance(answer, list) else [answer]
+            for name, answer in (("nodes", nodes), ("applications", applications), ("deploy", deploy))
+            if answer is not None
+        }
+        self.calls: list[tuple[str, str, Any, float | None]] = []
+
+    @classmethod
+    def serving(cls, applications: Mapping[str, Any]) -> FakeDashboard:
+        """A dashboard that accepts deploys and reports ``applications`` (Serve's status, by app name)."""
+        return cls(applications=(200, json.dumps({"applications": applications})), deploy=(200, "{}"))
+
+    def answer(
+        self, call: str, url: str, config: Any = None, timeout: float | None = None
+    ) -> DashboardAnswer:
+        if call not in self.answers:
+            raise AssertionError(f"unexpected dashboard call {call} on {url}; set up: {sorted(self.answers)}")
+        self.calls.append((call, url, config, timeout))
+        queue = self.answers[call]
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    def nodes(self, url: str) -> DashboardAnswer:
+        return self.answer("nodes", url)
+
+    def applications(self, url: str) -> DashboardAnswer:
+        return self.answer("applications", url)
+
+    def deploy_applications(self, url: str, config: Mapping[str, Any], timeout: float) -> DashboardAnswer:
+        return self.answer("deploy", url, dict(config), timeout)
+
+    def called(self, call: str) -> list[tuple[str, Any, float | None]]:
+        """(url, config, timeout) of each call named ``call``, in order."""
+        return [(url, config, timeout) for name, url, config, timeout in self.calls if name == call]

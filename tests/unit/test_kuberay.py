@@ -15,7 +15,7 @@ from raybuild.errors import ClusterError, EngineError, GpuUnavailable, RaybuildE
 from raybuild.interrupts import Interrupted
 from raybuild.kuberay import NodeSpec
 from raybuild.labels import object_labels
-from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.fakes import FakeDashboard, FakeEngine, make_app
 from tests.unit.serve_failures import CONSTRUCTOR_TRACEBACK, REPLICA_LOG, failed_status
 
 LABELS = object_labels("a" * 16, "smoke")
@@ -325,21 +325,7 @@ def test_healthz_needs_raylet_and_gcs_success() -> None:
 # -- the dashboard's REST API -----------------------------------------------------------------------------
 
 
-class FakeHttp:
-    """Answers `http` from a table of (method, url) -> (status, body), recording every request."""
-
-    def __init__(self, answers: dict[tuple[str, str], tuple[int, str]]) -> None:
-        self.answers = answers
-        self.requests: list[tuple[str, str, Any, float]] = []
-
-    def __call__(self, method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
-        self.requests.append((method, url, payload, timeout))
-        return self.answers.get((method, url), (0, "connection refused"))
-
-
 DASHBOARD = "http://127.0.0.1:40001"
-NODES = f"{DASHBOARD}/api/v0/nodes?limit=100"
-APPS = f"{DASHBOARD}/api/serve/applications/"
 STATE = {
     "result": True,
     "data": {
@@ -358,32 +344,31 @@ STATE = {
 
 @pytest.mark.parametrize(
     ("answer", "alive"),
-    [((200, json.dumps(STATE)), 2), ((200, "not json"), 0), ((500, json.dumps(STATE)), 0), (None, 0)],
+    [
+        ((200, json.dumps(STATE)), 2),
+        ((200, "not json"), 0),
+        ((500, json.dumps(STATE)), 0),
+        ((0, "refused"), 0),
+    ],
 )
-def test_alive_nodes_from_the_state_api(
-    monkeypatch: pytest.MonkeyPatch, answer: tuple[int, str] | None, alive: int
-) -> None:
-    fake = FakeHttp({("GET", NODES): answer} if answer else {})
-    monkeypatch.setattr(kuberay, "http", fake)
-    assert kuberay.alive_nodes(DASHBOARD) == alive
-    assert [(method, url) for method, url, _, _ in fake.requests] == [("GET", NODES)]
+def test_alive_nodes_from_the_state_api(answer: tuple[int, str], alive: int) -> None:
+    dashboard = FakeDashboard(nodes=answer)
+    assert kuberay.alive_nodes(DASHBOARD, dashboard) == alive
+    assert dashboard.calls == [("nodes", DASHBOARD, None, None)]
 
 
-def test_deploy_puts_the_serve_config_like_kuberay(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeHttp({("PUT", APPS): (200, "{}")})
-    monkeypatch.setattr(kuberay, "http", fake)
+def test_deploy_puts_the_serve_config_like_kuberay() -> None:
+    dashboard = FakeDashboard(deploy=(200, "{}"))
     body = {"applications": [{"name": "demo"}]}
-    kuberay.deploy(DASHBOARD, body, ClusterError)
-    assert fake.requests == [("PUT", APPS, body, 60)]
+    kuberay.deploy(DASHBOARD, body, ClusterError, api=dashboard)
+    assert dashboard.calls == [("deploy", DASHBOARD, body, 60)]
 
 
 @pytest.mark.parametrize("error", [ClusterError, SmokeTestError])
-def test_a_refused_deploy_raises_the_callers_error(
-    monkeypatch: pytest.MonkeyPatch, error: type[RaybuildError]
-) -> None:
-    monkeypatch.setattr(kuberay, "http", FakeHttp({("PUT", APPS): (400, "bad config " + "x" * 400)}))
+def test_a_refused_deploy_raises_the_callers_error(error: type[RaybuildError]) -> None:
+    dashboard = FakeDashboard(deploy=(400, "bad config " + "x" * 400))
     with pytest.raises(error) as raised:
-        kuberay.deploy(DASHBOARD, {}, error, "app 'demo': ")
+        kuberay.deploy(DASHBOARD, {}, error, "app 'demo': ", api=dashboard)
     assert type(raised.value) is error
     assert (
         str(raised.value)
@@ -394,56 +379,52 @@ def test_a_refused_deploy_raises_the_callers_error(
 SERVE = {"applications": {"demo": {"status": "DEPLOY_FAILED", "message": "ImportError: x" + "y" * 400}}}
 
 
-def test_serve_status_is_each_applications_status(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kuberay, "http", FakeHttp({("GET", APPS): (200, json.dumps(SERVE))}))
-    assert kuberay.serve_status(DASHBOARD) == SERVE["applications"]
-    status = kuberay.app_status(DASHBOARD, "demo")
+def test_serve_status_is_each_applications_status() -> None:
+    dashboard = FakeDashboard.serving(SERVE["applications"])
+    assert kuberay.serve_status(DASHBOARD, dashboard) == SERVE["applications"]
+    status = kuberay.app_status(DASHBOARD, "demo", dashboard)
     assert status.startswith("status DEPLOY_FAILED: ImportError: xy")
     assert len(status) == len("status DEPLOY_FAILED: ") + 300
-    assert kuberay.app_status(DASHBOARD, "other") == "Serve reports no status for 'other'"
+    assert kuberay.app_status(DASHBOARD, "other", dashboard) == "Serve reports no status for 'other'"
+    assert [url for url, _, _ in dashboard.called("applications")] == [DASHBOARD] * 3
 
 
 @pytest.mark.parametrize(
     "answer", [(503, "{}"), (200, "<html>"), (200, "null"), (200, '{"applications": []}'), (0, "refused")]
 )
-def test_serve_status_is_empty_when_the_dashboard_does_not_answer_it(
-    monkeypatch: pytest.MonkeyPatch, answer: tuple[int, str]
-) -> None:
-    monkeypatch.setattr(kuberay, "http", FakeHttp({("GET", APPS): answer}))
-    assert kuberay.serve_status(DASHBOARD) == {}
-    assert kuberay.app_status(DASHBOARD, "demo") == "Serve reports no status for 'demo'"
+def test_serve_status_is_empty_when_the_dashboard_does_not_answer_it(answer: tuple[int, str]) -> None:
+    dashboard = FakeDashboard(applications=answer)
+    assert kuberay.serve_status(DASHBOARD, dashboard) == {}
+    assert kuberay.app_status(DASHBOARD, "demo", dashboard) == "Serve reports no status for 'demo'"
 
 
-def test_deploy_failures_take_the_failed_deployments_message_and_replica_log(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_deploy_failures_take_the_failed_deployments_message_and_replica_log() -> None:
     body = failed_status()
     body["applications"]["fine"] = {"status": "RUNNING", "message": ""}
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, json.dumps(body)))
-    [failure] = kuberay.deploy_failures("http://d", ["demo", "fine", "absent"])
+    dashboard = FakeDashboard(applications=(200, json.dumps(body)))
+    [failure] = kuberay.deploy_failures("http://d", ["demo", "fine", "absent"], dashboard)
     assert (failure.app, failure.log_file) == ("demo", REPLICA_LOG)
     assert failure.message == CONSTRUCTOR_TRACEBACK  # the deployment's message, not the app's summary
     assert failure.describe().startswith("FileNotFoundError: model file /models/m.bin is missing")
 
 
-def test_a_failure_without_a_traceback_is_described_by_serves_first_line(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_failure_without_a_traceback_is_described_by_serves_first_line() -> None:
     body = {
         "applications": {"demo": {"status": "DEPLOY_FAILED", "message": "Resources cannot be met.\nmore"}}
     }
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, json.dumps(body)))
-    [failure] = kuberay.deploy_failures("http://d", ["demo"])
+    dashboard = FakeDashboard(applications=(200, json.dumps(body)))
+    [failure] = kuberay.deploy_failures("http://d", ["demo"], dashboard)
     assert (failure.describe(), failure.log_file) == ("Resources cannot be met.", None)
 
 
-def test_waiting_for_serve_stops_when_the_route_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    reads: list[str] = []
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: reads.append("status") or (200, "{}"))
+def test_waiting_for_serve_stops_when_the_route_answers() -> None:
+    dashboard = FakeDashboard(applications=(200, "{}"))
     answers = iter([False, False, True])
-    outcome = kuberay.wait_for_serve("http://d", ["demo"], lambda: next(answers), timeout=60, interval=0.01)
+    outcome = kuberay.wait_for_serve(
+        "http://d", ["demo"], lambda: next(answers), timeout=60, interval=0.01, api=dashboard
+    )
     assert outcome == kuberay.ServeWait(answered=True)
-    assert reads == ["status", "status"], "the status is read after every unanswered try"
+    assert len(dashboard.called("applications")) == 2, "the status is read after every unanswered try"
 
 
 def test_the_drain_hook_drains_through_ray_waits_for_serve_then_stops_ray() -> None:

@@ -56,6 +56,7 @@ def _owners(predicate: object) -> set[str]:
             "kuberay.py",
         ),
         ("KubeRay's probe endpoints", lambda s: "healthz" in s, "kuberay.py"),
+        ("the dashboard's REST paths", lambda s: s.startswith(("/api/serve/", "/api/v0/")), "dashboard.py"),
         ("Docker object label keys", lambda s: s.startswith("io.raybuild."), "labels.py"),
         (
             "platform names and the node arch label",

@@ -23,6 +23,7 @@ from typing import Any
 from raybuild import kuberay
 from raybuild.config import LoadedConfig
 from raybuild.config_apps import HA_MIN_REPLICAS, App
+from raybuild.dashboard import RAY_DASHBOARD, Dashboard
 from raybuild.engine import Engine
 from raybuild.errors import ClusterError, RaybuildError
 from raybuild.fsutil import atomic_write
@@ -306,6 +307,7 @@ def up(
     timeout: float = 300.0,
     progress: Progress = silent,
     front: FrontMode | None = "service",
+    dashboard_api: Dashboard = RAY_DASHBOARD,
 ) -> LocalCluster:
     cpu_apps = tuple(a for a in apps if a.device == "cpu")
     if not cpu_apps:
@@ -338,12 +340,14 @@ def up(
         progress("waiting for every worker to join the head")
         dashboard = cluster.dashboard
         ray_nodes = sum(1 for node in started if node.role in ("head", "worker"))
-        if not wait_until(lambda: kuberay.alive_nodes(dashboard) >= ray_nodes, timeout, interval=1.0):
-            raise ClusterError(f"only {kuberay.alive_nodes(dashboard)} of {ray_nodes} Ray nodes joined")
+        joined = partial(kuberay.alive_nodes, dashboard, dashboard_api)
+        if not wait_until(lambda: joined() >= ray_nodes, timeout, interval=1.0):
+            raise ClusterError(f"only {joined()} of {ray_nodes} Ray nodes joined")
         progress("deploying serveConfigV2 through the dashboard")
-        kuberay.deploy(dashboard, serve_body(config, cpu_apps), ClusterError)
+        kuberay.deploy(dashboard, serve_body(config, cpu_apps), ClusterError, api=dashboard_api)
         names = [app.name for app in cpu_apps]
-        outcome = kuberay.wait_for_serve(dashboard, names, lambda: all_routes_answer(cluster), timeout, 1.0)
+        answered = partial(all_routes_answer, cluster)
+        outcome = kuberay.wait_for_serve(dashboard, names, answered, timeout, 1.0, api=dashboard_api)
         if outcome.failure is not None:
             (app,) = [a for a in cpu_apps if a.name == outcome.failure.app]
             containers = [node.name for node in cluster.nodes if node.role in ("head", "worker")]
@@ -351,7 +355,7 @@ def up(
             kuberay.save_failure_log(engine, containers, outcome.failure, log)
             raise kuberay.deploy_error(ClusterError, app, outcome.failure, log)
         if not outcome.answered:
-            statuses = {k: v.get("status") for k, v in kuberay.serve_status(dashboard).items()}
+            statuses = {k: v.get("status") for k, v in kuberay.serve_status(dashboard, dashboard_api).items()}
             raise ClusterError(f"not every app answered within {timeout:.0f}s: {statuses}")
         if cluster.front:
             progress(f"waiting for the front ({cluster.front}) at {cluster.front_url}")

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from raybuild import kuberay
+from raybuild.dashboard import RAY_DASHBOARD, Dashboard
 from raybuild.engine import Engine
 from raybuild.errors import ClusterError, UsageError
 from raybuild.local.cluster import (
@@ -351,6 +352,7 @@ def run_drill(
     timeout: float = 120.0,
     progress: Progress = silent,
     direct: bool = False,
+    dashboard_api: Dashboard = RAY_DASHBOARD,
 ) -> DrillReport:
     fault = fault_for(kind)
     if not direct and not cluster.front:
@@ -360,7 +362,7 @@ def run_drill(
         )
     if not all_routes_answer(cluster) or not (direct or front_answers(cluster)):
         raise ClusterError("not every app answers before the drill", hint="check `raybuild up`, or rerun it")
-    before = replica_ids(kuberay.serve_status(cluster.dashboard))
+    before = replica_ids(kuberay.serve_status(cluster.dashboard, dashboard_api))
     targets = cluster.urls() if direct else cluster.front_urls()
     urls = [url for app_urls in targets.values() for url in app_urls]
     loop = RequestLoop(urls, rps, duration)
@@ -377,13 +379,13 @@ def run_drill(
         "letting the request loop finish"
     )
     samples = loop.join()
+
+    def statuses() -> dict[str, Any]:
+        return kuberay.serve_status(cluster.dashboard, dashboard_api)
+
     # Replicas may take a moment to report again after the controller restarts with the new head.
-    wait_until(
-        lambda: all(i.get("status") == "RUNNING" for i in kuberay.serve_status(cluster.dashboard).values()),
-        60,
-        interval=1.0,
-    )
-    after_status = kuberay.serve_status(cluster.dashboard)
+    wait_until(lambda: all(i.get("status") == "RUNNING" for i in statuses().values()), 60, interval=1.0)
+    after_status = statuses()
     errors: dict[str, int] = {}
     for sample in samples:
         if not sample.ok:

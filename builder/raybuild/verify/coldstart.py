@@ -27,6 +27,7 @@ from typing import Literal
 
 from raybuild import kuberay
 from raybuild.config_apps import App
+from raybuild.dashboard import RAY_DASHBOARD, Dashboard
 from raybuild.engine import Engine, which
 from raybuild.errors import EngineError, SmokeTestError
 from raybuild.kuberay import (
@@ -111,6 +112,7 @@ def warm_start(
     timeout: float = 180.0,
     progress: Progress = silent,
     log_path: Path | None = None,
+    dashboard_api: Dashboard = RAY_DASHBOARD,
 ) -> WarmStart:
     """One head, one worker and the app's Serve deployment on this host's engine, timed phase by phase.
 
@@ -142,7 +144,7 @@ def warm_start(
         progress(f"{app.name}: head healthy in {t_head:.1f}s; starting a worker")
         started = time.monotonic()
         cleanup.enter_context(kuberay.running(engine, worker))
-        if not wait_until(lambda: kuberay.alive_nodes(dashboard) >= 2, timeout, interval=0.5):
+        if not wait_until(lambda: kuberay.alive_nodes(dashboard, dashboard_api) >= 2, timeout, interval=0.5):
             raise SmokeTestError(f"app {app.name!r}: worker never joined: {_logs(engine, worker)}")
         t_worker = time.monotonic() - started
 
@@ -153,9 +155,14 @@ def warm_start(
         }
         route = f"{serve}{app.route_prefix.rstrip('/')}/"
         started = time.monotonic()
-        kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ")
+        kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ", api=dashboard_api)
         outcome = kuberay.wait_for_serve(
-            dashboard, [app.name], lambda: http("GET", route, timeout=5)[0] == 200, timeout, interval=0.25
+            dashboard,
+            [app.name],
+            lambda: http("GET", route, timeout=5)[0] == 200,
+            timeout,
+            interval=0.25,
+            api=dashboard_api,
         )
         if outcome.failure is not None:
             nodes = [head.name, worker.name]
@@ -164,7 +171,7 @@ def warm_start(
         if not outcome.answered:
             raise SmokeTestError(
                 f"app {app.name!r}: no HTTP 200 on {route} within {timeout:.0f}s: "
-                f"{kuberay.app_status(dashboard, app.name)}"
+                f"{kuberay.app_status(dashboard, app.name, dashboard_api)}"
             )
         t_serve = time.monotonic() - started
     return WarmStart(t_head, t_worker, t_serve)

@@ -23,6 +23,7 @@ from typing import Any
 
 from raybuild import kuberay, platforms
 from raybuild.config_apps import App
+from raybuild.dashboard import RAY_DASHBOARD, Dashboard
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
 from raybuild.kuberay import DASHBOARD_PORT, SERVE_PORT, NodeSpec, required_cpus, required_gpus
@@ -173,6 +174,7 @@ def smoke_test(
     progress: Progress = silent,
     log_path: Path | None = None,
     platform: str = platforms.DEFAULT,
+    dashboard_api: Dashboard = RAY_DASHBOARD,
 ) -> SmokeResult:
     """Start ``image`` as KubeRay would, deploy the app, and wait for HTTP 200 on its route.
 
@@ -201,7 +203,9 @@ def smoke_test(
         # The dashboard starts Serve's controller before it answers: 60 s natively, more under emulation.
         deploy_timeout = platforms.timeout_for(platform, 60)
         if platforms.native(platform):
-            kuberay.deploy(dashboard, body, SmokeTestError, f"app {app.name!r}: ", deploy_timeout)
+            kuberay.deploy(
+                dashboard, body, SmokeTestError, f"app {app.name!r}: ", deploy_timeout, api=dashboard_api
+            )
         else:
             deploy_emulated(engine, container, body, app, deploy_timeout)
         route = app.route_prefix.rstrip("/") + "/"
@@ -213,14 +217,16 @@ def smoke_test(
             last[0] = result.output
             return result.returncode == 0 and " 200 " in result.output
 
-        outcome = kuberay.wait_for_serve(dashboard, [app.name], answered, timeout, interval=0.5)
+        outcome = kuberay.wait_for_serve(
+            dashboard, [app.name], answered, timeout, interval=0.5, api=dashboard_api
+        )
         if outcome.failure is not None:
             log = log_path and kuberay.save_failure_log(engine, [container], outcome.failure, log_path)
             raise kuberay.deploy_error(SmokeTestError, app, outcome.failure, log)
         if not outcome.answered:
             raise SmokeTestError(
                 f"app {app.name!r}: no HTTP 200 on {route} within {timeout:.0f}s: "
-                f"{kuberay.app_status(dashboard, app.name)}"
+                f"{kuberay.app_status(dashboard, app.name, dashboard_api)}"
             )
         t_serve = time.monotonic() - deploy_started
         payload = last[0].strip().splitlines()[-1] if last[0].strip() else ""

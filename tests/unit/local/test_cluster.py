@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import resource
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -30,7 +31,7 @@ from raybuild.state import (
     save_build_record,
 )
 from tests.conftest import TmpProject, other_app
-from tests.unit.fakes import FakeEngine, container_id, make_app
+from tests.unit.fakes import FakeDashboard, FakeEngine, container_id, make_app
 from tests.unit.serve_failures import failed_status
 
 OTHER_APP = "\n" + other_app(deployment_lines="num_replicas = 3\nray_actor_options = { num_cpus = 1 }\n")
@@ -432,16 +433,16 @@ def built(project: LoadedConfig, monkeypatch: pytest.MonkeyPatch) -> LoadedConfi
 def test_up_starts_the_topology_probes_the_head_and_deploys_the_rendered_config(
     built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    requests: list[tuple[str, str, Any]] = []
+    routes: list[str] = []
 
     def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
-        requests.append((method, url, payload))
-        return 200, NODES_ALIVE if "/api/v0/nodes" in url else "{}"
+        routes.append(url)
+        return 200, "{}"
 
-    monkeypatch.setattr(kuberay, "http", http)
     monkeypatch.setattr(cluster, "http", http)
+    dashboard = FakeDashboard(nodes=(200, NODES_ALIVE), deploy=(200, "{}"))
     engine = FakeEngine()
-    running = cluster.up(built, engine, built.apps, timeout=5)
+    running = cluster.up(built, engine, built.apps, timeout=5, dashboard_api=dashboard)
 
     assert [node.role for node in running.nodes] == ["gcs", "head", "worker", "worker", "front"]
     assert list(engine.containers) == [node.name for node in running.nodes]
@@ -449,29 +450,16 @@ def test_up_starts_the_topology_probes_the_head_and_deploys_the_rendered_config(
     assert cluster.load_cluster(built) == running
     probes = [call[-1] for call in engine.calls("exec", running.node("head").name)]
     assert probes == [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE]
-    [deploy] = [request for request in requests if request[0] == "PUT"]
-    assert deploy == (
-        "PUT",
-        f"{running.dashboard}/api/serve/applications/",
-        cluster.serve_body(built, built.apps),
-    )
-    routes = [url for method, url, _ in requests if method == "GET" and "/api/" not in url]
+    assert dashboard.called("deploy") == [(running.dashboard, cluster.serve_body(built, built.apps), 60)]
     through = [*running.urls().values(), *running.front_urls().values()]
     assert sorted(routes) == sorted(url for urls in through for url in urls)
 
 
-def test_a_refused_deploy_takes_the_cluster_down_again(
-    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
-        if method == "PUT":
-            return 400, "invalid serve config"
-        return 200, NODES_ALIVE
-
-    monkeypatch.setattr(kuberay, "http", http)
+def test_a_refused_deploy_takes_the_cluster_down_again(built: LoadedConfig) -> None:
+    dashboard = FakeDashboard(nodes=(200, NODES_ALIVE), deploy=(400, "invalid serve config"))
     engine = FakeEngine()
     with pytest.raises(ClusterError, match=r"^Serve deploy request returned 400: invalid serve config$"):
-        cluster.up(built, engine, built.apps, timeout=5)
+        cluster.up(built, engine, built.apps, timeout=5, dashboard_api=dashboard)
     assert engine.containers == {} and engine.networks == {}
     assert not cluster_record_path(built).exists()
 
@@ -479,21 +467,15 @@ def test_a_refused_deploy_takes_the_cluster_down_again(
 def test_an_app_that_fails_to_deploy_is_named_and_the_cluster_taken_down(
     built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gets: list[str] = []
-
-    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
-        if url.endswith("/api/serve/applications/") and method == "GET":
-            gets.append(url)
-            return 200, json.dumps(failed_status("other", constructor=False))
-        if "/api/v0/nodes" in url:
-            return 200, NODES_ALIVE
-        return (200, "{}") if method == "PUT" else (0, "connection refused")
-
-    monkeypatch.setattr(kuberay, "http", http)
-    monkeypatch.setattr(cluster, "http", http)
+    monkeypatch.setattr(cluster, "http", lambda *args, **kwargs: (0, "connection refused"))  # no route
+    dashboard = FakeDashboard(
+        nodes=(200, NODES_ALIVE),
+        deploy=(200, "{}"),
+        applications=(200, json.dumps(failed_status("other", constructor=False))),
+    )
     engine = FakeEngine()
     with pytest.raises(ClusterError) as raised:
-        cluster.up(built, engine, built.apps, timeout=60)
+        cluster.up(built, engine, built.apps, timeout=60, dashboard_api=dashboard)
     assert str(raised.value) == (
         "app 'other': Serve could not deploy it: "
         "ModuleNotFoundError: No module named 'not_a_module_anywhere' (importfail_app.py, line 1)"
@@ -501,23 +483,24 @@ def test_an_app_that_fails_to_deploy_is_named_and_the_cluster_taken_down(
     log = failure_log_path(built, "up", "other")
     assert f"are in {log}" in (raised.value.hint or "")
     assert "Deploying app 'imp' failed with exception" in log.read_text()
-    assert len(gets) == 1, "stopped at the first status read"
+    assert len(dashboard.called("applications")) == 1, "stopped at the first status read"
     assert engine.containers == {} and engine.networks == {}
 
 
-def test_an_interrupted_up_takes_its_half_started_cluster_down(
-    built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, NODES_ALIVE))
+class SigtermDuringDeploy(FakeDashboard):
+    """A dashboard whose deploy request is cut short by SIGTERM."""
 
-    def sigterm(*args: Any, **kwargs: Any) -> None:
+    def deploy_applications(self, url: str, config: Mapping[str, Any], timeout: float) -> tuple[int, str]:
         raise Interrupted(15)
 
-    monkeypatch.setattr(kuberay, "deploy", sigterm)
+
+def test_an_interrupted_up_takes_its_half_started_cluster_down(built: LoadedConfig) -> None:
     engine = FakeEngine()
     engine.containers["unlabelled"] = {}
     with pytest.raises(Interrupted):
-        cluster.up(built, engine, built.apps, timeout=5)
+        cluster.up(
+            built, engine, built.apps, timeout=5, dashboard_api=SigtermDuringDeploy(nodes=(200, NODES_ALIVE))
+        )
     assert list(engine.containers) == ["unlabelled"] and engine.networks == {}
     assert not cluster_record_path(built).exists()
 
@@ -525,8 +508,8 @@ def test_an_interrupted_up_takes_its_half_started_cluster_down(
 def test_up_warns_when_an_image_was_rebuilt_after_it_was_published(
     built: LoadedConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, NODES_ALIVE))
     monkeypatch.setattr(cluster, "http", lambda *args, **kwargs: (200, "{}"))
+    dashboard = FakeDashboard(nodes=(200, NODES_ALIVE), deploy=(200, "{}"))
     published = {
         key: PublishedImage(f"reg/{name}:0", "sha256:" + c * 64, 1, 1)
         for key, name, c in (("_head", "ray-head", "a"), ("demo", "demo", "b"), ("other", "other", "c"))
@@ -534,7 +517,7 @@ def test_up_warns_when_an_image_was_rebuilt_after_it_was_published(
     published["_head"] = PublishedImage("reg/ray-head:1", "sha256:" + "a" * 64, 1, 1)  # the build's tag
     PublishRecord(published).save(publish_record_path(built))
     said: list[str] = []
-    cluster.up(built, FakeEngine(), built.apps, timeout=5, progress=said.append)
+    cluster.up(built, FakeEngine(), built.apps, timeout=5, progress=said.append, dashboard_api=dashboard)
     assert [line for line in said if line.startswith("warning:")] == [
         "warning: built since the last publish: 'demo', 'other': using the new local tags; "
         "run `raybuild publish` to pin them by digest"

@@ -23,7 +23,7 @@ from raybuild.local import drill
 from raybuild.local.cluster import LocalCluster, Node, node_spec
 from raybuild.local.drill import Latency, RequestLoop, Sample, Window
 from tests.conftest import REPO_ROOT, MainResult
-from tests.unit.fakes import FakeEngine, container_id
+from tests.unit.fakes import FakeDashboard, FakeEngine, container_id
 
 PROJECT = "0123456789abcdef"
 
@@ -261,7 +261,6 @@ def test_the_cli_refuses_an_unknown_drill(run_main: Callable[..., MainResult]) -
 @pytest.mark.parametrize(("kind", "target", "probed", "probes"), DRILL_CASES)
 def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
     server: tuple[str, list[str]],
-    monkeypatch: pytest.MonkeyPatch,
     kind: str,
     target: str,
     probed: str,
@@ -269,13 +268,21 @@ def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
 ) -> None:
     base, hits = server
     cluster = _cluster(int(base.rsplit(":", 1)[1]))
-    status = json.dumps({"applications": SERVE_STATUS})
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, status))
+    dashboard = FakeDashboard(applications=(200, json.dumps({"applications": SERVE_STATUS})))
     engine = FakeEngine()
     for node in cluster.nodes:  # running, as `up` started them
         engine.containers[node.name] = dict(node_spec(PROJECT, cluster, node).labels)
     report = drill.run_drill(
-        engine, PROJECT, cluster, kind, duration=0.3, rps=10, outage=0.01, timeout=5, direct=True
+        engine,
+        PROJECT,
+        cluster,
+        kind,
+        duration=0.3,
+        rps=10,
+        outage=0.01,
+        timeout=5,
+        direct=True,
+        dashboard_api=dashboard,
     )
 
     assert (report.target, report.recovered, report.apps_running, report.replicas_unchanged) == (
@@ -288,6 +295,7 @@ def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
     assert set(hits) == {"/demo"}
     assert [call[-1] for call in engine.calls("exec", probed)] == probes
     assert report.mode == "direct"
+    assert {url for url, _, _ in dashboard.called("applications")} == {cluster.dashboard}
     if kind == "worker-drain":  # `docker stop` with the pod's grace period: SIGTERM runs the drain first
         assert engine.calls("stop") == [["stop", "-t", str(kuberay.TERMINATION_GRACE_S), target]]
     if kind == "gcs-outage":
@@ -305,13 +313,20 @@ def test_a_rate_the_client_cannot_sustain_is_refused_before_anything_is_killed(
 ) -> None:
     base, _ = server
     cluster = _cluster(int(base.rsplit(":", 1)[1]))
-    status = json.dumps({"applications": SERVE_STATUS})
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, status))
+    dashboard = FakeDashboard(applications=(200, json.dumps({"applications": SERVE_STATUS})))
     monkeypatch.setattr(drill, "RequestLoop", partial(RequestLoop, max_in_flight=0))  # nothing fits
     engine = FakeEngine()
     with pytest.raises(UsageError, match=r"^--rps 10: this machine's request loop fell behind") as raised:
         drill.run_drill(
-            engine, PROJECT, cluster, "head-restart", duration=0.3, rps=10, timeout=5, direct=True
+            engine,
+            PROJECT,
+            cluster,
+            "head-restart",
+            duration=0.3,
+            rps=10,
+            timeout=5,
+            direct=True,
+            dashboard_api=dashboard,
         )
     assert raised.value.hint is not None and "lower --rps" in raised.value.hint
     assert engine.commands == [], "no node was touched"
@@ -323,13 +338,14 @@ def test_a_drill_goes_through_the_front_unless_direct(
     base, hits = server
     port = int(base.rsplit(":", 1)[1])
     cluster = _cluster(closed_port(), front=port)  # a worker port that refuses: only the front answers
-    status = json.dumps({"applications": SERVE_STATUS})
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (200, status))
+    dashboard = FakeDashboard(applications=(200, json.dumps({"applications": SERVE_STATUS})))
     monkeypatch.setattr(drill, "all_routes_answer", lambda cluster: True)
     engine = FakeEngine()
     for node in cluster.nodes:
         engine.containers[node.name] = dict(node_spec(PROJECT, cluster, node).labels)
-    report = drill.run_drill(engine, PROJECT, cluster, "worker-kill", duration=0.3, rps=10, timeout=5)
+    report = drill.run_drill(
+        engine, PROJECT, cluster, "worker-kill", duration=0.3, rps=10, timeout=5, dashboard_api=dashboard
+    )
     assert (report.mode, report.total.sent, report.total.failed) == ("ingress", 3, 0)
     assert set(hits) == {"/demo"}
 

@@ -1,5 +1,6 @@
 """Cold starts against the fake engine: the warm node's phases, its failure messages and its cleanup, and the
-cold node's head. A fake `http` and a fake clock stand in for Ray; nothing here starts a container."""
+cold node's head. A fake `http`, the fake dashboard and a fake clock stand in for Ray; nothing here starts a
+container."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from raybuild import kuberay
 from raybuild.errors import EngineError, SmokeTestError
 from raybuild.verify import coldstart
 from raybuild.verify.coldstart import ColdNode, WarmStart, warm_start
-from tests.unit.fakes import FakeEngine, container_id, make_app
+from tests.unit.fakes import FakeDashboard, FakeEngine, container_id, make_app
 from tests.unit.serve_failures import failed_status
 
 PROJECT = "0123456789abcdef"
@@ -29,6 +30,31 @@ TWO_ALIVE = json.dumps({"data": {"result": {"result": [{"state": "ALIVE"}, {"sta
 HEALTHY = "raylet: success\ngcs: success"
 
 
+# The dashboard's calls as they go on the wire, for the one request log of the warm node.
+WIRE = {"nodes": ("GET", NODES), "applications": ("GET", APPS), "deploy": ("PUT", APPS)}
+REFUSED = (0, "connection refused")
+
+
+class ClockedDashboard(FakeDashboard):
+    """The fake dashboard, its answers taking their time on the Ray fake's clock."""
+
+    def __init__(self, ray: Ray) -> None:
+        super().__init__(
+            nodes=(200, TWO_ALIVE),
+            deploy=(200, "{}"),
+            applications=(200, '{"applications": {"demo": {"status": "DEPLOYING", "message": "waiting"}}}'),
+        )
+        self.ray = ray
+
+    def answer(
+        self, call: str, url: str, config: Any = None, timeout: float | None = None
+    ) -> tuple[int, str]:
+        assert url == DASHBOARD
+        self.ray.requests.append(WIRE[call])
+        self.ray.now += self.ray.delays.get(WIRE[call][1], 0.0)
+        return super().answer(call, url, config, timeout)
+
+
 class Ray:
     """Answers the warm node's requests, and moves a clock on by how long each answer took to come."""
 
@@ -38,11 +64,9 @@ class Ray:
         self.answers: dict[tuple[str, str], tuple[int, str]] = {
             ("GET", HEALTHZ): (200, HEALTHY),
             ("GET", GCS): (200, "success"),
-            ("GET", NODES): (200, TWO_ALIVE),
-            ("PUT", APPS): (200, "{}"),
             ("GET", ROUTE): (200, "hello"),
-            ("GET", APPS): (200, '{"applications": {"demo": {"status": "DEPLOYING", "message": "waiting"}}}'),
         }
+        self.dashboard = ClockedDashboard(self)
         # Seconds until each answer: the head is healthy after 3 s, the worker joins after 2 s, the route
         # answers 1.25 s after the deploy request was sent; the dashboard's 0.5 s is timed by no phase.
         self.delays = {HEALTHZ: 3.0, GCS: 0.5, NODES: 2.0, APPS: 1.0, ROUTE: 0.25}
@@ -60,7 +84,6 @@ class Ray:
 def ray(monkeypatch: pytest.MonkeyPatch) -> Ray:
     fake = Ray()
     monkeypatch.setattr(coldstart, "http", fake.http)
-    monkeypatch.setattr(kuberay, "http", fake.http)
     monkeypatch.setattr(coldstart, "time", SimpleNamespace(monotonic=fake.monotonic))
     return fake
 
@@ -75,9 +98,9 @@ def engine() -> FakeEngine:
 
 
 def test_warm_start_times_head_worker_and_serve_each_from_its_own_start(ray: Ray, engine: FakeEngine) -> None:
-    assert warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=5) == WarmStart(
-        3.0, 2.0, 1.25
-    )
+    assert warm_start(
+        engine, make_app(), "img:1", project=PROJECT, dashboard_api=ray.dashboard, cpu_mode=False, timeout=5
+    ) == WarmStart(3.0, 2.0, 1.25)
     assert ray.requests == [
         ("GET", HEALTHZ),
         ("GET", GCS),
@@ -90,7 +113,9 @@ def test_warm_start_times_head_worker_and_serve_each_from_its_own_start(ray: Ray
 def test_warm_start_runs_kuberays_head_and_worker_on_a_network_of_their_own(
     ray: Ray, engine: FakeEngine
 ) -> None:
-    warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=5)
+    warm_start(
+        engine, make_app(), "img:1", project=PROJECT, dashboard_api=ray.dashboard, cpu_mode=False, timeout=5
+    )
     [create] = engine.calls("network", "create")
     network = create[-1]
     assert network.startswith("raybuild-measure-")
@@ -110,25 +135,24 @@ def test_warm_start_runs_kuberays_head_and_worker_on_a_network_of_their_own(
 
 
 def test_warm_start_in_gpu_mode_gives_every_node_all_gpus(ray: Ray, engine: FakeEngine) -> None:
-    warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, gpu=True, timeout=5)
+    warm_start(
+        engine,
+        make_app(),
+        "img:1",
+        project=PROJECT,
+        dashboard_api=ray.dashboard,
+        cpu_mode=False,
+        gpu=True,
+        timeout=5,
+    )
     for run in engine.calls("run"):
         assert run[run.index("--gpus") + 1] == "all"
 
 
-def test_warm_start_deploys_the_app_with_a_reachable_proxy(
-    ray: Ray, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    bodies: list[Any] = []
-
-    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
-        if method == "PUT":
-            bodies.append(payload)
-        return ray.http(method, url, payload, timeout)
-
-    monkeypatch.setattr(kuberay, "http", http)
+def test_warm_start_deploys_the_app_with_a_reachable_proxy(ray: Ray, engine: FakeEngine) -> None:
     app = make_app("demo", device="gpu")
-    warm_start(engine, app, "img:1", project=PROJECT, cpu_mode=True, timeout=5)
-    assert bodies == [
+    warm_start(engine, app, "img:1", project=PROJECT, dashboard_api=ray.dashboard, cpu_mode=True, timeout=5)
+    assert [config for _, config, _ in ray.dashboard.called("deploy")] == [
         {
             "http_options": {"host": "0.0.0.0", "port": 8000},
             "applications": [coldstart.serve_application(app, cpu_mode=True)],
@@ -149,9 +173,21 @@ def test_warm_start_deploys_the_app_with_a_reachable_proxy(
 def test_a_failed_phase_says_which_and_leaves_nothing_behind(
     ray: Ray, engine: FakeEngine, answer: tuple[str, str], message: str
 ) -> None:
-    del ray.answers[answer]
+    dashboard_call = next((call for call, wire in WIRE.items() if wire == answer), None)
+    if dashboard_call is not None:
+        ray.dashboard.answers[dashboard_call] = [REFUSED]
+    else:
+        del ray.answers[answer]
     with pytest.raises(SmokeTestError) as raised:
-        warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=0.05)
+        warm_start(
+            engine,
+            make_app(),
+            "img:1",
+            project=PROJECT,
+            dashboard_api=ray.dashboard,
+            cpu_mode=False,
+            timeout=0.05,
+        )
     assert str(raised.value) == message
     assert engine.containers == {} and engine.networks == {}
 
@@ -163,7 +199,15 @@ def test_a_worker_that_cannot_start_leaves_nothing_behind(
     worker = "raybuild-measure-01234567-worker"
     engine.script("run", "-d", "--name", worker, returncode=125, output="No such image: img:1")
     with pytest.raises(EngineError) as raised:
-        warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=5)
+        warm_start(
+            engine,
+            make_app(),
+            "img:1",
+            project=PROJECT,
+            dashboard_api=ray.dashboard,
+            cpu_mode=False,
+            timeout=5,
+        )
     assert str(raised.value) == f"docker run {worker} (img:1) failed (exit 125)"
     assert engine.containers == {} and engine.networks == {}
     assert engine.calls("rm", "--force", "--volumes", container_id("raybuild-measure-01234567-head"))
@@ -253,12 +297,21 @@ def test_the_cold_node_pulls_within_the_deadline(cold: tuple[ColdNode, FakeEngin
 def test_a_failed_deploy_stops_the_warm_start_and_keeps_the_traceback(
     ray: Ray, engine: FakeEngine, tmp_path: Path
 ) -> None:
-    ray.answers[("GET", APPS)] = (200, json.dumps(failed_status()))
+    ray.dashboard.answers["applications"] = [(200, json.dumps(failed_status()))]
     del ray.answers[("GET", ROUTE)]
     engine.script("exec", "*", "tail", output="replica log line")
     log = tmp_path / "measure-demo.log"
     with pytest.raises(SmokeTestError) as raised:
-        warm_start(engine, make_app(), "img:1", project=PROJECT, cpu_mode=False, timeout=60, log_path=log)
+        warm_start(
+            engine,
+            make_app(),
+            "img:1",
+            project=PROJECT,
+            dashboard_api=ray.dashboard,
+            cpu_mode=False,
+            timeout=60,
+            log_path=log,
+        )
     assert str(raised.value) == (
         "app 'demo': Serve could not deploy it: "
         "FileNotFoundError: model file /models/m.bin is missing (broken_app.py, line 5, in load_model)"

@@ -15,7 +15,7 @@ from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
 from raybuild.state import BuiltImage, project_id, save_build_record
 from raybuild.verify import smoke
-from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.fakes import FakeDashboard, FakeEngine, make_app
 from tests.unit.serve_failures import REPLICA_LOG, failed_status
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
@@ -127,31 +127,18 @@ def test_a_gpu_head_asks_docker_and_ray_for_the_same_gpus() -> None:
 FETCH = "wget -q -S -O- http://localhost:8000/demo/ 2>&1"
 
 
-def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(
-    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(tmp_project: TmpProject) -> None:
     app = tmp_project.load().apps[0]
     engine = FakeEngine()
     engine.script("port", "*", "8265/tcp", output="127.0.0.1:49153\n")
     engine.script(
         "exec", "*", "bash", "-c", FETCH, output="  HTTP/1.1 200 OK\n  content-type: text/plain\ndemo"
     )
-    requests: list[tuple[str, str, Any]] = []
-
-    def http(method: str, url: str, payload: Any = None, timeout: float = 5.0) -> tuple[int, str]:
-        requests.append((method, url, payload))
-        return 200, "{}"
-
-    monkeypatch.setattr(kuberay, "http", http)
-    result = smoke.smoke_test(app, "img:1", engine, project=PROJECT, timeout=5)
+    dashboard = FakeDashboard(deploy=(200, "{}"))  # the route answers at once: no status read
+    result = smoke.smoke_test(app, "img:1", engine, project=PROJECT, timeout=5, dashboard_api=dashboard)
     assert (result.app, result.status, result.body, result.gpu) == ("demo", 200, "demo", False)
-    assert requests == [
-        (
-            "PUT",
-            "http://127.0.0.1:49153/api/serve/applications/",
-            {"applications": [smoke.serve_application(app)]},
-        )
-    ]
+    body = {"applications": [smoke.serve_application(app)]}
+    assert dashboard.calls == [("deploy", "http://127.0.0.1:49153", body, 60)]
     [run] = engine.calls("run")
     assert run[-1] == kuberay.head_command(kuberay.required_cpus(app))
     probes = [call[-1] for call in engine.calls("exec") if call[2] == "timeout"]
@@ -159,30 +146,26 @@ def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(
     assert engine.containers == {}
 
 
-def test_smoke_test_reports_a_failed_deploy_and_removes_the_container(
-    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_smoke_test_reports_a_failed_deploy_and_removes_the_container(tmp_project: TmpProject) -> None:
     config = tmp_project.load()
     engine = FakeEngine()
     engine.script("port", output="127.0.0.1:49153\n")
-    monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (500, "Internal Server Error"))
+    dashboard = FakeDashboard(deploy=(500, "Internal Server Error"))
     with pytest.raises(SmokeTestError) as raised:
-        smoke.smoke_test(config.apps[0], "img:1", engine, project=PROJECT, timeout=5)
+        smoke.smoke_test(config.apps[0], "img:1", engine, project=PROJECT, timeout=5, dashboard_api=dashboard)
     assert str(raised.value) == "app 'demo': Serve deploy request returned 500: Internal Server Error"
     assert engine.containers == {}
 
 
-def test_smoke_test_names_the_apps_serve_status_when_the_route_never_answers(
-    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_smoke_test_names_the_apps_serve_status_when_the_route_never_answers(tmp_project: TmpProject) -> None:
     engine = FakeEngine()
     engine.script("port", output="127.0.0.1:49153\n")
     engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="HTTP/1.1 404 Not Found")
-    status = {"applications": {"demo": {"status": "DEPLOYING", "message": "Deploying app 'demo'."}}}
-    answers = {"PUT": (200, "{}"), "GET": (200, json.dumps(status))}
-    monkeypatch.setattr(kuberay, "http", lambda method, *args, **kwargs: answers[method])
+    dashboard = FakeDashboard.serving({"demo": {"status": "DEPLOYING", "message": "Deploying app 'demo'."}})
     with pytest.raises(SmokeTestError) as raised:
-        smoke.smoke_test(tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=0.1)
+        smoke.smoke_test(
+            tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=0.1, dashboard_api=dashboard
+        )
     assert str(raised.value) == (
         "app 'demo': no HTTP 200 on /demo/ within 0s: status DEPLOYING: Deploying app 'demo'."
     )
@@ -201,31 +184,29 @@ def test_smoke_test_names_the_apps_serve_status_when_the_route_never_answers(
     ids=["exception in a constructor", "import error"],
 )
 def test_a_failed_deploy_stops_the_test_at_the_first_status_poll(
-    tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch, constructor: bool, expected: str
+    tmp_project: TmpProject, constructor: bool, expected: str
 ) -> None:
     engine = FakeEngine()
     engine.script("port", output="127.0.0.1:49153\n")
     engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="wget: can't connect")
     engine.script("exec", "*", "tail", output="INFO replica -- Started initializing replica.")
-    gets: list[str] = []
-
-    def http(method: str, url: str, *args: Any, **kwargs: Any) -> tuple[int, str]:
-        if method == "GET":
-            gets.append(url)
-            return 200, json.dumps(failed_status(constructor=constructor))
-        return 200, "{}"
-
-    monkeypatch.setattr(kuberay, "http", http)
+    dashboard = FakeDashboard.serving(failed_status(constructor=constructor)["applications"])
     log = tmp_project.root / ".raybuild" / "logs" / "test-demo.log"
     with pytest.raises(SmokeTestError) as raised:
         # The call counts below check that it stopped at the first poll; the timeout bounds a regression.
         smoke.smoke_test(
-            tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=60, log_path=log
+            tmp_project.load().apps[0],
+            "img:1",
+            engine,
+            project=PROJECT,
+            timeout=60,
+            log_path=log,
+            dashboard_api=dashboard,
         )
     assert str(raised.value) == f"app 'demo': Serve could not deploy it: {expected}"
     assert f"are in {log}" in (raised.value.hint or "")
     assert "fix the app under apps/demo" in (raised.value.hint or "")
-    assert len(gets) == 1, "one status read: the first one showed the failure"
+    assert len(dashboard.called("applications")) == 1, "one status read: the first one showed the failure"
     assert len([c for c in engine.calls("exec") if FETCH in c]) == 1
     saved = log.read_text()
     assert expected.split(" (")[0] in saved  # Serve's whole message, untruncated
