@@ -19,8 +19,8 @@ from raybuild.errors import ConfigError
 from raybuild.image import bases
 from raybuild.image.bases import BaseSpec
 from raybuild.image.dockerfile import dockerfile_string, render_base, render_dockerfile, template_dir
-from raybuild.image.prune import DEFAULT_KEEP, DEFAULT_PRUNE_RULES, prune_plan
 from raybuild.image.plan import image_spec_for, plan_builds
+from raybuild.image.prune import DEFAULT_KEEP, DEFAULT_PRUNE_RULES, prune_plan
 from raybuild.image.spec import ImageSpec, generate_all, nvidia_library_dirs
 from raybuild.templating import BUNDLED_TEMPLATES, Templates
 from tests.conftest import GOLDEN_DIR, REPO_ROOT, TmpProject
