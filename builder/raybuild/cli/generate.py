@@ -6,8 +6,10 @@ from pathlib import Path
 
 import click
 
+from raybuild import platforms
 from raybuild.cli.common import State, apps_argument, emit_json, json_option, pass_state
-from raybuild.image.spec import dockerfile_for, generate_all
+from raybuild.image.plan import plan_builds
+from raybuild.image.spec import generate_all
 from raybuild.state import DOCKERFILES_DIR
 
 
@@ -28,11 +30,11 @@ def generate(
     """Render each app's multi-stage Dockerfile from the templates under images/."""
     config = state.config()
     selected = config.select(apps)
-    if to_stdout:
-        for app in selected:
-            click.echo(dockerfile_for(config, app), nl=False)
+    if to_stdout:  # the default platform's Dockerfile of each app
+        for plan in plan_builds(config, selected, (platforms.DEFAULT,), locked=False):
+            click.echo(plan.dockerfile, nl=False)
         return
-    written = generate_all(config, selected, out_dir)
+    written = generate_all(config, plan_builds(config, selected, locked=False).dockerfiles(), out_dir)
     if as_json:
         emit_json({name: str(path) for name, path in written.items()})
         return

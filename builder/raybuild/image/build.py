@@ -20,10 +20,8 @@ holds one image per tag, that tag names this machine's own platform's image, as 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,16 +33,14 @@ from raybuild.config import LoadedConfig
 from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import BuildError, EngineError, UsageError
-from raybuild.fsutil import read_text
 from raybuild.image import bases
-from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.epoch import Change, epoch_of, image_inputs, last_change
-from raybuild.image.ignore import IGNORE_FILE
 from raybuild.image.introspect import introspect
+from raybuild.image.plan import BuildPlan, plan_builds, plan_for, stage_context, write_context
+from raybuild.image.plan import head_hash_for as head_hash
 from raybuild.image.provenance import provenance_labels
-from raybuild.image.prune import prune_script
-from raybuild.image.spec import HEAD_TEMPLATES, app_prune_plan, code_files, head_hash, image_spec_for
-from raybuild.lock import resolve as lock
+from raybuild.image.spec import HEAD_TEMPLATES
+from raybuild.platforms import Platform
 from raybuild.progress import Progress, silent
 from raybuild.registry import (
     HttpRegistry,
@@ -58,8 +54,6 @@ from raybuild.registry import (
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
-    head_ref,
-    image_ref,
     latest_ref,
     load_build_record,
     multi_platform_ref,
@@ -81,60 +75,6 @@ def default_ca_bundle() -> Path | None:
         if value and Path(value).is_file():
             return Path(value)
     return None
-
-
-def stage_context(
-    config: LoadedConfig,
-    app: App,
-    context: Path,
-    progress: Progress = silent,
-    platform: str = platforms.DEFAULT,
-) -> str:
-    """Write the app's build context into ``context``; return its content hash (the image tag's suffix)."""
-    lockfile = config.lockfile(app, platform)
-    ray_lockfile = config.ray_lockfile(platform)
-    missing = next((path for path in (lockfile, ray_lockfile) if not path.is_file()), None)
-    if missing is not None:
-        raise BuildError(
-            f"app {app.name!r}: no lockfile at {missing.relative_to(config.root)}",
-            hint=f"run `raybuild lock {app.name}`",
-        )
-    # Out of date, edited by hand or cut short: one line naming the file and the `raybuild lock` to run.
-    lock.check(config, (app,))
-    templates = template_dir(config.root)
-    ray_text = ray_lockfile.read_text(encoding="utf-8")
-    plan = app_prune_plan(app)
-    files = {
-        "Dockerfile": render_dockerfile(image_spec_for(config, app, platform), templates),
-        "ray.lock": ray_text,
-        "app.lock": lock.extras_lock(lockfile.read_text(encoding="utf-8"), ray_text),
-        "prune.py": read_text(prune_script(templates)),
-        "prune-ray.json": plan.to_json(),
-        "prune-app.json": plan.to_json(),
-        ".dockerignore": "**/__pycache__\n**/*.pyc\n",
-    }
-    digest = hashlib.sha256()
-    for name, text in files.items():
-        (context / name).write_text(text, encoding="utf-8")
-        digest.update(f"{name}\0{text}\0".encode())
-    code = context / "code"
-    code.mkdir()
-    app_dir = config.app_dir(app)
-    if (app_dir / ".dockerignore").is_file() and not (app_dir / IGNORE_FILE).is_file():
-        progress(f"{app.name}: warning: {app.path}/.dockerignore is not read; put its rules in {IGNORE_FILE}")
-    selected = code_files(config, app)
-    count = len(selected.files)
-    progress(f"  {app.name}: {count} file{'s' if count != 1 else ''} of code, {selected.ignored} ignored")
-    for rel, path in selected.files.items():
-        (code / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, code / rel)
-        # Modes as git knows them (executable or not), not as this checkout's umask left them: they reach
-        # the code layer. File times are clamped in the build.
-        (code / rel).chmod(0o755 if os.access(path, os.X_OK) else 0o644)
-        digest.update(f"code/{rel}\0".encode() + path.read_bytes() + b"\0")
-    for folder in (code, *(p for p in code.rglob("*") if p.is_dir())):
-        folder.chmod(0o755)
-    return digest.hexdigest()[:12] + platforms.get(platform).suffix
 
 
 _STEP = re.compile(r"^#\d+ \[([^\]]+)\] (.*)$")
@@ -286,7 +226,7 @@ class Builder:
         what: str,
         args: dict[str, str],
         labels: dict[str, str],
-        platform: str = platforms.DEFAULT,
+        platform: Platform,
     ) -> str:
         """Build without tagging; the image ID. Callers tag only what passed its checks."""
         try:
@@ -300,7 +240,7 @@ class Builder:
                 labels=labels,
                 what=what,
                 on_line=_progress_filter(self.progress),
-                platform=None if platform == platforms.DEFAULT else platform,
+                platform=None if platform.default else platform.name,
             )
         except BuildError as exc:
             step = failing_step(exc.output_tail)
@@ -324,9 +264,9 @@ class Builder:
             self._changes[key] = last_change(self.engine, self.config.root, image_inputs(self.config, app))
         return self._changes[key]
 
-    def _head(self, app: App, context: Path, platform: str = platforms.DEFAULT) -> BuiltImage:
+    def _head(self, plan: BuildPlan, context: Path) -> BuiltImage:
         """The head image CPU apps build on: from this engine, the registry, or a build (once per run)."""
-        hr = head_ref(self.config, head_hash(self.config, app, platform))
+        hr, platform = plan.head_ref, plan.platform
         if hr in self._heads:
             return self._heads[hr]
         found = self._resolve(hr)
@@ -336,11 +276,13 @@ class Builder:
             image_id = self.engine.inspect(hr)["Id"]
             head = BuiltImage(HEAD_KEY, hr, image_id, "cpu", cached=True, pulled=found == "pulled")
         else:
-            self._ensure_bases("cpu", platform=platform)
+            self._ensure_bases("cpu", platform=platform.name)
             self.progress(f"building head image {hr}")
             change = self._last_change(None)
             args = {"RAY_SOURCE_DATE_EPOCH": str(epoch_of(self.config, change))}
-            labels = provenance_labels(self.engine, self.config, None, hr, change, platform)
+            labels = provenance_labels(
+                self.engine, self.config, None, hr, change, platform.name, plan.lock_digests
+            )
             what = f"build of the head image{_for(platform)}"
             head_id = self._build(context, "head", what, args, labels, platform)
             self.engine.tag(head_id, hr)
@@ -361,13 +303,17 @@ class Builder:
         (another platform's image runs under emulation, where importing Ray takes a minute: its smoke test,
         `raybuild test --platform`, runs it).
         """
+        return self._build_plan(plan_for(self.config, app, platform), deployments)
+
+    def _build_plan(
+        self, plan: BuildPlan, deployments: tuple[dict[str, Any], ...] | None
+    ) -> tuple[BuiltImage, BuiltImage | None]:
+        app, platform, ref, main = plan.app, plan.platform, plan.ref, plan.main
         with tempfile.TemporaryDirectory(prefix=f"raybuild-{app.name}-") as tmp:
             context = Path(tmp)
-            content = stage_context(self.config, app, context, self.progress, platform)
-            ref = image_ref(self.config, app, content)
-            head = self._head(app, context, platform) if app.device == "cpu" else None
+            write_context(self.config, plan, context, self.progress)
+            head = self._head(plan, context) if app.device == "cpu" else None
             found = self._resolve(ref)
-            main = platform == self.config.platforms(app)[0]  # the one `latest` and the record name
             if found is not None:
                 if found == "local":
                     self.progress(f"{app.name}: {ref} is up to date")
@@ -384,7 +330,7 @@ class Builder:
                 pulled = found == "pulled"
                 return BuiltImage(app.name, ref, image_id, app.device, True, deployments, pulled), head
             # A CPU app's last stage is the head image; a GPU app's is its own base plus Ray.
-            self._ensure_bases(*(("gpu",) if app.device == "gpu" else ()), platform=platform)
+            self._ensure_bases(*(("gpu",) if app.device == "gpu" else ()), platform=platform.name)
             self.progress(f"building {app.name} -> {ref}")
             change = self._last_change(app)
             args = {
@@ -393,7 +339,9 @@ class Builder:
             }
             if head is not None:
                 args["HEAD_IMAGE"] = self._pinned(head.ref)
-            labels = provenance_labels(self.engine, self.config, app, ref, change, platform)
+            labels = provenance_labels(
+                self.engine, self.config, app, ref, change, platform.name, plan.lock_digests
+            )
             what = f"build of app {app.name!r}{_for(platform)}"
             image_id = self._build(context, None, what, args, labels, platform)
         # A broken app fails here, before its content-addressed tag exists: nothing half-made is tagged.
@@ -404,21 +352,19 @@ class Builder:
             self.engine.tag(ref, latest_ref(self.config, app.name))
         return BuiltImage(app.name, ref, image_id, app.device, False, deployments), head
 
-    def build_platforms(self, app: App) -> tuple[BuiltImage, dict[str, BuiltImage]]:
-        """One app's image for each of its platforms, and what the build record keeps for the app."""
-        names = self.config.platforms(app)
-        # The import check runs in the image this machine runs natively, when there is one.
-        order = sorted(names, key=lambda p: not platforms.native(p))
+    def build_platforms(self, plans: tuple[BuildPlan, ...]) -> tuple[BuiltImage, dict[str, BuiltImage]]:
+        """One app's image for each of its plans (the native platform first, where the import check runs),
+        and what the build record keeps for the app."""
         images: dict[str, BuiltImage] = {}
         heads: dict[str, BuiltImage] = {}
         deployments: tuple[dict[str, Any], ...] | None = None
-        for platform in order:
-            image, head = self.build_app(app, platform, deployments)
+        for plan in plans:
+            image, head = self._build_plan(plan, deployments)
             deployments = image.deployments
-            images[platform] = image
+            images[plan.platform.name] = image
             if head is not None:
-                heads[platform] = head
-        return self._as_one(app.name, images), heads
+                heads[plan.platform.name] = head
+        return self._as_one(plans[0].app.name, images), heads
 
     def _as_one(self, key: str, images: dict[str, BuiltImage]) -> BuiltImage:
         """The record entry of an image built for ``images``' platforms: the image itself when it was built
@@ -443,10 +389,11 @@ class Builder:
 
     def build(self, apps: tuple[App, ...]) -> list[BuiltImage]:
         self.engine.ping()
+        plans = plan_builds(self.config, apps)
         built: list[BuiltImage] = []
         heads: dict[str, BuiltImage] = {}
         for app in apps:
-            image, app_heads = self.build_platforms(app)
+            image, app_heads = self.build_platforms(plans.of(app))
             built.append(image)
             for platform, head in app_heads.items():
                 heads.setdefault(platform, head)
@@ -458,5 +405,5 @@ class Builder:
         return built
 
 
-def _for(platform: str) -> str:
-    return "" if platform == platforms.DEFAULT else f" for {platform}"
+def _for(platform: Platform) -> str:
+    return "" if platform.default else f" for {platform.name}"

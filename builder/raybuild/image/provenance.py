@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from raybuild import __version__
@@ -53,14 +54,18 @@ def provenance_labels(
     ref: str,
     change: Change | None,
     platform: str = DEFAULT_PLATFORM,
+    lock_digests: Mapping[str, str | None] | None = None,
 ) -> dict[str, str]:
     """The labels of the image ``ref`` (the head image's when ``app`` is None); ``change`` is the last commit
     that changed its inputs (``epoch.last_change``), which also gives the image its SOURCE_DATE_EPOCH.
-    The lockfile hashes are those of ``platform``'s lockfiles, which that image was installed from."""
+    The lockfile hashes are those of ``platform``'s lockfiles, which that image was installed from:
+    ``lock_digests`` ("ray", "app") where the build plan read them already, else read here."""
     labels = {OCI + "version": ref.rsplit(":", 1)[1], RAYBUILD + "version": __version__}
-    ray_lock, app_lock = config.ray_lockfile(platform), config.lockfile(app, platform) if app else None
-    for name, path in (("ray", ray_lock), ("app", app_lock)):
-        digest = _sha256(path) if path is not None else None
+    if lock_digests is None:
+        ray_lock, app_lock = config.ray_lockfile(platform), config.lockfile(app, platform) if app else None
+        lock_digests = {"ray": _sha256(ray_lock), "app": _sha256(app_lock) if app_lock else None}
+    for name in ("ray", "app"):
+        digest = lock_digests.get(name) if name == "ray" or app is not None else None
         if digest:
             labels[f"{RAYBUILD}lockfile.{name}-sha256"] = digest
     if change is not None and change.clean:

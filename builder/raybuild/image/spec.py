@@ -1,9 +1,11 @@
-"""From config and lockfiles to image specs and generated Dockerfiles, and the head image's tag hash."""
+"""What an app Dockerfile is rendered from (`ImageSpec`), the head image's tag hash, and writing the generated
+Dockerfiles. `plan.plan_builds` gathers the inputs, reading each file once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,13 +13,11 @@ from raybuild import platforms
 from raybuild.config import LoadedConfig
 from raybuild.config_apps import App
 from raybuild.errors import UsageError
-from raybuild.fsutil import atomic_write, read_text
-from raybuild.image import bases
-from raybuild.image.dockerfile import render_dockerfile, template_dir
+from raybuild.fsutil import atomic_write
 from raybuild.image.ignore import CodeFiles, IgnoreRules
-from raybuild.image.prune import PrunePlan, prune_plan, prune_script
-from raybuild.lock.resolve import check_cuda, normalize, parse_pins, trusted_pins
-from raybuild.state import dockerfiles_dir, head_ref
+from raybuild.image.prune import PrunePlan, prune_plan
+from raybuild.lock.lockfile import normalize, parse_pins
+from raybuild.state import dockerfiles_dir
 
 VENV = "/opt/ray/venv"
 APP_SITE = "/opt/app/site-packages"
@@ -66,29 +66,11 @@ class ImageSpec:
         }
 
 
-def _file_hash(path: Path) -> str:
-    if not path.is_file():
-        return "unlocked"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def lock_hash(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> str:
-    return _file_hash(config.lockfile(app, platform))
-
-
 def code_files(config: LoadedConfig, app: App) -> CodeFiles:
     """The app's files that go into its image, after the `.raybuildignore` rules and the size limit."""
     app_dir = config.app_dir(app)
     rules = IgnoreRules.for_app(config.root, app_dir)
     return rules.select(app_dir, config.config.limits.code_file_mb, app.name)
-
-
-def code_hash(config: LoadedConfig, app: App) -> str:
-    """A hash of the app's code (names and bytes): a label, so that a diff can say "code changed"."""
-    digest = hashlib.sha256()
-    for rel, path in code_files(config, app).files.items():
-        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def app_prune_plan(app: App) -> PrunePlan:
@@ -101,7 +83,18 @@ def app_prune_plan(app: App) -> PrunePlan:
 HEAD_TEMPLATES = ("cpu/Dockerfile.j2", "common/app.Dockerfile.j2")
 
 
-def head_hash(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> str:
+@dataclass(frozen=True)
+class HeadInputs:
+    """What the head image is made from besides the app's prune rules (`build_plan` reads each once)."""
+
+    base_image: str
+    builder_image: str
+    ray_lock: str  # the shared Ray lock's text; "" before `raybuild lock`
+    prune_script: str
+    templates: tuple[tuple[str, str], ...]  # (name, text) of HEAD_TEMPLATES
+
+
+def head_hash(config: LoadedConfig, app: App, head: HeadInputs, platform: str = platforms.DEFAULT) -> str:
     """The head image's tag suffix, from its inputs rather than from the Dockerfile rendered for ``app``.
 
     The inputs: the base and builder images, Python and Ray, the Ray lock, the prune rules applied to Ray
@@ -109,27 +102,21 @@ def head_hash(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT)
     the app's code or of its own packages, so CPU apps with the same prune rules share one head. Another
     platform's head has its own bases and Ray lock, and its platform's suffix (``-arm64``).
     """
-    templates = template_dir(config.root)
     project = config.project
     inputs: dict[str, object] = {
-        "base_image": bases.base_ref(config, app.device, platform),
-        "builder_image": bases.builder_ref(config, platform),
+        "base_image": head.base_image,
+        "builder_image": head.builder_image,
         "python": project.python,
         "ray_version": project.ray_version,
         "index_url": project.index_url,
         "venv": VENV,
         "app_site": APP_SITE,
         "code_dir": CODE_DIR,
+        "ray.lock": head.ray_lock,
+        "prune-ray.json": app_prune_plan(app).to_json(),
+        "prune.py": head.prune_script,
+        **dict(head.templates),
     }
-    ray_lock = config.ray_lockfile(platform)
-    # Before `raybuild lock` there is none: `generate` still works, and `build` refuses to start. One that
-    # is not what raybuild wrote (edited, cut short, not UTF-8) is refused here (trusted_pins).
-    trusted = trusted_pins(config, None, platform) is not None
-    inputs["ray.lock"] = read_text(ray_lock) if trusted else ""
-    inputs["prune-ray.json"] = app_prune_plan(app).to_json()
-    inputs["prune.py"] = read_text(prune_script(templates))
-    for name in HEAD_TEMPLATES:
-        inputs[name] = read_text(templates.path(name))
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
     return digest + platforms.get(platform).suffix
 
@@ -147,39 +134,6 @@ def nvidia_library_dirs(lock_text: str) -> tuple[str, ...]:
     return tuple(dirs)
 
 
-def image_spec_for(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> ImageSpec:
-    # A lockfile that is not what raybuild wrote (edited, cut short) fails here, before any Dockerfile.
-    lock_text = trusted_pins(config, app, platform) or ""
-    gpu = app.device == "gpu"
-    return ImageSpec(
-        app=app.name,
-        device=app.device,
-        python=config.project.python,
-        ray_version=config.project.ray_version,
-        base_image=bases.base_ref(config, app.device, platform),
-        builder_image=bases.builder_ref(config, platform),
-        lock_hash=lock_hash(config, app, platform),
-        env=tuple(sorted(app.env.items())),
-        index_url=config.project.index_url,
-        ld_library_path=nvidia_library_dirs(lock_text) if gpu else (),
-        cuda=check_cuda(config, app) if gpu else None,
-        # GPU apps build base and Ray in their own file on the GPU base: identical Ray layer bytes, and a
-        # CUDA runtime base ([base.gpu] cuda_runtime_image) works as well.
-        head_image="" if gpu else head_ref(config, head_hash(config, app, platform)),
-        ray_lock_hash=_file_hash(config.ray_lockfile(platform)),
-        code_hash=code_hash(config, app),
-    )
-
-
-def dockerfile_for(config: LoadedConfig, app: App, platform: str = platforms.DEFAULT) -> str:
-    """The app's Dockerfile for ``platform``, from the project's templates (or the bundled ones).
-
-    Every platform's Dockerfile is the same text but for the images it starts from: BuildKit runs it for
-    the platform of those images (``--platform``).
-    """
-    return render_dockerfile(image_spec_for(config, app, platform), template_dir(config.root))
-
-
 def _not_generated(path: Path) -> bool:
     """A file at ``path`` that raybuild did not generate: its first line does not name raybuild."""
     try:
@@ -190,17 +144,13 @@ def _not_generated(path: Path) -> bool:
     return bool(first.strip()) and b"raybuild" not in first
 
 
-def generate_all(config: LoadedConfig, apps: tuple[App, ...], out_dir: Path | None = None) -> dict[str, Path]:
-    """Write each app's Dockerfile; nothing at all when one would replace a Dockerfile of the user's own."""
+def generate_all(
+    config: LoadedConfig, dockerfiles: Iterable[tuple[str, str]], out_dir: Path | None = None
+) -> dict[str, Path]:
+    """Write each (name, Dockerfile text); nothing at all when one would replace a Dockerfile of the user's
+    own. The texts come from the build plans (`plan.Plans.dockerfiles`)."""
     out = out_dir or dockerfiles_dir(config)
-    planned = {
-        f"{app.name}{platforms.get(p).lock_suffix}": (
-            out / f"{app.name}{platforms.get(p).lock_suffix}.Dockerfile",
-            dockerfile_for(config, app, p),
-        )
-        for app in apps
-        for p in config.platforms(app)
-    }
+    planned = {name: (out / f"{name}.Dockerfile", text) for name, text in dockerfiles}
     theirs = [str(path) for path, _ in planned.values() if _not_generated(path)]
     if theirs:
         raise UsageError(

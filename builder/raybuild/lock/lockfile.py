@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from raybuild.errors import LockError
@@ -65,11 +66,23 @@ class Lockfile:
     body: str  # the pins; the whole text when no header was found
     inputs_hash: str | None
     problem: str | None  # why the body cannot be trusted; None when it is intact
+    raw: bytes | None = field(default=None, repr=False)  # the file's bytes; None when it could not be read
 
     @property
     def raybuilds(self) -> bool:
         """Whether raybuild wrote this file, and so may replace it."""
         return self.problem not in FOREIGN
+
+    @property
+    def sha256(self) -> str | None:
+        """The hex SHA-256 of the file's bytes (what provenance labels and inputs hashes record)."""
+        return hashlib.sha256(self.raw).hexdigest() if self.raw is not None else None
+
+    @property
+    def text(self) -> str:
+        """The file's text as ``Path.read_text`` gives it (universal newlines), for the build context."""
+        decoded = (self.raw or b"").decode("utf-8")
+        return decoded.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def parse(path: Path, raw: bytes) -> Lockfile:
@@ -82,9 +95,9 @@ def parse(path: Path, raw: bytes) -> Lockfile:
         problem = f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
     lines = text.splitlines(keepends=True)
     if not raw.strip():
-        return Lockfile(path, "", text, None, "empty: cut short to nothing")
+        return Lockfile(path, "", text, None, "empty: cut short to nothing", raw)
     if lines[0].rstrip("\r\n") != GENERATED:
-        return Lockfile(path, "", text, None, NOT_RAYBUILDS)
+        return Lockfile(path, "", text, None, NOT_RAYBUILDS, raw)
     inputs_hash = recorded_body = None
     end = 0
     for index, line in enumerate(lines[:_HEADER_MAX_LINES]):
@@ -96,11 +109,11 @@ def parse(path: Path, raw: bytes) -> Lockfile:
             recorded_body, end = line[len(BODY_HASH) :].strip(), index + 1
             break
     if recorded_body is None:
-        return Lockfile(path, "", text, inputs_hash, problem or NO_BODY_HASH)
+        return Lockfile(path, "", text, inputs_hash, problem or NO_BODY_HASH, raw)
     header, body = "".join(lines[:end]), "".join(lines[end:])
     if problem is None and body_sha256(body) != recorded_body:
         problem = EDITED
-    return Lockfile(path, header, body, inputs_hash, problem)
+    return Lockfile(path, header, body, inputs_hash, problem, raw)
 
 
 def read(path: Path) -> Lockfile | None:
@@ -116,12 +129,29 @@ def read(path: Path) -> Lockfile | None:
     return parse(path, raw)
 
 
-def trusted_body(path: Path, shown: str, regenerate: str) -> str | None:
+# How code that may run many times in one command reads lockfiles: ``read`` itself, or ``Reads``.
+Reader = Callable[[Path], Lockfile | None]
+
+
+class Reads:
+    """Lockfiles read once each for the whole command: the lock check, the pins, the hashes and the build
+    context all see the same bytes, and a build of one app opens the shared Ray lock once, not ten times."""
+
+    def __init__(self) -> None:
+        self._found: dict[Path, Lockfile | None] = {}
+
+    def __call__(self, path: Path) -> Lockfile | None:
+        if path not in self._found:
+            self._found[path] = read(path)
+        return self._found[path]
+
+
+def trusted_body(path: Path, shown: str, regenerate: str, reader: Reader = read) -> str | None:
     """The pins of the lockfile at ``path`` (None when there is none); a ``LockError`` if it is not intact.
 
     ``shown`` is how the message names the file; ``regenerate`` the command that rewrites it.
     """
-    found = read(path)
+    found = reader(path)
     if found is None:
         return None
     if found.problem is not None:

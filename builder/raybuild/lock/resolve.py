@@ -69,8 +69,10 @@ class LockTarget:
     def python_platform(self, config: LoadedConfig) -> str:
         return platforms.get(self.platform).python_platform(config.project.platform)
 
-    def inputs_hash(self, config: LoadedConfig) -> str:
+    def inputs_hash(self, config: LoadedConfig, reader: lockfile.Reader = lockfile.read) -> str:
         project = config.project
+        found = reader(self.constraint) if self.constraint is not None else None
+        constraint = (found.sha256 or "") if found is not None else ""  # the Ray lock's bytes
         digest = hashlib.sha256()
         for part in (
             "raybuild-lock-v1",
@@ -80,7 +82,7 @@ class LockTarget:
             project.index_url or "",
             self.torch_backend,
             self.requirements,
-            file_sha256(self.constraint) if self.constraint and self.constraint.is_file() else "",
+            constraint,
         ):
             digest.update(part.encode())
             digest.update(b"\0")
@@ -375,27 +377,29 @@ OUT_OF_DATE = "out of date: its requirements, the Ray lock or [project] changed 
 CUDA_MISMATCH = "its CUDA line does not match its pins"
 
 
-def _problem(config: LoadedConfig, target: LockTarget) -> str | None:
+def _problem(config: LoadedConfig, target: LockTarget, reader: lockfile.Reader = lockfile.read) -> str | None:
     """Why ``target``'s lockfile cannot be used as it is; None when it is intact and current."""
-    found = lockfile.read(target.path)
+    found = reader(target.path)
     if found is None:
         return "missing"
     if found.problem is not None:
         return found.problem
-    if found.inputs_hash != target.inputs_hash(config):
+    if found.inputs_hash != target.inputs_hash(config, reader):
         return OUT_OF_DATE
     if not _cuda_line_current(target, found):
         return CUDA_MISMATCH
     return None
 
 
-def problems(config: LoadedConfig, apps: tuple[App, ...]) -> list[tuple[str, str]]:
+def problems(
+    config: LoadedConfig, apps: tuple[App, ...], reader: lockfile.Reader = lockfile.read
+) -> list[tuple[str, str]]:
     """(path, reason) of each lockfile that is missing, out of date or not intact. Writes nothing."""
     rays, app_targets = targets(config, apps)
     out = []
     ray_broken = set()
     for ray in rays:
-        ray_reason = _problem(config, ray)
+        ray_reason = _problem(config, ray, reader)
         if ray_reason is not None:
             out.append((_shown(config, ray.path), ray_reason))
         # An app's inputs include the Ray lock's bytes, so a Ray lock edited by hand makes every app "out of
@@ -403,7 +407,7 @@ def problems(config: LoadedConfig, apps: tuple[App, ...]) -> list[tuple[str, str
         if ray_reason not in (None, "missing", OUT_OF_DATE):
             ray_broken.add(ray.platform)
     for target in app_targets:
-        reason = _problem(config, target)
+        reason = _problem(config, target, reader)
         if reason is not None and not (target.platform in ray_broken and reason == OUT_OF_DATE):
             out.append((_shown(config, target.path), reason))
     return out
@@ -428,22 +432,29 @@ def regenerate_command(config: LoadedConfig, apps: tuple[App, ...], found: list[
     return "raybuild lock " + " ".join(names)
 
 
-def check(config: LoadedConfig, apps: tuple[App, ...]) -> None:
+def check(config: LoadedConfig, apps: tuple[App, ...], reader: lockfile.Reader = lockfile.read) -> None:
     """Raise ``StaleLockError`` (one line naming each file, and the command that repairs them)."""
-    found = problems(config, apps)
+    found = problems(config, apps, reader)
     if found:
         foreign = any(reason in lockfile.FOREIGN for _, reason in found)
         hint = lockfile.FOREIGN_HINT if foreign else None
         raise StaleLockError(found, regenerate_command(config, apps, found), hint)
 
 
-def cuda_need(config: LoadedConfig, app: App) -> cuda.CudaNeed | None:
+def cuda_need(
+    config: LoadedConfig, app: App, reader: lockfile.Reader = lockfile.read
+) -> cuda.CudaNeed | None:
     """What CUDA an app's locked wheels need (None without CUDA wheels or a lockfile)."""
-    body = trusted_pins(config, app)
+    body = trusted_pins(config, app, reader=reader)
     return cuda.cuda_need(parse_pins(body or ""), app.name)
 
 
-def trusted_pins(config: LoadedConfig, app: App | None, platform: str = platforms.DEFAULT) -> str | None:
+def trusted_pins(
+    config: LoadedConfig,
+    app: App | None,
+    platform: str = platforms.DEFAULT,
+    reader: lockfile.Reader = lockfile.read,
+) -> str | None:
     """The pinned body of an app's lockfile (the shared Ray lock's for None); None when there is none.
 
     A lockfile that was edited, cut short or is not UTF-8 is a ``LockError`` naming it and the command
@@ -451,10 +462,10 @@ def trusted_pins(config: LoadedConfig, app: App | None, platform: str = platform
     """
     path = config.ray_lockfile(platform) if app is None else config.lockfile(app, platform)
     regenerate = "raybuild lock" if app is None else f"raybuild lock {app.name}"
-    return lockfile.trusted_body(path, _shown(config, path), regenerate)
+    return lockfile.trusted_body(path, _shown(config, path), regenerate, reader)
 
 
-def check_cuda(config: LoadedConfig, app: App) -> str | None:
+def check_cuda(config: LoadedConfig, app: App, reader: lockfile.Reader = lockfile.read) -> str | None:
     """The CUDA version ("12.9", or the major "12") an app's wheels need; an error if they mix majors."""
-    need = cuda_need(config, app)
+    need = cuda_need(config, app, reader)
     return need.version if need else None

@@ -17,8 +17,8 @@ from raybuild.errors import BuildError, StaleLockError, UsageError
 from raybuild.image import bases, build, epoch
 from raybuild.image.build import Builder
 from raybuild.image.dockerfile import render_dockerfile, template_dir
+from raybuild.image.plan import image_spec_for
 from raybuild.image.prune import prune_plan, prune_script
-from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
 from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
 from raybuild.state import (

@@ -20,8 +20,9 @@ from raybuild.errors import ConfigError
 from raybuild.image import bases
 from raybuild.image.bases import BaseSpec
 from raybuild.image.dockerfile import dockerfile_string, render_base, render_dockerfile, template_dir
+from raybuild.image.plan import image_spec_for, plan_builds
 from raybuild.image.prune import DEFAULT_KEEP, DEFAULT_PRUNE_RULES, prune_plan
-from raybuild.image.spec import ImageSpec, generate_all, image_spec_for, nvidia_library_dirs
+from raybuild.image.spec import ImageSpec, generate_all, nvidia_library_dirs
 from raybuild.templating import BUNDLED_TEMPLATES, Templates
 from tests.conftest import GOLDEN_DIR, REPO_ROOT, TmpProject
 
@@ -101,7 +102,7 @@ def test_generated_dockerfile_matches_golden(name: str, check_golden: Callable[[
 def test_generate_writes_what_the_goldens_hold(tmp_path: Path) -> None:
     config = bundled_config()
     with mock.patch.object(bases, "uv_version", return_value=UV_VERSION):
-        written = generate_all(config, config.apps, tmp_path)
+        written = generate_all(config, plan_builds(config, config.apps, locked=False).dockerfiles(), tmp_path)
     assert sorted(written) == sorted(BUNDLED_APPS)
     for name, path in written.items():
         assert path == tmp_path / f"{name}.Dockerfile"
