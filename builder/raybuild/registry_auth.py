@@ -143,6 +143,7 @@ class AuthenticatedRegistry:
         self._lookup: CredentialLookup | None = None
         self._base_url: str | None = None
         self._answers_basic = False
+        self._bearer: Challenge | None = None
         self._tokens: dict[tuple[str, ...], _Token] = {}
         self._opener = urllib.request.build_opener(
             urllib.request.HTTPSHandler(context=self._tls.context_for(host)), _SameHostRedirects()
@@ -178,6 +179,10 @@ class AuthenticatedRegistry:
         fresh_token = False
         refreshed = False
         for _ in range(4):
+            if self._bearer is not None and not self._holds_token(scopes):
+                # The registry's challenge is known: ask for this scope's token before, not after, a 401.
+                self._tokens[scopes] = self._fetch_token(self._bearer, scopes, repository, push)
+                fresh_token = True
             authorization = self._authorization(scopes)
             response = self._send(method, target, body, {**(headers or {}), **authorization})
             if response.status == 403:
@@ -203,17 +208,23 @@ class AuthenticatedRegistry:
                 if fresh_token or refreshed:
                     raise self._refused()
                 refreshed = True  # a cached token the registry no longer takes: fetch one, once
+            self._bearer = challenge
             self._tokens[scopes] = self._fetch_token(challenge, scopes, repository, push)
             fresh_token = True
         raise RegistryAuthError(self.host, "protocol", "kept answering HTTP 401 to its own challenges")
 
     # -- answering challenges ------------------------------------------------------------------------------
 
-    def _authorization(self, scopes: tuple[str, ...]) -> dict[str, str]:
+    def _holds_token(self, scopes: tuple[str, ...]) -> bool:
         token = self._tokens.get(scopes)
         if token is not None and token.expires_at > self._clock():
-            return {"Authorization": f"Bearer {token.value}"}
+            return True
         self._tokens.pop(scopes, None)
+        return False
+
+    def _authorization(self, scopes: tuple[str, ...]) -> dict[str, str]:
+        if self._holds_token(scopes):
+            return {"Authorization": f"Bearer {self._tokens[scopes].value}"}
         credentials = self.credentials.credentials if self._answers_basic else None
         if credentials is not None:
             return {"Authorization": credentials.basic_authorization()}
