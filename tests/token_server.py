@@ -44,6 +44,8 @@ class TokenServer:
     url: str = ""
     # (user or "" for anonymous, scopes asked for) per token request, for tests that count them.
     requests: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    # Every token it handed out, for the tests that grep outputs for secrets.
+    issued: list[str] = field(default_factory=list)
 
     def issue(self, subject: str, scopes: tuple[str, ...], actions: frozenset[str]) -> str:
         access = []
@@ -69,6 +71,7 @@ class TokenServer:
     def answer(self, user: str, scopes: tuple[str, ...], actions: frozenset[str]) -> bytes:
         self.requests.append((user, scopes))
         token = self.issue(user, scopes, actions)
+        self.issued.append(token)
         issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         answer = {"token": token, "access_token": token, "expires_in": self.lifetime_s, "issued_at": issued}
         return json.dumps(answer).encode()
