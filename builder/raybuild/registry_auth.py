@@ -17,32 +17,29 @@ object storage) does not carry the ``Authorization`` header along.
 
 from __future__ import annotations
 
-import base64
+import http.client
 import json
-import re
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
-from http.client import HTTPMessage
 from typing import Any, Literal
 
 from raybuild.credentials import CredentialLookup, Credentials, find_credentials
 from raybuild.errors import RaybuildError
+from raybuild.registry_challenges import Challenge, answerable_challenge, scopes_for, token_grants_push
 from raybuild.registry_tls import TlsSettings, is_verification_failure
 
+# TLS trouble is registry_tls.RegistryTlsError, which names where the CA goes.
 Cause = Literal[
-    "no-credentials", "wrong-credentials", "push-denied", "pull-denied", "unreachable", "tls", "protocol"
+    "no-credentials", "wrong-credentials", "push-denied", "pull-denied", "unreachable", "protocol"
 ]
 # The token spec's default lifetime; a token is dropped this many seconds early so it cannot expire in flight.
 DEFAULT_TOKEN_SECONDS = 60
 _EXPIRY_MARGIN_SECONDS = 5
-_TOKEN_CHAR = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_AUTH_PARAM = re.compile(rf'\s*({_TOKEN_CHAR}+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
-_SCHEME = re.compile(rf"\s*({_TOKEN_CHAR}+)")
 
 
 class RegistryAuthError(RaybuildError):
@@ -55,49 +52,6 @@ class RegistryAuthError(RaybuildError):
 
     def details(self) -> dict[str, Any]:
         return {"registry": self.registry, "cause": self.cause}
-
-
-@dataclass(frozen=True)
-class Challenge:
-    """One challenge of a ``WWW-Authenticate`` header: its scheme (lower case) and parameters."""
-
-    scheme: str
-    params: Mapping[str, str] = field(default_factory=dict)
-
-
-def parse_challenges(header: str) -> list[Challenge]:
-    """Every challenge in ``header`` (RFC 7235: quoted values may hold commas and escaped quotes)."""
-    challenges: list[tuple[str, dict[str, str]]] = []
-    position = 0
-    while position < len(header):
-        if header[position] in ", \t":
-            position += 1
-            continue
-        param = _AUTH_PARAM.match(header, position)
-        if param is not None and challenges:
-            quoted, bare = param.group(2), param.group(3)
-            value = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
-            challenges[-1][1][param.group(1).lower()] = value
-            position = param.end()
-            continue
-        scheme = _SCHEME.match(header, position)
-        if scheme is None:
-            break  # not a header this grammar knows: what was read so far is all there is
-        challenges.append((scheme.group(1).lower(), {}))
-        position = scheme.end()
-    return [Challenge(scheme, params) for scheme, params in challenges]
-
-
-def repository_scope(repository: str, *actions: str) -> str:
-    return f"repository:{repository}:{','.join(actions)}"
-
-
-def scopes_for(repository: str, push: bool = False, mount_from: str | None = None) -> tuple[str, ...]:
-    """The scopes a request needs: pull to read, pull and push to write, pull on a mount's source."""
-    scopes = [repository_scope(repository, "pull", "push") if push else repository_scope(repository, "pull")]
-    if mount_from is not None and mount_from != repository:
-        scopes.append(repository_scope(mount_from, "pull"))
-    return tuple(scopes)
 
 
 @dataclass(frozen=True)
@@ -186,10 +140,12 @@ class AuthenticatedRegistry:
             authorization = self._authorization(scopes)
             response = self._send(method, target, body, {**(headers or {}), **authorization})
             if response.status == 403:
+                if self.credentials.credentials is None:
+                    raise self._anonymous_refused(repository, push)
                 raise self._denied(repository, push, "HTTP 403")
             if response.status != 401:
                 return response
-            challenge = _answerable(response.headers.get_all("WWW-Authenticate") or [])
+            challenge = answerable_challenge(response.headers.get_all("WWW-Authenticate") or [])
             if challenge is None:
                 raise RegistryAuthError(
                     self.host, "protocol", "answered HTTP 401 with no Basic or Bearer challenge"
@@ -281,7 +237,7 @@ class AuthenticatedRegistry:
             raise RegistryAuthError(
                 self.host, "protocol", f"its token server {_without_query(realm)} sent no token"
             )
-        if push and not _grants_push(value, repository):
+        if push and not token_grants_push(value, repository):
             raise self._denied(repository, push, "the token server granted pull only")
         return _Token(value, self._clock() + max(seconds - _EXPIRY_MARGIN_SECONDS, 1))
 
@@ -326,7 +282,8 @@ class AuthenticatedRegistry:
                     request.host, getattr(exc.reason, "verify_message", "unverified")
                 ) from None
             raise self._unreachable(exc.reason, what) from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            # A connection cut mid-answer, an answer that is not HTTP, or a registry-sent URL that is not one.
             if raw:
                 raise urllib.error.URLError(exc) from None
             raise self._unreachable(exc, what) from None
@@ -375,37 +332,6 @@ class AuthenticatedRegistry:
         )
 
 
-def _answerable(headers: Sequence[str]) -> Challenge | None:
-    """The challenge to answer: Bearer before Basic, as docker prefers."""
-    challenges = [challenge for header in headers for challenge in parse_challenges(header)]
-    for scheme in ("bearer", "basic"):
-        for challenge in challenges:
-            if challenge.scheme == scheme:
-                return challenge
-    return None
-
-
-def _grants_push(token: str, repository: str) -> bool:
-    """False only for a JWT whose ``access`` claim lacks push on ``repository``; opaque tokens may push."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return True
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except ValueError:
-        return True
-    access = claims.get("access") if isinstance(claims, dict) else None
-    if not isinstance(access, list):
-        return True
-    return any(
-        isinstance(entry, dict)
-        and entry.get("type") == "repository"
-        and entry.get("name") == repository
-        and "push" in (entry.get("actions") or [])
-        for entry in access
-    )
-
-
 def _without_query(url: str) -> str:
     return urllib.parse.urlsplit(url)._replace(query="", fragment="").geturl()
 
@@ -419,7 +345,7 @@ class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
         fp: Any,
         code: int,
         msg: str,
-        headers: HTTPMessage,
+        headers: http.client.HTTPMessage,
         newurl: str,
     ) -> urllib.request.Request | None:
         redirected = super().redirect_request(req, fp, code, msg, headers, newurl)

@@ -9,13 +9,7 @@ from pathlib import Path
 import pytest
 
 from raybuild.credentials import CredentialLookup, Credentials
-from raybuild.registry_auth import (
-    AuthenticatedRegistry,
-    Challenge,
-    RegistryAuthError,
-    parse_challenges,
-    scopes_for,
-)
+from raybuild.registry_auth import AuthenticatedRegistry, RegistryAuthError
 from raybuild.registry_tls import RegistryTlsError, TlsSettings
 from tests.certs import KeyPair, issue_server_cert, make_ca
 from tests.token_server import TokenServer, TokenUser, running_token_server
@@ -72,50 +66,6 @@ def basic() -> Iterator[AuthRegistry]:
     ) as registry:
         registry.manifests["team/hello:v1"] = b'{"schemaVersion": 2}'
         yield registry
-
-
-# -- the challenge header ----------------------------------------------------------------------------------
-
-
-def test_a_bearer_challenge_with_commas_in_quotes_is_read_whole() -> None:
-    header = (
-        'Bearer realm="https://auth.example/token",service="registry.example",'
-        'scope="repository:team/a:pull,push repository:team/b:pull",error="insufficient_scope"'
-    )
-    assert parse_challenges(header) == [
-        Challenge(
-            "bearer",
-            {
-                "realm": "https://auth.example/token",
-                "service": "registry.example",
-                "scope": "repository:team/a:pull,push repository:team/b:pull",
-                "error": "insufficient_scope",
-            },
-        )
-    ]
-
-
-def test_several_challenges_escapes_and_bare_values() -> None:
-    header = r'Basic realm="say \"hi\", please", Bearer  Realm=https://t.example/token , service = svc'
-    assert parse_challenges(header) == [
-        Challenge("basic", {"realm": 'say "hi", please'}),
-        Challenge("bearer", {"realm": "https://t.example/token", "service": "svc"}),
-    ]
-
-
-def test_an_empty_or_odd_header_gives_what_it_can() -> None:
-    assert parse_challenges("") == []
-    assert parse_challenges('Basic realm="x", "stray') == [Challenge("basic", {"realm": "x"})]
-
-
-def test_scopes_for_reads_writes_and_mounts() -> None:
-    assert scopes_for("team/a") == ("repository:team/a:pull",)
-    assert scopes_for("team/a", push=True) == ("repository:team/a:pull,push",)
-    assert scopes_for("team/a", push=True, mount_from="team/b") == (
-        "repository:team/a:pull,push",
-        "repository:team/b:pull",
-    )
-    assert scopes_for("team/a", push=True, mount_from="team/a") == ("repository:team/a:pull,push",)
 
 
 # -- Basic --------------------------------------------------------------------------------------------------
