@@ -14,8 +14,8 @@ import pytest
 
 from raybuild.config import LoadedConfig, load_config
 from raybuild.image import bases
-from raybuild.image.build import head_hash
-from raybuild.image.spec import dockerfile_for
+from raybuild.image.plan import dockerfile_for
+from raybuild.image.plan import head_hash_for as head_hash
 from raybuild.manifest.render import render_manifest
 from raybuild.templating import BUNDLED_TEMPLATES, image_templates, manifest_templates
 from tests.conftest import GOLDEN_DIR, REPO_ROOT
