@@ -28,7 +28,7 @@ import raybuild.cli as cli_package
 from raybuild import fsutil
 from raybuild.image import bases
 from raybuild.lock import resolve as locking
-from raybuild.state import BuiltImage, PublishedImage, PublishRecord, save_build_record
+from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
 from raybuild.templating import BUNDLED_TEMPLATES
 from raybuild.verify.results import Measurement
 from tests.conftest import MainResult, TmpProject, other_app

@@ -17,7 +17,8 @@ from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.ignore import CodeFiles, IgnoreRules
 from raybuild.image.prune import PrunePlan, prune_plan, prune_script
 from raybuild.lock.resolve import check_cuda, normalize, parse_pins, trusted_pins
-from raybuild.state import dockerfiles_dir, head_ref
+from raybuild.state import dockerfiles_dir
+from raybuild.tags import head_ref
 
 VENV = "/opt/ray/venv"
 APP_SITE = "/opt/app/site-packages"

@@ -19,18 +19,12 @@ from raybuild.image.build import Builder
 from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
+from raybuild.images import with_found_deployments
 from raybuild.lock import resolve as locking
+from raybuild.records import BuiltImage, load_build_record
 from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
-from raybuild.state import (
-    HEAD_KEY,
-    BuiltImage,
-    build_record_path,
-    head_ref,
-    image_ref,
-    load_build_record,
-    multi_platform_ref,
-    with_found_deployments,
-)
+from raybuild.state import HEAD_KEY, build_record_path
+from raybuild.tags import head_ref, image_ref, multi_platform_ref
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, FakeRegistry, image_id
 

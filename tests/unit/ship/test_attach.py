@@ -14,6 +14,7 @@ from raybuild.config import LoadedConfig
 from raybuild.engine import Result
 from raybuild.errors import PublishError
 from raybuild.progress import Progress
+from raybuild.records import PublishRecord
 from raybuild.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -28,7 +29,7 @@ from raybuild.ship.attach import MARK, SbomAttacher, attached_sbom
 from raybuild.ship.publish import Publisher
 from raybuild.ship.sbom import MEDIA_TYPE, SbomMaker
 from raybuild.ship.wheels import WheelHashes
-from raybuild.state import HEAD_KEY, PublishRecord, publish_record_path
+from raybuild.state import HEAD_KEY, publish_record_path
 from tests.unit.fakes import FakeEngine, FakeRegistry
 from tests.unit.ship.test_publish import store
 from tests.unit.ship.test_sbom import DEMO_REF, HEAD_ID, HEAD_REF, IMAGE_ID, built_project, probe_report

@@ -19,8 +19,10 @@ from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Result
 from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
+from raybuild.images import image_references
 from raybuild.interrupts import Interrupted
 from raybuild.progress import Progress
+from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
 from raybuild.registry import (
     OCI_MANIFEST,
     Manifest,
@@ -31,16 +33,8 @@ from raybuild.registry import (
 from raybuild.ship.publish import Publisher, split_reference
 from raybuild.ship.push import PushStage, push_digest
 from raybuild.ship.push_failures import Backoff, classify_push_failure, redact, secret_values
-from raybuild.state import (
-    HEAD_KEY,
-    BuiltImage,
-    PublishedImage,
-    PublishRecord,
-    image_references,
-    publish_record_path,
-    published_tag,
-    save_build_record,
-)
+from raybuild.state import HEAD_KEY, publish_record_path
+from raybuild.tags import published_tag
 from tests.conftest import other_app
 from tests.unit.fakes import FakeRegistry
 
