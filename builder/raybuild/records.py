@@ -131,6 +131,8 @@ def describe(exc: ValidationError) -> str:
     error = exc.errors()[0]
     key = ""
     for part in error["loc"]:
+        if part == "[key]":  # pydantic's marker for a dict's key (a platform) rather than its value
+            continue
         key += f"[{part}]" if isinstance(part, int) else ("." if key else "") + str(part)
     kind = error["type"]
     message = str(error["msg"]).removeprefix("Value error, ")

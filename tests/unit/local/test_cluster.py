@@ -219,7 +219,9 @@ def test_load_cluster_without_or_with_a_broken_state_file(project: LoadedConfig)
     assert raised.value.hint == "run `raybuild up` first"
     cluster_record_path(project).parent.mkdir(parents=True)
     cluster_record_path(project).write_text('{"name": "x"}')
-    with pytest.raises(StateError, match=r"up\.json: malformed cluster record: key 'network': missing") as bad:
+    with pytest.raises(
+        StateError, match=r"up\.json: malformed cluster record: key 'network': missing"
+    ) as bad:
         cluster.load_cluster(project)
     assert bad.value.hint == "run `raybuild down`, then `raybuild up`"
 
