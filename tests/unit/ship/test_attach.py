@@ -145,8 +145,7 @@ def test_publish_attaches_each_sbom_and_records_its_digest(sbom_project: LoadedC
     record = PublishRecord.load(publish_record_path(sbom_project))
     assert record is not None
     for result in results:
-        _, repository = result.image.reference.split("/", 1)
-        repository = repository.rsplit(":", 1)[0]
+        repository = result.image.reference.path
         (found,) = find_referrers(registry, repository, result.image.digest, MEDIA_TYPE)
         assert record.images[result.key].sbom == found.digest == result.image.sbom
         sbom = json.loads(attached_sbom(registry, repository, found) or b"")
