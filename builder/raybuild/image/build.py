@@ -13,7 +13,7 @@ published head image, sharing its base and Ray layers. ``rebuild`` builds locall
 
 An app built for several platforms gets one image per platform, each under its own tag (``-arm64`` for
 linux/arm64; the default platform's tag is what a single-platform build gives), and one more tag for the
-set, `state.multi_platform_ref`, which `publish` puts an image index under. Locally, where Docker 20.10
+set, `tags.multi_platform_ref`, which `publish` puts an image index under. Locally, where Docker 20.10
 holds one image per tag, that tag names this machine's own platform's image, as a pull of the index would.
 """
 

@@ -15,7 +15,7 @@ image index of them under the multi-platform tag (`ship/index.py`). The record n
 
 Layers are gzip (`docker push`) or zstd ([publish].compression; skopeo from the daemon): `ship/push.py`
 pushes one image, and every zstd push is checked layer by layer. A zstd image is published under its own
-tag (`state.published_tag`), so switching compression never moves a tag.
+tag (`tags.published_tag`), so switching compression never moves a tag.
 
 Registry work is bounded: each image's push has a deadline ([limits].registry_deadline_s), every attempt
 included, and the retries are raybuild's alone ([limits].registry_attempts, one line each): `Engine.push`
