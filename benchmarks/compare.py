@@ -39,7 +39,8 @@ from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.lock.resolve import uv_binary
-from raybuild.state import BuiltImage, save_build_record, state_dir
+from raybuild.records import BuiltImage, save_build_record
+from raybuild.state import state_dir
 from raybuild.verify.measure import Options, measure
 from raybuild.verify.results import Measurement
 from raybuild.verify.sizes import measure_ref

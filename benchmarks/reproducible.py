@@ -41,9 +41,9 @@ from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.manifest.render import render_manifest
+from raybuild.records import BuiltImage, load_publish_record
 from raybuild.registry import HttpRegistry, split_reference
 from raybuild.ship.publish import Publisher
-from raybuild.state import BuiltImage, load_publish_record
 from raybuild.verify.coldstart import ColdNode
 
 HERE = Path(__file__).resolve().parent

@@ -20,7 +20,8 @@ from raybuild.image.build import Builder
 from raybuild.lock import lockfile
 from raybuild.lock.resolve import app_target as lock_target
 from raybuild.lock.resolve import lockfile_text
-from raybuild.state import HEAD_KEY, BuiltImage, project_id
+from raybuild.records import BuiltImage
+from raybuild.state import HEAD_KEY, project_id
 from raybuild.verify.smoke import smoke_test
 
 pytestmark = pytest.mark.docker
@@ -193,7 +194,7 @@ def test_failed_build_names_the_step_and_leaves_no_tag(engine: Engine, project_c
     assert re.search(r"failed at step \[app \d+/\d+\] RUN ", info.value.message), info.value.message
     assert "hash" in info.value.output_tail.lower()
     from raybuild.image.build import stage_context
-    from raybuild.state import image_ref
+    from raybuild.tags import image_ref
 
     ctx = project_copy / "ctx"
     ctx.mkdir()
@@ -226,7 +227,7 @@ def test_a_broken_app_fails_the_build_at_its_import_check(
     assert info.value.message.startswith("app 'hello': hello_app:app does not import as a Serve app: ")
     assert expected in info.value.message
     from raybuild.image.build import stage_context
-    from raybuild.state import image_ref
+    from raybuild.tags import image_ref
 
     ctx = project_copy / "ctx"
     ctx.mkdir()

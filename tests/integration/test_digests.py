@@ -26,9 +26,10 @@ from raybuild.engine import Engine
 from raybuild.image import bases
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.manifest.render import render_manifest
+from raybuild.records import load_build_record, load_publish_record
 from raybuild.registry import HttpRegistry, Manifest, split_reference
 from raybuild.ship.publish import Publisher
-from raybuild.state import HEAD_KEY, load_build_record, load_publish_record, publish_record_path
+from raybuild.state import HEAD_KEY, publish_record_path
 from raybuild.verify.coldstart import ColdNode
 from tests.integration.conftest import REPO_ROOT, copy_project
 

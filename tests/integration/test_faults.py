@@ -36,7 +36,8 @@ from raybuild.image import bases
 from raybuild.image.build import Builder
 from raybuild.labels import MANAGED_LABEL, PROJECT_LABEL, ROLE_LABEL, object_labels
 from raybuild.local import cluster as local
-from raybuild.state import build_record_path, cluster_record_path, load_build_record, project_id
+from raybuild.records import load_build_record
+from raybuild.state import build_record_path, cluster_record_path, project_id
 from raybuild.verify.coldstart import measure_labels
 from tests.integration.conftest import REPO_ROOT, copy_project
 

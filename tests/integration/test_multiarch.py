@@ -20,7 +20,9 @@ from raybuild import platforms
 from raybuild.config import load_config
 from raybuild.engine import Engine
 from raybuild.image.build import stage_context
-from raybuild.state import HEAD_KEY, PublishRecord, image_ref, load_build_record, publish_record_path
+from raybuild.records import PublishRecord, load_build_record
+from raybuild.state import HEAD_KEY, publish_record_path
+from raybuild.tags import image_ref
 from tests.integration.conftest import _unavailable
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.network]

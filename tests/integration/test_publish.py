@@ -18,17 +18,12 @@ from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder
+from raybuild.records import PublishRecord, load_build_record
 from raybuild.registry import OCI_MANIFEST, HttpRegistry, fallback_tag, split_reference
 from raybuild.ship.publish import Publisher
 from raybuild.ship.push import ZSTD_LAYER
-from raybuild.state import (
-    HEAD_KEY,
-    PublishRecord,
-    load_build_record,
-    publish_record_path,
-    published_tag,
-    repository_name,
-)
+from raybuild.state import HEAD_KEY, publish_record_path
+from raybuild.tags import published_tag, repository_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 

@@ -34,7 +34,8 @@ from raybuild.engine import Engine
 from raybuild.image.build import Builder, stage_context
 from raybuild.lock import lockfile
 from raybuild.ship.publish import Publisher
-from raybuild.state import build_record_path, failure_log_path, image_ref, publish_record_path
+from raybuild.state import build_record_path, failure_log_path, publish_record_path
+from raybuild.tags import image_ref
 from tests.integration.conftest import REPO_ROOT, copy_project
 
 CA = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -22,8 +22,9 @@ from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder
 from raybuild.lock.resolve import normalize
+from raybuild.records import PublishRecord, load_build_record
 from raybuild.registry import OCI_INDEX, fallback_tag
-from raybuild.state import PublishRecord, load_build_record, publish_record_path
+from raybuild.state import publish_record_path
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 

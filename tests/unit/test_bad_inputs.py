@@ -28,7 +28,7 @@ import raybuild.cli as cli_package
 from raybuild import fsutil
 from raybuild.image import bases
 from raybuild.lock import resolve as locking
-from raybuild.state import BuiltImage, PublishedImage, PublishRecord, save_build_record
+from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
 from raybuild.templating import BUNDLED_TEMPLATES
 from raybuild.verify.results import Measurement
 from tests.conftest import MainResult, TmpProject, other_app
@@ -338,22 +338,26 @@ CASES = [
          _resolver_fails(UV_INDEX_DOWN, 'python = "3.11"', 'python = "3.11"\nindex_url = "http://127.0.0.1:9/simple"')),
     # -- records under .raybuild/ --------------------------------------------------------------------------
     Case("build record entry without image_id", ("publish",), 1,
-         r".*build.json: malformed build record \(key 'images.demo' needs ref, image_id and device\)",
+         r".*build.json: malformed build record: key 'images.demo.image_id': missing required key",
          lambda b: b.json(".raybuild/build.json", lambda d: d["images"]["demo"].pop("image_id") and d)),
     Case("build record not json", ("render",), 1, r".*build.json: malformed build record",
          _write(".raybuild/build.json", "{not json")),
     Case("build record not utf-8", ("render",), 1,
-         r".*build.json: unreadable build record \(not valid UTF-8 \(byte 0xff",
+         r".*build.json: cannot read the build record: not valid UTF-8 \(byte 0xff",
          _utf8(".raybuild/build.json")),
-    Case("build record version", ("list",), 1, r".*build.json: malformed build record \(expected version 1",
+    Case("build record version", ("list",), 1, r".*build.json: build record with version 7, expected 1",
          lambda b: b.json(".raybuild/build.json", lambda d: {**d, "version": 7})),
-    Case("build record deployments", ("list",), 1, r".*key 'images.demo.deployments' must be a list",
+    Case("build record deployments", ("list",), 1,
+         r".*key 'images.demo.deployments': Input should be a valid array \(got 3\)",
          lambda b: b.json(".raybuild/build.json", lambda d: d["images"]["demo"].update(deployments=3) or d)),
-    Case("publish record digest", ("render",), 1, r".*publish.json: key 'images.demo.digest'",
+    Case("publish record digest", ("render",), 1,
+         r".*publish.json: malformed publish record: key 'images.demo.digest'",
          lambda b: b.json(".raybuild/publish.json", lambda d: d["images"]["demo"].update(digest="x") or d)),
-    Case("publish record not json", ("publish",), 1, r".*publish.json: not a readable JSON publish record",
+    Case("publish record not json", ("publish",), 1,
+         r".*publish.json: malformed publish record: not valid JSON",
          _write(".raybuild/publish.json", "][")),
-    Case("cluster record malformed", ("drill", "head-restart"), 1, r".*up.json: malformed \(no 'nodes' key\)",
+    Case("cluster record malformed", ("drill", "head-restart"), 1,
+         r".*up.json: malformed cluster record: key 'name': Input should be a valid string",
          _write(".raybuild/up.json", '{"name": 1}')),
     Case("app never built", ("test", "other"), 1, r"app 'other' has not been built"),
     # -- paths ----------------------------------------------------------------------------------------------
@@ -415,15 +419,19 @@ CASES = [
          r"Invalid value for '--max-size-growth'"),
     # -- measure files --------------------------------------------------------------------------------------
     Case("baseline missing", ("check", "--baseline", "{outside}/nope.json"), 1, r".*nope.json: no such file"),
-    Case("baseline not json", CHECK, 1, r".*baseline.json: not valid JSON", _write("baseline.json", "{")),
-    Case("baseline not utf-8", CHECK, 1, r".*baseline.json: cannot read it: not valid UTF-8 \(byte 0xff",
+    Case("baseline not json", CHECK, 1, r".*baseline.json: malformed measure document: not valid JSON",
+         _write("baseline.json", "{")),
+    Case("baseline not utf-8", CHECK, 1,
+         r".*baseline.json: cannot read the measure document: not valid UTF-8 \(byte 0xff",
          _utf8("baseline.json")),
-    Case("baseline of another schema", CHECK, 1, r".*baseline.json: schema 'raybuild.measure/v0'",
+    Case("baseline of another schema", CHECK, 1,
+         r".*baseline.json: measure document with schema 'raybuild.measure/v0'",
          _measure("baseline.json", _set("schema", "raybuild.measure/v0"))),
     Case("baseline is a folder", ("check", "--baseline", "{root}/apps"), 2,
          r"Invalid value for '--baseline'"),
     Case("nan in a measurement", CHECK, 1,
-         r".*measure.json: key 'apps.demo.startup.t_head.median': Input should be a finite number",
+         r".*measure.json: malformed measure document: key 'apps.demo.startup.t_head.median': "
+         r"Input should be a finite number",
          _measure(".raybuild/measure.json", _nan)),
     Case("negative size", CHECK, 1,
          r".*key 'apps.demo.size.uncompressed': Input should be greater than or equal",

@@ -11,30 +11,25 @@ import pytest
 
 from raybuild.config import LoadedConfig, load_config
 from raybuild.errors import StateError
-from raybuild.state import (
-    DEFAULT_MEASURE_PATH,
-    HEAD_KEY,
+from raybuild.images import built_ref, image_references, with_found_deployments
+from raybuild.records import (
     BuiltImage,
     PublishedImage,
     PublishRecord,
-    build_record_path,
-    built_ref,
-    cluster_record_path,
-    dockerfiles_dir,
-    head_ref,
-    image_ref,
-    image_references,
-    latest_ref,
     load_build_record,
     load_publish_record,
-    multi_platform_ref,
-    publish_record_path,
-    published_tag,
-    repository_name,
     save_build_record,
-    state_dir,
-    with_found_deployments,
 )
+from raybuild.state import (
+    DEFAULT_MEASURE_PATH,
+    HEAD_KEY,
+    build_record_path,
+    cluster_record_path,
+    dockerfiles_dir,
+    publish_record_path,
+    state_dir,
+)
+from raybuild.tags import head_ref, image_ref, latest_ref, multi_platform_ref, published_tag, repository_name
 from tests.conftest import other_app
 
 if TYPE_CHECKING:  # only for annotations: "conftest" is ambiguous when unit and integration run together
@@ -111,7 +106,6 @@ def test_build_record_merges_builds_and_round_trips(project: LoadedConfig) -> No
         "not json",
         "[]",
         '{"version": 1}',
-        '{"version": 2, "images": {}}',
         '{"version": 1, "images": {"demo": "r/demo:1"}}',
         '{"version": 1, "images": {"demo": {"ref": "r/demo:1", "image_id": "sha256:1"}}}',
         '{"version": 1, "images": {"demo": {"ref": 1, "image_id": "sha256:1", "device": "cpu"}}}',
@@ -160,9 +154,9 @@ GOOD_IMAGE = {"reference": "r/x:1", "digest": "sha256:" + "0" * 64, "size": 1, "
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        ("{not json", "not a readable JSON"),
-        ("[]", "top level"),
-        (json.dumps({"version": 2, "images": {}}), "key 'version'"),
+        ("{not json", "malformed publish record: not valid JSON"),
+        ("[]", "malformed publish record: expected a JSON object, got list"),
+        (json.dumps({"version": 2, "images": {}}), "publish record with version 2, expected 1"),
         (json.dumps({"version": 1}), "key 'images'"),
         (json.dumps({"version": 1, "images": {"x": "r/x:1"}}), "key 'images.x'"),
         (
@@ -200,11 +194,11 @@ def test_references_prefer_the_digest_then_the_last_build_then_latest(project: L
     images = image_references(project, record)
     assert list(images.images) == [HEAD_KEY, "demo", "other"]
     assert images.refs() == {
-        HEAD_KEY: HEAD_BUILT.ref,
+        HEAD_KEY: str(HEAD_BUILT.ref),
         "demo": DEMO_PUBLISHED.pinned,
         "other": "127.0.0.1:5000/demo/other:latest",
     }
-    assert images["demo"].local == DEMO_BUILT.ref  # what this host's engine holds, published or not
+    assert images["demo"].local == str(DEMO_BUILT.ref)  # what this host's engine holds, published or not
     assert [image.recorded for image in images.images.values()] == [True, True, False]
     assert images.warnings == (
         "the publish record has no image for head (Ray base), 'other': using local tags; "
@@ -219,16 +213,16 @@ def test_a_build_newer_than_the_published_image_is_referenced_by_its_local_tag(
     """Rendering after a build and before publish must not name the old digest (`render --diff` relies on
     it)."""
     newer = BuiltImage(
-        "demo", DEMO_BUILT.ref.replace("222222222222", "333333333333"), "sha256:3", "cpu", False
+        "demo", str(DEMO_BUILT.ref).replace("222222222222", "333333333333"), "sha256:3", "cpu", False
     )
     save_build_record(project, [HEAD_BUILT, newer])
     published = PublishedImage(
-        f"127.0.0.1:5000/demo/ray-head:{HEAD_BUILT.ref.rsplit(':', 1)[1]}", "sha256:" + "a" * 64, 1, 1
+        f"127.0.0.1:5000/demo/ray-head:{HEAD_BUILT.ref.tag}", "sha256:" + "a" * 64, 1, 1
     )
     images = image_references(
         project, PublishRecord({"demo": DEMO_PUBLISHED, HEAD_KEY: published}), project.apps[:1]
     )
-    assert images.refs() == {HEAD_KEY: published.pinned, "demo": newer.ref}
+    assert images.refs() == {HEAD_KEY: published.pinned, "demo": str(newer.ref)}
     assert images.warnings == (
         "built since the last publish: 'demo': using the new local tags; "
         "run `raybuild publish` to pin them by digest",
@@ -238,7 +232,7 @@ def test_a_build_newer_than_the_published_image_is_referenced_by_its_local_tag(
 def test_without_a_publish_record_local_tags_and_a_warning(project: LoadedConfig) -> None:
     save_build_record(project, [DEMO_BUILT])
     images = image_references(project, None)
-    assert images.refs()["demo"] == DEMO_BUILT.ref
+    assert images.refs()["demo"] == str(DEMO_BUILT.ref)
     assert images.refs()[HEAD_KEY] == "127.0.0.1:5000/demo/ray-head:latest"
     assert len(images.warnings) == 1
     assert images.warnings[0].startswith("no publish record (.raybuild/publish.json): images use local tags")
@@ -260,7 +254,7 @@ def test_references_for_some_apps_and_the_last_builds_tag(project: LoadedConfig)
     save_build_record(project, [DEMO_BUILT])
     images = image_references(project, None, project.apps[1:])
     assert list(images.images) == [HEAD_KEY, "other"]
-    assert image_references(project, None).built("demo") == DEMO_BUILT.ref
+    assert image_references(project, None).built("demo") == str(DEMO_BUILT.ref)
     with pytest.raises(StateError, match=r"^app 'other' has not been built$") as raised:
         images.built("other")
     assert raised.value.hint == "run `raybuild build other`"
@@ -320,10 +314,10 @@ def test_the_build_record_keeps_each_platforms_tag(project: LoadedConfig) -> Non
         [HEAD_BUILT, BuiltImage("demo", "r/demo:ab", "sha256:2", "cpu", False, (), False, platform_refs)],
     )
     demo = load_build_record(project)["demo"]
-    assert demo.platform_refs == platform_refs
+    assert [(p, str(ref)) for p, ref in demo.platform_refs] == list(platform_refs)
     assert demo.platforms == ("linux/amd64", "linux/arm64")
-    assert demo.platform_ref("linux/arm64") == "r/demo:b-arm64"
-    assert demo.refs == ("r/demo:ab", "r/demo:a", "r/demo:b-arm64")
+    assert str(demo.platform_ref("linux/arm64")) == "r/demo:b-arm64"
+    assert tuple(map(str, demo.refs)) == ("r/demo:ab", "r/demo:a", "r/demo:b-arm64")
     head = load_build_record(project)[HEAD_KEY]
     assert (head.platforms, head.platform_ref("linux/amd64"), head.platform_ref("linux/arm64")) == (
         ("linux/amd64",),

@@ -48,7 +48,7 @@ def _owners(predicate: object) -> set[str]:
     ("what", "predicate", "owner"),
     [
         ("the head key", lambda s: s == "_head", "state.py"),
-        ("the head image name", lambda s: "ray-head" in s, "state.py"),
+        ("the head image name", lambda s: "ray-head" in s, "tags.py"),
         ("paths under .raybuild/", lambda s: s == ".raybuild" or s.startswith(".raybuild/"), "state.py"),
         (
             "ray start command lines",

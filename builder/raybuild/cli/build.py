@@ -17,7 +17,7 @@ from raybuild.cli.common import (
     table,
 )
 from raybuild.image.build import Builder, default_ca_bundle
-from raybuild.state import BuiltImage
+from raybuild.records import BuiltImage
 
 
 @click.command()
@@ -67,7 +67,7 @@ def build(
         return
     table(
         ["app", "status", "image", "id"],
-        [[b.app, _status(b), b.ref, b.image_id[:19]] for b in built],
+        [[b.app, _status(b), str(b.ref), b.image_id[:19]] for b in built],
     )
 
 

@@ -12,7 +12,8 @@ from raybuild.config import CONFIG_NAME, load_gate_config
 from raybuild.errors import ReportedFailure
 from raybuild.fsutil import atomic_write
 from raybuild.manifest.render import render_manifest
-from raybuild.state import DEFAULT_MEASURE_PATH, load_publish_record
+from raybuild.records import load_publish_record
+from raybuild.state import DEFAULT_MEASURE_PATH
 from raybuild.verify.gate import (
     DEFAULT_MAX_SIZE_GROWTH,
     DEFAULT_MAX_STARTUP_GROWTH,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.errors import EngineError, RaybuildError
-from raybuild.state import with_found_deployments
+from raybuild.images import with_found_deployments
 
 
 @dataclass

@@ -12,7 +12,7 @@ from raybuild.fsutil import atomic_write
 from raybuild.manifest.delta import Delta, diff_manifests, image_labels
 from raybuild.manifest.render import KINDS, STORE_KINDS, Kind, StoreKind, render_manifest
 from raybuild.manifest.validate import resolve_crds, validate_manifest
-from raybuild.state import load_publish_record
+from raybuild.records import load_publish_record
 
 # --with-gcs-store's value -> render_manifest's gcs_store_manifests.
 _STORES: dict[str | None, bool | StoreKind] = {

@@ -16,9 +16,10 @@ from raybuild.cli.common import (
 )
 from raybuild.config import LoadedConfig
 from raybuild.errors import UsageError
+from raybuild.images import built_image
 from raybuild.kuberay import required_gpus
 from raybuild.lock.resolve import cuda_need
-from raybuild.state import built_image, failure_log_path, project_id
+from raybuild.state import failure_log_path, project_id
 from raybuild.verify import gpu as gpus
 from raybuild.verify.smoke import smoke_test
 
@@ -126,4 +127,4 @@ def _images(config: LoadedConfig, app: str, image: str | None, platform: str | N
             f"app {app!r} was not built for {', '.join(missing)} (built for {', '.join(built.platforms)})",
             hint=f"add it to the app's platforms (or [project].platforms) and run `raybuild build {app}`",
         )
-    return [(p, ref) for p, ref in found if ref is not None]
+    return [(p, str(ref)) for p, ref in found if ref is not None]

@@ -13,7 +13,7 @@ published head image, sharing its base and Ray layers. ``rebuild`` builds locall
 
 An app built for several platforms gets one image per platform, each under its own tag (``-arm64`` for
 linux/arm64; the default platform's tag is what a single-platform build gives), and one more tag for the
-set, `state.multi_platform_ref`, which `publish` puts an image index under. Locally, where Docker 20.10
+set, `tags.multi_platform_ref`, which `publish` puts an image index under. Locally, where Docker 20.10
 holds one image per tag, that tag names this machine's own platform's image, as a pull of the index would.
 """
 
@@ -42,6 +42,8 @@ from raybuild.image.provenance import provenance_labels
 from raybuild.image.spec import HEAD_TEMPLATES
 from raybuild.platforms import Platform
 from raybuild.progress import Progress, silent
+from raybuild.records import BuiltImage, load_build_record, save_build_record
+from raybuild.reference import ImageRef
 from raybuild.registry import (
     HttpRegistry,
     Manifest,
@@ -51,15 +53,8 @@ from raybuild.registry import (
     repo_digest,
     split_reference,
 )
-from raybuild.state import (
-    HEAD_KEY,
-    BuiltImage,
-    latest_ref,
-    load_build_record,
-    multi_platform_ref,
-    project_id,
-    save_build_record,
-)
+from raybuild.state import HEAD_KEY, project_id
+from raybuild.tags import latest_ref, multi_platform_ref
 
 __all__ = ["HEAD_TEMPLATES", "Builder", "default_ca_bundle", "failing_step", "head_hash", "stage_context"]
 
@@ -274,7 +269,9 @@ class Builder:
             if found == "local":
                 self.progress(f"head image {hr} is up to date")
             image_id = self.engine.inspect(hr)["Id"]
-            head = BuiltImage(HEAD_KEY, hr, image_id, "cpu", cached=True, pulled=found == "pulled")
+            head = BuiltImage(
+                HEAD_KEY, ImageRef.parse(hr), image_id, "cpu", cached=True, pulled=found == "pulled"
+            )
         else:
             self._ensure_bases("cpu", platform=platform.name)
             self.progress(f"building head image {hr}")
@@ -286,7 +283,7 @@ class Builder:
             what = f"build of the head image{_for(platform)}"
             head_id = self._build(context, "head", what, args, labels, platform)
             self.engine.tag(head_id, hr)
-            head = BuiltImage(HEAD_KEY, hr, head_id, "cpu", cached=False)
+            head = BuiltImage(HEAD_KEY, ImageRef.parse(hr), head_id, "cpu", cached=False)
         self._heads[hr] = head
         return head
 
@@ -321,14 +318,18 @@ class Builder:
                 if deployments is None:
                     deployments = (
                         recorded.deployments
-                        if recorded is not None and ref in recorded.refs and recorded.deployments
+                        if recorded is not None
+                        and ImageRef.parse(ref) in recorded.refs
+                        and recorded.deployments
                         else self._deployments(app, ref)
                     )
                 image_id = self.engine.inspect(ref)["Id"]
                 if found == "pulled" and main:
                     self.engine.tag(ref, latest_ref(self.config, app.name))
                 pulled = found == "pulled"
-                return BuiltImage(app.name, ref, image_id, app.device, True, deployments, pulled), head
+                return BuiltImage(
+                    app.name, ImageRef.parse(ref), image_id, app.device, True, deployments, pulled
+                ), head
             # A CPU app's last stage is the head image; a GPU app's is its own base plus Ray.
             self._ensure_bases(*(("gpu",) if app.device == "gpu" else ()), platform=platform.name)
             self.progress(f"building {app.name} -> {ref}")
@@ -338,7 +339,7 @@ class Builder:
                 "RAY_SOURCE_DATE_EPOCH": str(epoch_of(self.config, self._last_change(None))),
             }
             if head is not None:
-                args["HEAD_IMAGE"] = self._pinned(head.ref)
+                args["HEAD_IMAGE"] = self._pinned(str(head.ref))
             labels = provenance_labels(
                 self.engine, self.config, app, ref, change, platform.name, plan.lock_digests
             )
@@ -350,7 +351,7 @@ class Builder:
         self.engine.tag(image_id, ref)
         if main:
             self.engine.tag(ref, latest_ref(self.config, app.name))
-        return BuiltImage(app.name, ref, image_id, app.device, False, deployments), head
+        return BuiltImage(app.name, ImageRef.parse(ref), image_id, app.device, False, deployments), head
 
     def build_platforms(self, plans: tuple[BuildPlan, ...]) -> tuple[BuiltImage, dict[str, BuiltImage]]:
         """One app's image for each of its plans (the native platform first, where the import check runs),
@@ -377,11 +378,11 @@ class Builder:
             return dataclasses.replace(images[names[0]], platform_refs=refs)
         local = next((images[p] for p in names if platforms.native(p)), images[names[0]])
         ref = multi_platform_ref(self.config, key, dict(refs))
-        if ref != local.ref:
-            self.engine.tag(local.ref, ref)
+        if ref != str(local.ref):
+            self.engine.tag(str(local.ref), ref)
         return dataclasses.replace(
             local,
-            ref=ref,
+            ref=ImageRef.parse(ref),
             cached=all(i.cached for i in images.values()),
             pulled=all(i.pulled for i in images.values()),
             platform_refs=refs,
@@ -399,7 +400,7 @@ class Builder:
                 heads.setdefault(platform, head)
         if heads:
             head = self._as_one(HEAD_KEY, heads)
-            self.engine.tag(head.ref, latest_ref(self.config, HEAD_KEY))
+            self.engine.tag(str(head.ref), latest_ref(self.config, HEAD_KEY))
             built.insert(0, head)
         save_build_record(self.config, built)
         return built

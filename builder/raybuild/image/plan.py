@@ -38,7 +38,7 @@ from raybuild.lock import resolve
 from raybuild.lock.lockfile import Lockfile, Reader, Reads, extras_lock
 from raybuild.platforms import Platform
 from raybuild.progress import Progress, silent
-from raybuild.state import head_ref, image_ref
+from raybuild.tags import head_ref, image_ref
 
 # Every image's context ignores bytecode, whatever the app's own rules.
 _DOCKERIGNORE = "**/__pycache__\n**/*.pyc\n"

@@ -14,11 +14,12 @@ carry the project id too, so two checkouts can even run their clusters side by s
 
 from __future__ import annotations
 
-import json
 import secrets
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import field, replace
 from functools import partial
 from typing import Any
+
+from pydantic.dataclasses import dataclass as model
 
 from raybuild import kuberay
 from raybuild.config import LoadedConfig
@@ -26,8 +27,8 @@ from raybuild.config_apps import HA_MIN_REPLICAS, App
 from raybuild.dashboard import RAY_DASHBOARD, Dashboard
 from raybuild.engine import Engine
 from raybuild.errors import ClusterError, RaybuildError
-from raybuild.fsutil import atomic_write
 from raybuild.image import bases
+from raybuild.images import image_references
 from raybuild.kuberay import (
     DASHBOARD_PORT,
     GCS_PORT,
@@ -44,17 +45,19 @@ from raybuild.local.front import CONFIG_ENV, FRONT_PORT, Backend, FrontMode, hap
 from raybuild.loopback import free_port, http, wait_until
 from raybuild.manifest import render as k8s
 from raybuild.progress import Progress, silent
-from raybuild.state import (
-    HEAD_KEY,
-    cluster_record_path,
-    failure_log_path,
-    image_references,
+from raybuild.records import (
+    RECORD_VERSION,
+    RecordFormat,
     load_publish_record,
-    project_id,
+    load_record,
+    parse_record,
+    record_text,
+    save_record,
 )
+from raybuild.state import HEAD_KEY, cluster_record_path, failure_log_path, project_id
 
 
-@dataclass(frozen=True)
+@model(frozen=True)
 class Node:
     name: str
     role: str  # "gcs", "head", "worker" or "front"
@@ -66,9 +69,10 @@ class Node:
     publish: dict[int, int] = field(default_factory=dict)  # container port -> host port on 127.0.0.1
 
 
-@dataclass(frozen=True)
+@model(frozen=True)
 class LocalCluster:
-    """What `up` started: enough to restart any node exactly as it was, and to reach every route."""
+    """What `up` started, the cluster record (``up.json``): enough to restart any node exactly as it was,
+    and to reach every route."""
 
     name: str
     network: str
@@ -76,6 +80,7 @@ class LocalCluster:
     nodes: list[Node]
     routes: dict[str, str]  # app -> route prefix
     front: str = ""  # the front's mode (local/front.py), "" for none
+    version: int = RECORD_VERSION
 
     def node(self, role: str, app: str | None = None) -> Node:
         for node in self.nodes:
@@ -109,30 +114,32 @@ class LocalCluster:
         }
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return record_text(self, CLUSTER)
 
     @classmethod
-    def from_json(cls, text: str) -> LocalCluster:
-        data = json.loads(text)
-        nodes = [
-            Node(**{**n, "publish": {int(k): v for k, v in n["publish"].items()}}) for n in data["nodes"]
-        ]
-        return cls(
-            data["name"], data["network"], data["subnet"], nodes, data["routes"], data.get("front", "")
-        )
+    def from_json(cls, text: str, source: str = "<cluster record>") -> LocalCluster:
+        return parse_record(text, source, CLUSTER)
+
+
+# up.json before it had a version is this version: `up` has always written the same keys.
+CLUSTER = RecordFormat(
+    "cluster record",
+    LocalCluster,
+    corrupt_hint="run `raybuild down`, then `raybuild up`",
+    unversioned_is_current=True,
+    omit_none=False,  # a node without an app or IP says so with null, as up.json always has
+)
 
 
 def load_cluster(config: LoadedConfig) -> LocalCluster:
-    path = cluster_record_path(config)
-    if not path.is_file():
+    cluster = load_record(cluster_record_path(config), CLUSTER)
+    if cluster is None:
         raise ClusterError("no local cluster is running", hint="run `raybuild up` first")
-    try:
-        return LocalCluster.from_json(path.read_text())
-    except (ValueError, KeyError, TypeError) as exc:
-        why = f"no {exc} key" if isinstance(exc, KeyError) else str(exc)
-        raise ClusterError(
-            f"{path}: malformed ({why})", hint="run `raybuild down`, then `raybuild up`"
-        ) from exc
+    return cluster
+
+
+def save_cluster(config: LoadedConfig, cluster: LocalCluster) -> None:
+    save_record(cluster_record_path(config), cluster, CLUSTER, mode=0o600)  # it holds the password
 
 
 def cluster_name(config: LoadedConfig) -> str:
@@ -336,7 +343,7 @@ def up(
                 if not wait_until(partial(kuberay.probe, engine, node.name, "head"), timeout):
                     raise ClusterError(f"head never became healthy: {engine.logs(node.name, 5)!r}")
         cluster = replace(cluster, nodes=started)
-        atomic_write(cluster_record_path(config), cluster.to_json(), mode=0o600)  # it holds the password
+        save_cluster(config, cluster)
         progress("waiting for every worker to join the head")
         dashboard = cluster.dashboard
         ray_nodes = sum(1 for node in started if node.role in ("head", "worker"))
@@ -399,7 +406,7 @@ def switch_front(
     cluster = replace(cluster, nodes=[*nodes, front], front=mode)
     started = run_node(engine, project, cluster, front)
     cluster = replace(cluster, nodes=[*nodes, started])
-    atomic_write(cluster_record_path(config), cluster.to_json(), mode=0o600)
+    save_cluster(config, cluster)
     if not wait_until(lambda: front_answers(cluster), timeout, interval=1.0):
         raise ClusterError(f"the front never answered: {engine.logs(started.name, 5)!r}")
     return cluster

@@ -20,8 +20,11 @@ from raybuild import kuberay, platforms
 from raybuild.config import LoadedConfig
 from raybuild.config_apps import HA_MAX_REPLICAS_PER_NODE, App
 from raybuild.errors import ConfigError
+from raybuild.images import ImageReferences, image_references
 from raybuild.kuberay import LABEL_KEY
-from raybuild.state import HEAD_KEY, ImageReferences, PublishRecord, image_references, repository_name
+from raybuild.records import PublishRecord
+from raybuild.state import HEAD_KEY
+from raybuild.tags import repository_name
 from raybuild.templating import Templates, manifest_templates, template_environment
 
 Kind = Literal["RayService", "RayCluster"]

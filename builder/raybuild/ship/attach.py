@@ -18,6 +18,7 @@ from raybuild.errors import PublishError
 from raybuild.fsutil import atomic_write
 from raybuild.labels import SBOM_ANNOTATION
 from raybuild.progress import Progress, silent
+from raybuild.records import PublishedImage
 from raybuild.registry import (
     Descriptor,
     Manifest,
@@ -28,7 +29,8 @@ from raybuild.registry import (
     split_reference,
 )
 from raybuild.ship.sbom import MEDIA_TYPE, SbomMaker, same_content, sbom_images
-from raybuild.state import PublishedImage, sbom_dir, sbom_name
+from raybuild.state import sbom_dir
+from raybuild.tags import sbom_name
 
 # Marks the artifacts raybuild attached, so that a newer SBOM of the same image replaces raybuild's own
 # entry in the fallback index and leaves other tools' referrers (signatures, attestations) alone.
@@ -67,7 +69,7 @@ class SbomAttacher:
         if key not in found:
             raise PublishError(f"{key}: not in the build record", hint="rerun `raybuild build`, then publish")
         sbom = self.maker.make(replace(found[key], published=image))
-        _, repository, _ = split_reference(image.reference)
+        _, repository, _ = split_reference(str(image.reference))
         out = (self.out_dir or sbom_dir(self.config)) / sbom_name(key)
         for artifact in find_referrers(registry, repository, subject.digest, MEDIA_TYPE):
             existing = attached_sbom(registry, repository, artifact) if _ours(artifact) else None

@@ -14,8 +14,9 @@ from typing import Literal
 from raybuild import platforms
 from raybuild.errors import PublishError
 from raybuild.progress import Progress
+from raybuild.records import PublishedImage
+from raybuild.reference import ImageRef
 from raybuild.registry import Descriptor, Manifest, split_reference
-from raybuild.state import PublishedImage
 
 IndexStatus = Literal["pushed", "skipped"]
 
@@ -73,4 +74,4 @@ def publish_index(
     progress(f"{key}: image index {target} ({arches}) {status}")
     # Sizes are the default platform's image (the first): what an amd64 node pulls.
     first = parts[0][1]
-    return status, PublishedImage(target, index.digest, first.size, first.compressed_size)
+    return status, PublishedImage(ImageRef.parse(target), index.digest, first.size, first.compressed_size)

@@ -15,7 +15,7 @@ image index of them under the multi-platform tag (`ship/index.py`). The record n
 
 Layers are gzip (`docker push`) or zstd ([publish].compression; skopeo from the daemon): `ship/push.py`
 pushes one image, and every zstd push is checked layer by layer. A zstd image is published under its own
-tag (`state.published_tag`), so switching compression never moves a tag.
+tag (`tags.published_tag`), so switching compression never moves a tag.
 
 Registry work is bounded: each image's push has a deadline ([limits].registry_deadline_s), every attempt
 included, and the retries are raybuild's alone ([limits].registry_attempts, one line each): `Engine.push`
@@ -37,6 +37,8 @@ from raybuild import platforms
 from raybuild.config import LoadedConfig
 from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
 from raybuild.progress import Progress, silent
+from raybuild.records import PublishedImage, PublishRecord, load_build_record
+from raybuild.reference import ImageRef
 from raybuild.registry import (
     Descriptor,
     HttpRegistry,
@@ -68,15 +70,8 @@ from raybuild.ship.push_failures import (
     secret_values,
     unreachable,
 )
-from raybuild.state import (
-    HEAD_KEY,
-    PublishedImage,
-    PublishRecord,
-    load_build_record,
-    publish_record_path,
-    published_tag,
-    repository_name,
-)
+from raybuild.state import HEAD_KEY, publish_record_path
+from raybuild.tags import published_tag, repository_name
 
 T = TypeVar("T")
 
@@ -171,11 +166,11 @@ class Publisher:
         items = []
         for key in [HEAD_KEY, *(app.name for app in selected)]:
             if key in built:
-                ref, image_id = built[key].ref, built[key].image_id
+                ref, image_id = str(built[key].ref), built[key].image_id
                 tag = published_tag(self.config, split_reference(ref)[2])
                 target = f"{registry}/{repository_name(key)}:{tag}"
                 refs = built[key].platform_refs
-                parts = tuple(self._part(key, registry, p, r) for p, r in refs) if len(refs) > 1 else ()
+                parts = tuple(self._part(key, registry, p, str(r)) for p, r in refs) if len(refs) > 1 else ()
                 platform = refs[0][0] if len(refs) == 1 else platforms.DEFAULT
                 items.append(Planned(key, ref, image_id, target, platform, parts))
         if not items:
@@ -261,7 +256,7 @@ class Publisher:
         # A tag whose layers are in another compression (pushed by another tool) is pushed again.
         if remote is not None and self._is_image(item, remote) and not wrong_layers(remote, self.compression):
             self.progress(f"{item.key}: {item.target} is already in the registry")
-            image = PublishedImage(item.target, remote.digest, size, remote.compressed_size)
+            image = PublishedImage(ImageRef.parse(item.target), remote.digest, size, remote.compressed_size)
             return Published(item.key, "skipped", self._with_sbom(host, item, image, remote))
         self.progress(f"pushing {item.key} -> {item.target}" + (
             f" ({self.compression} layers)" if self.compression.format != "gzip" else ""))  # fmt: skip
@@ -276,7 +271,7 @@ class Publisher:
         if pushed is not None and self.compression.format != "gzip":
             check_layers(item.target, pushed, self.compression)
         compressed = pushed.compressed_size if pushed is not None else 0
-        image = PublishedImage(item.target, digest, size, compressed)
+        image = PublishedImage(ImageRef.parse(item.target), digest, size, compressed)
         return Published(item.key, "pushed", self._with_sbom(host, item, image, pushed))
 
     def _part(self, key: str, registry: str, platform: str, ref: str) -> Planned:

@@ -40,6 +40,7 @@ from raybuild.image.spec import VENV
 from raybuild.lock.cuda import cuda_need
 from raybuild.lock.resolve import normalize
 from raybuild.progress import Progress, silent
+from raybuild.records import PublishedImage, load_build_record, load_publish_record
 from raybuild.ship.inventory import DebPackage, Inventory, PythonDist, read_inventory
 from raybuild.ship.wheels import (
     PYPI_SIMPLE,
@@ -49,14 +50,8 @@ from raybuild.ship.wheels import (
     lock_hashes,
     pick_lock,
 )
-from raybuild.state import (
-    HEAD_KEY,
-    PublishedImage,
-    load_build_record,
-    load_publish_record,
-    sbom_name,
-    wheel_hashes_path,
-)
+from raybuild.state import HEAD_KEY, wheel_hashes_path
+from raybuild.tags import sbom_name
 
 MEDIA_TYPE = "application/vnd.cyclonedx+json"  # the artifact's (and its one layer's) media type
 # Properties are namespaced (CycloneDX's property taxonomy): raybuild's own, and the one trivy reads to
@@ -207,7 +202,7 @@ def _root(image: SbomImage, inventory: Inventory) -> Component:
     purl = None
     if published is not None:
         # The purl spec for OCI images: the name, the manifest digest as version, where it can be pulled.
-        repository = published.reference.rsplit(":", 1)[0]
+        repository = published.reference.name
         qualifiers = {"repository_url": repository, "tag": image.tag}
         purl = PackageURL(
             "oci", name=repository.rsplit("/", 1)[-1], version=published.digest, qualifiers=qualifiers
@@ -347,9 +342,11 @@ def sbom_images(config: LoadedConfig, names: Sequence[str] = ()) -> list[SbomIma
         image = built[key]
         published = record.get(key) if record is not None else None
         # The record may name an older build: only the same tag is the same image (tags are content hashes).
-        if published is not None and published.reference.rsplit(":", 1)[-1] != image.ref.rsplit(":", 1)[-1]:
+        if published is not None and published.reference.tag_or_latest != image.ref.tag_or_latest:
             published = None
-        images.append(SbomImage(key, image.ref, image.image_id, image.device, app_lock, ray_lock, published))
+        images.append(
+            SbomImage(key, str(image.ref), image.image_id, image.device, app_lock, ray_lock, published)
+        )
     if not images:
         raise UsageError("nothing to describe: no image has been built", hint="run `raybuild build`")
     return images

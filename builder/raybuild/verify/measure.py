@@ -20,17 +20,12 @@ from raybuild.config import LoadedConfig
 from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
+from raybuild.images import ImageReferences, image_references
 from raybuild.progress import Progress, silent
+from raybuild.records import load_build_record
 from raybuild.registry import HttpRegistry, Registry
 from raybuild.ship.push import Compression
-from raybuild.state import (
-    HEAD_KEY,
-    ImageReferences,
-    failure_log_path,
-    image_references,
-    load_build_record,
-    project_id,
-)
+from raybuild.state import HEAD_KEY, failure_log_path, project_id
 from raybuild.verify import coldstart
 from raybuild.verify.containerd import ContainerdNode
 from raybuild.verify.results import SEVERITIES, AppResult, Measurement, Size, Startup, Stat, stat
@@ -303,7 +298,7 @@ def _other_platforms(config: LoadedConfig, key: str) -> list[tuple[str, str]]:
     if built is None or len(built.platform_refs) < 2:
         return []
     local = next((p for p, _ in built.platform_refs if platforms.native(p)), built.platform_refs[0][0])
-    return [(p, ref) for p, ref in built.platform_refs if p != local]
+    return [(p, str(ref)) for p, ref in built.platform_refs if p != local]
 
 
 def _runs_natively(config: LoadedConfig, key: str) -> bool:

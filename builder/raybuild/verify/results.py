@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from raybuild.errors import GateError, unreadable
-from raybuild.fsutil import atomic_write
+from raybuild.errors import GateError
+from raybuild.records import RecordFormat, load_record, parse_record, save_record
 
 SCHEMA_ID = "raybuild.measure/v1"
 SCHEMA_FILE = Path(__file__).parents[1] / "schemas" / "measure.schema.json"
@@ -188,59 +188,31 @@ class Measurement(_Model):
     @classmethod
     def from_json(cls, text: str, source: str = "<measure json>") -> Measurement:
         """Parse and validate a document; any problem is one ``GateError`` line naming ``source``."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise GateError(
-                f"{source}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-                hint="is it the file `raybuild measure` wrote?",
-            ) from exc
-        if not isinstance(data, dict):
-            raise GateError(f"{source}: expected a JSON object, got {type(data).__name__}")
-        # Checked before the rest: a document from another schema version would otherwise surface as a
-        # confusing first missing key.
-        found = data.get("schema")
-        if found != SCHEMA_ID:
-            what = "no 'schema' key" if "schema" not in data else f"schema {found!r}"
-            raise GateError(
-                f"{source}: {what}, expected {SCHEMA_ID!r}",
-                hint="re-measure with this raybuild version, or check the right file was passed",
-            )
-        try:
-            return cls.model_validate_json(text, by_alias=True)
-        except ValidationError as exc:
-            raise GateError(f"{source}: {_describe(exc)}") from exc
+        return parse_record(text, source, MEASURE)
 
     @classmethod
     def load(cls, path: Path) -> Measurement:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError as exc:
-            raise GateError(f"{path}: no such file", hint="run `raybuild measure` first") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise GateError(f"{path}: cannot read it: {unreadable(exc)}") from exc
-        return cls.from_json(text, source=str(path))
+        measurement = load_record(path, MEASURE)
+        if measurement is None:
+            raise GateError(f"{path}: no such file", hint="run `raybuild measure` first")
+        return measurement
 
     def write(self, path: Path) -> None:
-        atomic_write(path, self.to_json())
+        save_record(path, self, MEASURE)
 
 
-def _describe(exc: ValidationError) -> str:
-    """The first validation error as ``key 'apps.hello.size.compressed': problem``."""
-    error = exc.errors()[0]
-    key = ""
-    for part in error["loc"]:
-        key += f"[{part}]" if isinstance(part, int) else ("." if key else "") + str(part)
-    kind = error["type"]
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if kind == "missing":
-        message = "missing required key"
-    elif kind == "extra_forbidden":
-        message = "unknown key"
-    elif kind.endswith("_type") or kind in ("literal_error", "finite_number"):
-        shown = repr(error.get("input"))
-        message += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
-    return f"key '{key}': {message}" if key else message
+# A GateError, not a StateError: `check` reads documents a user names (a baseline from CI), not only the one
+# under .raybuild/, and gate failures are its errors.
+MEASURE = RecordFormat(
+    "measure document",
+    Measurement,
+    corrupt_hint="is it the file `raybuild measure` wrote?",
+    version_hint="re-measure with this raybuild version, or check the right file was passed",
+    version_key="schema",
+    version=SCHEMA_ID,
+    error=GateError,
+    to_text=Measurement.to_json,
+)
 
 
 def schema() -> dict[str, Any]:

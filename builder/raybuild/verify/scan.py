@@ -23,7 +23,8 @@ from raybuild.engine import Engine, which
 from raybuild.errors import EngineError, ScanError, ScannerUnavailable, UsageError
 from raybuild.progress import Progress, silent
 from raybuild.ship.sbom import SbomMaker, sbom_image_id, sbom_images, wheel_hashes
-from raybuild.state import HEAD_KEY, project_id, sbom_dir, sbom_name
+from raybuild.state import HEAD_KEY, project_id, sbom_dir
+from raybuild.tags import sbom_name
 from raybuild.verify.results import GATED, SEVERITIES, Finding, Measurement, Severity, Vulnerabilities
 
 IGNORE_FILES = (".trivyignore.yaml", ".trivyignore")  # trivy's names; the YAML form first, as trivy does

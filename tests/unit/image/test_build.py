@@ -19,18 +19,12 @@ from raybuild.image.build import Builder
 from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.plan import image_spec_for
 from raybuild.image.prune import prune_plan, prune_script
+from raybuild.images import with_found_deployments
 from raybuild.lock import resolve as locking
+from raybuild.records import BuiltImage, load_build_record
 from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
-from raybuild.state import (
-    HEAD_KEY,
-    BuiltImage,
-    build_record_path,
-    head_ref,
-    image_ref,
-    load_build_record,
-    multi_platform_ref,
-    with_found_deployments,
-)
+from raybuild.state import HEAD_KEY, build_record_path
+from raybuild.tags import head_ref, image_ref, multi_platform_ref
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeEngine, FakeRegistry, image_id
 
@@ -582,9 +576,9 @@ def test_build_makes_bases_then_tags_the_head_and_records_every_image(
     built = Builder(project, engine).build(project.apps)
     # The head exists: the app's build needs the builder image only, not the runtime base.
     assert ensured == [()]
-    assert [(b.app, b.ref, b.cached) for b in built] == [(HEAD_KEY, head, True), ("demo", ref, False)]
+    assert [(b.app, str(b.ref), b.cached) for b in built] == [(HEAD_KEY, head, True), ("demo", ref, False)]
     assert engine.images["127.0.0.1:5000/demo/ray-head:latest"] == engine.images[head]
-    assert {k: v.ref for k, v in load_build_record(project).items()} == {HEAD_KEY: head, "demo": ref}
+    assert {k: str(v.ref) for k, v in load_build_record(project).items()} == {HEAD_KEY: head, "demo": ref}
 
 
 # -- the registry first ------------------------------------------------------------------------------------
@@ -612,7 +606,7 @@ def test_a_fresh_engine_pulls_what_the_registry_holds_and_builds_nothing(
     engine = FakeEngine(remote=remote_of(ref, head))
     registry = registry_with(ref, head)
     built = Builder(project, engine, connect=registry.connect).build(project.apps)
-    assert [(b.app, b.ref, b.pulled, b.image_id) for b in built] == [
+    assert [(b.app, str(b.ref), b.pulled, b.image_id) for b in built] == [
         (HEAD_KEY, head, True, image_id(f"registry:{head}")),
         ("demo", ref, True, image_id(f"registry:{ref}")),
     ]
@@ -779,14 +773,14 @@ def test_each_platform_is_built_for_itself_and_recorded_under_one_tag(
     (app,) = both.apps
     (tmp_path / "context").mkdir()
     amd64 = image_ref(both, app, build.stage_context(both, app, tmp_path / "context"))
-    assert dict(demo.platform_refs)["linux/amd64"] == amd64  # the tag a single-platform project gets
-    arm64 = dict(demo.platform_refs)["linux/arm64"]
-    assert arm64.endswith("-arm64") and dict(head.platform_refs)["linux/arm64"].endswith("-arm64")
-    assert demo.ref not in (amd64, arm64) and demo.ref == multi_platform_ref(
+    assert str(dict(demo.platform_refs)["linux/amd64"]) == amd64  # the tag a single-platform project gets
+    arm64 = str(dict(demo.platform_refs)["linux/arm64"])
+    assert arm64.endswith("-arm64") and str(dict(head.platform_refs)["linux/arm64"]).endswith("-arm64")
+    assert str(demo.ref) not in (amd64, arm64) and str(demo.ref) == multi_platform_ref(
         both, "demo", dict(demo.platform_refs)
     )
     # Locally, the one tag is this machine's platform's image.
-    assert engine.images[demo.ref] == engine.images[amd64]
+    assert engine.images[str(demo.ref)] == engine.images[amd64]
     platforms_built = [
         b[b.index("--platform") + 1] if "--platform" in b else "native" for b in engine.builds()
     ]
@@ -807,6 +801,6 @@ def test_an_app_built_for_one_other_platform_is_tagged_for_it_alone(
     config = LoadedConfig(both.config.model_copy(update={"apps": [only_arm64]}), both.root, both.path)
     engine = FakeEngine()
     _, demo = Builder(config, engine).build(config.apps)
-    assert demo.ref.endswith("-arm64")  # no index: one platform's image is the app's image
+    assert str(demo.ref).endswith("-arm64")  # no index: one platform's image is the app's image
     assert demo.platform_refs == (("linux/arm64", demo.ref),)
     assert all("--platform" in b for b in engine.builds())

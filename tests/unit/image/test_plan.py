@@ -20,7 +20,7 @@ from raybuild.cli import cli
 from raybuild.config import LoadedConfig, load_config
 from raybuild.image import build
 from raybuild.image.plan import dockerfile_for, plan_builds, plan_for, stage_context
-from raybuild.state import head_ref, image_ref
+from raybuild.tags import head_ref, image_ref
 from tests.conftest import REPO_ROOT, TmpProject
 from tests.unit.fakes import FakeEngine, FakeRegistry
 from tests.unit.image.test_build import base_images, write_locks
@@ -56,7 +56,7 @@ def bundled_copy(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     shutil.copy(REPO_ROOT / "raybuild.toml", root / "raybuild.toml")
-    for folder in ("apps", "lockfiles", "images"):
+    for folder in ("apps", "lockfiles"):
         shutil.copytree(REPO_ROOT / folder, root / folder)
     return root
 

@@ -13,23 +13,15 @@ import pytest
 
 from raybuild import kuberay
 from raybuild.config import LoadedConfig
-from raybuild.errors import ClusterError, EngineError
+from raybuild.errors import ClusterError, EngineError, StateError
 from raybuild.interrupts import Interrupted
 from raybuild.kuberay import LABEL_KEY, RECONNECT_TIMEOUT_ENV
 from raybuild.labels import CLUSTER_LABEL, PROJECT_LABEL, PURPOSE_LABEL, ROLE_LABEL
 from raybuild.local import cluster
 from raybuild.local.cluster import LocalCluster, Node
 from raybuild.manifest import render as k8s
-from raybuild.state import (
-    BuiltImage,
-    PublishedImage,
-    PublishRecord,
-    cluster_record_path,
-    failure_log_path,
-    project_id,
-    publish_record_path,
-    save_build_record,
-)
+from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
+from raybuild.state import cluster_record_path, failure_log_path, project_id, publish_record_path
 from tests.conftest import TmpProject, other_app
 from tests.unit.fakes import FakeDashboard, FakeEngine, container_id, make_app
 from tests.unit.serve_failures import failed_status
@@ -228,8 +220,11 @@ def test_load_cluster_without_or_with_a_broken_state_file(project: LoadedConfig)
     assert raised.value.hint == "run `raybuild up` first"
     cluster_record_path(project).parent.mkdir(parents=True)
     cluster_record_path(project).write_text('{"name": "x"}')
-    with pytest.raises(ClusterError, match="malformed"):
+    with pytest.raises(
+        StateError, match=r"up\.json: malformed cluster record: key 'network': missing"
+    ) as bad:
         cluster.load_cluster(project)
+    assert bad.value.hint == "run `raybuild down`, then `raybuild up`"
 
 
 def test_local_images_come_from_the_last_build(project: LoadedConfig) -> None:

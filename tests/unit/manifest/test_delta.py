@@ -24,14 +24,8 @@ from raybuild.manifest.delta import (
     image_labels,
 )
 from raybuild.manifest.render import render_manifest
-from raybuild.state import (
-    HEAD_KEY,
-    BuiltImage,
-    PublishedImage,
-    PublishRecord,
-    publish_record_path,
-    save_build_record,
-)
+from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
+from raybuild.state import HEAD_KEY, publish_record_path
 from tests.unit.fakes import FakeEngine, FakeRegistry
 from tests.unit.manifest.test_render import fixture_record, write_fixture
 from tests.unit.verify.test_gate import app as measured_app

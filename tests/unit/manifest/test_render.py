@@ -12,9 +12,11 @@ import yaml
 
 from raybuild.config import LoadedConfig, load_config
 from raybuild.errors import ConfigError
+from raybuild.images import image_references
 from raybuild.manifest.render import LABEL_KEY, render_manifest, store_service
 from raybuild.manifest.validate import BUNDLED_CRDS, GPU_RESOURCE, load_crds, validate_manifest
-from raybuild.state import HEAD_KEY, PublishedImage, PublishRecord, image_references, publish_record_path
+from raybuild.records import PublishedImage, PublishRecord
+from raybuild.state import HEAD_KEY, publish_record_path
 from raybuild.templating import BUNDLED_TEMPLATES
 from tests.conftest import GOLDEN_DIR, REPO_ROOT
 

@@ -14,6 +14,7 @@ from raybuild.config import LoadedConfig
 from raybuild.engine import Result
 from raybuild.errors import PublishError
 from raybuild.progress import Progress
+from raybuild.records import PublishRecord
 from raybuild.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -28,7 +29,7 @@ from raybuild.ship.attach import MARK, SbomAttacher, attached_sbom
 from raybuild.ship.publish import Publisher
 from raybuild.ship.sbom import MEDIA_TYPE, SbomMaker
 from raybuild.ship.wheels import WheelHashes
-from raybuild.state import HEAD_KEY, PublishRecord, publish_record_path
+from raybuild.state import HEAD_KEY, publish_record_path
 from tests.unit.fakes import FakeEngine, FakeRegistry
 from tests.unit.ship.test_publish import store
 from tests.unit.ship.test_sbom import DEMO_REF, HEAD_ID, HEAD_REF, IMAGE_ID, built_project, probe_report
@@ -144,8 +145,7 @@ def test_publish_attaches_each_sbom_and_records_its_digest(sbom_project: LoadedC
     record = PublishRecord.load(publish_record_path(sbom_project))
     assert record is not None
     for result in results:
-        _, repository = result.image.reference.split("/", 1)
-        repository = repository.rsplit(":", 1)[0]
+        repository = result.image.reference.path
         (found,) = find_referrers(registry, repository, result.image.digest, MEDIA_TYPE)
         assert record.images[result.key].sbom == found.digest == result.image.sbom
         sbom = json.loads(attached_sbom(registry, repository, found) or b"")

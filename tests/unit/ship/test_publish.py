@@ -19,8 +19,10 @@ from raybuild.cli import publish as publish_cli
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Result
 from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
+from raybuild.images import image_references
 from raybuild.interrupts import Interrupted
 from raybuild.progress import Progress
+from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
 from raybuild.registry import (
     OCI_MANIFEST,
     Manifest,
@@ -31,16 +33,8 @@ from raybuild.registry import (
 from raybuild.ship.publish import Publisher, split_reference
 from raybuild.ship.push import PushStage, push_digest
 from raybuild.ship.push_failures import Backoff, classify_push_failure, redact, secret_values
-from raybuild.state import (
-    HEAD_KEY,
-    BuiltImage,
-    PublishedImage,
-    PublishRecord,
-    image_references,
-    publish_record_path,
-    published_tag,
-    save_build_record,
-)
+from raybuild.state import HEAD_KEY, publish_record_path
+from raybuild.tags import published_tag
 from tests.conftest import other_app
 from tests.unit.fakes import FakeRegistry
 
@@ -304,11 +298,11 @@ def test_publish_pushes_head_and_apps_and_records_digests(
     assert record is not None
     demo = record.images["demo"]
     assert demo == results[1].image
-    assert demo.reference == DEMO_REF
+    assert str(demo.reference) == DEMO_REF
     assert demo.digest == stored(registry, DEMO_REF).digest
     assert set(registry.connected) == {"127.0.0.1:5000"}
     assert (demo.size, demo.compressed_size) == (450_000_000, 3000)
-    assert record.images[HEAD_KEY].reference == HEAD_REF
+    assert str(record.images[HEAD_KEY].reference) == HEAD_REF
 
 
 def test_another_registry_retags_and_names_the_head_ray_head(
@@ -320,7 +314,7 @@ def test_another_registry_retags_and_names_the_head_ray_head(
     demo_target = f"{STAGING}/demo:ray2.60.0-py3.11-cpu-222222222222"
     assert engine.tags == [(HEAD_REF, head_target), (DEMO_REF, demo_target)]
     assert engine.pushed == [head_target, demo_target]
-    assert [r.image.reference for r in results] == [head_target, demo_target]
+    assert [str(r.image.reference) for r in results] == [head_target, demo_target]
     assert results[1].image.pinned.startswith(demo_target + "@sha256:")
     assert set(registry.connected) == {"registry.example.com:5000"}
 
@@ -844,7 +838,7 @@ def test_a_multi_platform_image_is_each_platforms_image_then_one_index(
     record = PublishRecord.load(publish_record_path(multi))
     assert record is not None
     # The record, and so render, names the index: the tag every platform shares, pinned by its digest.
-    assert record.images["demo"].reference == BOTH_REF
+    assert str(record.images["demo"].reference) == BOTH_REF
     assert record.images["demo"].digest == demo.image.digest
     assert (
         demo.image.digest
@@ -870,7 +864,7 @@ def test_only_this_machines_platform_gets_the_sbom_that_describes_it(
     attached: list[str] = []
 
     def attach(registry_: object, key: str, image: PublishedImage, manifest: Manifest) -> str:
-        attached.append(image.reference)
+        attached.append(str(image.reference))
         return "sha256:" + "f" * 64
 
     publisher = Publisher(
@@ -915,7 +909,7 @@ def test_zstd_is_copied_from_the_daemon_under_a_tag_of_its_own(
     assert demo_tag != split_reference(DEMO_REF)[2]  # the gzip tag is never moved
     record = PublishRecord.load(publish_record_path(zstd_publisher.config))
     assert record is not None
-    pushed = stored(registry, results["demo"].image.reference)
+    pushed = stored(registry, str(results["demo"].image.reference))
     assert record.images["demo"].digest == pushed.digest
     assert set(pushed.layer_media_types) == {"application/vnd.oci.image.layer.v1.tar+zstd"}
     # The record's zstd tags are what the build made, not stale ones: render pins them.
@@ -996,4 +990,4 @@ def test_a_multi_platform_zstd_image_is_each_platforms_zstd_image_then_an_index_
     ]
     for ref in zstd.values():
         assert set(stored(registry, ref).layer_media_types) == {"application/vnd.oci.image.layer.v1.tar+zstd"}
-    assert results["demo"].image.reference == f"127.0.0.1:5000/demo/demo:{index_tag}"
+    assert str(results["demo"].image.reference) == f"127.0.0.1:5000/demo/demo:{index_tag}"

@@ -17,6 +17,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from raybuild.cli import sbom as sbom_cli
 from raybuild.config import LoadedConfig
 from raybuild.errors import UsageError
+from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
 from raybuild.ship import wheels
 from raybuild.ship.inventory import DebPackage, Inventory, PythonDist
 from raybuild.ship.sbom import (
@@ -31,14 +32,7 @@ from raybuild.ship.sbom import (
     wheel_hashes,
 )
 from raybuild.ship.wheels import WheelHashes
-from raybuild.state import (
-    HEAD_KEY,
-    BuiltImage,
-    PublishedImage,
-    PublishRecord,
-    publish_record_path,
-    save_build_record,
-)
+from raybuild.state import HEAD_KEY, publish_record_path
 from tests.unit.fakes import FakeEngine
 from tests.unit.ship.test_inventory import MARK, deb, dist
 

@@ -346,7 +346,8 @@ def test_malformed_baseline_is_one_line(
     bad.write_text('{"schema": "raybuild.measure/v0"}')
     assert _run_main(monkeypatch, "check", "--baseline", str(bad)) == 1
     err = capsys.readouterr().err
-    assert f"error: {bad}: schema 'raybuild.measure/v0', expected 'raybuild.measure/v1'" in err
+    expected = "measure document with schema 'raybuild.measure/v0', expected 'raybuild.measure/v1'"
+    assert f"error: {bad}: {expected}" in err
     assert "Traceback" not in err
 
 

@@ -23,9 +23,10 @@ from raybuild.config import LoadedConfig
 from raybuild.engine import Result
 from raybuild.errors import MeasureError, StateError
 from raybuild.progress import Progress, silent
+from raybuild.records import BuiltImage, save_build_record
 from raybuild.registry import OCI_INDEX, RegistryUnreachable, RegistryUnverifiable, parse_manifest
 from raybuild.ship.push import Compression
-from raybuild.state import BuiltImage, build_record_path, project_id, save_build_record
+from raybuild.state import build_record_path, project_id
 from raybuild.verify import coldstart, sizes
 from raybuild.verify import measure as measure_module
 from raybuild.verify.coldstart import WarmStart

@@ -170,20 +170,33 @@ def test_broken_documents_fail_both_schema_and_model(name: str) -> None:
 
 
 def test_error_names_file_and_key() -> None:
-    with pytest.raises(GateError, match=r"^m\.json: key 'apps\.hello\.size\.compressed': .*got 131500000\.5"):
+    with pytest.raises(
+        GateError,
+        match=r"^m\.json: malformed measure document: key 'apps\.hello\.size\.compressed': "
+        r".*got 131500000\.5",
+    ):
         Measurement.from_json(json.dumps(BROKEN["size as float"]), source="m.json")
-    with pytest.raises(GateError, match=r"^m\.json: key 'apps\.hello\.size': missing required key$"):
+    with pytest.raises(
+        GateError,
+        match=r"^m\.json: malformed measure document: key 'apps\.hello\.size': missing required key$",
+    ):
         Measurement.from_json(json.dumps(BROKEN["missing size"]), source="m.json")
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("{not json", r"^b\.json: not valid JSON \(.*line 1 column 2\)$"),
-        ("", r"^b\.json: not valid JSON"),
-        ("[1, 2]", r"^b\.json: expected a JSON object, got list$"),
-        ('{"apps": {}}', r"^b\.json: no 'schema' key, expected 'raybuild\.measure/v1'$"),
-        ('{"schema": "raybuild.measure/v2"}', r"^b\.json: schema 'raybuild\.measure/v2', expected"),
+        ("{not json", r"^b\.json: malformed measure document: not valid JSON \(.*line 1 column 2\)$"),
+        ("", r"^b\.json: malformed measure document: not valid JSON"),
+        ("[1, 2]", r"^b\.json: malformed measure document: expected a JSON object, got list$"),
+        (
+            '{"apps": {}}',
+            r"^b\.json: measure document with no 'schema' key, expected 'raybuild\.measure/v1'$",
+        ),
+        (
+            '{"schema": "raybuild.measure/v2"}',
+            r"^b\.json: measure document with schema 'raybuild\.measure/v2', expected",
+        ),
     ],
 )
 def test_malformed_text_is_one_gate_error(text: str, expected: str) -> None:

@@ -13,7 +13,8 @@ from raybuild import kuberay, platforms
 from raybuild.config_apps import App
 from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
-from raybuild.state import BuiltImage, project_id, save_build_record
+from raybuild.records import BuiltImage, save_build_record
+from raybuild.state import project_id
 from raybuild.verify import smoke
 from tests.unit.fakes import FakeDashboard, FakeEngine, make_app
 from tests.unit.serve_failures import REPLICA_LOG, failed_status
