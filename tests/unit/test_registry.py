@@ -32,7 +32,6 @@ from raybuild.registry import (
     fallback_tag,
     find_referrers,
     image_index,
-    is_loopback,
     parse_manifest,
     put_index,
 )
@@ -114,7 +113,8 @@ def test_urls_plain_http_only_for_this_host() -> None:
     assert api_url("localhost:5000") == "http://localhost:5000/v2/"
     assert api_url("registry.example.com") == "https://registry.example.com/v2/"
     assert api_url("docker.io") == "https://registry-1.docker.io/v2/"
-    assert is_loopback("[::1]:5000") and not is_loopback("10.0.0.1:5000")
+    assert api_url("[::1]:5000") == "http://[::1]:5000/v2/"
+    assert api_url("10.0.0.1:5000") == "https://10.0.0.1:5000/v2/"
 
 
 # -- the real client ----------------------------------------------------------------------------------------

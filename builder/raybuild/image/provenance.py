@@ -25,6 +25,7 @@ from raybuild.engine import Engine
 from raybuild.image.epoch import Change, git
 from raybuild.labels import IMAGE_LABEL_PREFIX
 from raybuild.platforms import DEFAULT as DEFAULT_PLATFORM
+from raybuild.reference import ImageRef
 
 OCI = "org.opencontainers.image."
 RAYBUILD = IMAGE_LABEL_PREFIX
@@ -57,7 +58,7 @@ def provenance_labels(
     """The labels of the image ``ref`` (the head image's when ``app`` is None); ``change`` is the last commit
     that changed its inputs (``epoch.last_change``), which also gives the image its SOURCE_DATE_EPOCH.
     The lockfile hashes are those of ``platform``'s lockfiles, which that image was installed from."""
-    labels = {OCI + "version": ref.rsplit(":", 1)[1], RAYBUILD + "version": __version__}
+    labels = {OCI + "version": ImageRef.parse(ref).tag_or_latest, RAYBUILD + "version": __version__}
     ray_lock, app_lock = config.ray_lockfile(platform), config.lockfile(app, platform) if app else None
     for name, path in (("ray", ray_lock), ("app", app_lock)):
         digest = _sha256(path) if path is not None else None

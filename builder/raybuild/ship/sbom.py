@@ -40,6 +40,7 @@ from raybuild.image.spec import VENV
 from raybuild.lock.cuda import cuda_need
 from raybuild.lock.resolve import normalize
 from raybuild.progress import Progress, silent
+from raybuild.reference import ImageRef
 from raybuild.ship.inventory import DebPackage, Inventory, PythonDist, read_inventory
 from raybuild.ship.wheels import (
     PYPI_SIMPLE,
@@ -81,11 +82,11 @@ class SbomImage:
 
     @property
     def name(self) -> str:
-        return self.ref.rsplit(":", 1)[0]
+        return ImageRef.parse(self.ref).name
 
     @property
     def tag(self) -> str:
-        return self.ref.rsplit(":", 1)[1]
+        return ImageRef.parse(self.ref).tag_or_latest
 
 
 @dataclass(frozen=True)
@@ -207,10 +208,10 @@ def _root(image: SbomImage, inventory: Inventory) -> Component:
     purl = None
     if published is not None:
         # The purl spec for OCI images: the name, the manifest digest as version, where it can be pulled.
-        repository = published.reference.rsplit(":", 1)[0]
-        qualifiers = {"repository_url": repository, "tag": image.tag}
+        repository = ImageRef.parse(published.reference)
+        qualifiers = {"repository_url": repository.name, "tag": image.tag}
         purl = PackageURL(
-            "oci", name=repository.rsplit("/", 1)[-1], version=published.digest, qualifiers=qualifiers
+            "oci", name=repository.path.rsplit("/", 1)[-1], version=published.digest, qualifiers=qualifiers
         )
     return Component(
         type=ComponentType.CONTAINER,
@@ -347,7 +348,7 @@ def sbom_images(config: LoadedConfig, names: Sequence[str] = ()) -> list[SbomIma
         image = built[key]
         published = record.get(key) if record is not None else None
         # The record may name an older build: only the same tag is the same image (tags are content hashes).
-        if published is not None and published.reference.rsplit(":", 1)[-1] != image.ref.rsplit(":", 1)[-1]:
+        if published is not None and ImageRef.parse(published.reference).tag != ImageRef.parse(image.ref).tag:
             published = None
         images.append(SbomImage(key, image.ref, image.image_id, image.device, app_lock, ray_lock, published))
     if not images:

@@ -20,7 +20,8 @@ from raybuild.image.dockerfile import render_dockerfile, template_dir
 from raybuild.image.prune import prune_plan, prune_script
 from raybuild.image.spec import image_spec_for
 from raybuild.lock import resolve as locking
-from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
+from raybuild.reference import ImageRef
+from raybuild.registry import RegistryUnreachable, RegistryUnverifiable
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
@@ -596,7 +597,7 @@ def registry_with(*refs: str) -> FakeRegistry:
     """A registry holding each ref, as the image FakeEngine's pull of it yields."""
     registry = FakeRegistry()
     for ref in refs:
-        _, repository, tag = split_reference(ref)
+        repository, tag = ImageRef.parse(ref).path, ImageRef.parse(ref).tag_or_latest
         registry.store(repository, tag, image_id(f"registry:{ref}"))
     return registry
 
@@ -656,7 +657,9 @@ def test_the_registrys_image_replaces_a_local_one_of_the_same_tag(
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[ref, head], remote=remote_of(ref))
     registry = registry_with(ref)
-    registry.store(*split_reference(head)[1:], engine.images[head])  # the head matches: kept
+    registry.store(
+        ImageRef.parse(head).path, ImageRef.parse(head).tag_or_latest, engine.images[head]
+    )  # the head matches: kept
     progress: list[str] = []
     image, head_image = Builder(
         project, engine, connect=registry.connect, progress=progress.append

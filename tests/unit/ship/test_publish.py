@@ -21,6 +21,7 @@ from raybuild.engine import Result
 from raybuild.errors import DockerRetry, EngineError, PublishError, UsageError
 from raybuild.interrupts import Interrupted
 from raybuild.progress import Progress
+from raybuild.reference import ImageRef
 from raybuild.registry import (
     OCI_MANIFEST,
     Manifest,
@@ -28,9 +29,10 @@ from raybuild.registry import (
     RegistryUnverifiable,
     parse_manifest,
 )
-from raybuild.ship.publish import Publisher, split_reference
+from raybuild.registry_retry import Backoff
+from raybuild.ship.publish import Publisher
 from raybuild.ship.push import PushStage, push_digest
-from raybuild.ship.push_failures import Backoff, classify_push_failure, redact, secret_values
+from raybuild.ship.push_failures import classify_push_failure, redact, secret_values
 from raybuild.state import (
     HEAD_KEY,
     BuiltImage,
@@ -60,12 +62,12 @@ OTHER_APP = "\n" + other_app()
 
 
 def stored(registry: FakeRegistry, ref: str) -> Manifest:
-    _, repository, tag = split_reference(ref)
+    repository, tag = ImageRef.parse(ref).path, ImageRef.parse(ref).tag_or_latest
     return registry.manifests[(repository, tag)]
 
 
 def store(registry: FakeRegistry, ref: str, image_id: str, layers: tuple[int, ...] = (1000, 2000)) -> str:
-    _, repository, tag = split_reference(ref)
+    repository, tag = ImageRef.parse(ref).path, ImageRef.parse(ref).tag_or_latest
     return registry.store(repository, tag, image_id, layers).digest
 
 
@@ -172,7 +174,7 @@ def store_oci(registry: FakeRegistry, ref: str, diff_ids: list[str], *, zstd: bo
         }
     ).encode()  # fmt: skip
     manifest = parse_manifest(body)
-    _, repository, tag = split_reference(ref)
+    repository, tag = ImageRef.parse(ref).path, ImageRef.parse(ref).tag_or_latest
     registry.manifests[(repository, tag)] = registry.manifests[(repository, manifest.digest)] = manifest
     registry.blobs[config_digest] = config
     return manifest.digest
@@ -245,15 +247,6 @@ def test_push_digest_is_the_last_digest_line() -> None:
     assert push_digest(f"v1: digest: sha256:{'e' * 64} size: 1\n" + output) == digest
     assert push_digest("abc: Pushed\n") is None
     assert push_digest("digest: sha256:short size: 1") is None
-
-
-def test_split_reference() -> None:
-    assert split_reference("127.0.0.1:5000/ns/app:ray2.60.0-cpu") == (
-        "127.0.0.1:5000",
-        "ns/app",
-        "ray2.60.0-cpu",
-    )
-    assert split_reference("localhost:5000/a/b/c") == ("localhost:5000", "a/b/c", "latest")
 
 
 @pytest.mark.parametrize(
@@ -906,13 +899,13 @@ def test_zstd_is_copied_from_the_daemon_under_a_tag_of_its_own(
 ) -> None:
     results = {r.key: r for r in zstd_publisher.publish()}
     assert engine.tags == []  # skopeo reads the daemon's image: no local tag to make or clean up
-    head_tag = published_tag(zstd_publisher.config, split_reference(HEAD_REF)[2])
-    demo_tag = published_tag(zstd_publisher.config, split_reference(DEMO_REF)[2])
+    head_tag = published_tag(zstd_publisher.config, ImageRef.parse(HEAD_REF).tag_or_latest)
+    demo_tag = published_tag(zstd_publisher.config, ImageRef.parse(DEMO_REF).tag_or_latest)
     assert [(c[0], c[1], c[2], c[3], c[4]) for c in engine.copied] == [
         (HEAD_REF, f"127.0.0.1:5000/demo/ray-head:{head_tag}", "zstd", 19, True),
         (DEMO_REF, f"127.0.0.1:5000/demo/demo:{demo_tag}", "zstd", 19, True),
     ]
-    assert demo_tag != split_reference(DEMO_REF)[2]  # the gzip tag is never moved
+    assert demo_tag != ImageRef.parse(DEMO_REF).tag_or_latest  # the gzip tag is never moved
     record = PublishRecord.load(publish_record_path(zstd_publisher.config))
     assert record is not None
     pushed = stored(registry, results["demo"].image.reference)
@@ -945,7 +938,7 @@ def test_a_zstd_push_that_left_gzip_layers_fails_naming_them(
 def test_a_zstd_tag_holding_other_layers_is_not_moved(
     zstd_publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
 ) -> None:
-    demo_tag = published_tag(zstd_publisher.config, split_reference(DEMO_REF)[2])
+    demo_tag = published_tag(zstd_publisher.config, ImageRef.parse(DEMO_REF).tag_or_latest)
     store_oci(registry, f"127.0.0.1:5000/demo/demo:{demo_tag}", [BASE, RAY, OTHER_ID])
     with pytest.raises(PublishError, match="refusing to move a content-addressed tag"):
         zstd_publisher.publish(("demo",))
@@ -981,14 +974,14 @@ def test_a_multi_platform_zstd_image_is_each_platforms_zstd_image_then_an_index_
     publisher = Publisher(config, engine, connect=registry.connect, progress=run.progress.append, secrets=())
     results = {r.key: r for r in publisher.publish(("demo",))}
     # Each platform's image is copied with zstd under its own rehashed tag; none moves a gzip tag.
-    zstd = {ref: f"127.0.0.1:5000/demo/demo:{published_tag(config, split_reference(ref)[2])}"
+    zstd = {ref: f"127.0.0.1:5000/demo/demo:{published_tag(config, ImageRef.parse(ref).tag_or_latest)}"
             for ref in (AMD64_REF, ARM64_REF)}  # fmt: skip
     assert [(c[0], c[1], c[2]) for c in engine.copied if "/demo:" in c[0]] == [
         (AMD64_REF, zstd[AMD64_REF], "zstd"),
         (ARM64_REF, zstd[ARM64_REF], "zstd"),
     ]
-    index_tag = published_tag(config, split_reference(BOTH_REF)[2])
-    assert index_tag != split_reference(BOTH_REF)[2]
+    index_tag = published_tag(config, ImageRef.parse(BOTH_REF).tag_or_latest)
+    assert index_tag != ImageRef.parse(BOTH_REF).tag_or_latest
     index = json.loads(registry.bodies[("demo/demo", index_tag)])
     assert [m["digest"] for m in index["manifests"]] == [
         stored(registry, zstd[AMD64_REF]).digest,
