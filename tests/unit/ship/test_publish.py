@@ -953,6 +953,69 @@ def test_a_zstd_push_is_retried_like_a_docker_push(
     assert len(engine.copied) == 3 and run.sleeps == [1.0]
 
 
+def _service_unavailable(times: int) -> list[Exception]:
+    return [RegistryUnreachable("HTTP 503 Service Unavailable", down=False) for _ in range(times)]
+
+
+def test_a_zstd_config_blob_that_keeps_failing_is_one_line_after_the_retries(
+    zstd_publisher: Publisher, engine: FakeEngine, registry: FakeRegistry, run: Run
+) -> None:
+    """A zstd image is recognised by its config's diff IDs: a 503 on that blob read was a traceback."""
+    zstd_publisher.publish(("demo",))
+    registry.blob_failures = _service_unavailable(10)
+    with pytest.raises(PublishError) as raised:
+        zstd_publisher.publish(("demo",))
+    assert str(raised.value) == (
+        "registry 127.0.0.1:5000 kept failing (HTTP 503 Service Unavailable, 4 attempts); "
+        "nothing was recorded"
+    )
+    assert "\n" not in str(raised.value) and raised.value.hint
+    assert run.sleeps == [1.0, 2.0, 4.0]  # the publisher's backoff, [limits].registry_attempts in all
+    assert len(registry.blob_failures) == 6  # four reads, then it stopped
+    assert len(engine.copied) == 2  # nothing was pushed again (the head and demo of the first publish)
+
+
+def test_a_zstd_config_blob_that_fails_once_is_read_again_and_the_image_skipped(
+    zstd_publisher: Publisher, registry: FakeRegistry, run: Run
+) -> None:
+    zstd_publisher.publish(("demo",))
+    registry.blob_failures = _service_unavailable(1)
+    assert {r.status for r in zstd_publisher.publish(("demo",))} == {"skipped"}
+    assert run.sleeps == [1.0]
+    retried = "registry 127.0.0.1:5000: HTTP 503 Service Unavailable; attempt 2/4 in 1s"
+    assert retried in run.progress
+
+
+def test_cli_a_zstd_config_blob_503_is_one_error_line_not_a_traceback(
+    fake_cli: Callable[..., MainResult],
+    run_main: Callable[..., MainResult],
+    registry: FakeRegistry,
+    project: LoadedConfig,
+) -> None:
+    project.path.write_text(project.path.read_text() + ZSTD)
+    assert fake_cli(run_main).exit_code == 0
+    registry.blob_failures = _service_unavailable(10)
+    result = fake_cli(run_main)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: registry 127.0.0.1:5000 kept failing (HTTP 503 Service Unavailable, 4 attempts); "
+        "nothing was recorded"
+    ]
+
+
+def test_a_permanent_registry_error_on_the_config_blob_is_not_retried(
+    zstd_publisher: Publisher, registry: FakeRegistry, run: Run, engine: FakeEngine
+) -> None:
+    """A 401 is permanent: asking again gets the same answer, so it is not retried."""
+    zstd_publisher.publish(("demo",))
+    registry.blob_failures = [RegistryUnverifiable("HTTP 401 Unauthorized")]
+    with pytest.raises(PublishError, match="refusing to move a content-addressed tag"):
+        zstd_publisher.publish(("demo",))
+    assert run.sleeps == [] and registry.blob_failures == []
+
+
 def test_a_stalled_skopeo_copy_names_the_blob_it_was_copying() -> None:
     stage = PushStage()
     for line in (
