@@ -125,8 +125,9 @@ def _reference_splits() -> set[tuple[str, str]]:
 def test_only_reference_py_parses_image_references() -> None:
     unexplained = sorted(_reference_splits() - set(_NOT_REFERENCES))
     assert unexplained == [], (
-        f"split on a reference separator outside reference.py: {unexplained}; use raybuild.reference.ImageRef "
-        "(or, for text that is not a reference, add it to _NOT_REFERENCES saying what it is)"
+        f"split on a reference separator outside reference.py: {unexplained}; use "
+        "raybuild.reference.ImageRef (or, for text that is not a reference, add it to _NOT_REFERENCES "
+        "saying what it is)"
     )
 
 
