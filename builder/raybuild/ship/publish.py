@@ -19,8 +19,9 @@ tag (`state.published_tag`), so switching compression never moves a tag.
 
 Registry work is bounded: each image's push has a deadline ([limits].registry_deadline_s), every attempt
 included, and the retries are raybuild's alone ([limits].registry_attempts, one line each): `Engine.push`
-cuts Docker's own layer retries short. A stalled upload fails at the deadline with one line naming the
-registry and the stage the push had reached.
+cuts Docker's own layer retries short. Every registry call (manifest and config reads, the index, the SBOM)
+goes through the same policy (`raybuild.registry_retry`); what still fails after it is one line. A
+stalled upload fails at the deadline with one line naming the registry and the stage the push had reached.
 """
 
 from __future__ import annotations
