@@ -32,6 +32,7 @@ from raybuild.docker_client import DockerClient, find_docker_client
 from raybuild.errors import BuildError, DockerRetry, EngineError
 from raybuild.labels import PROJECT_LABEL, PURPOSE_LABEL, label_filters, parse_ids
 from raybuild.progress import Progress
+from raybuild.reference import ImageRef, is_digest
 
 TAIL_LINES = 40
 
@@ -333,7 +334,7 @@ class Engine:
             if host:
                 command += ["--src-daemon-host", host]
             # skopeo's docker-daemon: wants a tag where docker would assume :latest.
-            named = ref.startswith("sha256:") or "@" in ref or ":" in ref.rsplit("/", 1)[-1]
+            named = is_digest(ref) or not ImageRef.parse(ref).is_bare
             source = ref if named else f"{ref}:latest"
             command += ["--digestfile", str(digestfile), f"docker-daemon:{source}", f"docker://{target}"]
             self.run(

@@ -212,6 +212,57 @@ class PublishError(RaybuildError):
     """Pushing to the registry failed."""
 
 
+class RegistryError(RaybuildError):
+    """A registry (``address``: HOST[:PORT]) did not do what raybuild asked of it.
+
+    ``reason`` is the registry's own part of the message (``HTTP 503 Service Unavailable``), for callers
+    that name the image themselves; the message adds the address when it is known.
+    """
+
+    def __init__(self, reason: str, *, address: str = "", hint: str | None = None) -> None:
+        super().__init__(f"registry {address}: {reason}" if address else reason, hint)
+        self.reason, self.address = reason, address
+
+
+class RegistryUnreachable(RegistryError):
+    """Nothing answered (``down``), or the registry failed with a transient fault: worth retrying.
+
+    ``attempts``: how many were made before this one was raised (1 when it was not retried).
+    """
+
+    def __init__(
+        self, reason: str, *, down: bool, address: str = "", attempts: int = 1, hint: str | None = None
+    ) -> None:
+        what = "is not reachable" if down else "kept failing" if attempts > 1 else "failed"
+        tried = f", {attempts} attempts" if attempts > 1 else ""
+        if hint is None:
+            hint = (
+                "check that the registry is running and that its address is right"
+                if down
+                else "the registry or the network is unstable: rerun"
+            )
+        super().__init__(reason, address=address, hint=hint)
+        if address:  # one line that says what happened, as publish and build report it
+            self.message = f"registry {address} {what} ({reason}{tried})"
+        self.down, self.attempts = down, attempts
+
+
+class RegistryUnverifiable(RegistryError):
+    """The registry will not show this to an anonymous client, not over this scheme, or not readably.
+
+    Permanent: retrying gets the same answer.
+    """
+
+    def __init__(self, reason: str, *, address: str = "", hint: str | None = None) -> None:
+        super().__init__(
+            reason,
+            address=address,
+            hint=hint
+            or "raybuild reads registries anonymously: check the address, and that it serves "
+            "this repository without a login",
+        )
+
+
 class ManifestError(RaybuildError):
     """A rendered Kubernetes manifest is invalid."""
 

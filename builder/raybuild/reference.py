@@ -19,6 +19,7 @@ splits a reference on ``/``, ``:`` or ``@``; the structure test holds every modu
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from raybuild.errors import ConfigError
@@ -119,6 +120,11 @@ class ImageRef:
         return self.tag or "latest"
 
     @property
+    def is_bare(self) -> bool:
+        """Neither tag nor digest: docker reads it as ``:latest``, which other tools may not assume."""
+        return self.tag is None and self.digest is None
+
+    @property
     def api_reference(self) -> str:
         """What the registry API takes after ``/manifests/``: the digest where there is one, else the tag."""
         return self.digest or self.tag_or_latest
@@ -150,6 +156,21 @@ class ImageRef:
 
     def same_repository(self, other: ImageRef) -> bool:
         return (self.host, self.path) == (other.host, other.path)
+
+    def digest_among(self, repo_digests: Iterable[str]) -> str | None:
+        """This repository's digest among an image's RepoDigests (``name@sha256:...``); None if absent.
+
+        An entry that is not a reference (docker writes none, but the field is another tool's to fill) is
+        passed over.
+        """
+        for entry in repo_digests:
+            try:
+                found = ImageRef.parse(entry)
+            except ReferenceError:
+                continue
+            if found.digest is not None and self.same_repository(found):
+                return found.digest
+        return None
 
     def __str__(self) -> str:
         text = self.name

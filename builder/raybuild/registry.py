@@ -39,7 +39,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from raybuild.errors import RegistryError as RegistryError
+from raybuild.errors import RegistryUnreachable as RegistryUnreachable
+from raybuild.errors import RegistryUnverifiable as RegistryUnverifiable
 from raybuild.loopback import LOOPBACK
+from raybuild.reference import DEFAULT_HOST, is_loopback_host
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -52,18 +56,8 @@ IMAGE_MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 # OCI 1.1: an artifact's config is the empty JSON object, under its own media type.
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
-
-
-class RegistryUnreachable(Exception):
-    """Nothing answered (``down``), or the registry failed with a transient or server error."""
-
-    def __init__(self, reason: str, *, down: bool) -> None:
-        super().__init__(reason)
-        self.reason, self.down = reason, down
-
-
-class RegistryUnverifiable(Exception):
-    """The registry will not show this to an anonymous client, not over this scheme, or not readably."""
+DOCKER_HUB_API = "registry-1.docker.io"
+TOO_MANY_REQUESTS = 429
 
 
 @dataclass(frozen=True)
@@ -205,14 +199,16 @@ def artifact_manifest(
     )
 
 
-def _index_entries(body: bytes | None) -> list[Descriptor]:
+def _index_entries(body: bytes | None, address: str) -> list[Descriptor]:
     if body is None:
         return []
     try:
         data = json.loads(body)
         return [Descriptor.from_json(entry) for entry in data.get("manifests") or []]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RegistryUnverifiable(f"the referrers tag holds no image index: {exc}") from None
+        raise RegistryUnverifiable(
+            f"the referrers tag holds no image index: {exc}", address=address
+        ) from None
 
 
 def find_referrers(
@@ -221,7 +217,7 @@ def find_referrers(
     """The artifacts attached to manifest ``subject``: by the referrers API, else by the fallback tag."""
     found = registry.referrers(repository, subject)
     if found is None:
-        found = _index_entries(registry.manifest_body(repository, fallback_tag(subject)))
+        found = _index_entries(registry.manifest_body(repository, fallback_tag(subject)), registry.address)
     return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
 
 
@@ -249,7 +245,7 @@ def attach(
     tag = fallback_tag(subject.digest)
     kept = [
         d
-        for d in _index_entries(registry.manifest_body(repository, tag))
+        for d in _index_entries(registry.manifest_body(repository, tag), registry.address)
         if d.digest != manifest.digest and not replaces(d)
     ]
     index = _canonical(
@@ -281,32 +277,11 @@ def put_index(registry: Registry, repository: str, tag: str, manifests: list[Des
     return parse_manifest(body, media_type)
 
 
-def split_reference(ref: str) -> tuple[str, str, str]:
-    """``host[:port]/name/space:tag`` -> (host, repository, tag)."""
-    name, tag = ref.rsplit(":", 1) if ":" in ref.rsplit("/", 1)[-1] else (ref, "latest")
-    host, _, repository = name.partition("/")
-    return host, repository, tag
-
-
-def repo_digest(repo_digests: list[str], ref: str) -> str | None:
-    """The registry digest of ``ref``'s repository among an image's RepoDigests (``name@sha256:...``)."""
-    base = ref.split("@", 1)[0]
-    name = base.rsplit(":", 1)[0] if ":" in base.rsplit("/", 1)[-1] else base
-    for entry in repo_digests:
-        if entry.startswith(name + "@"):
-            return entry.split("@", 1)[1]
-    return None
-
-
-def is_loopback(address: str) -> bool:
-    name = address.rsplit(":", 1)[0]
-    return name == "localhost" or name.startswith("127.") or name == "[::1]"
-
-
 def api_url(address: str) -> str:
-    """The registry API's root, ``/v2/``."""
-    scheme = "http" if is_loopback(address) else "https"
-    host = "registry-1.docker.io" if address == "docker.io" else address
+    """The registry API's root, ``/v2/``, for a registry ``HOST[:PORT]`` (an `ImageRef`'s ``host``)."""
+    scheme = "http" if is_loopback_host(address) else "https"
+    # Docker Hub's registry API is not served at the name references use for it.
+    host = DOCKER_HUB_API if address == DEFAULT_HOST else address
     return f"{scheme}://{host}/v2/"
 
 
@@ -340,7 +315,7 @@ class HttpRegistry:
         try:
             return parse_manifest(answer.body, answer.content_type)
         except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryUnverifiable(f"not a manifest: {exc}") from None
+            raise RegistryUnverifiable(f"not a manifest: {exc}", address=self.address) from None
 
     def blob(self, repository: str, digest: str) -> bytes | None:
         answer = self._found(f"{repository}/blobs/{digest}", "*/*")
@@ -355,7 +330,7 @@ class HttpRegistry:
         # A registry without the API answers 404 (distribution 2.8 has no such route).
         if answer is None or not answer.content_type.startswith(OCI_INDEX):
             return None
-        return _index_entries(answer.body)
+        return _index_entries(answer.body, self.address)
 
     def put_blob(self, repository: str, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -366,7 +341,9 @@ class HttpRegistry:
         )
         location = started.headers.get("location", "")
         if not location:
-            raise RegistryUnverifiable("the registry started an upload but gave no Location")
+            raise RegistryUnverifiable(
+                "the registry started an upload but gave no Location", address=self.address
+            )
         # A monolithic upload: the whole blob in the PUT that closes the session.
         url = urllib.parse.urljoin(api_url(self.address), location)
         url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"digest": digest})
@@ -385,10 +362,7 @@ class HttpRegistry:
     def _written(self, answer: _Answer, what: str) -> _Answer:
         if 200 <= answer.status < 300:
             return answer
-        reason = f"{what}: HTTP {answer.status} {answer.reason}".rstrip()
-        if answer.status >= 500:
-            raise RegistryUnreachable(reason, down=False)
-        raise RegistryUnverifiable(reason)
+        raise self._failed(answer, f"{what}: ")
 
     def _found(self, path: str, accept: str) -> _Answer | None:
         answer = self._open(path, accept)
@@ -396,10 +370,14 @@ class HttpRegistry:
             return answer
         if answer.status == 404:
             return None
-        reason = f"HTTP {answer.status} {answer.reason}".rstrip()
-        if answer.status >= 500:
-            raise RegistryUnreachable(reason, down=False)
-        raise RegistryUnverifiable(reason)
+        raise self._failed(answer)
+
+    def _failed(self, answer: _Answer, what: str = "") -> RegistryError:
+        """A server error or 429 (too many requests) is transient and retried; any other 4xx is not."""
+        reason = f"{what}HTTP {answer.status} {answer.reason}".rstrip()
+        if answer.status >= 500 or answer.status == TOO_MANY_REQUESTS:
+            return RegistryUnreachable(reason, down=False, address=self.address)
+        return RegistryUnverifiable(reason, address=self.address)
 
     def _open(self, path: str, accept: str, **request: Any) -> _Answer:
         """A request to a path under the API root; ``request`` as ``_request`` takes it."""
@@ -416,7 +394,7 @@ class HttpRegistry:
     ) -> _Answer:
         headers = {"Accept": accept} | ({"Content-Type": content_type} if content_type else {})
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
-        opener = LOOPBACK if is_loopback(self.address) else urllib.request.build_opener()
+        opener = LOOPBACK if is_loopback_host(self.address) else urllib.request.build_opener()
         try:
             with opener.open(request, timeout=self.timeout) as response:
                 content_type = response.headers.get("Content-Type", "")
@@ -427,20 +405,22 @@ class HttpRegistry:
             return _Answer(exc.code, str(exc.reason), b"", "")
         except urllib.error.URLError as exc:
             reason = exc.reason
-            raise _no_answer(reason if isinstance(reason, BaseException) else OSError(reason)) from None
+            raise _no_answer(
+                reason if isinstance(reason, BaseException) else OSError(reason), self.address
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise _no_answer(exc) from None
+            raise _no_answer(exc, self.address) from None
         except ValueError as exc:  # an address urllib cannot make a URL of
-            raise RegistryUnverifiable(f"bad request: {exc}") from None
+            raise RegistryUnverifiable(f"bad request: {exc}", address=self.address) from None
 
 
-def _no_answer(exc: BaseException) -> Exception:
+def _no_answer(exc: BaseException, address: str) -> RegistryError:
     if isinstance(exc, socket.gaierror):
-        return RegistryUnreachable("no such host", down=True)
+        return RegistryUnreachable("no such host", down=True, address=address)
     if isinstance(exc, ConnectionRefusedError):
-        return RegistryUnreachable("connection refused", down=True)
+        return RegistryUnreachable("connection refused", down=True, address=address)
     if isinstance(exc, ssl.SSLError):
-        return RegistryUnverifiable(f"TLS error: {exc}")
+        return RegistryUnverifiable(f"TLS error: {exc}", address=address)
     if isinstance(exc, TimeoutError):
-        return RegistryUnreachable("i/o timeout", down=False)
-    return RegistryUnreachable(str(exc) or type(exc).__name__, down=False)
+        return RegistryUnreachable("i/o timeout", down=False, address=address)
+    return RegistryUnreachable(str(exc) or type(exc).__name__, down=False, address=address)

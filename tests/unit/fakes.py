@@ -340,7 +340,8 @@ def manifest_body(config_digest: str, layer_sizes: Sequence[int] = (1000, 2000))
 class FakeRegistry:
     """A registry in memory: manifests by (repository, tag or digest), blobs by digest.
 
-    ``failures`` are raised first, one per manifest or blob read; ``up`` is what ``reachable`` answers.
+    ``failures`` are raised first, one per manifest or blob read, and ``blob_failures`` one per blob read
+    only (a config blob that fails while its manifest reads fine); ``up`` is what ``reachable`` answers.
     ``connect`` stands in for ``HttpRegistry`` as a factory and records each address asked for. Writes land
     in ``bodies`` (manifest bytes by (repository, tag or digest)) and ``blobs``; ``writes`` lists them in
     order. Like Debian's registry 2.8 it has no referrers API unless ``referrers_api`` is set, in which
@@ -358,6 +359,7 @@ class FakeRegistry:
     writes: list[str] = field(default_factory=list)
     referrers_api: bool = False
     write_failures: list[Exception] = field(default_factory=list)
+    blob_failures: list[Exception] = field(default_factory=list)
 
     def connect(self, address: str) -> FakeRegistry:
         self.connected.append(address)
@@ -372,6 +374,8 @@ class FakeRegistry:
 
     def blob(self, repository: str, digest: str) -> bytes | None:
         self._read(f"{repository}@{digest}")
+        if self.blob_failures:
+            raise self.blob_failures.pop(0)
         return self.blobs.get(digest)
 
     def manifest_body(self, repository: str, reference: str) -> bytes | None:

@@ -177,3 +177,24 @@ def test_any_text_parses_or_is_refused_with_a_reference_error(text: str) -> None
     except ReferenceError:
         return
     assert ImageRef.parse(str(ref)) == ref
+
+
+def test_digest_among_repo_digests_is_this_repositorys() -> None:
+    digest = "sha256:" + "d" * 64
+    ref = ImageRef.parse("127.0.0.1:5000/ns/app:v1")
+    entries = [
+        f"127.0.0.1:5000/ns/other@sha256:{'e' * 64}",
+        "not a reference!",
+        f"127.0.0.1:5000/ns/app@{digest}",
+    ]
+    assert ref.digest_among(entries) == digest
+    assert ref.digest_among(entries[:2]) is None
+    # A repository is matched whole: ns/app-measure is another repository.
+    assert ref.digest_among([f"127.0.0.1:5000/ns/app-measure@{digest}"]) is None
+    assert ImageRef.parse("ubuntu:22.04").digest_among([f"docker.io/library/ubuntu@{digest}"]) == digest
+
+
+def test_is_bare_when_neither_tag_nor_digest() -> None:
+    assert ImageRef.parse("127.0.0.1:5000/ns/app").is_bare
+    assert not ImageRef.parse("127.0.0.1:5000/ns/app:v1").is_bare
+    assert not ImageRef.parse(f"127.0.0.1:5000/ns/app@sha256:{'d' * 64}").is_bare

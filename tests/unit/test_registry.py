@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from raybuild.errors import RaybuildError
 from raybuild.registry import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -32,7 +33,6 @@ from raybuild.registry import (
     fallback_tag,
     find_referrers,
     image_index,
-    is_loopback,
     parse_manifest,
     put_index,
 )
@@ -114,7 +114,8 @@ def test_urls_plain_http_only_for_this_host() -> None:
     assert api_url("localhost:5000") == "http://localhost:5000/v2/"
     assert api_url("registry.example.com") == "https://registry.example.com/v2/"
     assert api_url("docker.io") == "https://registry-1.docker.io/v2/"
-    assert is_loopback("[::1]:5000") and not is_loopback("10.0.0.1:5000")
+    assert api_url("[::1]:5000") == "http://[::1]:5000/v2/"
+    assert api_url("10.0.0.1:5000") == "https://10.0.0.1:5000/v2/"
 
 
 # -- the real client ----------------------------------------------------------------------------------------
@@ -144,7 +145,12 @@ def test_blobs_by_digest(server: tuple[str, Routes]) -> None:
 
 @pytest.mark.parametrize(
     ("status", "error", "down"),
-    [(401, RegistryUnverifiable, None), (403, RegistryUnverifiable, None), (503, RegistryUnreachable, False)],
+    [
+        (401, RegistryUnverifiable, None),
+        (403, RegistryUnverifiable, None),
+        (429, RegistryUnreachable, False),  # too many requests: transient, so retried
+        (503, RegistryUnreachable, False),
+    ],
 )
 def test_refusals_and_server_errors_are_told_apart(
     server: tuple[str, Routes], status: int, error: type[Exception], down: bool | None
@@ -155,6 +161,9 @@ def test_refusals_and_server_errors_are_told_apart(
         HttpRegistry(address, timeout=5).manifest("ns/demo", "v1")
     if down is not None:
         assert isinstance(raised.value, RegistryUnreachable) and raised.value.down is down
+    # A RaybuildError that names the registry: the CLI shows it as one line and a hint.
+    assert isinstance(raised.value, RaybuildError) and raised.value.address == address
+    assert str(raised.value).startswith(f"registry {address}") and raised.value.hint
 
 
 def test_a_body_that_is_not_a_manifest_is_unverifiable(server: tuple[str, Routes]) -> None:

@@ -77,3 +77,63 @@ def test_the_checks_see_what_they_look_for() -> None:
     # Guards the guard: if the scan found nothing at all, every test above would pass vacuously.
     assert _owners(lambda s: s == "_head") == {"state.py"}
     assert _owners(lambda s: s == "--head") == {"kuberay.py"}
+
+
+# -- image references are parsed in reference.py only --------------------------------------------------------
+
+_SPLITS = ("split", "rsplit", "partition", "rpartition")
+# ':' and '@' split a reference into its tag and digest whatever is split; '/' splits file paths everywhere,
+# so only its partitions (host from repository) are a reference's.
+_REFERENCE_SEPARATORS = {":": _SPLITS, "@": _SPLITS, "/": ("partition", "rpartition")}
+_NOT_REFERENCES = {
+    ("reference.py", ":"): "the grammar itself",
+    ("reference.py", "@"): "the grammar itself",
+    ("reference.py", "/"): "the grammar itself",
+    ("engine.py", ":"): "`docker port` prints HOST:PORT, not an image",
+    ("platforms.py", ":"): "/proc/cpuinfo's 'flags: ...' line",
+    ("registry.py", ":"): "a digest's algorithm:hex, for the OCI referrers fallback tag",
+    ("verify/scan.py", ":"): "trivy's 'Version: X' line",
+    ("verify/smoke.py", ":"): "a Serve import path, module:attribute",
+}
+# TODO: records branch converts these (state.py's _tag and multi_platform_ref's device-by-position).
+_EXEMPT_MODULES = {"state.py", "tags.py", "records.py"}  # records branch converts these
+
+
+def _separator_splits(path: Path) -> set[str]:
+    """The separators that the module splits or partitions any string on (``x.rsplit(":", 1)`` and kin)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and node.func.attr in _REFERENCE_SEPARATORS.get(str(node.args[0].value), ())
+        ):
+            found.add(str(node.args[0].value))
+    return found
+
+
+def _reference_splits() -> set[tuple[str, str]]:
+    return {
+        (module, separator)
+        for path in _modules()
+        if (module := path.relative_to(PACKAGE).as_posix()) not in _EXEMPT_MODULES
+        for separator in _separator_splits(path)
+    }
+
+
+def test_only_reference_py_parses_image_references() -> None:
+    unexplained = sorted(_reference_splits() - set(_NOT_REFERENCES))
+    assert unexplained == [], (
+        f"split on a reference separator outside reference.py: {unexplained}; use "
+        "raybuild.reference.ImageRef (or, for text that is not a reference, add it to _NOT_REFERENCES "
+        "saying what it is)"
+    )
+
+
+def test_the_reference_check_sees_what_it_looks_for() -> None:
+    # Guards the guard: the grammar's own splits are found, and each allowed use is still there.
+    found = _reference_splits()
+    assert {("reference.py", ":"), ("reference.py", "@"), ("reference.py", "/")} <= found
+    assert set(_NOT_REFERENCES) <= found, "an allowed use is gone: drop it from _NOT_REFERENCES"

@@ -50,8 +50,6 @@ from raybuild.registry import (
     Registry,
     RegistryUnreachable,
     RegistryUnverifiable,
-    repo_digest,
-    split_reference,
 )
 from raybuild.state import HEAD_KEY, project_id
 from raybuild.tags import latest_ref, multi_platform_ref
@@ -146,16 +144,19 @@ class Builder:
     # -- the registry first ---------------------------------------------------------------------------------
 
     def _remote(self, ref: str) -> Manifest | object | None:
-        host, repository, tag = split_reference(ref)
+        parsed = ImageRef.parse(ref)
+        host = parsed.host
         if host in self._offline:
             return _UNKNOWN
         try:
-            return (self.connect or HttpRegistry)(host).manifest(repository, tag)
+            return (self.connect or HttpRegistry)(host).manifest(parsed.path, parsed.api_reference)
         except RegistryUnreachable as exc:
             self._offline.add(host)
             self.progress(f"registry {host} is not reachable ({exc.reason}): building what is not here")
         except RegistryUnverifiable as exc:
-            self.progress(f"could not read {ref} from the registry anonymously ({exc}): trying docker pull")
+            self.progress(
+                f"could not read {ref} from the registry anonymously ({exc.reason}): trying docker pull"
+            )
         return _UNKNOWN
 
     def _pull(self, ref: str, *, expected: bool) -> bool:
@@ -184,7 +185,7 @@ class Builder:
         if remote is _UNKNOWN:
             if local:
                 return "local"
-            host = split_reference(ref)[0]
+            host = ImageRef.parse(ref).host
             return "pulled" if host not in self._offline and self._pull(ref, expected=False) else None
         assert isinstance(remote, Manifest)
         if local is not None and remote.config_digest in (None, local):
@@ -199,7 +200,7 @@ class Builder:
     def _pinned(self, ref: str) -> str:
         """``ref@digest`` once the registry has the image (pulled or pushed), else the tag alone."""
         digests = self.engine.inspect(ref).get("RepoDigests") or []
-        digest = repo_digest([str(d) for d in digests], ref)
+        digest = ImageRef.parse(ref).digest_among(map(str, digests))
         return f"{ref}@{digest}" if digest else ref
 
     # -- building -------------------------------------------------------------------------------------------

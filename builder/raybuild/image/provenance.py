@@ -26,6 +26,7 @@ from raybuild.engine import Engine
 from raybuild.image.epoch import Change, git
 from raybuild.labels import IMAGE_LABEL_PREFIX
 from raybuild.platforms import DEFAULT as DEFAULT_PLATFORM
+from raybuild.reference import ImageRef
 
 OCI = "org.opencontainers.image."
 RAYBUILD = IMAGE_LABEL_PREFIX
@@ -60,7 +61,7 @@ def provenance_labels(
     that changed its inputs (``epoch.last_change``), which also gives the image its SOURCE_DATE_EPOCH.
     The lockfile hashes are those of ``platform``'s lockfiles, which that image was installed from:
     ``lock_digests`` ("ray", "app") where the build plan read them already, else read here."""
-    labels = {OCI + "version": ref.rsplit(":", 1)[1], RAYBUILD + "version": __version__}
+    labels = {OCI + "version": ImageRef.parse(ref).tag_or_latest, RAYBUILD + "version": __version__}
     if lock_digests is None:
         ray_lock, app_lock = config.ray_lockfile(platform), config.lockfile(app, platform) if app else None
         lock_digests = {"ray": _sha256(ray_lock), "app": _sha256(app_lock) if app_lock else None}

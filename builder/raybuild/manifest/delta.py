@@ -29,39 +29,23 @@ import yaml
 from raybuild.engine import Engine
 from raybuild.errors import EngineError, ManifestError
 from raybuild.labels import CODE_LABEL, LOCK_LABEL, RAY_LOCK_LABEL
+from raybuild.reference import ImageRef, ReferenceError
 from raybuild.registry import HttpRegistry, Registry, RegistryUnreachable, RegistryUnverifiable
 from raybuild.state import HEAD_KEY
 
 Status = Literal["unchanged", "changed", "added", "removed"]
 Labels = Mapping[str, str]
 # Image labels by reference (None: unknown); raybuild's labels tell code, packages and Ray apart.
-LabelLookup = Callable[["ImageRef"], Labels | None]
+LabelLookup = Callable[[ImageRef], Labels | None]
 
 _MUTED_GROUP_FIELDS = ("replicas", "minReplicas", "maxReplicas")
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """``name[:tag][@digest]``, as a manifest writes it."""
-
-    name: str
-    tag: str | None = None
-    digest: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> ImageRef:
-        rest, _, digest = text.partition("@")
-        last = rest.rsplit("/", 1)[-1]
-        name, tag = rest.rsplit(":", 1) if ":" in last else (rest, None)
-        return cls(name, tag, digest or None)
-
-    def __str__(self) -> str:
-        return self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
-
-    def same_image(self, other: ImageRef) -> bool:
-        if self.digest and other.digest:
-            return self.digest == other.digest
-        return (self.name, self.tag) == (other.name, other.tag) and self.tag is not None
+def same_image(before: ImageRef, after: ImageRef) -> bool:
+    """Whether two manifest images are one: the same digest where both have one, else the same tag."""
+    if before.digest and after.digest:
+        return before.digest == after.digest
+    return before.same_repository(after) and before.tag == after.tag and before.tag is not None
 
 
 @dataclass(frozen=True)
@@ -185,9 +169,13 @@ class ClusterImages:
 
 def _first_image(template: Any, where: str) -> ImageRef:
     try:
-        return ImageRef.parse(str(template["spec"]["containers"][0]["image"]))
+        image = str(template["spec"]["containers"][0]["image"])
     except (KeyError, IndexError, TypeError):
         raise ManifestError(f"{where}: no container image in its pod template") from None
+    try:
+        return ImageRef.parse(image)
+    except ReferenceError as exc:
+        raise ManifestError(f"{where}: its container image is not an image reference: {exc}") from None
 
 
 def cluster_images(text: str, source: str) -> ClusterImages:
@@ -237,7 +225,7 @@ def image_changes(
         old = before.get(key)
         if old is None:
             changes.append(ImageChange(key, "added", None, new, "new app"))
-        elif old.same_image(new):
+        elif same_image(old, new):
             changes.append(ImageChange(key, "unchanged", old, new, "unchanged"))
         elif old.tag is not None and (old.name, old.tag) == (new.name, new.tag):
             changes.append(ImageChange(key, "changed", old, new, "same inputs, new digest"))
@@ -312,7 +300,7 @@ def image_labels(engine: Engine | None, connect: Callable[[str], Registry] | Non
     cache: dict[str, Labels | None] = {}
 
     def local(ref: ImageRef) -> Labels | None:
-        name = f"{ref.name}@{ref.digest}" if ref.digest else str(ref)
+        name = str(ref.pinned()) if ref.digest else str(ref)
         try:  # no Docker here at all is an EngineError too: then the registry must do
             if engine is None or not engine.image_exists(name):
                 return None
@@ -321,10 +309,11 @@ def image_labels(engine: Engine | None, connect: Callable[[str], Registry] | Non
             return None
 
     def remote(ref: ImageRef) -> Labels | None:
-        host, _, repository = ref.name.partition("/")
+        repository = ref.path
         try:
-            registry = (connect or HttpRegistry)(host)
-            manifest = registry.manifest(repository, ref.digest or ref.tag or "latest")
+            # Not retried: labels only name the reason for a change, and the diff is shown without them.
+            registry = (connect or HttpRegistry)(ref.host)
+            manifest = registry.manifest(repository, ref.api_reference)
             if manifest is None or manifest.config_digest is None:
                 return None
             blob = registry.blob(repository, manifest.config_digest)

@@ -26,7 +26,6 @@ from raybuild.registry import (
     RegistryUnverifiable,
     attach,
     find_referrers,
-    split_reference,
 )
 from raybuild.ship.sbom import MEDIA_TYPE, SbomMaker, same_content, sbom_images
 from raybuild.state import sbom_dir
@@ -50,7 +49,9 @@ def attached_sbom(registry: Registry, repository: str, artifact: Descriptor) -> 
     try:
         layers = [Descriptor.from_json(layer) for layer in json.loads(body).get("layers") or []]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RegistryUnverifiable(f"artifact {artifact.digest[:19]} is not a manifest: {exc}") from None
+        raise RegistryUnverifiable(
+            f"artifact {artifact.digest[:19]} is not a manifest: {exc}", address=registry.address
+        ) from None
     layer = next((d for d in layers if d.media_type == MEDIA_TYPE), None)
     return None if layer is None else registry.blob(repository, layer.digest)
 
@@ -69,7 +70,7 @@ class SbomAttacher:
         if key not in found:
             raise PublishError(f"{key}: not in the build record", hint="rerun `raybuild build`, then publish")
         sbom = self.maker.make(replace(found[key], published=image))
-        _, repository, _ = split_reference(str(image.reference))
+        repository = image.reference.path
         out = (self.out_dir or sbom_dir(self.config)) / sbom_name(key)
         for artifact in find_referrers(registry, repository, subject.digest, MEDIA_TYPE):
             existing = attached_sbom(registry, repository, artifact) if _ours(artifact) else None

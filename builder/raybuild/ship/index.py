@@ -16,7 +16,7 @@ from raybuild.errors import PublishError
 from raybuild.progress import Progress
 from raybuild.records import PublishedImage
 from raybuild.reference import ImageRef
-from raybuild.registry import Descriptor, Manifest, split_reference
+from raybuild.registry import Descriptor, Manifest
 
 IndexStatus = Literal["pushed", "skipped"]
 
@@ -38,7 +38,7 @@ def refuse_moved_indexes(held: Sequence[tuple[str, Manifest | None]], *, force: 
 
 def publish_index(
     key: str,
-    target: str,
+    target: ImageRef,
     parts: Sequence[tuple[str, PublishedImage]],
     *,
     read: Callable[[str], Manifest | None],
@@ -49,7 +49,7 @@ def publish_index(
 
     ``read`` reads a manifest of ``target``'s repository by tag or digest; ``put`` puts the index there.
     """
-    tag = split_reference(target)[2]
+    tag = target.tag_or_latest
     manifests = []
     for platform, published in parts:
         manifest = read(published.digest)
@@ -74,4 +74,4 @@ def publish_index(
     progress(f"{key}: image index {target} ({arches}) {status}")
     # Sizes are the default platform's image (the first): what an amd64 node pulls.
     first = parts[0][1]
-    return status, PublishedImage(ImageRef.parse(target), index.digest, first.size, first.compressed_size)
+    return status, PublishedImage(target, index.digest, first.size, first.compressed_size)

@@ -19,8 +19,9 @@ tag (`tags.published_tag`), so switching compression never moves a tag.
 
 Registry work is bounded: each image's push has a deadline ([limits].registry_deadline_s), every attempt
 included, and the retries are raybuild's alone ([limits].registry_attempts, one line each): `Engine.push`
-cuts Docker's own layer retries short. A stalled upload fails at the deadline with one line naming the
-registry and the stage the push had reached.
+cuts Docker's own layer retries short. Every registry call (manifest and config reads, the index, the SBOM)
+goes through the same policy (`raybuild.registry_retry`); what still fails after it is one line. A
+stalled upload fails at the deadline with one line naming the registry and the stage the push had reached.
 """
 
 from __future__ import annotations
@@ -48,9 +49,8 @@ from raybuild.registry import (
     RegistryUnverifiable,
     api_url,
     put_index,
-    repo_digest,
-    split_reference,
 )
+from raybuild.registry_retry import Backoff, RetryPolicy, retrying
 from raybuild.ship.index import publish_index, refuse_moved_indexes
 from raybuild.ship.push import (
     Compression,
@@ -63,7 +63,6 @@ from raybuild.ship.push import (
     wrong_layers,
 )
 from raybuild.ship.push_failures import (
-    Backoff,
     classify_push_failure,
     push_hint,
     redact,
@@ -106,7 +105,7 @@ class Planned:
     key: str
     local_ref: str
     image_id: str
-    target: str
+    target: ImageRef  # parsed once, here: every step of this image's publish reads its parts
     platform: str = platforms.DEFAULT
     # An image built for several platforms: one image per platform, pushed before the index at ``target``.
     parts: tuple[Planned, ...] = ()
@@ -163,14 +162,14 @@ class Publisher:
             self.progress(f"not built yet, not published: {', '.join(missing)}")
         if HEAD_KEY not in built:
             self.progress("no head image in the build record: `raybuild build` a CPU app to make one")
+        namespace = ImageRef.parse_name(registry)
         items = []
         for key in [HEAD_KEY, *(app.name for app in selected)]:
             if key in built:
                 ref, image_id = str(built[key].ref), built[key].image_id
-                tag = published_tag(self.config, split_reference(ref)[2])
-                target = f"{registry}/{repository_name(key)}:{tag}"
+                target = self._target(namespace, key, ref)
                 refs = built[key].platform_refs
-                parts = tuple(self._part(key, registry, p, str(r)) for p, r in refs) if len(refs) > 1 else ()
+                parts = tuple(self._part(key, namespace, p, str(r)) for p, r in refs) if len(refs) > 1 else ()
                 platform = refs[0][0] if len(refs) == 1 else platforms.DEFAULT
                 items.append(Planned(key, ref, image_id, target, platform, parts))
         if not items:
@@ -190,22 +189,10 @@ class Publisher:
         previous = PublishRecord.load(path)  # a malformed record fails here, before anything is pushed
         made: list[str] = []
         try:
-            plan = self.plan(names)
-            planned = [self._check(image) for item in plan for image in item.images]
-            self._refuse_moved_tags(planned)
-            indexes = [
-                (item.target, self._remote(*split_reference(item.target))) for item in plan if item.parts
-            ]
-            refuse_moved_indexes(indexes, force=self.force)
-            pushed = {
-                image.target: self._publish_one(image, size, remote, made) for image, size, remote in planned
-            }
-            results = [
-                self._publish_index(item, [pushed[p.target] for p in item.parts])
-                if item.parts
-                else pushed[item.target]
-                for item in plan
-            ]
+            try:
+                results = self._publish_plan(self.plan(names), made)
+            except RegistryUnreachable as exc:  # retried already (RetryPolicy): one line, and why
+                raise unreachable(exc) from None
             images = {**(previous.images if previous else {}), **{r.key: r.image for r in results}}
             record = PublishRecord(MappingProxyType(images))
             if previous is None or record.to_json() != previous.to_json():
@@ -215,6 +202,37 @@ class Publisher:
                 self.engine.remove_image(tag)  # only the tag: the built image keeps its own
             raise
         return results
+
+    def _publish_plan(self, plan: list[Planned], made: list[str]) -> list[Published]:
+        planned = [self._check(image) for item in plan for image in item.images]
+        self._refuse_moved_tags(planned)
+        indexes = [(str(item.target), self._remote(item.target)) for item in plan if item.parts]
+        refuse_moved_indexes(indexes, force=self.force)
+        pushed = {
+            image.target: self._publish_one(image, size, remote, made) for image, size, remote in planned
+        }
+        return [
+            self._publish_index(item, [pushed[p.target] for p in item.parts])
+            if item.parts
+            else pushed[item.target]
+            for item in plan
+        ]
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The one policy for every registry call and push attempt: this publisher's backoff and clock."""
+        assert self.backoff is not None
+        return RetryPolicy(self.backoff, self.sleep, self.clock, self.progress)
+
+    def _target(self, namespace: ImageRef, key: str, built_ref: str) -> ImageRef:
+        """Where ``key``'s image built as ``built_ref`` goes: its repository under the namespace, and the
+        built tag as published in this project's compression."""
+        tag = published_tag(self.config, ImageRef.parse(built_ref).tag_or_latest)
+        return namespace.child(repository_name(key)).with_tag(tag)
+
+    def _registry(self, target: ImageRef, until: float | None = None) -> Registry:
+        """The client for ``target``'s registry, every call through the one retry policy."""
+        return retrying(self.connect(target.host), self.retry, until)
 
     def _check(self, item: Planned) -> tuple[Planned, int, Manifest | None]:
         """The item with its layers, the local image's size (it must still be the one built), and what the
@@ -226,13 +244,11 @@ class Publisher:
         if local.get("Id") != item.image_id:
             raise PublishError(f"{item.key}: {item.local_ref} is gone or no longer the image that was built",
                                hint="rerun `raybuild build`, then publish")  # fmt: skip
-        host, repository, tag = split_reference(item.target)
         item = replace(item, diff_ids=diff_ids(local))
-        return item, int(local.get("Size") or 0), self._remote(host, repository, tag)
+        return item, int(local.get("Size") or 0), self._remote(item.target)
 
     def _is_image(self, item: Planned, manifest: Manifest) -> bool:
-        host, repository, _ = split_reference(item.target)
-        registry = self.connect(host)
+        registry, repository = self._registry(item.target), item.target.path
         return is_image(registry, repository, manifest, item.image_id, item.diff_ids, self.compression)
 
     def _refuse_moved_tags(self, planned: list[tuple[Planned, int, Manifest | None]]) -> None:
@@ -252,60 +268,56 @@ class Publisher:
             self.progress(f"warning: --force: overwriting {line}")
 
     def _publish_one(self, item: Planned, size: int, remote: Manifest | None, made: list[str]) -> Published:
-        host, repository, _ = split_reference(item.target)
+        target = item.target
         # A tag whose layers are in another compression (pushed by another tool) is pushed again.
         if remote is not None and self._is_image(item, remote) and not wrong_layers(remote, self.compression):
             self.progress(f"{item.key}: {item.target} is already in the registry")
-            image = PublishedImage(ImageRef.parse(item.target), remote.digest, size, remote.compressed_size)
-            return Published(item.key, "skipped", self._with_sbom(host, item, image, remote))
+            image = PublishedImage(target, remote.digest, size, remote.compressed_size)
+            return Published(item.key, "skipped", self._with_sbom(item, image, remote))
         self.progress(f"pushing {item.key} -> {item.target}" + (
             f" ({self.compression} layers)" if self.compression.format != "gzip" else ""))  # fmt: skip
         assert self.deadline is not None
         until = self.clock() + self.deadline
-        digest = self._retrying(host, lambda: self._push_once(item, host, until, made), until)
-        digest = digest or self._repo_digest(item.target)
-        pushed = self._remote(host, repository, digest)
+        digest = self.retry.run(target.host, lambda: self._push_once(item, until, made), until)
+        digest = digest or self._repo_digest(target)
+        pushed = self._remote(target.with_digest(digest))
         if pushed is not None and pushed.config_digest is not None and not self._is_image(item, pushed):
             raise PublishError(f"{item.target}@{digest} is image {pushed.config_digest}, not {item.image_id}",
                                hint="was the tag pushed concurrently? rerun `raybuild publish`")  # fmt: skip
         if pushed is not None and self.compression.format != "gzip":
-            check_layers(item.target, pushed, self.compression)
+            check_layers(str(target), pushed, self.compression)
         compressed = pushed.compressed_size if pushed is not None else 0
-        image = PublishedImage(ImageRef.parse(item.target), digest, size, compressed)
-        return Published(item.key, "pushed", self._with_sbom(host, item, image, pushed))
+        image = PublishedImage(target, digest, size, compressed)
+        return Published(item.key, "pushed", self._with_sbom(item, image, pushed))
 
-    def _part(self, key: str, registry: str, platform: str, ref: str) -> Planned:
+    def _part(self, key: str, namespace: ImageRef, platform: str, ref: str) -> Planned:
         """One platform's image of a multi-platform entry, under its own tag in the target registry."""
         try:
             image_id = str(self.engine.inspect(ref).get("Id") or "")
         except EngineError:
             image_id = ""
-        tag = published_tag(self.config, split_reference(ref)[2])
-        target = f"{registry}/{repository_name(key)}:{tag}"
+        target = self._target(namespace, key, ref)
         return Planned(key, ref, image_id, target, platform, sbom=platforms.native(platform))
 
     def _publish_index(self, item: Planned, images: list[Published]) -> Published:
         """PUT the image index of ``images`` (each platform's, already pushed) under ``item.target``."""
-        host, repository, tag = split_reference(item.target)
+        target = item.target
 
         def put(manifests: list[Descriptor]) -> Manifest:
-            registry = self.connect(host)
-            return self._retrying(host, lambda: put_index(registry, repository, tag, manifests))
+            return put_index(self._registry(target), target.path, target.tag_or_latest, manifests)
 
         parts = [(part.platform, published.image) for part, published in zip(item.parts, images, strict=True)]
         status, image = publish_index(
             item.key,
-            item.target,
+            target,
             parts,
-            read=lambda reference: self._remote(host, repository, reference),
+            read=lambda reference: self._remote(target, reference),
             put=put,
             progress=self.progress,
         )
         return Published(item.key, status, image)
 
-    def _with_sbom(
-        self, host: str, item: Planned, image: PublishedImage, manifest: Manifest | None
-    ) -> PublishedImage:
+    def _with_sbom(self, item: Planned, image: PublishedImage, manifest: Manifest | None) -> PublishedImage:
         if self.attach_sbom is None:
             return image
         if not item.sbom:
@@ -317,45 +329,30 @@ class Publisher:
                 f"{item.key}: the registry does not show {item.target}'s manifest: no SBOM attached"
             )
             return image
-        attach, registry = self.attach_sbom, self.connect(host)
         try:
-            sbom = self._retrying(host, lambda: attach(registry, item.key, image, manifest))
+            sbom = self.attach_sbom(self._registry(item.target), item.key, image, manifest)
         except RegistryUnverifiable as exc:
             raise PublishError(
-                f"{item.key}: could not attach the SBOM to {image.pinned} ({exc}); nothing was recorded",
+                f"{item.key}: could not attach the SBOM to {image.pinned} ({exc.reason}); "
+                "nothing was recorded",
                 hint="raybuild's own registry client is anonymous: a registry that wants a login for it "
                 "needs `raybuild publish --no-sbom` (the images are pushed by docker, with its login)",
             ) from None
         return replace(image, sbom=sbom)
 
-    def _remote(self, host: str, repository: str, reference: str) -> Manifest | None:
+    def _remote(self, ref: ImageRef, reference: str | None = None) -> Manifest | None:
+        """What the registry holds at ``ref`` (its digest, else its tag), or at ``reference`` in its
+        repository; None where it holds nothing, or will not say."""
+        reference = reference or ref.api_reference
         try:
-            return self._retrying(host, lambda: self.connect(host).manifest(repository, reference))
+            return self._registry(ref).manifest(ref.path, reference)
         except RegistryUnverifiable as exc:
             # Docker may still push (its credential store, insecure-registries): let the push decide.
-            self.progress(f"could not read {host}/{repository}:{reference} anonymously ({exc})")
+            self.progress(f"could not read {ref.host}/{ref.path}:{reference} anonymously ({exc.reason})")
             return None
 
-    def _retrying(self, host: str, action: Callable[[], T], until: float | None = None) -> T:
-        """``action``, retried while the registry is unreachable: ``backoff.attempts`` in all, and none
-        that would start after ``until`` (a clock() time)."""
-        assert self.backoff is not None
-        attempts = self.backoff.attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return action()
-            except RegistryUnreachable as exc:
-                delay = self.backoff.delay(attempt - 1)
-                if attempt == attempts or (until is not None and self.clock() + delay >= until):
-                    raise unreachable(host, exc, attempt) from None
-                self.progress(
-                    f"registry {host}: {exc.reason}; attempt {attempt + 1}/{attempts} in {delay:g}s"
-                )
-                self.sleep(delay)
-        raise AssertionError("Backoff.attempts must be at least 1")
-
-    def _push_once(self, item: Planned, host: str, until: float, made: list[str]) -> str | None:
-        ref = item.target
+    def _push_once(self, item: Planned, until: float, made: list[str]) -> str | None:
+        ref, host = str(item.target), item.target.host
         show, seen, stage = self.output or self.progress, set[str](), PushStage()
 
         def on_line(line: str) -> None:
@@ -399,9 +396,10 @@ class Publisher:
                 f"docker push {ref} failed: {shown}", hint=push_hint(last) or exc.hint
             ) from None
 
-    def _repo_digest(self, target: str) -> str:
-        found = repo_digest(list(map(str, self.engine.inspect(target).get("RepoDigests") or [])), target)
+    def _repo_digest(self, target: ImageRef) -> str:
+        found = target.digest_among(map(str, self.engine.inspect(str(target)).get("RepoDigests") or []))
         if found is None:
-            name = target.rsplit(":", 1)[0]
-            raise PublishError(f"docker push {target} printed no digest, and the image has none for {name}")
+            raise PublishError(
+                f"docker push {target} printed no digest, and the image has none for {target.name}"
+            )
         return found

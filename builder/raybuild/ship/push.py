@@ -26,7 +26,8 @@ from raybuild.config import LoadedConfig
 from raybuild.engine import Result
 from raybuild.errors import PublishError
 from raybuild.progress import Progress
-from raybuild.registry import Manifest, Registry, RegistryUnverifiable, is_loopback, split_reference
+from raybuild.reference import ImageRef
+from raybuild.registry import Manifest, Registry, RegistryUnverifiable
 
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 _PUSH_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")
@@ -129,13 +130,12 @@ def push_image(
     a failed publish can remove it again. A zstd push makes no local tag.
     """
     if compression.format == "zstd":
-        host = split_reference(target)[0]
         return engine.copy_to_registry(
             local_ref,
             target,
             compression=compression.format,
             level=compression.level,
-            plain_http=is_loopback(host),
+            plain_http=ImageRef.parse(target).is_loopback,
             on_line=on_line,
             timeout=timeout,
         )
@@ -179,7 +179,11 @@ def diff_ids(inspected: dict[str, Any]) -> tuple[str, ...]:
 
 
 def config_diff_ids(registry: Registry, repository: str, manifest: Manifest) -> tuple[str, ...] | None:
-    """The uncompressed layer digests that the registry's image config lists; None when unreadable."""
+    """The uncompressed layer digests that the registry's image config lists; None when unreadable.
+
+    A registry that keeps failing (RegistryUnreachable, after ``registry``'s retries) is not "unreadable":
+    that error is raised, so publish stops with one line instead of treating the image as another.
+    """
     if manifest.config_digest is None:
         return None
     try:

@@ -1,7 +1,8 @@
 """What a failed push means, and what of its output may be shown.
 
 A failure is the registry's when it is down or had a transient fault: `classify_push_failure` says so, the
-publisher retries it on `Backoff`, and `unreachable` is the one line left after the last attempt. Any other
+publisher retries it as it retries every registry call (`raybuild.registry_retry`), and `unreachable` is
+the one line left after the last attempt. Any other
 failure gets `push_hint` where the output names a cause (a login, a plain-HTTP registry). Docker's output
 is shown through `redact`, so a line that may carry a credential never reaches the terminal or a CI log.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from raybuild.errors import PublishError
 from raybuild.registry import RegistryUnreachable, api_url
@@ -47,16 +47,9 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class Backoff:
-    attempts: int = 4
-    first_delay: float = 1.0  # then doubled: 1 s, 2 s, 4 s
-
-    def delay(self, retry: int) -> float:
-        return float(self.first_delay * 2**retry)
-
-
-def unreachable(host: str, exc: RegistryUnreachable, attempts: int) -> PublishError:
+def unreachable(exc: RegistryUnreachable) -> PublishError:
+    """Publish's line for a registry still failing after the retries (``exc.attempts`` of them)."""
+    host, attempts = exc.address, exc.attempts
     what = "is not reachable" if exc.down else "kept failing"
     message = f"registry {host} {what} ({exc.reason}, {attempts} attempts); nothing was recorded"
     if exc.down:

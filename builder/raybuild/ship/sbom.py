@@ -41,6 +41,7 @@ from raybuild.lock.cuda import cuda_need
 from raybuild.lock.resolve import normalize
 from raybuild.progress import Progress, silent
 from raybuild.records import PublishedImage, load_build_record, load_publish_record
+from raybuild.reference import ImageRef
 from raybuild.ship.inventory import DebPackage, Inventory, PythonDist, read_inventory
 from raybuild.ship.wheels import (
     PYPI_SIMPLE,
@@ -76,11 +77,11 @@ class SbomImage:
 
     @property
     def name(self) -> str:
-        return self.ref.rsplit(":", 1)[0]
+        return ImageRef.parse(self.ref).name
 
     @property
     def tag(self) -> str:
-        return self.ref.rsplit(":", 1)[1]
+        return ImageRef.parse(self.ref).tag_or_latest
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,10 @@ def _root(image: SbomImage, inventory: Inventory) -> Component:
     purl = None
     if published is not None:
         # The purl spec for OCI images: the name, the manifest digest as version, where it can be pulled.
-        repository = published.reference.name
-        qualifiers = {"repository_url": repository, "tag": image.tag}
+        repository = published.reference
+        qualifiers = {"repository_url": repository.name, "tag": image.tag}
         purl = PackageURL(
-            "oci", name=repository.rsplit("/", 1)[-1], version=published.digest, qualifiers=qualifiers
+            "oci", name=repository.path.rsplit("/", 1)[-1], version=published.digest, qualifiers=qualifiers
         )
     return Component(
         type=ComponentType.CONTAINER,

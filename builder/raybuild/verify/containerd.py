@@ -35,7 +35,7 @@ from raybuild.errors import EngineError, SmokeTestError
 from raybuild.kuberay import required_cpus
 from raybuild.loopback import wait_until
 from raybuild.progress import Progress, silent
-from raybuild.registry import is_loopback, split_reference
+from raybuild.reference import ImageRef
 
 NAMESPACE = "k8s.io"  # kubelet's containerd namespace
 SHM_SIZE = "1g"
@@ -150,7 +150,7 @@ class ContainerdNode:
     def pull(self, ref: str, deadline: float | None = None) -> float:
         """Seconds to fetch and unpack ``ref``, as kubelet's pull does; an error past ``deadline`` seconds."""
         args = ["images", "pull"]
-        if is_loopback(split_reference(ref)[0]):
+        if ImageRef.parse(ref).is_loopback:
             args.append("--plain-http")  # as Docker allows for 127.0.0.0/8
         started = time.monotonic()
         self.ctr(*args, ref, timeout=deadline, what=f"ctr images pull {ref} on the cold node")

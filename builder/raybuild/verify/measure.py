@@ -23,7 +23,9 @@ from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
 from raybuild.images import ImageReferences, image_references
 from raybuild.progress import Progress, silent
 from raybuild.records import load_build_record
+from raybuild.reference import ImageRef
 from raybuild.registry import HttpRegistry, Registry
+from raybuild.registry_retry import RetryPolicy, retrying
 from raybuild.ship.push import Compression
 from raybuild.state import HEAD_KEY, failure_log_path, project_id
 from raybuild.verify import coldstart
@@ -188,8 +190,9 @@ def measure(
             raise MeasureError(
                 f"app {name!r}: image {ref} is not in the engine", hint=f"run `raybuild build {name}`"
             )
-    host = config.project.registry.split("/", 1)[0]
-    target = registry if registry is not None else HttpRegistry(host, timeout=30.0)
+    host = ImageRef.parse_name(config.project.registry).host
+    connected = registry if registry is not None else HttpRegistry(host, timeout=30.0)
+    target = retrying(connected, RetryPolicy.of(config, progress))
     reachable = target.reachable()
     if not reachable:
         progress(

@@ -22,6 +22,7 @@ from typing import IO, Any, TypeVar
 
 from raybuild.engine import Engine, which
 from raybuild.errors import MeasureError
+from raybuild.reference import ImageRef
 from raybuild.registry import IMAGE_MANIFEST_TYPES, Registry, RegistryUnreachable, RegistryUnverifiable
 from raybuild.ship.push import GZIP, Compression, push_image, wrong_layers
 from raybuild.verify.coldstart import measure_labels
@@ -53,9 +54,7 @@ def measure_ref(ref: str, app: str, registry: str) -> str:
 
     ``registry`` is the project's HOST[:PORT]/NAMESPACE ([project].registry).
     """
-    name, _, tag = ref.partition("@")[0].rpartition(":")
-    if not name or "/" in tag:
-        tag = "latest"
+    tag = ImageRef.parse(ref).tag_or_latest
     return f"{registry.rstrip('/')}/{app}{MEASURE_SUFFIX}:{tag}"
 
 
@@ -177,7 +176,7 @@ def _read(registry: Registry, what: str, read: Callable[[], T | None]) -> T:
     try:
         found = read()
     except (RegistryUnreachable, RegistryUnverifiable) as exc:
-        raise MeasureError(f"registry {registry.address}: {what}: {exc}", hint=hint) from None
+        raise MeasureError(f"registry {registry.address}: {what}: {exc.reason}", hint=hint) from None
     if found is None:
         raise MeasureError(f"registry {registry.address}: {what}: not found", hint=hint)
     return found
@@ -199,7 +198,8 @@ def pushed_layers(
     finally:
         for tag in made:
             engine.docker_cmd("image", "rm", tag, check=False)  # only the tag; the image stays
-    repository, _, tag = target.removeprefix(f"{registry.address}/").rpartition(":")
+    pushed = ImageRef.parse(target)
+    repository, tag = pushed.path, pushed.api_reference
     manifest = _read(registry, f"manifest {repository}:{tag}", lambda: registry.manifest(repository, tag))
     config_digest = manifest.config_digest
     if manifest.media_type not in IMAGE_MANIFEST_TYPES or config_digest is None:

@@ -22,7 +22,8 @@ from raybuild.image.prune import prune_plan, prune_script
 from raybuild.images import with_found_deployments
 from raybuild.lock import resolve as locking
 from raybuild.records import BuiltImage, load_build_record
-from raybuild.registry import RegistryUnreachable, RegistryUnverifiable, split_reference
+from raybuild.reference import ImageRef
+from raybuild.registry import RegistryUnreachable, RegistryUnverifiable
 from raybuild.state import HEAD_KEY, build_record_path
 from raybuild.tags import head_ref, image_ref, multi_platform_ref
 from tests.conftest import TmpProject, other_app
@@ -590,7 +591,7 @@ def registry_with(*refs: str) -> FakeRegistry:
     """A registry holding each ref, as the image FakeEngine's pull of it yields."""
     registry = FakeRegistry()
     for ref in refs:
-        _, repository, tag = split_reference(ref)
+        repository, tag = ImageRef.parse(ref).path, ImageRef.parse(ref).tag_or_latest
         registry.store(repository, tag, image_id(f"registry:{ref}"))
     return registry
 
@@ -650,7 +651,9 @@ def test_the_registrys_image_replaces_a_local_one_of_the_same_tag(
     ref, head = refs(project, tmp_path)
     engine = FakeEngine(images=[ref, head], remote=remote_of(ref))
     registry = registry_with(ref)
-    registry.store(*split_reference(head)[1:], engine.images[head])  # the head matches: kept
+    registry.store(
+        ImageRef.parse(head).path, ImageRef.parse(head).tag_or_latest, engine.images[head]
+    )  # the head matches: kept
     progress: list[str] = []
     image, head_image = Builder(
         project, engine, connect=registry.connect, progress=progress.append

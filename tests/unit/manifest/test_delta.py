@@ -106,13 +106,19 @@ def test_a_new_app_digest_upgrades_the_rayservice_and_says_why(config: LoadedCon
 def test_the_reason_comes_from_raybuilds_labels(
     before: dict[str, str], after: dict[str, str], reason: str
 ) -> None:
-    old, new = ImageRef.parse("r/ns/web:v1@sha256:1"), ImageRef.parse("r/ns/web:v2@sha256:2")
+    old, new = (
+        ImageRef.parse("r/ns/web:v1@sha256:" + "1" * 64),
+        ImageRef.parse("r/ns/web:v2@sha256:" + "2" * 64),
+    )
     (change,) = image_changes({"web": old}, {"web": new}, labels_of({str(old): before, str(new): after}))
     assert change.reason == reason
 
 
 def test_without_labels_an_image_just_changed() -> None:
-    old, new = ImageRef.parse("r/ns/web:v1@sha256:1"), ImageRef.parse("r/ns/web:v2@sha256:2")
+    old, new = (
+        ImageRef.parse("r/ns/web:v1@sha256:" + "1" * 64),
+        ImageRef.parse("r/ns/web:v2@sha256:" + "2" * 64),
+    )
     assert image_changes({"web": old}, {"web": new})[0].reason == "image changed"
     assert image_changes({"web": old}, {"web": new}, lambda ref: None)[0].reason == "image changed"
 

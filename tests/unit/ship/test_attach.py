@@ -15,6 +15,7 @@ from raybuild.engine import Result
 from raybuild.errors import PublishError
 from raybuild.progress import Progress
 from raybuild.records import PublishRecord
+from raybuild.reference import ImageRef
 from raybuild.registry import (
     OCI_INDEX,
     OCI_MANIFEST,
@@ -23,7 +24,6 @@ from raybuild.registry import (
     attach,
     fallback_tag,
     find_referrers,
-    split_reference,
 )
 from raybuild.ship.attach import MARK, SbomAttacher, attached_sbom
 from raybuild.ship.publish import Publisher
@@ -125,7 +125,9 @@ class PushEngine(FakeEngine):
 
     def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result:
         digest = store(self.registry, ref, self.images[ref])
-        return Result(["docker", "push", ref], 0, f"{split_reference(ref)[2]}: digest: {digest} size: 1")
+        return Result(
+            ["docker", "push", ref], 0, f"{ImageRef.parse(ref).tag_or_latest}: digest: {digest} size: 1"
+        )
 
 
 def publisher(

@@ -23,6 +23,7 @@ from raybuild.images import image_references
 from raybuild.interrupts import Interrupted
 from raybuild.progress import Progress
 from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
+from raybuild.reference import ImageRef
 from raybuild.registry import (
     OCI_MANIFEST,
     Manifest,
@@ -30,9 +31,10 @@ from raybuild.registry import (
     RegistryUnverifiable,
     parse_manifest,
 )
-from raybuild.ship.publish import Publisher, split_reference
+from raybuild.registry_retry import Backoff
+from raybuild.ship.publish import Publisher
 from raybuild.ship.push import PushStage, push_digest
-from raybuild.ship.push_failures import Backoff, classify_push_failure, redact, secret_values
+from raybuild.ship.push_failures import classify_push_failure, redact, secret_values
 from raybuild.state import HEAD_KEY, publish_record_path
 from raybuild.tags import published_tag
 from tests.conftest import other_app
@@ -54,12 +56,12 @@ OTHER_APP = "\n" + other_app()
 
 
 def stored(registry: FakeRegistry, ref: str) -> Manifest:
-    _, repository, tag = split_reference(ref)
+    repository, tag = ImageRef.parse(ref).path, ImageRef.parse(ref).tag_or_latest
     return registry.manifests[(repository, tag)]
 
 
 def store(registry: FakeRegistry, ref: str, image_id: str, layers: tuple[int, ...] = (1000, 2000)) -> str:
-    _, repository, tag = split_reference(ref)
+    repository, tag = ImageRef.parse(ref).path, ImageRef.parse(ref).tag_or_latest
     return registry.store(repository, tag, image_id, layers).digest
 
 
@@ -166,7 +168,7 @@ def store_oci(registry: FakeRegistry, ref: str, diff_ids: list[str], *, zstd: bo
         }
     ).encode()  # fmt: skip
     manifest = parse_manifest(body)
-    _, repository, tag = split_reference(ref)
+    repository, tag = ImageRef.parse(ref).path, ImageRef.parse(ref).tag_or_latest
     registry.manifests[(repository, tag)] = registry.manifests[(repository, manifest.digest)] = manifest
     registry.blobs[config_digest] = config
     return manifest.digest
@@ -239,15 +241,6 @@ def test_push_digest_is_the_last_digest_line() -> None:
     assert push_digest(f"v1: digest: sha256:{'e' * 64} size: 1\n" + output) == digest
     assert push_digest("abc: Pushed\n") is None
     assert push_digest("digest: sha256:short size: 1") is None
-
-
-def test_split_reference() -> None:
-    assert split_reference("127.0.0.1:5000/ns/app:ray2.60.0-cpu") == (
-        "127.0.0.1:5000",
-        "ns/app",
-        "ray2.60.0-cpu",
-    )
-    assert split_reference("localhost:5000/a/b/c") == ("localhost:5000", "a/b/c", "latest")
 
 
 @pytest.mark.parametrize(
@@ -900,13 +893,13 @@ def test_zstd_is_copied_from_the_daemon_under_a_tag_of_its_own(
 ) -> None:
     results = {r.key: r for r in zstd_publisher.publish()}
     assert engine.tags == []  # skopeo reads the daemon's image: no local tag to make or clean up
-    head_tag = published_tag(zstd_publisher.config, split_reference(HEAD_REF)[2])
-    demo_tag = published_tag(zstd_publisher.config, split_reference(DEMO_REF)[2])
+    head_tag = published_tag(zstd_publisher.config, ImageRef.parse(HEAD_REF).tag_or_latest)
+    demo_tag = published_tag(zstd_publisher.config, ImageRef.parse(DEMO_REF).tag_or_latest)
     assert [(c[0], c[1], c[2], c[3], c[4]) for c in engine.copied] == [
         (HEAD_REF, f"127.0.0.1:5000/demo/ray-head:{head_tag}", "zstd", 19, True),
         (DEMO_REF, f"127.0.0.1:5000/demo/demo:{demo_tag}", "zstd", 19, True),
     ]
-    assert demo_tag != split_reference(DEMO_REF)[2]  # the gzip tag is never moved
+    assert demo_tag != ImageRef.parse(DEMO_REF).tag_or_latest  # the gzip tag is never moved
     record = PublishRecord.load(publish_record_path(zstd_publisher.config))
     assert record is not None
     pushed = stored(registry, str(results["demo"].image.reference))
@@ -939,7 +932,7 @@ def test_a_zstd_push_that_left_gzip_layers_fails_naming_them(
 def test_a_zstd_tag_holding_other_layers_is_not_moved(
     zstd_publisher: Publisher, engine: FakeEngine, registry: FakeRegistry
 ) -> None:
-    demo_tag = published_tag(zstd_publisher.config, split_reference(DEMO_REF)[2])
+    demo_tag = published_tag(zstd_publisher.config, ImageRef.parse(DEMO_REF).tag_or_latest)
     store_oci(registry, f"127.0.0.1:5000/demo/demo:{demo_tag}", [BASE, RAY, OTHER_ID])
     with pytest.raises(PublishError, match="refusing to move a content-addressed tag"):
         zstd_publisher.publish(("demo",))
@@ -952,6 +945,69 @@ def test_a_zstd_push_is_retried_like_a_docker_push(
     engine.script = [push_failure("dial tcp 127.0.0.1:5000: connect: connection refused")]
     zstd_publisher.publish(("demo",))
     assert len(engine.copied) == 3 and run.sleeps == [1.0]
+
+
+def _service_unavailable(times: int) -> list[Exception]:
+    return [RegistryUnreachable("HTTP 503 Service Unavailable", down=False) for _ in range(times)]
+
+
+def test_a_zstd_config_blob_that_keeps_failing_is_one_line_after_the_retries(
+    zstd_publisher: Publisher, engine: FakeEngine, registry: FakeRegistry, run: Run
+) -> None:
+    """A zstd image is recognised by its config's diff IDs: a 503 on that blob read was a traceback."""
+    zstd_publisher.publish(("demo",))
+    registry.blob_failures = _service_unavailable(10)
+    with pytest.raises(PublishError) as raised:
+        zstd_publisher.publish(("demo",))
+    assert str(raised.value) == (
+        "registry 127.0.0.1:5000 kept failing (HTTP 503 Service Unavailable, 4 attempts); "
+        "nothing was recorded"
+    )
+    assert "\n" not in str(raised.value) and raised.value.hint
+    assert run.sleeps == [1.0, 2.0, 4.0]  # the publisher's backoff, [limits].registry_attempts in all
+    assert len(registry.blob_failures) == 6  # four reads, then it stopped
+    assert len(engine.copied) == 2  # nothing was pushed again (the head and demo of the first publish)
+
+
+def test_a_zstd_config_blob_that_fails_once_is_read_again_and_the_image_skipped(
+    zstd_publisher: Publisher, registry: FakeRegistry, run: Run
+) -> None:
+    zstd_publisher.publish(("demo",))
+    registry.blob_failures = _service_unavailable(1)
+    assert {r.status for r in zstd_publisher.publish(("demo",))} == {"skipped"}
+    assert run.sleeps == [1.0]
+    retried = "registry 127.0.0.1:5000: HTTP 503 Service Unavailable; attempt 2/4 in 1s"
+    assert retried in run.progress
+
+
+def test_cli_a_zstd_config_blob_503_is_one_error_line_not_a_traceback(
+    fake_cli: Callable[..., MainResult],
+    run_main: Callable[..., MainResult],
+    registry: FakeRegistry,
+    project: LoadedConfig,
+) -> None:
+    project.path.write_text(project.path.read_text() + ZSTD)
+    assert fake_cli(run_main).exit_code == 0
+    registry.blob_failures = _service_unavailable(10)
+    result = fake_cli(run_main)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: registry 127.0.0.1:5000 kept failing (HTTP 503 Service Unavailable, 4 attempts); "
+        "nothing was recorded"
+    ]
+
+
+def test_a_permanent_registry_error_on_the_config_blob_is_not_retried(
+    zstd_publisher: Publisher, registry: FakeRegistry, run: Run, engine: FakeEngine
+) -> None:
+    """A 401 is permanent: asking again gets the same answer, so it is not retried."""
+    zstd_publisher.publish(("demo",))
+    registry.blob_failures = [RegistryUnverifiable("HTTP 401 Unauthorized")]
+    with pytest.raises(PublishError, match="refusing to move a content-addressed tag"):
+        zstd_publisher.publish(("demo",))
+    assert run.sleeps == [] and registry.blob_failures == []
 
 
 def test_a_stalled_skopeo_copy_names_the_blob_it_was_copying() -> None:
@@ -975,14 +1031,14 @@ def test_a_multi_platform_zstd_image_is_each_platforms_zstd_image_then_an_index_
     publisher = Publisher(config, engine, connect=registry.connect, progress=run.progress.append, secrets=())
     results = {r.key: r for r in publisher.publish(("demo",))}
     # Each platform's image is copied with zstd under its own rehashed tag; none moves a gzip tag.
-    zstd = {ref: f"127.0.0.1:5000/demo/demo:{published_tag(config, split_reference(ref)[2])}"
+    zstd = {ref: f"127.0.0.1:5000/demo/demo:{published_tag(config, ImageRef.parse(ref).tag_or_latest)}"
             for ref in (AMD64_REF, ARM64_REF)}  # fmt: skip
     assert [(c[0], c[1], c[2]) for c in engine.copied if "/demo:" in c[0]] == [
         (AMD64_REF, zstd[AMD64_REF], "zstd"),
         (ARM64_REF, zstd[ARM64_REF], "zstd"),
     ]
-    index_tag = published_tag(config, split_reference(BOTH_REF)[2])
-    assert index_tag != split_reference(BOTH_REF)[2]
+    index_tag = published_tag(config, ImageRef.parse(BOTH_REF).tag_or_latest)
+    assert index_tag != ImageRef.parse(BOTH_REF).tag_or_latest
     index = json.loads(registry.bodies[("demo/demo", index_tag)])
     assert [m["digest"] for m in index["manifests"]] == [
         stored(registry, zstd[AMD64_REF]).digest,
