@@ -273,15 +273,15 @@ def run_drill(
         target = cluster.node("worker", app) if app else cluster.node("worker")
         grace = kuberay.TERMINATION_GRACE_S
         progress(f"t={t_kill:.1f}s: stopping worker {target.name} (SIGTERM, {grace}s grace period)")
-        engine.docker_cmd("stop", "-t", str(grace), target.name, check=False, timeout=grace + STOP_MARGIN_S)
+        engine.stop(target.name, grace=grace, timeout=grace + STOP_MARGIN_S)
         progress(f"t={loop.now():.1f}s: {target.name} drained and stopped; starting a new one")
         _replace(engine, project, cluster, target)
     else:
         target = cluster.node("gcs")
         progress(f"t={t_kill:.1f}s: stopping the GCS store {target.name} for {outage:.0f}s")
-        engine.docker_cmd("stop", "-t", "0", target.name, check=False)
+        engine.stop(target.name, grace=0)
         time.sleep(outage)
-        engine.docker_cmd("start", target.name, check=False)
+        engine.start(target.name)
     checked = cluster.node("head") if kind == "gcs-outage" else target
     recovered = wait_until(lambda: kuberay.probe(engine, checked.name, checked.role), timeout, interval=0.5)
     t_healthy = loop.now()
