@@ -48,7 +48,7 @@ def classify_failure(output: str) -> str | None:
 
 @dataclass
 class Runner:
-    """Runs commands. ``debug`` echoes every command to ``echo``; ``env`` is added to each one's environment."""
+    """Runs commands: ``debug`` echoes each to ``echo``; ``env`` is added to each one's environment."""
 
     debug: bool = False
     echo: Progress | None = None
