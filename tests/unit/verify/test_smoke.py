@@ -15,6 +15,7 @@ from raybuild.engine import Engine
 from raybuild.errors import SmokeTestError
 from raybuild.state import BuiltImage, project_id, save_build_record
 from raybuild.verify import smoke
+from raybuild.engine import run_detached_args
 from tests.unit.fakes import FakeEngine, make_app
 from tests.unit.serve_failures import REPLICA_LOG, failed_status
 
@@ -269,9 +270,9 @@ def test_the_test_command_smoke_tests_the_given_image(
 def test_another_platforms_head_runs_under_emulation_with_its_platform() -> None:
     emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
     spec = smoke.head_spec("img:1", 2, PROJECT, platform=emulated)
-    assert spec.run_args()[:6] == ["run", "-d", "--name", spec.name, "--platform", emulated]
+    assert run_detached_args(spec)[:6] == ["run", "-d", "--name", spec.name, "--platform", emulated]
     native = smoke.head_spec("img:1", 2, PROJECT)
-    assert "--platform" not in native.run_args()
+    assert "--platform" not in run_detached_args(native)
 
 
 def test_the_test_command_tests_every_platform_the_app_was_built_for(
