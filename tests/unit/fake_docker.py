@@ -63,9 +63,28 @@ class Call:
     args: tuple[Any, ...]
     kwargs: Mapping[str, Any]
 
-    def __getitem__(self, name: str) -> Any:
-        """A keyword argument's value (``build["target"]``)."""
-        return self.kwargs[name]
+    @property
+    def words(self) -> tuple[Any, ...]:
+        """The verb, then its positional arguments: ``("exec", "head", "bash", "-c", ...)``."""
+        return (self.verb, *self.args)
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        """A keyword argument's value (``build["target"]``), or of ``words`` (``exec[1]``, ``exec[:3]``)."""
+        return self.kwargs[key] if isinstance(key, str) else list(self.words)[key]
+
+    def __contains__(self, word: object) -> bool:
+        return word in self.words
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to another Call, or to the list of its ``words``."""
+        if isinstance(other, list):
+            return list(self.words) == other
+        if isinstance(other, Call):
+            return (self.verb, self.args, dict(self.kwargs)) == (other.verb, other.args, dict(other.kwargs))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.verb, len(self.args)))
 
 
 @dataclass(frozen=True)
@@ -235,12 +254,15 @@ class FakeEngine:
         ``Result`` of a verb that returns one."""
         if verb.startswith("_") or not callable(getattr(type(self), verb, None)):
             raise NotModelled(f"FakeEngine has no verb {verb!r}")
+        if output is None and returncode != 0:
+            output = ""
         if output is not None:
             returns = Result([verb, *map(str, prefix)], returncode, output)
         self._script.insert(0, (verb, prefix, Answer(returns, raises)))
 
-    def calls(self, verb: str | None = None) -> list[Call]:
-        return [c for c in self.log if verb is None or c.verb == verb]
+    def calls(self, verb: str | None = None, *prefix: Any) -> list[Call]:
+        """The recorded calls of ``verb`` (all, without one) whose arguments start with ``prefix``."""
+        return [c for c in self.log if verb in (None, c.verb) and _prefix_matches(prefix, c.args)]
 
     def verbs(self) -> list[str]:
         return [c.verb for c in self.log]
@@ -525,7 +547,9 @@ class FakeEngine:
 
     def logs(self, container: str, tail: int = 30) -> str:
         answer = self._called("logs", container, tail=tail)
-        return "" if answer is None else str(answer.returns)
+        if answer is None:
+            return ""
+        return answer.returns.output if isinstance(answer.returns, Result) else str(answer.returns)
 
     def published_port(self, container: str, port: int) -> int:
         answer = self._called("published_port", container, port)

@@ -493,7 +493,7 @@ def test_a_push_past_its_deadline_is_killed_and_says_so(tmp_path: Path) -> None:
 
 def test_published_port_reads_docker_port() -> None:
     engine = FakeEngine()
-    engine.script("port", "head", "8265/tcp", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     assert engine.published_port("head", 8265) == 49153
 
 

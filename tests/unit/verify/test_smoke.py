@@ -82,6 +82,7 @@ def test_unresolved_shared_libraries_name_the_library() -> None:
 
 def test_a_failed_import_is_reported_with_its_last_lines() -> None:
     engine = FakeEngine()
+    engine.containers["head"] = {}
     engine.script(
         "exec", "head", "python", returncode=1, output="Traceback ...\nImportError: libcudart.so.12"
     )
@@ -94,6 +95,7 @@ def test_a_failed_import_is_reported_with_its_last_lines() -> None:
 
 def test_resolved_libraries_and_a_clean_import_pass() -> None:
     engine = FakeEngine()
+    engine.containers["head"] = {}
     smoke.check_cuda_libraries(engine, "head", make_app("cuda"))
     ldd, imported = engine.calls("exec")
     assert ldd[:4] == ["exec", "head", "bash", "-c"] and "ldd" in ldd[4]
@@ -133,7 +135,7 @@ def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(
 ) -> None:
     app = tmp_project.load().apps[0]
     engine = FakeEngine()
-    engine.script("port", "*", "8265/tcp", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script(
         "exec", "*", "bash", "-c", FETCH, output="  HTTP/1.1 200 OK\n  content-type: text/plain\ndemo"
     )
@@ -153,8 +155,8 @@ def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(
             {"applications": [smoke.serve_application(app)]},
         )
     ]
-    [run] = engine.calls("run")
-    assert run[-1] == kuberay.head_command(kuberay.required_cpus(app))
+    [run] = engine.calls("run_detached")
+    assert run.args[0].command == kuberay.head_command(kuberay.required_cpus(app))
     probes = [call[-1] for call in engine.calls("exec") if call[2] == "timeout"]
     assert probes == [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE], "KubeRay's probes, bounded, before the deploy"
     assert engine.containers == {}
@@ -165,7 +167,7 @@ def test_smoke_test_reports_a_failed_deploy_and_removes_the_container(
 ) -> None:
     config = tmp_project.load()
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     monkeypatch.setattr(kuberay, "http", lambda *args, **kwargs: (500, "Internal Server Error"))
     with pytest.raises(SmokeTestError) as raised:
         smoke.smoke_test(config.apps[0], "img:1", engine, project=PROJECT, timeout=5)
@@ -177,7 +179,7 @@ def test_smoke_test_names_the_apps_serve_status_when_the_route_never_answers(
     tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="HTTP/1.1 404 Not Found")
     status = {"applications": {"demo": {"status": "DEPLOYING", "message": "Deploying app 'demo'."}}}
     answers = {"PUT": (200, "{}"), "GET": (200, json.dumps(status))}
@@ -205,7 +207,7 @@ def test_a_failed_deploy_stops_the_test_at_the_first_status_poll(
     tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch, constructor: bool, expected: str
 ) -> None:
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="wget: can't connect")
     engine.script("exec", "*", "tail", output="INFO replica -- Started initializing replica.")
     gets: list[str] = []
@@ -238,7 +240,7 @@ def test_a_failed_deploy_stops_the_test_at_the_first_status_poll(
 
 def test_a_head_that_never_passes_its_probes_is_reported_with_its_logs(tmp_project: TmpProject) -> None:
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "timeout", returncode=124)
     engine.script("logs", output="raylet died")
     with pytest.raises(SmokeTestError) as raised:
@@ -324,9 +326,9 @@ def test_testing_a_platform_the_app_was_not_built_for_is_one_error(
 
 def test_a_head_that_exits_fails_at_once_not_at_the_timeout(tmp_project: TmpProject) -> None:
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "timeout", returncode=1)
-    engine.script("inspect", "-f", "{{.State.Running}}", output="false\n")
+    engine.script("container_state", returns={"Running": False})
     engine.script("logs", output="RuntimeError: Failed to start GCS.")
     with pytest.raises(SmokeTestError) as raised:
         # A timeout the test would never reach: the exit is noticed at the first poll.
@@ -345,16 +347,16 @@ def test_an_emulated_head_gives_its_gcs_longer_to_start() -> None:
 def test_an_emulated_head_that_exits_during_start_up_is_started_again(tmp_project: TmpProject) -> None:
     emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "timeout", returncode=1)
-    engine.script("inspect", "-f", "{{.State.Running}}", output="false\n")
+    engine.script("container_state", returns={"Running": False})
     engine.script("logs", output="Exception: The current node timed out during startup.")
     with pytest.raises(smoke.HeadExited):
         smoke.smoke_test(
             tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=3600, platform=emulated
         )
     # Ray's fixed 30 s raylet window: an emulated head gets its attempts, each in a new container.
-    runs = engine.calls("run")
+    runs = engine.calls("run_detached")
     assert len(runs) == smoke.EMULATED_HEAD_ATTEMPTS
-    assert len({run[run.index("--name") + 1] for run in runs}) == smoke.EMULATED_HEAD_ATTEMPTS
+    assert len({run.args[0].name for run in runs}) == smoke.EMULATED_HEAD_ATTEMPTS
     assert engine.containers == {}
