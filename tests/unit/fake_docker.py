@@ -13,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raybuild.docker_client import DockerClient
 from raybuild.docker_verbs import DetachedContainer
+from raybuild.engine import run_detached_args
 from raybuild.errors import BuildError, EngineError
 from raybuild.labels import PROJECT_LABEL, label_filters
 from raybuild.progress import Progress
@@ -93,11 +94,15 @@ class Answer:
 
     returns: Any = None
     raises: BaseException | None = None
+    when: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _prefix_matches(prefix: tuple[Any, ...], args: Iterable[Any]) -> bool:
     values = list(args)
-    return len(values) >= len(prefix) and all(p in ("*", a) for p, a in zip(prefix, values, strict=False))
+    # A container spec (run_detached's argument) matches its name.
+    return len(values) >= len(prefix) and all(
+        p in ("*", a, getattr(a, "name", None)) for p, a in zip(prefix, values, strict=False)
+    )
 
 
 class FakeRunner:
@@ -223,6 +228,7 @@ class FakeEngine:
         self.labels: dict[str, dict[str, str]] = {}  # image ID -> labels (import's `LABEL k=v` changes)
         self.containers: dict[str, dict[str, str]] = {}  # name -> labels
         self.stopped: set[str] = set()
+        self.removed: list[str] = []  # containers and networks removed, by name, in order
         self.networks: dict[str, dict[str, str]] = {}
         self.created: list[str] = []  # refs in the order they were made (imported, tagged, pulled)
         self.dockerfiles: list[str] = []  # the Dockerfile of each build, read when it ran
@@ -248,17 +254,18 @@ class FakeEngine:
         raises: BaseException | None = None,
         output: str | None = None,
         returncode: int = 0,
+        when: Mapping[str, Any] | None = None,
     ) -> None:
         """Answer calls of ``verb`` whose positional arguments start with ``prefix`` (``*``: any one);
         later scripts win, and the model is left as it is. ``output`` (and ``returncode``) return the
-        ``Result`` of a verb that returns one."""
+        ``Result`` of a verb that returns one; ``when``: only calls with these keyword arguments."""
         if verb.startswith("_") or not callable(getattr(type(self), verb, None)):
             raise NotModelled(f"FakeEngine has no verb {verb!r}")
         if output is None and returncode != 0:
             output = ""
         if output is not None:
             returns = Result([verb, *map(str, prefix)], returncode, output)
-        self._script.insert(0, (verb, prefix, Answer(returns, raises)))
+        self._script.insert(0, (verb, prefix, Answer(returns, raises, dict(when or {}))))
 
     def calls(self, verb: str | None = None, *prefix: Any) -> list[Call]:
         """The recorded calls of ``verb`` (all, without one) whose arguments start with ``prefix``."""
@@ -272,7 +279,14 @@ class FakeEngine:
 
     def _called(self, verb: str, *args: Any, **kwargs: Any) -> Answer | None:
         self.log.append(Call(verb, args, kwargs))
-        answer = next((a for v, p, a in self._script if v == verb and _prefix_matches(p, args)), None)
+        answer = next(
+            (
+                a
+                for v, p, a in self._script
+                if v == verb and _prefix_matches(p, args) and all(kwargs.get(k) == w for k, w in a.when.items())
+            ),
+            None,
+        )
         if answer is not None and answer.raises is not None:
             raise answer.raises
         return answer
@@ -575,6 +589,7 @@ class FakeEngine:
         ids = self.container_ids(labels, name=name)
         for found in [n for n in self.containers if container_id(n) in ids]:
             del self.containers[found]
+            self.removed.append(found)
             self.stopped.discard(found)
         return len(ids)
 
@@ -614,6 +629,7 @@ class FakeEngine:
         if found is None:
             return False
         del self.networks[found]
+        self.removed.append(found)
         return True
 
     # -- label-scoped sweeps ----------------------------------------------------------------------------
@@ -641,6 +657,11 @@ class FakeEngine:
             if self.echo:
                 where = f"label={PROJECT_LABEL}={labels.get(PROJECT_LABEL, '')}"
                 self.echo(f"warning: cleanup failed ({exc.message}); see `docker ps -a --filter {where}`")
+
+
+def docker_runs(engine: FakeEngine) -> list[list[str]]:
+    """The `docker run -d` command line of each container the code under test started, in order."""
+    return [run_detached_args(call.args[0]) for call in engine.calls("run_detached")]
 
 
 def docker_error(message: str, output: str = "", returncode: int = 1) -> EngineError:

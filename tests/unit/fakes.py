@@ -28,6 +28,7 @@ from tests.unit.fake_docker import (
     ScriptedDocker,
     container_id,
     docker_error,
+    docker_runs,
     image_id,
     network_id,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "ScriptedDocker",
     "container_id",
     "docker_error",
+    "docker_runs",
     "image_id",
     "network_id",
 ]

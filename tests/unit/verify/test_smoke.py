@@ -11,11 +11,10 @@ import pytest
 
 from raybuild import kuberay, platforms
 from raybuild.config_apps import App
-from raybuild.engine import Engine
+from raybuild.engine import Engine, run_detached_args
 from raybuild.errors import SmokeTestError
 from raybuild.state import BuiltImage, project_id, save_build_record
 from raybuild.verify import smoke
-from raybuild.engine import run_detached_args
 from tests.unit.fakes import FakeEngine, make_app
 from tests.unit.serve_failures import REPLICA_LOG, failed_status
 
