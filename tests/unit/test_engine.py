@@ -522,7 +522,7 @@ def test_which_finds_a_tool_beside_the_interpreter_before_path(
 
 def test_run_python_runs_offline_and_its_container_is_removed_when_interrupted() -> None:
     engine = FakeEngine()
-    engine.script("run", "--rm", raises=KeyboardInterrupt())  # type: ignore[arg-type]
+    engine.script("run_python", raises=KeyboardInterrupt())  # type: ignore[arg-type]
     with pytest.raises(KeyboardInterrupt):
         engine.run_python("img:1", b"print(1)", ["a"], labels=MINE, timeout=5, what="probe")
     (args,) = engine.calls("run")
