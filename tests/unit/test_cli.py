@@ -379,9 +379,9 @@ def test_down_with_the_daemon_unreachable_is_one_error_line_and_keeps_the_record
     tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch, run_main: Callable[..., MainResult]
 ) -> None:
     from raybuild.cli import down as down_cli
-    from raybuild.state import cluster_record_path
     from raybuild.errors import EngineError
-from tests.unit.fakes import FakeEngine, docker_error
+    from raybuild.state import cluster_record_path
+    from tests.unit.fakes import FakeEngine, docker_error
 
     monkeypatch.delenv("DOCKER_HOST", raising=False)  # the hint names it when it is set
     record = cluster_record_path(tmp_project.load())
