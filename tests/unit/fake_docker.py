@@ -283,7 +283,9 @@ class FakeEngine:
             (
                 a
                 for v, p, a in self._script
-                if v == verb and _prefix_matches(p, args) and all(kwargs.get(k) == w for k, w in a.when.items())
+                if v == verb
+                and _prefix_matches(p, args)
+                and all(kwargs.get(k) == w for k, w in a.when.items())
             ),
             None,
         )

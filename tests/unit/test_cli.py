@@ -390,7 +390,9 @@ def test_down_with_the_daemon_unreachable_is_one_error_line_and_keeps_the_record
     engine = FakeEngine()
     unreachable = "Cannot connect to the Docker daemon at unix:///nonexistent. Is the docker daemon running?"
     hint = "start it (sudo scripts/setup starts dockerd) and check `docker info`"  # Engine.ping's
-    engine.script("ping", raises=EngineError("the Docker daemon is not reachable", hint=hint))
+    engine.script(
+        "ping", raises=EngineError("the Docker daemon is not reachable", output_tail=unreachable, hint=hint)
+    )
     engine.script("container_ids", raises=docker_error("docker ps failed (exit 1)", unreachable))
     monkeypatch.setattr(down_cli, "engine_for", lambda state: engine)
     result = run_main("--config", str(tmp_project.config_path), "down")

@@ -142,7 +142,9 @@ class FakeHost:
         return f"/usr/bin/{tool}" if tool == gpu.NVIDIA_HOOK and self.hook else None
 
     def detect(self) -> gpu.GpuHost:
-        return gpu.detect(runner=self.run, runtimes=self.docker_runtimes, nvml=lambda: self.nvml_host, which=self.which)
+        return gpu.detect(
+            runner=self.run, runtimes=self.docker_runtimes, nvml=lambda: self.nvml_host, which=self.which
+        )
 
 
 def _unavailable(host: FakeHost) -> GpuUnavailable:
@@ -197,7 +199,12 @@ def test_detect_success() -> None:
 
 def test_ensure_checks_the_driver_and_the_gpu_count() -> None:
     host = FakeHost(smi=(0, "560.35.03, NVIDIA L4\n"))
-    kwargs: dict[str, Any] = {"runner": host.run, "runtimes": host.docker_runtimes, "which": host.which, "nvml": lambda: None}
+    kwargs: dict[str, Any] = {
+        "runner": host.run,
+        "runtimes": host.docker_runtimes,
+        "which": host.which,
+        "nvml": lambda: None,
+    }
     assert gpu.ensure(CudaNeed("12.9", ()), 1, **kwargs).driver == "560.35.03"
     with pytest.raises(GpuUnavailable, match=r"too old for the app's torch built for CUDA 12\.8"):
         gpu.ensure(CudaNeed("12.8", (), torch="12.8"), 1, **kwargs)

@@ -270,14 +270,23 @@ class FakeEngine:
         self.calls.append(["history", ref])
         return history_output(self.images[ref].history)
 
-    def run_once(self, image: str, entrypoint: str, args: Any, *, labels: Any, user: Any, what: str) -> Result:
-        command = ["run", "--rm", "--network", "none", "--user", user, *(f"{k}={v}" for k, v in labels.items())]
+    def run_once(
+        self, image: str, entrypoint: str, args: Any, *, labels: Any, user: Any, what: str
+    ) -> Result:
+        command = [
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            user,
+            *(f"{k}={v}" for k, v in labels.items()),
+        ]
         self.calls.append([*command, "--entrypoint", entrypoint, image, *args])
         return Result(["docker", "run"], 0, INSIDE)
 
     def untag(self, ref: str) -> None:
         self.calls.append(["image", "rm", ref])
-
 
     def run(self, command: list[str], **kwargs: Any) -> Result:
         self.calls.append(command)

@@ -82,7 +82,8 @@ def test_no_trivy_is_scanner_unavailable_with_its_own_exit_code(monkeypatch: pyt
 def test_a_database_that_cannot_be_fetched_is_scanner_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRIVY_SKIP_DB_UPDATE", raising=False)
     engine = FakeEngine()
-    engine.runner.expect("/bin/trivy", "image", returncode=1, output="FATAL init error: DB error: failed to download"
+    engine.runner.expect(
+        "/bin/trivy", "image", returncode=1, output="FATAL init error: DB error: failed to download"
     )
     with pytest.raises(
         ScannerUnavailable, match=r"could not fetch its vulnerability database \(FATAL"
@@ -115,7 +116,8 @@ def test_scan_command_line(tmp_path: Path) -> None:
 
 def test_a_scan_without_a_usable_database_is_scanner_unavailable() -> None:
     engine = FakeEngine()
-    engine.runner.expect("/bin/trivy", returncode=1, output="FATAL --skip-db-update cannot be specified on the first run"
+    engine.runner.expect(
+        "/bin/trivy", returncode=1, output="FATAL --skip-db-update cannot be specified on the first run"
     )
     with pytest.raises(ScannerUnavailable, match="no usable vulnerability database"):
         Trivy(engine, "/bin/trivy").scan("x.cdx.json", "sbom")
