@@ -114,6 +114,7 @@ class FakeRunner:
         self.stdins: list[bytes | None] = []
         self.env: dict[str, str] = {}
         self._expected: list[tuple[tuple[str, ...], Any]] = []
+        self._fallbacks: list[tuple[tuple[str, ...], Any]] = []
 
     def expect(
         self,
@@ -129,6 +130,11 @@ class FakeRunner:
         ``effect(command)``, when given, runs first (it writes the files a tool would write).
         """
         self._expected.insert(0, (prefix, (returncode, output, stderr, raises, effect)))
+
+    def expect_last(self, *prefix: str, **answer: Any) -> None:
+        """Like ``expect``, but every other expectation, earlier or later, wins over it."""
+        self.expect(*prefix, **answer)
+        self._fallbacks.append(self._expected.pop(0))
 
     def environment(self) -> dict[str, str]:
         return dict(self.env)
@@ -153,7 +159,7 @@ class FakeRunner:
         self.commands.append(list(command))
         self.envs.append(dict(env or {}))
         self.stdins.append(stdin)
-        found = next((a for p, a in self._expected if _prefix_matches(p, command)), None)
+        found = next((a for p, a in self._expected + self._fallbacks if _prefix_matches(p, command)), None)
         if found is None:
             raise NotModelled(f"FakeRunner: no expectation for the command {command}")
         returncode, output, stderr, raises, effect = found
@@ -197,6 +203,8 @@ class ScriptedDocker(FakeRunner):
             else:
                 self.expect(path, "buildx", "version", returncode=1,
                             stderr="docker: 'buildx' is not a docker command.")  # fmt: skip
+        # Any other candidate on the PATH is no docker client at all.
+        self.expect_last("*", "version", returncode=126, stderr="exec format error")
 
 
 def _matches_labels(carried: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
