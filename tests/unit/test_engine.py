@@ -503,7 +503,7 @@ def test_published_port_reads_docker_port() -> None:
 def test_published_port_refuses_an_answer_without_a_port() -> None:
     engine = FakeEngine()
     engine.script("container", "inspect", "--format", "{{json .NetworkSettings.Ports}}", "head", output="{}")
-    with pytest.raises(EngineError, match="docker port head 8265: unexpected answer '{}'"):
+    with pytest.raises(EngineError, match=r"docker port head 8265: unexpected answer '\{\}'"):
         engine.published_port("head", 8265)
 
 

@@ -21,8 +21,8 @@ def node(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ContainerdNode:
     engine = FakeEngine()
     engine.runner.expect(CTR)
     engine.runner.expect("kill")
-    engine.runner.expect("/usr/bin/containerd", "--version", output="containerd github.com/containerd/containerd "
-                  "1.6.20~ds1 1.6.20~ds1-1+deb12u3")  # fmt: skip
+    said = "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
+    engine.runner.expect("/usr/bin/containerd", "--version", output=said)
     engine.runner.expect("sh", "-c", output="4242")  # the start (it echoes the pid) and the unmount sweep
     return ContainerdNode(engine, parent=tmp_path)
 
