@@ -100,7 +100,7 @@ def ensure_naive_base(engine: Engine) -> None:
     log(f"bootstrapping {NAIVE_BASE} (minbase + {' '.join(NAIVE_PACKAGES)})")
     with tempfile.TemporaryDirectory() as tmp:
         tarball = Path(tmp) / "naive.tar"
-        engine.run(
+        engine.runner.run(
             [
                 "mmdebstrap",
                 "--variant=minbase",

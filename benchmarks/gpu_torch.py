@@ -173,7 +173,7 @@ def ensure_naive_base(engine: Engine) -> None:
     log(f"bootstrapping {NAIVE_BASE} with mmdebstrap (minbase + {', '.join(NAIVE_PACKAGES)})")
     with tempfile.TemporaryDirectory(prefix="raybuild-bench-") as tmp:
         tarball = Path(tmp) / "base.tar"
-        engine.run(
+        engine.runner.run(
             ["mmdebstrap", "--variant=minbase", "--include=" + ",".join(NAIVE_PACKAGES), "bookworm",
              str(tarball), "http://deb.debian.org/debian"],
             what="mmdebstrap naive base",

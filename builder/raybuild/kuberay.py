@@ -166,38 +166,6 @@ class NodeSpec:
     stop_timeout: int | None = None  # seconds `docker stop` waits before SIGKILL: the pod's grace period
     platform: str | None = None  # another platform's image, run under emulation (`docker run --platform`)
 
-    def run_args(self) -> list[str]:
-        """The `docker run` arguments (after the docker binary)."""
-        args = ["run", "-d", "--name", self.name]
-        if self.platform:
-            args += ["--platform", self.platform]
-        if self.hostname:
-            args += ["--hostname", self.hostname]
-        if self.network:
-            args += ["--network", self.network]
-        if self.ip:
-            args += ["--ip", self.ip]
-        for key, value in sorted(self.labels.items()):
-            args += ["--label", f"{key}={value}"]
-        if self.nofile:
-            args += ["--ulimit", f"nofile={self.nofile}:{self.nofile}"]
-        if self.shm_size:
-            args.append(f"--shm-size={self.shm_size}")
-        if self.restart:
-            args += ["--restart", self.restart]
-        if self.stop_timeout is not None:
-            args += ["--stop-timeout", str(self.stop_timeout)]
-        if self.gpus:
-            args += ["--gpus", "all" if self.gpus == "all" else f"count={self.gpus}"]
-        for port, host_port in sorted(self.publish.items()):
-            args += ["-p", f"127.0.0.1:{host_port or ''}:{port}"]
-        for key, value in sorted(self.env.items()):
-            args += ["-e", f"{key}={value}"]
-        args.append(self.image)
-        if self.command:
-            args += ["/bin/bash", "-c", "--", self.command]
-        return args
-
 
 def start(engine: Engine, spec: NodeSpec) -> None:
     """Start the container; a failed or interrupted start leaves no container behind.
@@ -207,7 +175,7 @@ def start(engine: Engine, spec: NodeSpec) -> None:
     """
     label_filters(spec.labels)  # a container that no sweep could find is never made
     try:
-        engine.docker_cmd(*spec.run_args(), what=f"docker run {spec.name} ({spec.image})")
+        engine.run_detached(spec, what=f"docker run {spec.name} ({spec.image})")
     except BaseException as exc:
         engine.release(spec.labels, name=spec.name)
         if isinstance(exc, EngineError) and spec.gpus and no_device_driver(exc.output_tail):

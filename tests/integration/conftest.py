@@ -19,6 +19,7 @@ import pytest
 from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.errors import EngineError
+from tests.integration.docker_cli import docker
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = "127.0.0.1:5000"
@@ -84,7 +85,7 @@ def namespace(engine: Engine, registry: str, request: pytest.FixtureRequest) -> 
     yield name
     # Both the pushed tags and the digest references that pulls leave behind.
     fmt = "{{.Repository}}:{{.Tag}} {{.Repository}}@{{.Digest}}"
-    listed = engine.docker_cmd("images", "--digests", "--format", fmt, check=False).output
+    listed = docker(engine, "images", "--digests", "--format", fmt, check=False).output
     for ref in listed.split():
         if ref.startswith(name + "/") and not ref.endswith((":<none>", "@<none>")):
             engine.remove_image(ref)

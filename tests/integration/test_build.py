@@ -23,6 +23,7 @@ from raybuild.lock.resolve import lockfile_text
 from raybuild.records import BuiltImage
 from raybuild.state import HEAD_KEY, project_id
 from raybuild.verify.smoke import smoke_test
+from tests.integration.docker_cli import docker
 
 pytestmark = pytest.mark.docker
 
@@ -63,8 +64,14 @@ def test_runtime_image_meets_kuberay_contract(engine: Engine, built: dict[str, B
     assert labels["io.raybuild.python"] == "3.11"
     assert len(labels["io.raybuild.lock-sha256"]) == 16
     # KubeRay 1.4+ runs `/bin/bash -c`, not a login shell: ray must resolve from the ENV PATH alone.
-    out = engine.docker_cmd(
-        "run", "--rm", ref, "/bin/bash", "-c", "command -v ray && command -v wget && id -u && echo $HOME"
+    out = docker(
+        engine,
+        "run",
+        "--rm",
+        ref,
+        "/bin/bash",
+        "-c",
+        "command -v ray && command -v wget && id -u && echo $HOME",
     ).output.split()
     assert out[0] == "/opt/ray/venv/bin/ray"
     assert out[1].endswith("/wget")
@@ -76,7 +83,8 @@ def test_no_devel_files_in_gpu_image(engine: Engine, built: dict[str, BuiltImage
         "command -v nvcc || ls -d /usr/local/cuda/include 2>/dev/null"
         " || find / -xdev -name '*.a' -path '*cuda*' | head -1"
     )
-    out = engine.docker_cmd(
+    out = docker(
+        engine,
         "run",
         "--rm",
         "--user",

@@ -40,6 +40,7 @@ from raybuild.records import load_build_record
 from raybuild.state import build_record_path, cluster_record_path, project_id
 from raybuild.verify.coldstart import measure_labels
 from tests.integration.conftest import REPO_ROOT, copy_project
+from tests.integration.docker_cli import docker
 
 pytestmark = pytest.mark.docker
 
@@ -182,13 +183,13 @@ def strangers(engine: Engine, project: LoadedConfig, tmp_path: Path) -> Iterator
     }
     for name, labels in specs.items():
         flags = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
-        created = engine.docker_cmd("create", "--name", name, *flags, image, stdout_only=True)
+        created = docker(engine, "create", "--name", name, *flags, image, stdout_only=True)
         made[name] = created.output.strip().splitlines()[-1]
     try:
         yield made
     finally:
         for container in made.values():
-            engine.docker_cmd("rm", "--force", container, check=False)
+            docker(engine, "rm", "--force", container, check=False)
 
 
 def test_down_with_a_broken_docker_config_removes_this_checkouts_objects_only(
@@ -197,7 +198,7 @@ def test_down_with_a_broken_docker_config_removes_this_checkouts_objects_only(
     image = bases.ensure_redis(project, engine)
     labels = object_labels(project_id(project), "cluster", cluster=CLUSTER, role="gcs")
     flags = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
-    engine.docker_cmd("create", "--name", f"{local.object_prefix(project)}-gcs", *flags, image)
+    docker(engine, "create", "--name", f"{local.object_prefix(project)}-gcs", *flags, image)
     config_dir = tmp_path / "docker-config"
     config_dir.mkdir()
     (config_dir / "config.json").write_text(BROKEN_CONFIG)
@@ -205,7 +206,7 @@ def test_down_with_a_broken_docker_config_removes_this_checkouts_objects_only(
     run = finish(project, tmp_path, "--debug", "down", env={"DOCKER_CONFIG": str(config_dir)})
     assert run.proc.returncode == 0, run.stderr
     assert run.stdout.strip() == "removed 1 containers and networks"
-    left = engine.docker_cmd("ps", "-a", "--no-trunc", "--format", "{{.ID}}", stdout_only=True).output.split()
+    left = docker(engine, "ps", "-a", "--no-trunc", "--format", "{{.ID}}", stdout_only=True).output.split()
     for name, container in strangers.items():
         assert container in left, f"{name} was removed"
     assert engine.container_ids(ours(project)) == []

@@ -24,6 +24,7 @@ from raybuild.records import PublishRecord, load_build_record
 from raybuild.state import HEAD_KEY, publish_record_path
 from raybuild.tags import image_ref
 from tests.integration.conftest import _unavailable
+from tests.integration.docker_cli import docker
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry, pytest.mark.network]
 
@@ -102,12 +103,12 @@ def test_hello_for_amd64_and_arm64_under_one_tag(
     assert amd64 == image_ref(config, app, stage_context(config, app, context))
     # Ray's binaries were stripped with the arm64 binutils, and are arm64's.
     copy = tmp_path / "raylet.so"
-    container = engine.docker_cmd("create", arm64).output.strip().splitlines()[-1]
+    container = docker(engine, "create", arm64).output.strip().splitlines()[-1]
     try:
         site = f"/opt/ray/venv/lib/python{config.project.python}/site-packages"
-        engine.docker_cmd("cp", f"{container}:{site}/ray/_raylet.so", str(copy))
+        docker(engine, "cp", f"{container}:{site}/ray/_raylet.so", str(copy))
     finally:
-        engine.docker_cmd("rm", container, check=False)
+        docker(engine, "rm", container, check=False)
     assert _elf_is_stripped_aarch64(copy.read_bytes())
 
     # -- smoke test under emulation --------------------------------------------------------------------
@@ -127,19 +128,28 @@ def test_hello_for_amd64_and_arm64_under_one_tag(
     pinned = index.pinned
     # An amd64 node pulling the index gets the amd64 image; --platform linux/arm64 gets the arm64 one.
     try:
-        engine.docker_cmd("pull", "-q", pinned)
+        docker(engine, "pull", "-q", pinned)
         assert engine.inspect(pinned)["Architecture"] == "amd64"
-        ran = engine.docker_cmd("run", "--rm", "--entrypoint", "python", pinned, "-c", MACHINE)
+        ran = docker(engine, "run", "--rm", "--entrypoint", "python", pinned, "-c", MACHINE)
         assert ran.output.split()[-2:] == ["x86_64", config.project.ray_version]
         engine.remove_image(pinned)  # Docker 20.10 never re-points a digest reference to another image
-        engine.docker_cmd("pull", "-q", "--platform", "linux/arm64", pinned)
+        docker(engine, "pull", "-q", "--platform", "linux/arm64", pinned)
         assert engine.inspect(pinned)["Architecture"] == "arm64"
-        ran = engine.docker_cmd(
-            "run", "--rm", "--platform", "linux/arm64", "--entrypoint", "python", pinned, "-c", MACHINE
+        ran = docker(
+            engine,
+            "run",
+            "--rm",
+            "--platform",
+            "linux/arm64",
+            "--entrypoint",
+            "python",
+            pinned,
+            "-c",
+            MACHINE,
         )
         assert ran.output.split()[-2:] == ["aarch64", config.project.ray_version]
     finally:
-        engine.docker_cmd("rmi", pinned, check=False)
+        docker(engine, "rmi", pinned, check=False)
 
     # -- render: the index digest, no arch pin for an app built for both, valid against the CRD ---------
     result = raybuild("render", "--validate")

@@ -12,6 +12,7 @@ import pytest
 from raybuild.config import load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder
+from tests.integration.docker_cli import docker
 from tests.unit.image.test_provenance import commit, git
 
 pytestmark = pytest.mark.docker
@@ -31,7 +32,7 @@ def project(engine: Engine, project_copy: Path) -> Iterator[Path]:
         config.read_text().replace('registry = "127.0.0.1:5000/raybuild-test"', f'registry = "{namespace}"')
     )
     yield project_copy
-    listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
+    listed = docker(engine, "images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
     for ref in listed.split():
         if ref.startswith(namespace + "/"):
             engine.remove_image(ref)

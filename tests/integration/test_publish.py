@@ -24,6 +24,7 @@ from raybuild.ship.publish import Publisher
 from raybuild.ship.push import ZSTD_LAYER
 from raybuild.state import HEAD_KEY, publish_record_path
 from raybuild.tags import published_tag, repository_name
+from tests.integration.docker_cli import docker
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -64,7 +65,7 @@ def test_publish_round_trip_then_skip(
         # Pull by digest with the pushed tag gone: the registry hands back exactly the built image.
         engine.remove_image(row["reference"])
         assert not engine.image_exists(row["reference"])
-        engine.docker_cmd("pull", row["pinned"], what=f"docker pull {row['pinned']}")
+        docker(engine, "pull", row["pinned"], what=f"docker pull {row['pinned']}")
         assert engine.inspect(row["pinned"])["Id"] == built[key].image_id
 
     before = publish_record_path(project).read_bytes()

@@ -37,6 +37,7 @@ from raybuild.ship.publish import Publisher
 from raybuild.state import build_record_path, failure_log_path, publish_record_path
 from raybuild.tags import image_ref
 from tests.integration.conftest import REPO_ROOT, copy_project
+from tests.integration.docker_cli import docker
 
 CA = Path("/etc/ssl/certs/ca-certificates.crt")
 INTERRUPTED = "interrupted (SIGINT): cleaned up what this command started; nothing half-written was kept"
@@ -86,7 +87,7 @@ def built(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     config = load_config(toml)
     Builder(config, engine, ca_bundle=CA if CA.is_file() else None).build(config.select(("hello",)))
     yield root
-    listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
+    listed = docker(engine, "images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
     for ref in listed.split():
         if ref.startswith(NAMESPACE + "/"):
             engine.remove_image(ref)
@@ -291,7 +292,7 @@ def test_ctrl_c_during_build_keeps_the_record_and_tags_nothing(engine: Engine, p
 def namespace(engine: Engine) -> Iterator[str]:
     name = f"127.0.0.1:5000/recovery-{uuid.uuid4().hex[:10]}"
     yield name
-    listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
+    listed = docker(engine, "images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
     for ref in listed.split():
         if ref.startswith(name + "/"):
             engine.remove_image(ref)
@@ -411,7 +412,7 @@ def test_registry_down_during_publish_keeps_the_record_and_a_rerun_succeeds(
     assert again.exit_code == 0, again.stderr
     assert publish_record_path(config).read_bytes() != record
     engine.remove_image(next_ref(project))
-    listed = engine.docker_cmd("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
+    listed = docker(engine, "images", "--format", "{{.Repository}}:{{.Tag}}", check=False).output
     for ref in listed.split():
         if ref.startswith(namespace + "/"):
             engine.remove_image(ref)
@@ -444,7 +445,7 @@ def test_a_broken_app_fails_the_test_at_its_deploy_and_a_fixed_one_passes(
     assert f"hint: the whole traceback and the replica's log are in {log}" in result.stderr
     assert "Traceback (most recent call last)" in log.read_text()
     assert build_record_path(config).read_bytes() == record
-    smoke = engine.docker_cmd("ps", "-aq", "--filter", f"ancestor={broken_ref}", check=False).output
+    smoke = docker(engine, "ps", "-aq", "--filter", f"ancestor={broken_ref}", check=False).output
     assert smoke.strip() == "", "the smoke test's container was left behind"
 
     code.write_text(good)

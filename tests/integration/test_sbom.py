@@ -25,6 +25,7 @@ from raybuild.lock.resolve import normalize
 from raybuild.records import PublishRecord, load_build_record
 from raybuild.registry import OCI_INDEX, fallback_tag
 from raybuild.state import publish_record_path
+from tests.integration.docker_cli import docker
 
 pytestmark = [pytest.mark.docker, pytest.mark.registry]
 
@@ -53,7 +54,7 @@ def raybuild(project: LoadedConfig, run_main: Callable[..., Any]) -> Callable[..
 
 def in_image(engine: Engine, image: str, *command: str) -> str:
     args = ["run", "--rm", "--network", "none", "--entrypoint", command[0], image, *command[1:]]
-    return engine.docker_cmd(*args, what=f"{command[0]} in {image}").output
+    return docker(engine, *args, what=f"{command[0]} in {image}").output
 
 
 def components(sbom: dict[str, Any], kind: str) -> set[tuple[str, str]]:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from raybuild import fsutil
 from raybuild.image import bases
 from raybuild.lock import resolve as locking
 from raybuild.records import BuiltImage, PublishedImage, PublishRecord, save_build_record
+from raybuild.runner import Result
 from raybuild.templating import BUNDLED_TEMPLATES
 from raybuild.verify.results import Measurement
 from tests.conftest import MainResult, TmpProject, other_app
@@ -110,12 +110,12 @@ def bad(tmp_project: TmpProject, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         monkeypatch.setattr(module, "engine_for", lambda state: engine)
     monkeypatch.setattr(bases, "ensure_bases", lambda *args, **kwargs: {})
 
-    def resolve(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def resolve(command: list[str]) -> Result:
         if case.resolver_output is not None:
-            return subprocess.CompletedProcess(command, 1, "", case.resolver_output)
+            return Result(command, 1, "", case.resolver_output)
         return FakeResolver()(command)
 
-    monkeypatch.setattr(locking, "subprocess", SimpleNamespace(run=resolve))
+    monkeypatch.setattr(locking, "_run", resolve)
     return case
 
 

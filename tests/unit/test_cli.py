@@ -379,8 +379,9 @@ def test_down_with_the_daemon_unreachable_is_one_error_line_and_keeps_the_record
     tmp_project: TmpProject, monkeypatch: pytest.MonkeyPatch, run_main: Callable[..., MainResult]
 ) -> None:
     from raybuild.cli import down as down_cli
+    from raybuild.errors import EngineError
     from raybuild.state import cluster_record_path
-    from tests.unit.fakes import FakeEngine
+    from tests.unit.fakes import FakeEngine, docker_error
 
     monkeypatch.delenv("DOCKER_HOST", raising=False)  # the hint names it when it is set
     record = cluster_record_path(tmp_project.load())
@@ -388,8 +389,11 @@ def test_down_with_the_daemon_unreachable_is_one_error_line_and_keeps_the_record
     record.write_text('{"name": "raybuild-serve"}\n')
     engine = FakeEngine()
     unreachable = "Cannot connect to the Docker daemon at unix:///nonexistent. Is the docker daemon running?"
-    engine.script("info", returncode=1, stderr=unreachable)
-    engine.script("ps", returncode=1, stderr=unreachable)
+    hint = "start it (sudo scripts/setup starts dockerd) and check `docker info`"  # Engine.ping's
+    engine.script(
+        "ping", raises=EngineError("the Docker daemon is not reachable", output_tail=unreachable, hint=hint)
+    )
+    engine.script("container_ids", raises=docker_error("docker ps failed (exit 1)", unreachable))
     monkeypatch.setattr(down_cli, "engine_for", lambda state: engine)
     result = run_main("--config", str(tmp_project.config_path), "down")
     assert result.exit_code == 1

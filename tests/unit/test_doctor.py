@@ -80,9 +80,7 @@ def test_a_buildkit_client_says_how_it_builds(
 def test_a_daemon_that_is_down_fails_with_the_setup_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     engine = FakeEngine()
-    engine.script(
-        "info", returncode=1, output="Cannot connect to the Docker daemon at unix:///var/run/docker.sock"
-    )
+    engine.script("ping", raises=EngineError("the Docker daemon is not reachable", hint="start it"))
     check = doctor.check_daemon(engine)
     assert check == Check(
         "docker-daemon", False, "the Docker daemon is not reachable", "sudo scripts/setup (starts dockerd)"
@@ -92,7 +90,7 @@ def test_a_daemon_that_is_down_fails_with_the_setup_fix(monkeypatch: pytest.Monk
 
 def test_a_docker_binary_that_cannot_run_fails_the_daemon_check() -> None:
     engine = FakeEngine()
-    engine.script("info", raises=EngineError("/usr/bin/docker not found", hint="run scripts/setup"))
+    engine.script("ping", raises=EngineError("/usr/bin/docker not found", hint="run scripts/setup"))
     check = doctor.check_daemon(engine)
     assert (check.ok, check.detail) == (False, "/usr/bin/docker not found")
 

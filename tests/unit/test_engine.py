@@ -15,8 +15,10 @@ from raybuild import engine as engines
 from raybuild.docker_client import DockerClient, find_docker_client
 from raybuild.engine import Engine, classify_failure
 from raybuild.errors import BuildError, DockerRetry, EngineError
+from raybuild.runner import Runner
 from tests.unit import fakes
-from tests.unit.fakes import FakeEngine, ScriptedDocker
+from tests.unit.docker_cli import CliEngine as FakeEngine
+from tests.unit.fakes import ScriptedDocker
 
 NEW = "/opt/docker-new/docker"
 OLD = "/opt/docker-old/docker"
@@ -127,7 +129,7 @@ def test_classify_other_failures_gives_no_hint() -> None:
 def test_a_failing_command_raises_with_command_exit_code_and_output_tail() -> None:
     command = [SH, "-c", "echo first; echo second; exit 3"]
     with pytest.raises(EngineError) as raised:
-        Engine().run(command)
+        Runner().run(command)
     error = raised.value
     assert error.command == command
     assert error.returncode == 3
@@ -138,7 +140,7 @@ def test_a_failing_command_raises_with_command_exit_code_and_output_tail() -> No
 def test_the_tail_keeps_only_the_last_lines_and_what_names_the_step() -> None:
     command = [SH, "-c", "for i in $(seq 1 100); do echo line$i; done; echo no space left on device; exit 1"]
     with pytest.raises(BuildError) as raised:
-        Engine().run(command, error=BuildError, what="build of app 'demo'")
+        Runner().run(command, error=BuildError, what="build of app 'demo'")
     lines = raised.value.output_tail.splitlines()
     assert len(lines) == engines.TAIL_LINES
     assert lines[0] == f"line{100 - engines.TAIL_LINES + 2}"
@@ -149,19 +151,19 @@ def test_the_tail_keeps_only_the_last_lines_and_what_names_the_step() -> None:
 
 def test_on_line_gets_every_line_stdout_and_stderr() -> None:
     seen: list[str] = []
-    result = Engine().run([SH, "-c", "echo a; echo b >&2; printf 'c\\n\\nd'"], on_line=seen.append)
+    result = Runner().run([SH, "-c", "echo a; echo b >&2; printf 'c\\n\\nd'"], on_line=seen.append)
     assert seen == ["a", "b", "c", "", "d"]
     assert result.output == "a\nb\nc\n\nd"
     assert result.returncode == 0
 
 
 def test_check_false_returns_the_failed_result() -> None:
-    result = Engine().run([SH, "-c", "echo a; exit 3"], check=False)
+    result = Runner().run([SH, "-c", "echo a; exit 3"], check=False)
     assert (result.returncode, result.output) == (3, "a")
 
 
 def test_environment_and_stdin_reach_the_process() -> None:
-    engine = Engine(env={"RB_ENGINE": "engine", "RB_CALL": "engine"})
+    engine = Runner(env={"RB_ENGINE": "engine", "RB_CALL": "engine"})
     result = engine.run(
         [SH, "-c", 'echo "$RB_ENGINE $RB_CALL"; cat'], env={"RB_CALL": "call"}, stdin=b"from stdin\n"
     )
@@ -170,7 +172,7 @@ def test_environment_and_stdin_reach_the_process() -> None:
 
 def test_a_missing_binary_is_an_error_with_a_hint() -> None:
     with pytest.raises(EngineError) as raised:
-        Engine().run(["raybuild-no-such-binary", "--version"])
+        Runner().run(["raybuild-no-such-binary", "--version"])
     assert str(raised.value) == "raybuild-no-such-binary not found"
     assert raised.value.command == ["raybuild-no-such-binary", "--version"]
     assert raised.value.hint == "run scripts/setup"
@@ -178,7 +180,7 @@ def test_a_missing_binary_is_an_error_with_a_hint() -> None:
 
 def test_debug_echoes_each_command() -> None:
     echoed: list[str] = []
-    Engine(debug=True, echo=echoed.append).run([SH, "-c", "true"])
+    Runner(debug=True, echo=echoed.append).run([SH, "-c", "true"])
     assert echoed == [f"$ {SH} -c true"]
 
 
@@ -269,11 +271,11 @@ def test_an_unreachable_daemon_is_named_without_the_clients_template_error(
 def test_a_command_past_its_timeout_is_killed() -> None:
     # `docker info` against a wedged daemon never closes its output; the deadline must still end the call.
     command = [SH, "-c", "echo started; exec sleep 5"]
-    result = Engine().run(command, check=False, timeout=0.2)
+    result = Runner().run(command, check=False, timeout=0.2)
     assert result.returncode != 0
     assert result.output == "started"
     with pytest.raises(EngineError) as raised:
-        Engine().run(command, timeout=0.2, what="docker info")
+        Runner().run(command, timeout=0.2, what="docker info")
     assert str(raised.value) == "docker info timed out after 0.2s"
     assert raised.value.output_tail == "started"
 
@@ -453,10 +455,10 @@ def test_the_destructive_case_with_a_real_process(tmp_path: Path) -> None:
 
 def test_stdout_only_keeps_stderr_apart() -> None:
     command = [SH, "-c", "echo " + "f" * 64 + "; echo WARNING: config >&2"]
-    result = Engine().run(command, stdout_only=True)
+    result = Runner().run(command, stdout_only=True)
     assert (result.output, result.stderr) == ("f" * 64, "WARNING: config")
     with pytest.raises(EngineError) as raised:
-        Engine().run([SH, "-c", "echo out; echo 'daemon says no' >&2; exit 1"], stdout_only=True)
+        Runner().run([SH, "-c", "echo out; echo 'daemon says no' >&2; exit 1"], stdout_only=True)
     assert raised.value.output_tail == "out\ndaemon says no"
 
 
@@ -493,13 +495,15 @@ def test_a_push_past_its_deadline_is_killed_and_says_so(tmp_path: Path) -> None:
 
 def test_published_port_reads_docker_port() -> None:
     engine = FakeEngine()
-    engine.script("port", "head", "8265/tcp", output="127.0.0.1:49153\n")
+    ports = '{"8265/tcp":[{"HostIp":"127.0.0.1","HostPort":"49153"}]}'
+    engine.script("container", "inspect", "--format", "{{json .NetworkSettings.Ports}}", "head", output=ports)
     assert engine.published_port("head", 8265) == 49153
 
 
 def test_published_port_refuses_an_answer_without_a_port() -> None:
     engine = FakeEngine()
-    with pytest.raises(EngineError, match="docker port head 8265: unexpected answer ''"):
+    engine.script("container", "inspect", "--format", "{{json .NetworkSettings.Ports}}", "head", output="{}")
+    with pytest.raises(EngineError, match=r"docker port head 8265: unexpected answer '\{\}'"):
         engine.published_port("head", 8265)
 
 

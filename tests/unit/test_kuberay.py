@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from raybuild import kuberay
-from raybuild.engine import Result
+from raybuild.engine import run_detached_args
 from raybuild.errors import ClusterError, EngineError, GpuUnavailable, RaybuildError, SmokeTestError
 from raybuild.interrupts import Interrupted
 from raybuild.kuberay import NodeSpec
@@ -134,7 +134,7 @@ def test_a_ray_node_with_ephemeral_loopback_ports_and_gpus() -> None:
         gpus=2,
         nofile=4096,
     )
-    assert spec.run_args() == [
+    assert run_detached_args(spec) == [
         "run", "-d", "--name", "raybuild-smoke-1",
         "--label", "io.raybuild.managed=true", "--label", "io.raybuild.purpose=smoke",
         "--ulimit", "nofile=4096:4096", "--shm-size=1g",
@@ -157,7 +157,7 @@ def test_a_cluster_node_with_a_fixed_ip_and_host_port_that_restarts() -> None:
         restart="on-failure",
         nofile=65536,
     )
-    assert spec.run_args() == [
+    assert run_detached_args(spec) == [
         "run", "-d", "--name", "c-head", "--hostname", "c-head", "--network", "c", "--ip", "172.29.213.11",
         "--ulimit", "nofile=65536:65536", "--shm-size=1g", "--restart", "on-failure",
         "-p", "127.0.0.1:40001:8265",
@@ -167,7 +167,7 @@ def test_a_cluster_node_with_a_fixed_ip_and_host_port_that_restarts() -> None:
 
 def test_a_container_with_the_images_own_command_and_no_network() -> None:
     spec = NodeSpec("store", "redis:1", shm_size=None, nofile=None, network="none", gpus="all")
-    assert spec.run_args() == [
+    assert run_detached_args(spec) == [
         "run",
         "-d",
         "--name",
@@ -189,7 +189,7 @@ def test_start_is_one_docker_run() -> None:
     engine = FakeEngine()
     spec = NodeSpec("n", "img:1", "ray start", labels=LABELS, nofile=1024)
     kuberay.start(engine, spec)
-    assert engine.calls() == [spec.run_args()]
+    assert [(c.verb, c.args) for c in engine.calls()] == [("run_detached", (spec,))]
     assert engine.containers == {"n": LABELS}
 
 
@@ -201,7 +201,8 @@ NO_DRIVER = (
 def _created_then_failed(engine: FakeEngine, name: str, output: str = NO_DRIVER) -> None:
     """`docker run` that creates the container, then fails to start it (as a missing GPU driver does)."""
     engine.containers[name] = dict(LABELS)
-    engine.script("run", returncode=125, output=output)
+    error = EngineError(f"docker run {name} (img:1) failed (exit 125)", returncode=125, output_tail=output)
+    engine.script("run_detached", raises=error)
 
 
 def test_a_gpu_request_without_the_nvidia_toolkit_is_gpu_unavailable() -> None:
@@ -231,24 +232,17 @@ def test_a_name_conflict_never_removes_the_other_container() -> None:
     engine = FakeEngine()
     engine.containers["n"] = object_labels("b" * 16, "smoke")  # another checkout's, same name
     conflict = 'docker: Error response from daemon: Conflict. The container name "/n" is already in use.'
-    engine.script("run", returncode=125, output=conflict)
+    engine.script("run_detached", raises=EngineError("docker run failed (exit 125)", output_tail=conflict))
     with pytest.raises(EngineError):
         kuberay.start(engine, NodeSpec("n", "img:1", labels=LABELS))
     assert list(engine.containers) == ["n"]
-    assert engine.calls("rm") == []
+    assert engine.calls("remove_containers")[0].args == (LABELS,)  # by this checkout's labels only
 
 
 def test_an_interrupted_start_removes_what_docker_run_had_created() -> None:
     engine = FakeEngine()
     engine.containers["n"] = dict(LABELS)  # created, then SIGTERM while `docker run` waited
-    original = engine.run
-
-    def interrupted(command: list[str], **kwargs: Any) -> Result:
-        if engine.args(command)[:1] == ["run"]:
-            raise Interrupted(15)
-        return original(command, **kwargs)
-
-    engine.run = interrupted  # type: ignore[method-assign]
+    engine.script("run_detached", raises=Interrupted(15))
     with pytest.raises(Interrupted):
         kuberay.start(engine, NodeSpec("n", "img:1", labels=LABELS))
     assert engine.containers == {}
@@ -270,22 +264,10 @@ def test_a_node_without_a_project_is_never_started() -> None:
         kuberay.running(engine, NodeSpec("n", "i")),
     ):
         pass
-    assert engine.commands == []
+    assert engine.calls() == []
 
 
 # -- probes -----------------------------------------------------------------------------------------------
-
-
-class TimedEngine(FakeEngine):
-    """Records the deadline the engine was given for each command."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.timeouts: list[float | None] = []
-
-    def run(self, command: list[str], *, timeout: float | None = None, **kwargs: Any) -> Result:
-        self.timeouts.append(timeout)
-        return super().run(command, timeout=timeout, **kwargs)
 
 
 RAYLET = "wget -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"
@@ -293,24 +275,27 @@ GCS = "wget -T 2 -q -O- http://localhost:8265/api/gcs_healthz | grep success"
 
 
 def test_a_head_passes_both_of_kuberays_probes_each_bounded_like_kubelet() -> None:
-    engine = TimedEngine()
+    engine = FakeEngine()
+    engine.containers["head"] = {}
     assert kuberay.probe(engine, "head")
-    assert engine.calls() == [
-        ["exec", "head", "timeout", "2", "bash", "-c", RAYLET],
-        ["exec", "head", "timeout", "2", "bash", "-c", GCS],
+    assert [c.args for c in engine.calls()] == [
+        ("head", "timeout", "2", "bash", "-c", RAYLET),
+        ("head", "timeout", "2", "bash", "-c", GCS),
     ]
-    assert engine.timeouts == [10, 10], "docker exec itself has a deadline too"
+    assert [c["timeout"] for c in engine.calls()] == [10, 10], "docker exec itself has a deadline too"
 
 
 def test_a_worker_has_the_raylet_probe_only() -> None:
     engine = FakeEngine()
+    engine.containers["w"] = {}
     assert kuberay.probe(engine, "w", "worker")
-    assert engine.calls() == [["exec", "w", "timeout", "2", "bash", "-c", RAYLET]]
+    assert [c.args for c in engine.calls()] == [("w", "timeout", "2", "bash", "-c", RAYLET)]
 
 
 def test_a_probe_that_times_out_fails() -> None:
     engine = FakeEngine()
-    engine.script("exec", "head", "timeout", "2", "bash", "-c", GCS, returncode=124)
+    engine.containers["head"] = {}
+    engine.script("exec", "head", "timeout", "2", "bash", "-c", GCS, returncode=124, output="")
     assert not kuberay.probe(engine, "head")
     assert kuberay.probe(engine, "head", "worker")
 

@@ -89,14 +89,12 @@ _NOT_REFERENCES = {
     ("reference.py", ":"): "the grammar itself",
     ("reference.py", "@"): "the grammar itself",
     ("reference.py", "/"): "the grammar itself",
-    ("engine.py", ":"): "`docker port` prints HOST:PORT, not an image",
     ("platforms.py", ":"): "/proc/cpuinfo's 'flags: ...' line",
     ("registry.py", ":"): "a digest's algorithm:hex, for the OCI referrers fallback tag",
     ("verify/scan.py", ":"): "trivy's 'Version: X' line",
     ("verify/smoke.py", ":"): "a Serve import path, module:attribute",
 }
-# TODO: records branch converts these (state.py's _tag and multi_platform_ref's device-by-position).
-_EXEMPT_MODULES = {"state.py", "tags.py", "records.py"}  # records branch converts these
+_EXEMPT_MODULES: set[str] = set()
 
 
 def _separator_splits(path: Path) -> set[str]:
@@ -137,3 +135,55 @@ def test_the_reference_check_sees_what_it_looks_for() -> None:
     found = _reference_splits()
     assert {("reference.py", ":"), ("reference.py", "@"), ("reference.py", "/")} <= found
     assert set(_NOT_REFERENCES) <= found, "an allowed use is gone: drop it from _NOT_REFERENCES"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def _uses(path: Path, attribute: str) -> bool:
+    """The module reads ``X.<attribute>`` somewhere in its code."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return any(isinstance(node, ast.Attribute) and node.attr == attribute for node in ast.walk(tree))
+
+
+def test_only_the_runner_starts_processes() -> None:
+    starters = {p.relative_to(PACKAGE).as_posix() for p in _modules() if "subprocess" in _imports(p)}
+    assert starters == {"runner.py"}, "run commands through raybuild.runner.Runner"
+
+
+def test_only_the_engine_builds_a_docker_command_line() -> None:
+    # The docker binary's path and the build prefix are what a docker argv starts with; `_docker` runs one.
+    for attribute in ("build_prefix", "_docker", "docker_cmd"):
+        users = {p.relative_to(PACKAGE).as_posix() for p in _modules() if _uses(p, attribute)}
+        assert users <= {"engine.py"}, f"{attribute} is the engine's: add a verb to raybuild.docker_verbs"
+    builders = {p.relative_to(PACKAGE).as_posix() for p in _modules() if _lists_the_docker_binary(p)}
+    assert builders <= {"engine.py", "docker_client.py"}, "a command line that starts with the docker binary"
+
+
+def _lists_the_docker_binary(path: Path) -> bool:
+    """A list literal holding ``<docker or client>.path``: the start of a docker command line."""
+
+    def is_docker_path(node: ast.expr) -> bool:
+        if not (isinstance(node, ast.Attribute) and node.attr == "path"):
+            return False
+        owner = node.value
+        name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+        return name in ("docker", "client")
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return any(
+        isinstance(node, ast.List) and any(is_docker_path(e) for e in node.elts) for node in ast.walk(tree)
+    )
+
+
+def test_the_docker_command_line_check_sees_the_engine() -> None:
+    assert _lists_the_docker_binary(PACKAGE / "engine.py")
+    assert _uses(PACKAGE / "engine.py", "_docker")

@@ -329,7 +329,7 @@ def ensure_uv_image(
         binary = Path(uv_binary())
         if platform != platforms.DEFAULT:
             progress(f"downloading uv {uv_version()} for {platform}")
-            engine.run(
+            engine.runner.run(
                 uv_download_command(str(binary), platform, Path(tmp) / "wheel", index_url),
                 what=f"download of uv for {platform}",
             )
@@ -367,7 +367,7 @@ def ensure_rootfs(engine: Engine, root: Rootfs, progress: Progress, config: Load
     progress(f"bootstrapping {root.ref} from Debian {root.settings.suite} with mmdebstrap")
     with tempfile.TemporaryDirectory(prefix="raybuild-rootfs-") as tmp:
         tarball = Path(tmp) / "rootfs.tar"
-        engine.run(
+        engine.runner.run(
             mmdebstrap_command(root, tarball),
             env={"SOURCE_DATE_EPOCH": str(source_date)},
             what=f"mmdebstrap {root.settings.suite}",

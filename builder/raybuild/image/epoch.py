@@ -67,7 +67,7 @@ def git(engine: Engine, root: Path, *args: str) -> str | None:
     git = which("git")
     if git is None:
         return None
-    result = engine.run([git, "-C", str(root), *args], check=False, timeout=30)
+    result = engine.runner.run([git, "-C", str(root), *args], check=False, timeout=30)
     return result.output if result.returncode == 0 else None
 
 

@@ -296,7 +296,7 @@ class WorkerDrain:
         options.progress(
             f"t={options.t_kill:.1f}s: stopping worker {target.name} (SIGTERM, {grace}s grace period)"
         )
-        engine.docker_cmd("stop", "-t", str(grace), target.name, check=False, timeout=grace + STOP_MARGIN_S)
+        engine.stop(target.name, grace=grace, timeout=grace + STOP_MARGIN_S)
         options.progress(f"t={options.now():.1f}s: {target.name} drained and stopped; starting a new one")
         _replace(engine, project, cluster, target)
         return Struck(target, target)
@@ -310,9 +310,9 @@ class GcsOutage:
         options.progress(
             f"t={options.t_kill:.1f}s: stopping the GCS store {target.name} for {options.outage:.0f}s"
         )
-        engine.docker_cmd("stop", "-t", "0", target.name, check=False)
+        engine.stop(target.name, grace=0)
         time.sleep(options.outage)
-        engine.docker_cmd("start", target.name, check=False)
+        engine.start(target.name)
         # The store has no KubeRay probe; the head, whose GCS lost its store, is what must recover.
         return Struck(target, cluster.node("head"))
 

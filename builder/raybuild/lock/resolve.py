@@ -19,7 +19,6 @@ import hashlib
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -29,13 +28,13 @@ from pathlib import Path
 from raybuild import platforms
 from raybuild.config import LoadedConfig
 from raybuild.config_apps import App
-from raybuild.engine import which
 from raybuild.errors import LockError, StaleLockError
 from raybuild.fsutil import atomic_write, read_text
 from raybuild.lock import cuda, lockfile
 from raybuild.lock.failures import explain_failure, torch_index_failure
 from raybuild.lock.lockfile import extras_lock, normalize, parse_pins
 from raybuild.progress import Progress, silent
+from raybuild.runner import Result, Runner, which
 
 __all__ = ["explain_failure", "extras_lock", "normalize", "parse_pins", "torch_index_failure"]
 
@@ -159,7 +158,8 @@ def lockfile_text(target: LockTarget, config: LoadedConfig, body: str) -> str:
     return lockfile.compose(header(target, config, cuda_line(target, body)), body)
 
 
-Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+# Runs a resolver command line: uv or pip-compile, or a test's stand-in.
+Resolver = Callable[[list[str]], Result]
 
 # pip-tools resolves through pip, which reads pip.conf files and PIP_* variables: a host's extra indexes,
 # find-links or constraints would change the resolution and be written into the lockfile. Only settings
@@ -186,8 +186,8 @@ def resolver_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False, env=resolver_env())
+def _run(command: list[str]) -> Result:
+    return Runner().run(command, check=False, stdout_only=True, environment=resolver_env(), what=command[0])
 
 
 def uv_binary() -> str:
@@ -262,9 +262,9 @@ def _pip_tools_cannot(platform: str) -> LockError:
     )
 
 
-def compile_target(config: LoadedConfig, target: LockTarget, runner: Runner = _run) -> LockResult:
+def compile_target(config: LoadedConfig, target: LockTarget, runner: Resolver | None = None) -> LockResult:
     """Compile one lockfile; the previous one stays in place until the new one is complete."""
-    return _write_all([_compile(config, target, runner)])[0]
+    return _write_all([_compile(config, target, runner or _run)])[0]
 
 
 def _write_all(compiled: list[tuple[LockResult, str | None]]) -> list[LockResult]:
@@ -274,7 +274,7 @@ def _write_all(compiled: list[tuple[LockResult, str | None]]) -> list[LockResult
     return [result for result, _ in compiled]
 
 
-def _compile(config: LoadedConfig, target: LockTarget, runner: Runner) -> tuple[LockResult, str | None]:
+def _compile(config: LoadedConfig, target: LockTarget, runner: Resolver) -> tuple[LockResult, str | None]:
     """A lockfile's result, and its new text when it changed (None: the file stays as it is)."""
     with tempfile.TemporaryDirectory(prefix="raybuild-lock-") as tmp:
         source = Path(tmp) / f"{target.name}.in"
@@ -291,7 +291,7 @@ def _compile(config: LoadedConfig, target: LockTarget, runner: Runner) -> tuple[
             command_target = dataclasses.replace(target, constraint=copy)
         result = runner(compile_command(config, command_target, source, output))
         if result.returncode != 0 or not output.is_file():
-            raise explain_failure(config, target, (result.stderr or "") + (result.stdout or ""))
+            raise explain_failure(config, target, result.stderr + result.output)
         body = output.read_text(encoding="utf-8")
         for prefix in _display_prefixes(Path(tmp)):
             body = body.replace(prefix, "")
@@ -334,9 +334,10 @@ def _display_prefixes(tmp: Path) -> list[str]:
 def lock(
     config: LoadedConfig,
     apps: tuple[App, ...],
-    runner: Runner = _run,
+    runner: Resolver | None = None,
     progress: Progress = silent,
 ) -> list[LockResult]:
+    runner = runner or _run
     rays, app_targets = targets(config, apps)
     other = next((t.platform for t in rays if t.platform != platforms.DEFAULT), None)
     if config.project.resolver == "pip-tools" and other is not None:

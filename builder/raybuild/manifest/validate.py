@@ -108,14 +108,14 @@ def load_crds(path: Path) -> dict[str, Mapping[str, Any]]:
 
 
 def kubectl_runner(command: Sequence[str]) -> str:
-    from raybuild.engine import Engine, which
+    from raybuild.runner import Runner, which
 
     if which(command[0]) is None:
         raise ManifestError(
             f"--crd cluster needs {command[0]} on PATH", hint="install kubectl or pass --crd PATH"
         )
-    result = Engine().run(list(command), timeout=120, what=" ".join(command[:4]))
-    # The engine merges stderr into the output; kubectl's stderr on success is API deprecation warnings.
+    result = Runner().run(list(command), timeout=120, what=" ".join(command[:4]))
+    # The runner merges stderr into the output; kubectl's stderr on success is API deprecation warnings.
     return "\n".join(line for line in result.output.splitlines() if not line.startswith("Warning: "))
 
 

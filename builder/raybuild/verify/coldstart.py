@@ -213,8 +213,11 @@ class ColdNode:
     def running(self) -> bool:
         if not (self.root / "docker.sock").exists():
             return False
-        result = self.node.docker_cmd("info", "--format", "{{.ServerVersion}}", check=False, timeout=10)
-        return result.returncode == 0
+        try:
+            self.node.info("ServerVersion", timeout=10)
+        except EngineError:
+            return False
+        return True
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the cold daemon unless it runs already (it is left running for the next measure)."""
@@ -252,7 +255,7 @@ class ColdNode:
         ]
         log = shlex.quote(str(self.root / "dockerd.log"))
         # Detached from raybuild (setsid, own output file) so that it outlives this command.
-        self.engine.run(
+        self.engine.runner.run(
             ["sh", "-c", f"setsid {shlex.join(command)} >{log} 2>&1 </dev/null &"],
             what="start the cold node's dockerd",
         )
@@ -264,14 +267,18 @@ class ColdNode:
             )
 
     def _ensure_bridge(self) -> None:
-        shown = self.engine.run(["ip", "-o", "-4", "addr", "show", "dev", self.bridge], check=False)
+        shown = self.engine.runner.run(["ip", "-o", "-4", "addr", "show", "dev", self.bridge], check=False)
         if self.bridge_cidr in shown.output:
             return
         if shown.returncode != 0:
-            self.engine.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], what="ip link add")
-        self.engine.run(["ip", "addr", "flush", "dev", self.bridge], what="ip addr flush")
-        self.engine.run(["ip", "addr", "add", self.bridge_cidr, "dev", self.bridge], what="ip addr add")
-        self.engine.run(["ip", "link", "set", self.bridge, "up"], what="ip link set up")
+            self.engine.runner.run(
+                ["ip", "link", "add", "name", self.bridge, "type", "bridge"], what="ip link add"
+            )
+        self.engine.runner.run(["ip", "addr", "flush", "dev", self.bridge], what="ip addr flush")
+        self.engine.runner.run(
+            ["ip", "addr", "add", self.bridge_cidr, "dev", self.bridge], what="ip addr add"
+        )
+        self.engine.runner.run(["ip", "link", "set", self.bridge, "up"], what="ip link set up")
         # The daemon keeps its default bridge's subnet in its network store; a new address needs a new store.
         shutil.rmtree(self.root / "data" / "network", ignore_errors=True)
 
@@ -279,24 +286,21 @@ class ColdNode:
         """Stop the cold daemon (SIGTERM to its pidfile's pid); ``remove`` then deletes its image store."""
         pid = self.pidfile.read_text().strip() if self.pidfile.is_file() else ""
         if pid.isdigit():
-            self.engine.run(["kill", "-TERM", pid], check=False)
+            self.engine.runner.run(["kill", "-TERM", pid], check=False)
             wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout, interval=0.5)
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
-            self.engine.run(["ip", "link", "del", self.bridge], check=False)
+            self.engine.runner.run(["ip", "link", "del", self.bridge], check=False)
 
     def clear(self) -> None:
         """Remove this project's containers and every image on the cold node: the next pull starts from
         nothing. The cold daemon is raybuild's own (no one else's images live there); images another
         project's running head still uses cannot be removed, and stay."""
         sweep(self.node, self.project)
-        listed = self.node.docker_cmd(
-            "image", "ls", "-aq", "--no-trunc", stdout_only=True, what="docker image ls on the cold node"
-        )
-        images = [word.removeprefix("sha256:") for word in listed.output.split()]
+        listed = self.node.image_ids(what="docker image ls on the cold node")
+        images = [word.removeprefix("sha256:") for word in listed]
         if images:
-            ids = parse_ids("\n".join(images), "docker image ls")
-            self.node.docker_cmd("image", "rm", "--force", *ids, check=False)
+            self.node.remove_images(parse_ids("\n".join(images), "docker image ls"))
 
     def pull(self, ref: str, deadline: float | None = None) -> float:
         """Seconds to pull ``ref`` into the cold node's store; an error past ``deadline`` seconds."""

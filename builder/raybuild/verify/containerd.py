@@ -74,7 +74,7 @@ class _Ctr:
         self, *args: str, check: bool = True, timeout: float | None = None, what: str | None = None
     ) -> Result:
         command = [self.binary, "-a", str(self.socket), "-n", NAMESPACE, *args]
-        return self.engine.run(command, check=check, timeout=timeout, what=what)
+        return self.engine.runner.run(command, check=check, timeout=timeout, what=what)
 
     def exec(
         self, container: str, command: list[str], check: bool = False, timeout: float | None = None
@@ -119,7 +119,7 @@ class ContainerdNode:
                 "containerd or ctr not found: the cold node pulls through containerd, as kubelet does",
                 hint="install docker.io (scripts/setup), or pass --runtime docker or --no-pull",
             )
-        said = self.engine.run([containerd, "--version"], what="containerd --version").output
+        said = self.engine.runner.run([containerd, "--version"], what="containerd --version").output
         self.version = parse_version(said)
         self._folder = Path(tempfile.mkdtemp(prefix="raybuild-containerd-", dir=self.parent))
         self._ctr = _Ctr(self.engine, ctr, self.socket)
@@ -129,7 +129,7 @@ class ContainerdNode:
         log = shlex.quote(str(self._folder / "containerd.log"))
         command = shlex.join([containerd, "--config", str(config)])
         self.progress(f"starting a cold containerd ({self.version}, {self._folder})")
-        started = self.engine.run(
+        started = self.engine.runner.run(
             ["sh", "-c", f"setsid {command} >{log} 2>&1 </dev/null & echo $!"],
             what="start the cold node's containerd",
         )
@@ -208,12 +208,12 @@ class ContainerdNode:
             for task in self.ctr("tasks", "ls", "-q", check=False, timeout=30).output.split():
                 self._remove(task)
         if pid.isdigit():
-            self.engine.run(["kill", "-TERM", pid], check=False)
+            self.engine.runner.run(["kill", "-TERM", pid], check=False)
             if not wait_until(lambda: not Path(f"/proc/{pid}").exists(), timeout, interval=0.25):
-                self.engine.run(["kill", "-KILL", pid], check=False)
+                self.engine.runner.run(["kill", "-KILL", pid], check=False)
         # Snapshots are plain folders once nothing runs; a mount left by a killed shim is unmounted first.
         unmount = f"grep -o ' {folder}/[^ ]*' /proc/mounts | xargs -r -n1 umount -l"
-        self.engine.run(["sh", "-c", unmount], check=False)
+        self.engine.runner.run(["sh", "-c", unmount], check=False)
         shutil.rmtree(folder, ignore_errors=True)
         self._folder, self._pid, self._ctr = None, "", None
 

@@ -9,6 +9,7 @@ device driver calls. Every failure is a ``GpuUnavailable`` whose message is the 
 from __future__ import annotations
 
 import ctypes
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from raybuild.config_apps import App
 from raybuild.engine import Engine
-from raybuild.errors import GpuUnavailable, UsageError
+from raybuild.errors import EngineError, GpuUnavailable, UsageError
 from raybuild.lock.cuda import CudaNeed
 
 # Minimum Linux x86_64 driver of each CUDA toolkit: the GA driver NVIDIA's CUDA Toolkit release notes list
@@ -123,19 +124,28 @@ def query_nvml() -> GpuHost | None:
         nvml.nvmlShutdown()
 
 
-# A command ("nvidia-smi ..." or "docker ...") -> (exit code, output).
+# A command (nvidia-smi ...) -> (exit code, output).
 Runner = Callable[[list[str]], tuple[int, str]]
+# Docker's runtimes: (exit code, `docker info`'s Runtimes as JSON, or what it said instead).
+Runtimes = Callable[[], tuple[int, str]]
 
 
 def engine_runner(engine: Engine) -> Runner:
     def run(command: list[str]) -> tuple[int, str]:
-        if command[0] == "docker":
-            result = engine.docker_cmd(*command[1:], check=False, timeout=30)
-        else:
-            result = engine.run(command, check=False, timeout=30)
+        result = engine.runner.run(command, check=False, timeout=30)
         return result.returncode, result.output
 
     return run
+
+
+def engine_runtimes(engine: Engine) -> Runtimes:
+    def runtimes() -> tuple[int, str]:
+        try:
+            return 0, json.dumps(engine.info("Runtimes", timeout=30))
+        except EngineError as exc:
+            return exc.returncode or 1, exc.output_tail or exc.message
+
+    return runtimes
 
 
 def _first_line(text: str) -> str:
@@ -146,14 +156,17 @@ def detect(
     engine: Engine | None = None,
     *,
     runner: Runner | None = None,
+    runtimes: Runtimes | None = None,
     nvml: Callable[[], GpuHost | None] | None = None,
     which: Callable[[str], str | None] | None = None,
 ) -> GpuHost:
     """The host's driver and GPUs, once Docker can pass them to a container; GpuUnavailable otherwise.
 
-    ``runner``, ``nvml`` and ``which`` stand in for commands, NVML and PATH lookups in tests.
+    ``runner``, ``runtimes``, ``nvml`` and ``which`` stand in for nvidia-smi, `docker info`, NVML and PATH
+    lookups in tests.
     """
-    run = runner or engine_runner(engine or Engine())
+    engine = engine or Engine()
+    run = runner or engine_runner(engine)
     which = which or shutil.which
     if which("nvidia-smi") is None:
         host = (nvml or query_nvml)()
@@ -172,7 +185,7 @@ def detect(
         host = GpuHost(rows[0][0], len(rows), tuple(name for _, name in rows))
     if host.gpus < 1:
         raise GpuUnavailable(f"the NVIDIA driver {host.driver} sees no GPU ({host.source})")
-    code, output = run(["docker", "info", "--format", "{{json .Runtimes}}"])
+    code, output = (runtimes or engine_runtimes(engine))()
     if code != 0:
         raise GpuUnavailable(f"`docker info` failed: {_first_line(output)}")
     if '"nvidia"' not in output and which(NVIDIA_HOOK) is None:
@@ -189,11 +202,12 @@ def ensure(
     engine: Engine | None = None,
     *,
     runner: Runner | None = None,
+    runtimes: Runtimes | None = None,
     nvml: Callable[[], GpuHost | None] | None = None,
     which: Callable[[str], str | None] | None = None,
 ) -> GpuHost:
     """A host that can run an app needing ``gpus`` GPUs and ``need``'s CUDA; GpuUnavailable otherwise."""
-    host = detect(engine, runner=runner, nvml=nvml, which=which)
+    host = detect(engine, runner=runner, runtimes=runtimes, nvml=nvml, which=which)
     check_driver(host.driver, need)
     if host.gpus < gpus:
         raise GpuUnavailable(f"the app needs {gpus} GPUs at its minimum replicas; this host has {host.gpus}")

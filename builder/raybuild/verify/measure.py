@@ -19,7 +19,7 @@ from raybuild import platforms
 from raybuild.config import LoadedConfig
 from raybuild.config_apps import App
 from raybuild.engine import Engine
-from raybuild.errors import GpuUnavailable, MeasureError, RaybuildError
+from raybuild.errors import EngineError, GpuUnavailable, MeasureError, RaybuildError
 from raybuild.images import ImageReferences, image_references
 from raybuild.progress import Progress, silent
 from raybuild.records import load_build_record
@@ -154,8 +154,10 @@ def _start_runs(
 
 def _docker_runtime(node: coldstart.ColdNode, compression: Compression) -> str:
     """The dockerd cold node's "docker VERSION"; MeasureError when it cannot pull ``compression``."""
-    said = node.node.docker_cmd("version", "--format", "{{.Server.Version}}", check=False, timeout=30)
-    version = said.output.strip() or "unknown"
+    try:
+        version = str(node.node.info("ServerVersion", timeout=30) or "unknown")
+    except EngineError:
+        version = "unknown"
     major = version.split(".", 1)[0]
     if compression.format == "zstd" and (not major.isdigit() or int(major) < 23):
         raise MeasureError(

@@ -127,7 +127,7 @@ class Trivy:
         return cls(engine, path)
 
     def version(self) -> str:
-        result = self.engine.run([self.path, "--version"], check=False, timeout=60)
+        result = self.engine.runner.run([self.path, "--version"], check=False, timeout=60)
         line = next((ln for ln in result.output.splitlines() if ln.lower().startswith("version")), "")
         return f"trivy {line.split(':', 1)[-1].strip()}" if line else "trivy"
 
@@ -135,7 +135,7 @@ class Trivy:
         """Fetch (or refresh) the vulnerability database now, so that a missing one is the first error."""
         if os.environ.get("TRIVY_SKIP_DB_UPDATE", "").lower() in ("1", "true"):
             return  # the user manages the database; a missing one is reported by the scan itself
-        result = self.engine.run(
+        result = self.engine.runner.run(
             [self.path, "image", "--download-db-only", "--no-progress", "--quiet"], check=False, timeout=600
         )
         if result.returncode != 0:
@@ -164,7 +164,7 @@ class Trivy:
             if ignorefile is not None:
                 command += ["--ignorefile", str(ignorefile)]
             try:
-                self.engine.run(
+                self.engine.runner.run(
                     [*command, target], timeout=1800, error=ScanError, what=f"trivy {source} {target}"
                 )
             except EngineError as exc:

@@ -197,7 +197,7 @@ def pushed_layers(
         push_image(engine, ref, target, compression, made=made, timeout=deadline)
     finally:
         for tag in made:
-            engine.docker_cmd("image", "rm", tag, check=False)  # only the tag; the image stays
+            engine.untag(tag)  # only the tag; the image stays
     pushed = ImageRef.parse(target)
     repository, tag = pushed.path, pushed.api_reference
     manifest = _read(registry, f"manifest {repository}:{tag}", lambda: registry.manifest(repository, tag))
@@ -253,7 +253,7 @@ def run_dive(engine: Engine, ref: str) -> Dive | None:
         return None
     with tempfile.TemporaryDirectory(prefix="raybuild-dive-") as tmp:
         report = Path(tmp) / "dive.json"
-        engine.run([binary, "--json", str(report), "--source", "docker", ref], what=f"dive {ref}")
+        engine.runner.run([binary, "--json", str(report), "--source", "docker", ref], what=f"dive {ref}")
         return parse_dive(json.loads(report.read_text(encoding="utf-8")))
 
 
@@ -267,21 +267,8 @@ def inspect_image(
     dirs = f"/opt/ray/venv/lib/python{python}/site-packages/* /opt/app/site-packages/*"
     reports = "".join(f"echo '{_PRUNE_MARK}{path}'; cat {path} 2>/dev/null; echo; " for path in PRUNE_REPORTS)
     script = f"du -sb {dirs} 2>/dev/null; {reports}true"
-    labels = [arg for key, value in measure_labels(project).items() for arg in ("--label", f"{key}={value}")]
-    result = engine.docker_cmd(
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--user",
-        "0",
-        *labels,
-        "--entrypoint",
-        "/bin/sh",
-        ref,
-        "-c",
-        script,
-        what=f"inspect {ref}",
+    result = engine.run_once(
+        ref, "/bin/sh", ["-c", script], labels=measure_labels(project), user="0", what=f"inspect {ref}"
     )
     return parse_inspection(result.output)
 
@@ -304,15 +291,13 @@ def measure_size(
     ``deadline``: seconds for that push.
     """
     inspected = engine.inspect(ref)
-    history = engine.docker_cmd(
-        "history", "--no-trunc", "--human=false", "--format", "{{json .}}", ref, what=f"docker history {ref}"
-    )
+    history = engine.history(ref)
     if registry is not None:
         target = measure_ref(ref, app, namespace)
         blobs = pushed_layers(engine, registry, ref, target, deadline, compression)
     else:
         blobs = saved_layers(engine, ref)
-    layers = map_layers(blobs.config, history_sizes(history.output), blobs.compressed)
+    layers = map_layers(blobs.config, history_sizes(history), blobs.compressed)
     packages, prune = inspect_image(engine, ref, python, project)
     size = Size(
         uncompressed=int(inspected["Size"]),

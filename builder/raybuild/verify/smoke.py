@@ -78,8 +78,8 @@ def _probed(engine: Engine, container: str, app: App) -> bool:
     """KubeRay's probes pass; a head that exited fails at once rather than at the (long) timeout."""
     if kuberay.probe(engine, container):
         return True
-    state = engine.docker_cmd("inspect", "-f", "{{.State.Running}}", container, check=False).output.strip()
-    if state == "false":
+    state = engine.container_state(container)
+    if state is not None and not state.get("Running", True):
         raise HeadExited(
             f"app {app.name!r}: the head exited before it passed KubeRay's probes; "
             f"last logs: {engine.logs(container, 5)!r}",

@@ -139,15 +139,16 @@ def test_the_gpu_base_builds_on_the_cpu_base_unless_a_cuda_image_is_set(tmp_proj
 def test_ensure_bases_makes_every_missing_image_in_order(tmp_project: TmpProject) -> None:
     config = tmp_project.load()
     engine = FakeEngine()
+    engine.runner.expect("mmdebstrap")
     refs = bases.ensure_bases(config, engine, ("cpu", "gpu"))
     expected = all_refs(config)
     assert engine.created == expected
     assert refs == {"builder": expected[2], "cpu": expected[4], "gpu": expected[5]}
-    assert engine.commands[0][1:] == ["info", "--format", "{{.ServerVersion}}"]
-    bootstraps = [c for c in engine.commands if c[0] == "mmdebstrap"]
+    assert engine.verbs()[0] == "ping"
+    bootstraps = engine.runner.calls("mmdebstrap")
     assert [c[-3] for c in bootstraps] == ["bookworm", "bookworm"]
     assert [c[2].endswith(",binutils") for c in bootstraps] == [True, False]
-    assert engine.calls("import")[0][:3] == ["import", "--change", "LABEL io.raybuild.role=uv"]
+    assert engine.calls("import_tarball")[0]["changes"] == ["LABEL io.raybuild.role=uv"]
     # Each image is built FROM the one made before it.
     builder, cpu, gpu = engine.dockerfiles
     assert f"FROM {expected[1]}" in builder and f"COPY --from={expected[0]} /uv" in builder
@@ -162,7 +163,7 @@ def test_ensure_bases_makes_nothing_that_exists(tmp_project: TmpProject) -> None
     bases.ensure_bases(config, engine, ("cpu", "gpu"))
     assert engine.created == []
     assert engine.builds() == []
-    assert not [c for c in engine.commands if c[0] == "mmdebstrap"]
+    assert engine.runner.calls("mmdebstrap") == []
 
 
 @pytest.mark.usefixtures("mmdebstrap", "tiny_uv")
@@ -170,9 +171,11 @@ def test_ensure_bases_makes_only_the_missing_ones(tmp_project: TmpProject) -> No
     config = tmp_project.load()
     refs = all_refs(config)
     engine = FakeEngine(images=refs[:4])
+    engine.runner.expect("mmdebstrap")
     bases.ensure_bases(config, engine, ("gpu",))  # the GPU base needs the CPU base
     assert engine.created == refs[4:]
     cpu_only = FakeEngine(images=refs[:4])
+    cpu_only.runner.expect("mmdebstrap")
     bases.ensure_bases(config, cpu_only, ("cpu",))
     assert cpu_only.created == [refs[4]]
 
@@ -207,10 +210,10 @@ def test_an_image_source_needs_no_mmdebstrap(
 
 def test_ensure_bases_stops_when_the_daemon_is_down(tmp_project: TmpProject) -> None:
     engine = FakeEngine()
-    engine.script("info", returncode=1, output="Cannot connect to the Docker daemon")
+    engine.script("ping", raises=EngineError("the Docker daemon is not reachable"))
     with pytest.raises(EngineError, match="not reachable"):
         bases.ensure_bases(tmp_project.load(), engine)
-    assert len(engine.commands) == 1
+    assert engine.verbs() == ["ping"]
 
 
 # -- other platforms ----------------------------------------------------------------------------------------
@@ -248,16 +251,15 @@ def test_arm64_bases_are_loaded_with_their_architecture_and_built_for_it(
 
     monkeypatch.setattr(bases, "write_archive", fake_archive)
     monkeypatch.setattr(bases, "_import", _recording_import(bases._import, archives))
-    fake_run = engine.run
 
-    def run(command: list[str], **kwargs: object) -> object:
-        if command[1:3] == ["pip", "install"]:  # the uv download leaves the arm64 binary at bin/uv
-            target = Path(command[command.index("--target") + 1])
-            (target / "bin").mkdir(parents=True)
-            (target / "bin" / "uv").write_bytes(b"\x7fELF")
-        return fake_run(command, **kwargs)  # type: ignore[arg-type]
+    def download(command: list[str]) -> None:  # the uv download leaves the arm64 binary at bin/uv
+        target = Path(command[command.index("--target") + 1])
+        (target / "bin").mkdir(parents=True)
+        (target / "bin" / "uv").write_bytes(b"\x7fELF")
 
-    monkeypatch.setattr(engine, "run", run)
+    engine.runner.expect("*", "pip", "install", effect=download)
+    engine.runner.expect("mmdebstrap")
+    engine.script("load")
     refs = bases.ensure_bases(config, engine, ("cpu",), platform=platforms.ARM64)
     assert refs["cpu"] == bases.base_ref(config, "cpu", platforms.ARM64)
     assert refs["cpu"].endswith("-arm64") and refs["builder"].endswith("-arm64")
@@ -268,11 +270,11 @@ def test_arm64_bases_are_loaded_with_their_architecture_and_built_for_it(
         (bases.rootfs(cpu, "builder", platforms.ARM64).ref, "arm64"),
         (bases.rootfs(cpu, "runtime", platforms.ARM64).ref, "arm64"),
     ]
-    assert not engine.calls("import")
-    assert len(engine.calls("load", "-q", "-i")) == 3
-    download = next(c for c in engine.commands if c[1:3] == ["pip", "install"])
-    assert "aarch64-manylinux_2_28" in download and f"uv=={bases.uv_version()}" in download
-    assert [c[c.index("--platform") + 1] for c in engine.builds()] == ["linux/arm64", "linux/arm64"]
+    assert not engine.calls("import_tarball")
+    assert len(engine.calls("load")) == 3
+    (downloaded,) = engine.runner.calls("*", "pip", "install")
+    assert "aarch64-manylinux_2_28" in downloaded and f"uv=={bases.uv_version()}" in downloaded
+    assert [b["platform"] for b in engine.builds()] == ["linux/arm64", "linux/arm64"]
 
 
 def _recording_import(real: object, archives: list[tuple[str, str]]) -> object:

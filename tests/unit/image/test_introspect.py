@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from raybuild.engine import Result
+from raybuild.engine import Engine
 from raybuild.errors import BuildError
 from raybuild.image.introspect import MARK, PROBE, AppException, introspect, parse_report
 from raybuild.interrupts import Interrupted
 from raybuild.labels import object_labels
-from tests.unit.fakes import FakeEngine, make_app
+from tests.unit.fakes import DOCKER, FakeEngine, FakeRunner, container_id, make_app
 from tests.unit.serve_failures import CONSTRUCTOR_TRACEBACK, IMPORT_TRACEBACK
 
 
@@ -86,30 +86,29 @@ PROJECT = "0123456789abcdef"
 
 def test_introspect_runs_the_probe_offline_in_a_throwaway_container() -> None:
     engine = FakeEngine()
-    engine.script("run", "--rm", output=_report(ok=True, deployments=[{"name": "Demo"}]))
+    engine.script("run_python", output=_report(ok=True, deployments=[{"name": "Demo"}]))
     assert introspect(engine, "img:1", make_app(), PROJECT).names == ("Demo",)
-    (args,) = engine.calls("run")
-    assert args[args.index("--network") + 1] == "none"
-    assert args[-4:] == ["img:1", "-", "demo_app:app", "/home/ray/app"]
-    assert f"io.raybuild.project={PROJECT}" in args and "io.raybuild.purpose=introspect" in args
+    (call,) = engine.calls("run_python")  # run_python runs it with no network (see test_engine)
+    assert call.args[0] == "img:1" and call.args[2] == ["demo_app:app", "/home/ray/app"]
+    assert call["labels"] == object_labels(PROJECT, "introspect")
 
 
 def test_a_container_left_running_by_a_timeout_or_an_interruption_is_removed() -> None:
-    engine = FakeEngine()
-    original = engine.run
-
-    def run(command: list[str], **kwargs: Any) -> Result:
-        args = engine.args(command)
-        if args[:2] == ["run", "--rm"]:  # the client dies; the container it made keeps running
-            engine.containers[args[args.index("--name") + 1]] = object_labels(PROJECT, "introspect")
-            raise Interrupted(15)
-        return original(command, **kwargs)
-
-    engine.run = run  # type: ignore[method-assign]
-    engine.containers["someone-elses"] = {}
+    # The real engine over a fake runner: the client dies, and the container it made keeps running.
+    engine = Engine(client=DOCKER)
+    engine.runner = runner = FakeRunner()  # type: ignore[assignment]
+    runner.expect(DOCKER.path, "run", "--rm", raises=Interrupted(15))
+    runner.expect(DOCKER.path, "ps", output=container_id("left-running"))
+    runner.expect(DOCKER.path, "rm", "--force", "--volumes")
     with pytest.raises(Interrupted):
         introspect(engine, "img:1", make_app(), PROJECT)
-    assert list(engine.containers) == ["someone-elses"]
+    (run,) = runner.calls(DOCKER.path, "run")
+    name = run[run.index("--name") + 1]
+    (listed,) = runner.calls(DOCKER.path, "ps")
+    assert f"name=^/?{re.escape(name)}$" in listed and f"label=io.raybuild.project={PROJECT}" in listed
+    assert runner.calls(DOCKER.path, "rm") == [
+        [DOCKER.path, "rm", "--force", "--volumes", container_id("left-running")]
+    ]
 
 
 def _run_probe(tmp_path: Path, code: str, import_path: str) -> str:

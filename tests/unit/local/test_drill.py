@@ -23,7 +23,7 @@ from raybuild.local import drill
 from raybuild.local.cluster import LocalCluster, Node, node_spec
 from raybuild.local.drill import Latency, RequestLoop, Sample, Window
 from tests.conftest import REPO_ROOT, MainResult
-from tests.unit.fakes import FakeDashboard, FakeEngine, container_id
+from tests.unit.fakes import FakeDashboard, FakeEngine, docker_runs
 
 PROJECT = "0123456789abcdef"
 
@@ -249,7 +249,7 @@ def test_an_unknown_drill_is_refused_before_anything_runs(server: tuple[str, lis
     with pytest.raises(UsageError, match=r"^no drill named 'disk-full'") as raised:
         drill.run_drill(engine, PROJECT, cluster, "disk-full", duration=0.3, rps=10, timeout=5, direct=True)
     assert raised.value.hint == "choose one of: head-restart, worker-kill, worker-drain, gcs-outage"
-    assert (engine.commands, hits) == ([], []), "no request sent, no node touched"
+    assert (engine.log, hits) == ([], []), "no request sent, no node touched"
 
 
 def test_the_cli_refuses_an_unknown_drill(run_main: Callable[..., MainResult]) -> None:
@@ -297,13 +297,15 @@ def test_a_drill_replaces_its_target_and_waits_for_kuberays_probes(
     assert report.mode == "direct"
     assert {url for url, _, _ in dashboard.called("applications")} == {cluster.dashboard}
     if kind == "worker-drain":  # `docker stop` with the pod's grace period: SIGTERM runs the drain first
-        assert engine.calls("stop") == [["stop", "-t", str(kuberay.TERMINATION_GRACE_S), target]]
+        (stop,) = engine.calls("stop")
+        assert stop.args == (target,) and stop["grace"] == kuberay.TERMINATION_GRACE_S
     if kind == "gcs-outage":
-        assert engine.calls("stop") == [["stop", "-t", "0", "c-gcs"]]
-        assert engine.calls("start") == [["start", "c-gcs"]]
+        (stop,) = engine.calls("stop")
+        assert stop.args == ("c-gcs",) and stop["grace"] == 0
+        assert [c.args for c in engine.calls("start")] == [("c-gcs",)]
     else:
-        [run] = engine.calls("run")
-        assert engine.calls("rm") == [["rm", "--force", "--volumes", container_id(target)]]
+        [run] = docker_runs(engine)
+        assert engine.removed == [target]
         assert run[run.index("--name") + 1] == target, "the replacement keeps the name, IP and ports"
         assert f"io.raybuild.project={PROJECT}" in run
 
@@ -329,7 +331,7 @@ def test_a_rate_the_client_cannot_sustain_is_refused_before_anything_is_killed(
             dashboard_api=dashboard,
         )
     assert raised.value.hint is not None and "lower --rps" in raised.value.hint
-    assert engine.commands == [], "no node was touched"
+    assert engine.calls() == [], "no node was touched"
 
 
 def test_a_drill_goes_through_the_front_unless_direct(
@@ -359,4 +361,4 @@ def test_a_drill_through_a_cluster_without_a_front_is_refused(
     with pytest.raises(ClusterError, match="no front") as raised:
         drill.run_drill(engine, PROJECT, cluster, "worker-kill", duration=0.3, rps=10, timeout=5)
     assert raised.value.hint is not None and "--direct" in raised.value.hint
-    assert engine.commands == [], "no node was touched"
+    assert engine.calls() == [], "no node was touched"

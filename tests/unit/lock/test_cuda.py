@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,6 +16,7 @@ from raybuild.config import LoadedConfig
 from raybuild.errors import ConfigError, LockError
 from raybuild.lock import cuda
 from raybuild.lock import resolve as locking
+from raybuild.runner import Result
 from tests.conftest import MainResult, TmpProject
 
 CUDA12_LOCK = """\
@@ -155,12 +154,12 @@ class BodyResolver:
         self.commands: list[list[str]] = []
         self.fail_with: str | None = None
 
-    def __call__(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+    def __call__(self, command: list[str]) -> Result:
         self.commands.append(command)
         if self.fail_with is not None:
-            return subprocess.CompletedProcess(command, 1, "", self.fail_with)
+            return Result(command, 1, "", self.fail_with)
         Path(command[command.index("-o") + 1]).write_text(self.body)
-        return subprocess.CompletedProcess(command, 0, "", "")
+        return Result(command, 0, "", "")
 
 
 @pytest.fixture
@@ -316,13 +315,9 @@ def test_an_unreachable_pytorch_index_is_one_clear_error(tmp_project: TmpProject
 
 @pytest.fixture
 def fake_uv(monkeypatch: pytest.MonkeyPatch) -> BodyResolver:
-    """Replaces the subprocess that runs uv with a resolver writing CUDA12_LOCK."""
+    """Replaces the runner of uv with a resolver writing CUDA12_LOCK."""
     resolver = BodyResolver()
-
-    def run(command: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
-        return resolver(command)
-
-    monkeypatch.setattr(locking.subprocess, "run", run)
+    monkeypatch.setattr(locking, "_run", resolver)
     return resolver
 
 

@@ -6,7 +6,6 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -87,9 +86,7 @@ def test_raybuild_lock_repairs_its_own_lockfile(
     break_it(path)
     found = lockfile.read(path)
     assert found is not None and (found.problem or "").startswith(problem)
-    monkeypatch.setattr(
-        locking, "subprocess", SimpleNamespace(run=lambda command, **_: FakeResolver()(command))
-    )
+    monkeypatch.setattr(locking, "_run", FakeResolver())
     result = run_main("--config", str(tmp_project.config_path), "lock", "demo")
     assert result.exit_code == 0, result.stderr
     assert path.read_bytes() == good

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from raybuild.config import LoadedConfig
 from raybuild.errors import LockError, StaleLockError
 from raybuild.lock import resolve as locking
 from raybuild.lock.lockfile import read
+from raybuild.runner import Result
 from tests.conftest import TmpProject
 from tests.unit.fakes import FakeResolver
 
@@ -69,9 +69,9 @@ def test_a_package_without_a_wheel_for_a_platform_fails_naming_both_and_writes_n
     before = {p.name: p.read_bytes() for p in both.lock_dir().iterdir()}
     (both.requirements_file(both.apps[0])).write_text("docopt\n")
 
-    def runner(command: list[str]) -> subprocess.CompletedProcess[str]:
+    def runner(command: list[str]) -> Result:
         if "aarch64-manylinux_2_36" in command and "-c" in command:
-            return subprocess.CompletedProcess(command, 1, "", NO_ARM64_WHEEL)
+            return Result(command, 1, "", NO_ARM64_WHEEL)
         return FakeResolver()(command)
 
     with pytest.raises(LockError) as caught:

@@ -418,6 +418,6 @@ def test_the_cli_reads_the_cluster_crd_through_kubectl(
 
 
 def test_crd_cluster_without_kubectl(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("raybuild.engine.which", lambda tool: None)
+    monkeypatch.setattr("raybuild.runner.which", lambda tool: None)
     with pytest.raises(ManifestError, match="needs kubectl on PATH"):
         resolve_crds("cluster")

@@ -118,7 +118,7 @@ class PushEngine(FakeEngine):
     def __post_init__(self) -> None:
         super().__init__([DEMO_REF, HEAD_REF])
         self.images.update({DEMO_REF: IMAGE_ID, HEAD_REF: HEAD_ID})
-        self.script("run", "--rm", "-i", output=probe_report())
+        self.script("run_python", output=probe_report())
 
     def inspect(self, ref: str) -> dict[str, Any]:
         return {"Id": self.images[ref], "Size": 100}

@@ -75,14 +75,13 @@ def test_no_report_names_the_image() -> None:
 
 def test_read_runs_the_probe_offline_in_a_labelled_throwaway_container() -> None:
     engine = FakeEngine([IMAGE])
-    engine.script("run", "--rm", "-i", output=report())
+    engine.script("run_python", output=report())
     found = read_inventory(engine, IMAGE, "0123456789abcdef")
     assert len(found.python) == 2
-    (args,) = engine.calls("run")
-    assert args[args.index("--network") + 1] == "none"
-    assert f"{MANAGED_LABEL}=true" in args
-    assert f"{PROJECT_LABEL}=0123456789abcdef" in args
-    assert args[-4:] == ["--entrypoint", "python", IMAGE, "-"]
+    (call,) = engine.calls("run_python")  # run_python runs it with no network (see test_engine)
+    assert call["labels"][MANAGED_LABEL] == "true"
+    assert call["labels"][PROJECT_LABEL] == "0123456789abcdef"
+    assert call.args[0] == IMAGE
 
 
 def test_the_probe_lists_what_importlib_metadata_sees() -> None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from raybuild import engine as engine_module
+from raybuild.engine import Engine
 from raybuild.errors import EngineError, PublishError
 from raybuild.registry import Manifest
 from raybuild.ship.push import ZSTD_LAYER, Compression, check_layers, push_image, wrong_layers
-from tests.unit.fakes import FakeEngine
+from tests.unit.fakes import DOCKER, FakeEngine, FakeRunner
 
 LOCAL = "127.0.0.1:5000/demo/demo:ray2.60.0-py3.11-cpu-222222222222"
 GZIP_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -28,38 +28,39 @@ def test_gzip_tags_the_target_then_docker_pushes_it() -> None:
     engine.script("push", output=f"t: digest: sha256:{'a' * 64} size: 1")
     assert push_image(engine, LOCAL, target, Compression(), made=made) == "sha256:" + "a" * 64
     assert engine.calls("tag") == [["tag", LOCAL, target]] and made == [target]
-    assert engine.calls("push") == [["push", target]]
+    assert [c.args for c in engine.calls("push")] == [(target,)]
+
+
+def skopeo_engine() -> tuple[Engine, FakeRunner]:
+    """The real engine over a runner that answers skopeo as skopeo does: the digest in --digestfile."""
+    engine, runner = Engine(client=DOCKER), FakeRunner()
+    engine.runner = runner  # type: ignore[assignment]
+
+    def copy(command: list[str]) -> None:
+        Path(command[command.index("--digestfile") + 1]).write_text("sha256:" + "b" * 64 + "\n")
+
+    runner.expect("/usr/bin/skopeo", "copy", effect=copy)
+    return engine, runner
 
 
 def test_zstd_copies_from_the_daemon_with_skopeo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "which", lambda tool: f"/usr/bin/{tool}")
-    engine, made = FakeEngine(images=[LOCAL]), list[str]()
-
-    def run(command: list[str], **kwargs: Any) -> Any:
-        engine.commands.append(command)
-        Path(command[command.index("--digestfile") + 1]).write_text("sha256:" + "b" * 64 + "\n")
-
-    monkeypatch.setattr(engine, "run", run)
+    engine, runner = skopeo_engine()
+    made = list[str]()
     target = "127.0.0.1:5000/demo/demo:zstd"
     assert push_image(engine, LOCAL, target, Compression("zstd", 19), made=made) == "sha256:" + "b" * 64
-    (command,) = engine.commands
+    (command,) = runner.commands
     assert command[:2] == ["/usr/bin/skopeo", "copy"]
     assert command[-2:] == [f"docker-daemon:{LOCAL}", f"docker://{target}"]
     assert command[4:6] == ["--dest-compress-format", "zstd"] and "--dest-compress-level" in command
     assert "--dest-tls-verify=false" in command  # a loopback registry speaks plain HTTP
-    assert made == [] and engine.calls("tag") == []
+    assert made == [] and runner.calls(DOCKER.path) == []  # no docker command: no tag to clean up
 
 
 def test_zstd_to_a_remote_registry_keeps_tls_verification(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "which", lambda tool: f"/usr/bin/{tool}")
-    engine = FakeEngine(images=[LOCAL])
-    seen: list[list[str]] = []
-
-    def run(command: list[str], **kwargs: Any) -> Any:
-        seen.append(command)
-        Path(command[command.index("--digestfile") + 1]).write_text("sha256:" + "b" * 64)
-
-    monkeypatch.setattr(engine, "run", run)
+    engine, runner = skopeo_engine()
+    seen = runner.commands
     push_image(engine, LOCAL, "registry.example.com/ns/demo:z", Compression("zstd", 3))
     assert "--dest-tls-verify=false" not in seen[0]
     assert seen[0][seen[0].index("--dest-compress-level") + 1] == "3"
@@ -68,7 +69,7 @@ def test_zstd_to_a_remote_registry_keeps_tls_verification(monkeypatch: pytest.Mo
 def test_zstd_without_skopeo_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "which", lambda tool: None)
     with pytest.raises(EngineError, match="skopeo not found") as raised:
-        push_image(FakeEngine(images=[LOCAL]), LOCAL, "127.0.0.1:5000/d/x:t", Compression("zstd", 19))
+        push_image(skopeo_engine()[0], LOCAL, "127.0.0.1:5000/d/x:t", Compression("zstd", 19))
     assert "scripts/setup" in (raised.value.hint or "")
 
 
@@ -92,13 +93,7 @@ def test_skopeo_gets_a_tag_where_docker_would_assume_latest(
     monkeypatch: pytest.MonkeyPatch, local: str, source: str
 ) -> None:
     monkeypatch.setattr(engine_module, "which", lambda tool: f"/usr/bin/{tool}")
-    engine = FakeEngine()
-    seen: list[list[str]] = []
-
-    def run(command: list[str], **kwargs: Any) -> Any:
-        seen.append(command)
-        Path(command[command.index("--digestfile") + 1]).write_text("sha256:" + "b" * 64)
-
-    monkeypatch.setattr(engine, "run", run)
+    engine, runner = skopeo_engine()
+    seen = runner.commands
     push_image(engine, local, "127.0.0.1:5000/d/x:t", Compression("zstd", 19))
     assert seen[0][-2] == f"docker-daemon:{source}"

@@ -275,7 +275,7 @@ def probe_report() -> str:
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch, sbom_project: LoadedConfig) -> Callable[..., MainResult]:
     engine = FakeEngine([DEMO_REF, HEAD_REF])
-    engine.script("run", "--rm", "-i", output=probe_report())
+    engine.script("run_python", output=probe_report())
     monkeypatch.setattr(sbom_cli, "engine_for", lambda state: engine)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1764504000")
     return lambda run_main, *args: run_main("--config", str(sbom_project.path), "sbom", "--offline", *args)

@@ -15,7 +15,7 @@ from raybuild import kuberay
 from raybuild.errors import EngineError, SmokeTestError
 from raybuild.verify import coldstart
 from raybuild.verify.coldstart import ColdNode, WarmStart, warm_start
-from tests.unit.fakes import FakeDashboard, FakeEngine, container_id, make_app
+from tests.unit.fakes import FakeDashboard, FakeEngine, docker_runs, make_app
 from tests.unit.serve_failures import failed_status
 
 PROJECT = "0123456789abcdef"
@@ -92,7 +92,7 @@ def ray(monkeypatch: pytest.MonkeyPatch) -> Ray:
 def engine() -> FakeEngine:
     engine = FakeEngine()
     for port, url in ((52365, AGENT), (8265, DASHBOARD), (8000, SERVE)):
-        engine.script("port", "*", f"{port}/tcp", output=url.removeprefix("http://") + "\n")
+        engine.script("published_port", "*", port, returns=int(url.rsplit(":", 1)[1]))
     engine.script("logs", output="last log line")
     return engine
 
@@ -116,10 +116,10 @@ def test_warm_start_runs_kuberays_head_and_worker_on_a_network_of_their_own(
     warm_start(
         engine, make_app(), "img:1", project=PROJECT, dashboard_api=ray.dashboard, cpu_mode=False, timeout=5
     )
-    [create] = engine.calls("network", "create")
-    network = create[-1]
+    [create] = engine.calls("create_network")
+    network = create[1]
     assert network.startswith("raybuild-measure-")
-    head, worker = engine.calls("run")
+    head, worker = docker_runs(engine)
     assert head[head.index("--network") + 1] == worker[worker.index("--network") + 1] == network
     assert head[-1] == kuberay.head_command(kuberay.required_cpus(make_app()))
     assert worker[-1] == kuberay.worker_command(f"{network}-head", 1), "the worker finds the head by name"
@@ -127,9 +127,8 @@ def test_warm_start_runs_kuberays_head_and_worker_on_a_network_of_their_own(
     assert published == ["127.0.0.1::8000", "127.0.0.1::8265", "127.0.0.1::52365"]
     assert "-p" not in worker and "--gpus" not in head + worker
     assert engine.containers == {} and engine.networks == {}
-    removals = [c[-1] for c in engine.calls() if c[0] == "rm" or c[:2] == ["network", "rm"]]
-    expected = [container_id(f"{network}-worker"), container_id(f"{network}-head"), network]
-    assert removals == expected, "containers before their network"
+    expected = [f"{network}-worker", f"{network}-head", network]
+    assert engine.removed == expected, "containers before their network"
     for run in (head, worker):
         assert f"io.raybuild.project={PROJECT}" in run and "io.raybuild.purpose=measure" in run
 
@@ -145,7 +144,7 @@ def test_warm_start_in_gpu_mode_gives_every_node_all_gpus(ray: Ray, engine: Fake
         gpu=True,
         timeout=5,
     )
-    for run in engine.calls("run"):
+    for run in docker_runs(engine):
         assert run[run.index("--gpus") + 1] == "all"
 
 
@@ -197,7 +196,8 @@ def test_a_worker_that_cannot_start_leaves_nothing_behind(
 ) -> None:
     monkeypatch.setattr(coldstart, "uuid", SimpleNamespace(uuid4=lambda: SimpleNamespace(hex="0123456789")))
     worker = "raybuild-measure-01234567-worker"
-    engine.script("run", "-d", "--name", worker, returncode=125, output="No such image: img:1")
+    failed = EngineError(f"docker run {worker} (img:1) failed (exit 125)", output_tail="No such image: img:1")
+    engine.script("run_detached", worker, raises=failed)
     with pytest.raises(EngineError) as raised:
         warm_start(
             engine,
@@ -210,7 +210,7 @@ def test_a_worker_that_cannot_start_leaves_nothing_behind(
         )
     assert str(raised.value) == f"docker run {worker} (img:1) failed (exit 125)"
     assert engine.containers == {} and engine.networks == {}
-    assert engine.calls("rm", "--force", "--volumes", container_id("raybuild-measure-01234567-head"))
+    assert "raybuild-measure-01234567-head" in engine.removed
 
 
 # -- the cold node ----------------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ def test_the_cold_head_runs_without_a_network_until_kuberays_probes_pass(
 ) -> None:
     node, engine = cold
     assert node.head(make_app(), "127.0.0.1:5000/m/demo:1", timeout=5) >= 0
-    [run] = engine.calls("run")
+    [run] = docker_runs(engine)
     assert run[run.index("--network") + 1] == "none"
     assert "-p" not in run and "--gpus" not in run
     assert run[-1] == kuberay.head_command(kuberay.required_cpus(make_app()))
@@ -250,7 +250,7 @@ def test_a_cold_head_that_never_passes_its_probes_is_removed(cold: tuple[ColdNod
     assert str(raised.value) == (
         "app 'demo': cold-node head never passed KubeRay's probes within 0s: GCS failed to start"
     )
-    [run] = engine.calls("run")
+    [run] = docker_runs(engine)
     assert run[run.index("--gpus") + 1] == "all"
     assert engine.containers == {}
 
@@ -262,36 +262,28 @@ def test_clearing_the_cold_node_sweeps_this_projects_leftovers_and_every_image(
     engine.containers["left"] = coldstart.measure_labels(PROJECT)
     engine.containers["another-projects"] = coldstart.measure_labels("f" * 16)
     a, b = "a" * 64, "b" * 64
-    engine.script("image", "ls", output=f"sha256:{a}\nsha256:{b}\nsha256:{a}\n", stderr="WARNING: config")
+    engine.script("image_ids", returns=[f"sha256:{a}", f"sha256:{b}", f"sha256:{a}"])
     node.clear()
     assert list(engine.containers) == ["another-projects"]
-    assert engine.calls("image", "rm") == [["image", "rm", "--force", a, b]]
+    assert [c.args for c in engine.calls("remove_images")] == [([a, b],)]
 
 
 def test_clearing_the_cold_node_removes_no_image_on_an_answer_it_cannot_read(
     cold: tuple[ColdNode, FakeEngine],
 ) -> None:
     node, engine = cold
-    engine.script("image", "ls", output="Error response from daemon")
+    engine.script("image_ids", returns=["Error", "response", "from", "daemon"])
     with pytest.raises(EngineError, match="not an object ID"):
         node.clear()
-    assert engine.calls("image", "rm") == []
+    assert engine.calls("remove_images") == []
 
 
 def test_the_cold_node_pulls_within_the_deadline(cold: tuple[ColdNode, FakeEngine]) -> None:
     node, engine = cold
-    deadlines: list[float | None] = []
-    original = engine.run
-
-    def run(command: list[str], **kwargs: Any) -> Any:
-        deadlines.append(kwargs.get("timeout"))
-        return original(command, **kwargs)
-
-    engine.run = run  # type: ignore[method-assign]
     engine.remote["127.0.0.1:5000/ns/demo-measure:1"] = ("sha256:" + "1" * 64, "sha256:" + "2" * 64)
     node.pull("127.0.0.1:5000/ns/demo-measure:1", deadline=42)
-    assert engine.calls("pull") == [["pull", "--quiet", "127.0.0.1:5000/ns/demo-measure:1"]]
-    assert deadlines == [42]
+    (pulled,) = engine.calls("pull")
+    assert pulled.args == ("127.0.0.1:5000/ns/demo-measure:1",) and pulled["timeout"] == 42
 
 
 def test_a_failed_deploy_stops_the_warm_start_and_keeps_the_traceback(

@@ -19,15 +19,17 @@ def node(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ContainerdNode:
     monkeypatch.setattr(module, "which", lambda tool: f"/usr/bin/{tool}")
     monkeypatch.setattr(ContainerdNode, "running", lambda self: self._folder is not None)
     engine = FakeEngine()
-    engine.script("/usr/bin/containerd", "--version", output="containerd github.com/containerd/containerd "
-                  "1.6.20~ds1 1.6.20~ds1-1+deb12u3")  # fmt: skip
-    engine.script("sh", "-c", output="4242")
+    engine.runner.expect(CTR)
+    engine.runner.expect("kill")
+    said = "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"
+    engine.runner.expect("/usr/bin/containerd", "--version", output=said)
+    engine.runner.expect("sh", "-c", output="4242")  # the start (it echoes the pid) and the unmount sweep
     return ContainerdNode(engine, parent=tmp_path)
 
 
 def ctr_calls(node: ContainerdNode) -> list[list[str]]:
     assert isinstance(node.engine, FakeEngine)
-    return [c[5:] for c in node.engine.commands if c[0] == CTR]
+    return [c[5:] for c in node.engine.runner.commands if c[0] == CTR]
 
 
 def test_every_path_of_the_config_is_under_its_folder() -> None:
@@ -56,7 +58,7 @@ def test_start_uses_a_new_empty_folder_and_stop_removes_it(node: ContainerdNode,
     node.stop()
     assert not second.exists()
     assert isinstance(node.engine, FakeEngine)
-    assert node.engine.calls("kill", "-TERM", "4242")
+    assert node.engine.runner.calls("kill", "-TERM", "4242")
     node.stop()  # twice is fine
 
 
@@ -69,7 +71,7 @@ def test_pull_is_kubelets_and_plain_http_only_on_this_host(node: ContainerdNode)
         ["images", "pull", "registry.example.com/ns/hello:t"],
     ]
     assert isinstance(node.engine, FakeEngine)
-    assert [c[1:5] for c in node.engine.commands if c[0] == CTR][-1] == [
+    assert [c[1:5] for c in node.engine.runner.commands if c[0] == CTR][-1] == [
         "-a",
         str(node.socket),
         "-n",
@@ -94,7 +96,7 @@ def test_head_runs_kuberays_command_until_both_probes_pass_then_goes(node: Conta
 def test_a_head_that_never_passes_fails_naming_the_app_and_is_removed(node: ContainerdNode) -> None:
     node.start()
     assert isinstance(node.engine, FakeEngine)
-    node.engine.script(CTR, "*", "*", "*", "*", "tasks", "exec", returncode=1)
+    node.engine.runner.expect(CTR, "*", "*", "*", "*", "tasks", "exec", returncode=1)
     with pytest.raises(SmokeTestError, match="app 'demo': cold-node head never passed"):
         node.head(make_app("demo"), "127.0.0.1:5000/ns/hello:t", timeout=0.5)
     assert any(c[:2] == ["containers", "rm"] for c in ctr_calls(node))

@@ -16,7 +16,8 @@ import pytest
 from raybuild import kuberay
 from raybuild.config import load_config
 from raybuild.config_apps import App
-from raybuild.engine import Engine, Result
+from raybuild.docker_verbs import DetachedContainer
+from raybuild.engine import Engine, Result, run_detached_args
 from raybuild.errors import EngineError, GpuUnavailable, SmokeTestError, UsageError
 from raybuild.lock.cuda import CudaNeed
 from raybuild.verify import gpu, smoke
@@ -129,8 +130,11 @@ class FakeHost:
         if command[0] == "nvidia-smi":
             assert self.smi is not None, "nvidia-smi run although it is not installed"
             return self.smi
-        assert command == ["docker", "info", "--format", "{{json .Runtimes}}"]
-        return 0, self.runtimes + "\n"
+        raise AssertionError(f"unexpected command {command}")
+
+    def docker_runtimes(self) -> tuple[int, str]:
+        self.commands.append(["docker", "info"])
+        return 0, self.runtimes
 
     def which(self, tool: str) -> str | None:
         if tool == "nvidia-smi":
@@ -138,7 +142,9 @@ class FakeHost:
         return f"/usr/bin/{tool}" if tool == gpu.NVIDIA_HOOK and self.hook else None
 
     def detect(self) -> gpu.GpuHost:
-        return gpu.detect(runner=self.run, nvml=lambda: self.nvml_host, which=self.which)
+        return gpu.detect(
+            runner=self.run, runtimes=self.docker_runtimes, nvml=lambda: self.nvml_host, which=self.which
+        )
 
 
 def _unavailable(host: FakeHost) -> GpuUnavailable:
@@ -193,7 +199,12 @@ def test_detect_success() -> None:
 
 def test_ensure_checks_the_driver_and_the_gpu_count() -> None:
     host = FakeHost(smi=(0, "560.35.03, NVIDIA L4\n"))
-    kwargs: dict[str, Any] = {"runner": host.run, "which": host.which, "nvml": lambda: None}
+    kwargs: dict[str, Any] = {
+        "runner": host.run,
+        "runtimes": host.docker_runtimes,
+        "which": host.which,
+        "nvml": lambda: None,
+    }
     assert gpu.ensure(CudaNeed("12.9", ()), 1, **kwargs).driver == "560.35.03"
     with pytest.raises(GpuUnavailable, match=r"too old for the app's torch built for CUDA 12\.8"):
         gpu.ensure(CudaNeed("12.8", (), torch="12.8"), 1, **kwargs)
@@ -215,11 +226,13 @@ class FakeEngine:
         self.exec_output = exec_output
         self.run_error = run_error
 
-    def docker_cmd(self, *args: str, **_: Any) -> Result:
-        self.calls.append(list(args))
-        if args[0] == "run" and self.run_error is not None:
+    def run_detached(self, container: DetachedContainer, *, what: str) -> None:
+        self.calls.append(run_detached_args(container))
+        if self.run_error is not None:
             raise EngineError("docker run failed (exit 125)", output_tail=self.run_error)
-        return Result(list(args), 0, "127.0.0.1:49153\n" if args[0] == "port" else "")
+
+    def published_port(self, container: str, port: int) -> int:
+        return 49153
 
     def release(self, labels: dict[str, str], *, name: str | None = None) -> None:
         assert labels["io.raybuild.project"] == PROJECT and name is not None

@@ -263,14 +263,31 @@ class FakeEngine:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
 
-    def docker_cmd(self, *args: str, **kwargs: Any) -> Result:
-        self.calls.append(list(args))
-        output = ""
-        if args[0] == "history":
-            output = history_output(self.images[args[-1]].history)
-        elif args[0] == "run":
-            output = INSIDE
-        return Result(["docker", *args], 0, output)
+    @property
+    def runner(self) -> FakeEngine:
+        return self  # dive, the one other tool measure runs, answers through ``run`` below
+
+    def history(self, ref: str) -> str:
+        self.calls.append(["history", ref])
+        return history_output(self.images[ref].history)
+
+    def run_once(
+        self, image: str, entrypoint: str, args: Any, *, labels: Any, user: Any, what: str
+    ) -> Result:
+        command = [
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            user,
+            *(f"{k}={v}" for k, v in labels.items()),
+        ]
+        self.calls.append([*command, "--entrypoint", entrypoint, image, *args])
+        return Result(["docker", "run"], 0, INSIDE)
+
+    def untag(self, ref: str) -> None:
+        self.calls.append(["image", "rm", ref])
 
     def run(self, command: list[str], **kwargs: Any) -> Result:
         self.calls.append(command)
@@ -675,7 +692,7 @@ class _ColdDaemon:
     @property
     def node(self) -> Any:
         engine = RecordingEngine()
-        engine.script("version", output=self.version)
+        engine.script("info", "ServerVersion", returns=self.version)
         return engine
 
 

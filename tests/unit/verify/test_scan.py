@@ -82,7 +82,7 @@ def test_no_trivy_is_scanner_unavailable_with_its_own_exit_code(monkeypatch: pyt
 def test_a_database_that_cannot_be_fetched_is_scanner_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRIVY_SKIP_DB_UPDATE", raising=False)
     engine = FakeEngine()
-    engine.script(
+    engine.runner.expect(
         "/bin/trivy", "image", returncode=1, output="FATAL init error: DB error: failed to download"
     )
     with pytest.raises(
@@ -90,23 +90,24 @@ def test_a_database_that_cannot_be_fetched_is_scanner_unavailable(monkeypatch: p
     ) as exc:
         Trivy(engine, "/bin/trivy").ensure_db()
     assert exc.value.hint and "TRIVY_DB_REPOSITORY" in exc.value.hint
-    assert engine.calls("/bin/trivy") == [
+    assert engine.runner.calls("/bin/trivy") == [
         ["/bin/trivy", "image", "--download-db-only", "--no-progress", "--quiet"]
     ]
     monkeypatch.setenv("TRIVY_SKIP_DB_UPDATE", "true")  # the user's own database: nothing to fetch
     Trivy(engine, "/bin/trivy").ensure_db()
-    assert len(engine.calls("/bin/trivy")) == 1
+    assert len(engine.runner.calls("/bin/trivy")) == 1
 
 
 def test_scan_command_line(tmp_path: Path) -> None:
     engine = FakeEngine()
     ignore = tmp_path / ".trivyignore"
     trivy = Trivy(engine, "/bin/trivy")
+    engine.runner.expect("/bin/trivy")
     with pytest.raises(FileNotFoundError):  # the fake engine writes no report; the command is what matters
         trivy.scan(
             "x.cdx.json", "sbom", severities=("HIGH", "CRITICAL"), ignore_unfixed=True, ignorefile=ignore
         )
-    (args,) = engine.calls("/bin/trivy")
+    (args,) = engine.runner.calls("/bin/trivy")
     assert args[:2] == ["/bin/trivy", "sbom"] and args[-1] == "x.cdx.json"
     for option in (["--format", "json"], ["--severity", "HIGH,CRITICAL"], ["--ignorefile", str(ignore)]):
         assert args[args.index(option[0]) : args.index(option[0]) + 2] == option
@@ -115,7 +116,7 @@ def test_scan_command_line(tmp_path: Path) -> None:
 
 def test_a_scan_without_a_usable_database_is_scanner_unavailable() -> None:
     engine = FakeEngine()
-    engine.script(
+    engine.runner.expect(
         "/bin/trivy", returncode=1, output="FATAL --skip-db-update cannot be specified on the first run"
     )
     with pytest.raises(ScannerUnavailable, match="no usable vulnerability database"):
@@ -162,18 +163,10 @@ def fake_trivy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str
 @pytest.fixture
 def scan_cli_run(monkeypatch: pytest.MonkeyPatch, sbom_project: LoadedConfig) -> Callable[..., MainResult]:
     engine = FakeEngine([DEMO_REF, HEAD_REF])
-    engine.script("run", "--rm", "-i", output=probe_report())
-    real_run = FakeEngine.run
+    engine.script("run_python", output=probe_report())
+    from raybuild.runner import Runner
 
-    def run(self: FakeEngine, command: list[str], **kwargs: object) -> object:
-        # trivy runs for real (the stand-in script); docker stays fake.
-        if command[0].endswith("trivy"):
-            from raybuild.engine import Engine
-
-            return Engine.run(self, command, **kwargs)  # type: ignore[arg-type]
-        return real_run(self, command, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(FakeEngine, "run", run)
+    engine.runner = Runner()  # type: ignore[assignment]  # trivy runs for real (the stand-in script)
     for module in (scan_cli, measure_cli):
         monkeypatch.setattr(module, "engine_for", lambda state: engine)
     return lambda run_main, *args: run_main("--config", str(sbom_project.path), "scan", "--offline", *args)

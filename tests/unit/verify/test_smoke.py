@@ -11,7 +11,7 @@ import pytest
 
 from raybuild import kuberay, platforms
 from raybuild.config_apps import App
-from raybuild.engine import Engine
+from raybuild.engine import Engine, run_detached_args
 from raybuild.errors import SmokeTestError
 from raybuild.records import BuiltImage, save_build_record
 from raybuild.state import project_id
@@ -82,6 +82,7 @@ def test_unresolved_shared_libraries_name_the_library() -> None:
 
 def test_a_failed_import_is_reported_with_its_last_lines() -> None:
     engine = FakeEngine()
+    engine.containers["head"] = {}
     engine.script(
         "exec", "head", "python", returncode=1, output="Traceback ...\nImportError: libcudart.so.12"
     )
@@ -94,6 +95,7 @@ def test_a_failed_import_is_reported_with_its_last_lines() -> None:
 
 def test_resolved_libraries_and_a_clean_import_pass() -> None:
     engine = FakeEngine()
+    engine.containers["head"] = {}
     smoke.check_cuda_libraries(engine, "head", make_app("cuda"))
     ldd, imported = engine.calls("exec")
     assert ldd[:4] == ["exec", "head", "bash", "-c"] and "ldd" in ldd[4]
@@ -131,7 +133,7 @@ FETCH = "wget -q -S -O- http://localhost:8000/demo/ 2>&1"
 def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(tmp_project: TmpProject) -> None:
     app = tmp_project.load().apps[0]
     engine = FakeEngine()
-    engine.script("port", "*", "8265/tcp", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script(
         "exec", "*", "bash", "-c", FETCH, output="  HTTP/1.1 200 OK\n  content-type: text/plain\ndemo"
     )
@@ -140,8 +142,8 @@ def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(tmp_projec
     assert (result.app, result.status, result.body, result.gpu) == ("demo", 200, "demo", False)
     body = {"applications": [smoke.serve_application(app)]}
     assert dashboard.calls == [("deploy", "http://127.0.0.1:49153", body, 60)]
-    [run] = engine.calls("run")
-    assert run[-1] == kuberay.head_command(kuberay.required_cpus(app))
+    [run] = engine.calls("run_detached")
+    assert run.args[0].command == kuberay.head_command(kuberay.required_cpus(app))
     probes = [call[-1] for call in engine.calls("exec") if call[2] == "timeout"]
     assert probes == [kuberay.RAYLET_PROBE, kuberay.GCS_PROBE], "KubeRay's probes, bounded, before the deploy"
     assert engine.containers == {}
@@ -150,7 +152,7 @@ def test_smoke_test_deploys_through_the_dashboard_and_reads_the_route(tmp_projec
 def test_smoke_test_reports_a_failed_deploy_and_removes_the_container(tmp_project: TmpProject) -> None:
     config = tmp_project.load()
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     dashboard = FakeDashboard(deploy=(500, "Internal Server Error"))
     with pytest.raises(SmokeTestError) as raised:
         smoke.smoke_test(config.apps[0], "img:1", engine, project=PROJECT, timeout=5, dashboard_api=dashboard)
@@ -160,7 +162,7 @@ def test_smoke_test_reports_a_failed_deploy_and_removes_the_container(tmp_projec
 
 def test_smoke_test_names_the_apps_serve_status_when_the_route_never_answers(tmp_project: TmpProject) -> None:
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="HTTP/1.1 404 Not Found")
     dashboard = FakeDashboard.serving({"demo": {"status": "DEPLOYING", "message": "Deploying app 'demo'."}})
     with pytest.raises(SmokeTestError) as raised:
@@ -188,7 +190,7 @@ def test_a_failed_deploy_stops_the_test_at_the_first_status_poll(
     tmp_project: TmpProject, constructor: bool, expected: str
 ) -> None:
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "bash", "-c", FETCH, returncode=1, output="wget: can't connect")
     engine.script("exec", "*", "tail", output="INFO replica -- Started initializing replica.")
     dashboard = FakeDashboard.serving(failed_status(constructor=constructor)["applications"])
@@ -219,7 +221,7 @@ def test_a_failed_deploy_stops_the_test_at_the_first_status_poll(
 
 def test_a_head_that_never_passes_its_probes_is_reported_with_its_logs(tmp_project: TmpProject) -> None:
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "timeout", returncode=124)
     engine.script("logs", output="raylet died")
     with pytest.raises(SmokeTestError) as raised:
@@ -251,9 +253,9 @@ def test_the_test_command_smoke_tests_the_given_image(
 def test_another_platforms_head_runs_under_emulation_with_its_platform() -> None:
     emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
     spec = smoke.head_spec("img:1", 2, PROJECT, platform=emulated)
-    assert spec.run_args()[:6] == ["run", "-d", "--name", spec.name, "--platform", emulated]
+    assert run_detached_args(spec)[:6] == ["run", "-d", "--name", spec.name, "--platform", emulated]
     native = smoke.head_spec("img:1", 2, PROJECT)
-    assert "--platform" not in native.run_args()
+    assert "--platform" not in run_detached_args(native)
 
 
 def test_the_test_command_tests_every_platform_the_app_was_built_for(
@@ -305,9 +307,9 @@ def test_testing_a_platform_the_app_was_not_built_for_is_one_error(
 
 def test_a_head_that_exits_fails_at_once_not_at_the_timeout(tmp_project: TmpProject) -> None:
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "timeout", returncode=1)
-    engine.script("inspect", "-f", "{{.State.Running}}", output="false\n")
+    engine.script("container_state", returns={"Running": False})
     engine.script("logs", output="RuntimeError: Failed to start GCS.")
     with pytest.raises(SmokeTestError) as raised:
         # A timeout the test would never reach: the exit is noticed at the first poll.
@@ -326,16 +328,16 @@ def test_an_emulated_head_gives_its_gcs_longer_to_start() -> None:
 def test_an_emulated_head_that_exits_during_start_up_is_started_again(tmp_project: TmpProject) -> None:
     emulated = "linux/arm64" if platforms.native("linux/amd64") else "linux/amd64"
     engine = FakeEngine()
-    engine.script("port", output="127.0.0.1:49153\n")
+    engine.script("published_port", returns=49153)
     engine.script("exec", "*", "timeout", returncode=1)
-    engine.script("inspect", "-f", "{{.State.Running}}", output="false\n")
+    engine.script("container_state", returns={"Running": False})
     engine.script("logs", output="Exception: The current node timed out during startup.")
     with pytest.raises(smoke.HeadExited):
         smoke.smoke_test(
             tmp_project.load().apps[0], "img:1", engine, project=PROJECT, timeout=3600, platform=emulated
         )
     # Ray's fixed 30 s raylet window: an emulated head gets its attempts, each in a new container.
-    runs = engine.calls("run")
+    runs = engine.calls("run_detached")
     assert len(runs) == smoke.EMULATED_HEAD_ATTEMPTS
-    assert len({run[run.index("--name") + 1] for run in runs}) == smoke.EMULATED_HEAD_ATTEMPTS
+    assert len({run.args[0].name for run in runs}) == smoke.EMULATED_HEAD_ATTEMPTS
     assert engine.containers == {}
