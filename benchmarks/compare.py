@@ -40,6 +40,7 @@ from raybuild.engine import Engine
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.lock.resolve import uv_binary
 from raybuild.records import BuiltImage, save_build_record
+from raybuild.reference import ImageRef
 from raybuild.state import state_dir
 from raybuild.verify.measure import Options, measure
 from raybuild.verify.results import Measurement
@@ -327,7 +328,8 @@ def main() -> int:
     log(f"building the naive image of {args.app}")
     naive_ref, _ = build_naive(engine, config, naive_name, ca_bundle)
     save_build_record(
-        config, [BuiltImage(naive_name, naive_ref, engine.inspect(naive_ref)["Id"], "cpu", False)]
+        config,
+        [BuiltImage(naive_name, ImageRef.parse(naive_ref), engine.inspect(naive_ref)["Id"], "cpu", False)],
     )
     log(f"measuring both images ({args.runs} runs each)")
     report = measure(

@@ -359,7 +359,7 @@ def main() -> int:
     started = time.monotonic()
     built = Builder(config, engine, ca_bundle, progress=log).build(config.apps)
     result["build_seconds"]["raybuild"] = round(time.monotonic() - started, 1)
-    ref = next(image.ref for image in built if image.app == app.name)
+    ref = next(str(image.ref) for image in built if image.app == app.name)
     try:
         smoke = smoke_test(app, ref, engine, project=project_id(config), timeout=600, progress=log)
         result["smoke"] = {"t_head": smoke.t_head, "t_serve": smoke.t_serve, "body": smoke.body}

@@ -111,13 +111,14 @@ def spread_note(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str, b_name:
 
 def zstd_copy(engine: Engine, ref: str, target: str, level: int = 19) -> int:
     """Push the daemon's ``ref`` to ``target`` with zstd layers; their compressed size in the registry."""
-    from raybuild.registry import HttpRegistry, split_reference
+    from raybuild.reference import ImageRef
+    from raybuild.registry import HttpRegistry
     from raybuild.ship.push import Compression, check_layers, push_image
 
     compression = Compression("zstd", level)
     digest = push_image(engine, ref, target, compression)
-    host, repository, _ = split_reference(target)
-    manifest = HttpRegistry(host).manifest(repository, digest or target.rsplit(":", 1)[1])
+    parsed = ImageRef.parse(target)
+    manifest = HttpRegistry(parsed.host).manifest(parsed.path, digest or parsed.tag_or_latest)
     assert manifest is not None, f"{target} is not in the registry after the push"
     check_layers(target, manifest, compression)
     return manifest.compressed_size

@@ -42,7 +42,7 @@ from raybuild.engine import Engine
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.manifest.render import render_manifest
 from raybuild.records import BuiltImage, load_publish_record
-from raybuild.registry import HttpRegistry, split_reference
+from raybuild.registry import HttpRegistry
 from raybuild.ship.publish import Publisher
 from raybuild.verify.coldstart import ColdNode
 
@@ -103,12 +103,11 @@ def layers(engine: Engine, built: list[BuiltImage]) -> dict[str, dict[str, Any]]
     """Per image: its diff IDs here, and the compressed digests and sizes the registry holds for its tag."""
     out = {}
     for image in built:
-        host, repository, tag = split_reference(image.ref)
-        manifest = HttpRegistry(host).manifest(repository, tag)
+        manifest = HttpRegistry(image.ref.host).manifest(image.ref.path, image.ref.api_reference)
         assert manifest is not None, f"{image.ref} is not in the registry"
-        inspected = engine.inspect(image.ref)
+        inspected = engine.inspect(str(image.ref))
         out[image.app] = {
-            "ref": image.ref,
+            "ref": str(image.ref),
             "image_id": inspected["Id"],
             "created": inspected.get("Created"),
             "diff_ids": inspected["RootFS"]["Layers"],

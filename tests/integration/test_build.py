@@ -49,13 +49,13 @@ def test_bundled_app_builds_and_serves(
 ) -> None:
     (app,) = bundled.select((app_name,))
     # The GPU app runs in CPU mode here: CUDA libraries must resolve and the app must import.
-    result = smoke_test(app, built[app_name].ref, engine, project=project_id(bundled), timeout=240)
+    result = smoke_test(app, str(built[app_name].ref), engine, project=project_id(bundled), timeout=240)
     assert result.status == 200
     assert result.body
 
 
 def test_runtime_image_meets_kuberay_contract(engine: Engine, built: dict[str, BuiltImage]) -> None:
-    ref = built["hello"].ref
+    ref = str(built["hello"].ref)
     config = engine.inspect(ref)["Config"]
     assert config["User"] == "1000"
     assert config["WorkingDir"] == "/home/ray/app"
@@ -89,20 +89,20 @@ def test_no_devel_files_in_gpu_image(engine: Engine, built: dict[str, BuiltImage
         "--rm",
         "--user",
         "0",
-        built["cuda"].ref,
+        str(built["cuda"].ref),
         "/bin/bash",
         "-c",
         check + " 2>/dev/null",
         check=False,
     ).output
     assert out.strip() == ""
-    env = engine.inspect(built["cuda"].ref)["Config"]["Env"]
+    env = engine.inspect(str(built["cuda"].ref))["Config"]["Env"]
     assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env
 
 
 def test_cpu_images_share_base_and_ray_layers(engine: Engine, built: dict[str, BuiltImage]) -> None:
     hello, sklearn, cuda, head = (
-        _layers(engine, built[n].ref) for n in ("hello", "sklearn", "cuda", HEAD_KEY)
+        _layers(engine, str(built[n].ref)) for n in ("hello", "sklearn", "cuda", HEAD_KEY)
     )
     # The head image is base + Ray; every app image starts with exactly those layers.
     assert hello[: len(head)] == head
@@ -129,11 +129,11 @@ def test_code_only_change_rebuilds_only_the_code_layer(
     changed = next(i for i in Builder(config, engine).build(config.select(("hello",))) if i.app == "hello")
     assert not changed.cached
     assert changed.ref != built["hello"].ref
-    before, after = _layers(engine, built["hello"].ref), _layers(engine, changed.ref)
+    before, after = _layers(engine, str(built["hello"].ref)), _layers(engine, str(changed.ref))
     assert len(before) == len(after)
     assert before[:-1] == after[:-1]
     assert before[-1] != after[-1]
-    engine.remove_image(changed.ref)
+    engine.remove_image(str(changed.ref))
 
 
 def test_ca_bundle_is_a_secret_not_a_layer(engine: Engine, project_copy: Path, tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_ca_bundle_is_a_secret_not_a_layer(engine: Engine, project_copy: Path, t
         if i.app == "hello"
     )
     saved = tmp_path / "image.tar"
-    engine.save(image.ref, saved)
+    engine.save(str(image.ref), saved)
     needle = marker.encode()
     with tarfile.open(saved) as outer:
         for member in outer.getmembers():
@@ -168,9 +168,9 @@ def test_ca_bundle_is_a_secret_not_a_layer(engine: Engine, project_copy: Path, t
                 with tarfile.open(tmp_path / "layer.tar") as layer:
                     names = layer.getnames()
                 assert not any(n.endswith("run/secrets/ca_bundle") for n in names)
-    history = json.dumps(engine.inspect(image.ref))
+    history = json.dumps(engine.inspect(str(image.ref)))
     assert marker not in history
-    engine.remove_image(image.ref)
+    engine.remove_image(str(image.ref))
 
 
 def test_missing_lockfile_names_the_fix(engine: Engine, project_copy: Path) -> None:

@@ -27,7 +27,8 @@ from raybuild.image import bases
 from raybuild.image.build import Builder, default_ca_bundle
 from raybuild.manifest.render import render_manifest
 from raybuild.records import load_build_record, load_publish_record
-from raybuild.registry import HttpRegistry, Manifest, split_reference
+from raybuild.reference import ImageRef
+from raybuild.registry import HttpRegistry, Manifest
 from raybuild.ship.publish import Publisher
 from raybuild.state import HEAD_KEY, publish_record_path
 from raybuild.verify.coldstart import ColdNode
@@ -73,8 +74,8 @@ def fresh_engine(engine: Engine) -> Iterator[Engine]:
 
 
 def manifest_of(ref: str) -> Manifest:
-    host, repository, tag = split_reference(ref)
-    found = HttpRegistry(host).manifest(repository, tag)
+    parsed = ImageRef.parse(ref)
+    found = HttpRegistry(parsed.host).manifest(parsed.path, parsed.api_reference)
     assert found is not None, f"{ref} is not in the registry"
     return found
 
@@ -127,7 +128,7 @@ def test_a_fresh_engine_rebuilds_nothing_and_a_new_app_shares_the_published_ray_
     assert head.app == HEAD_KEY and not new.cached
     assert not fresh_engine.image_exists(bases.base_ref(runner, "cpu"))  # the builder image was enough
     Publisher(runner, fresh_engine).publish(("hello-again",))
-    published_head, published_new = manifest_of(head.ref), manifest_of(new.ref)
+    published_head, published_new = manifest_of(str(head.ref)), manifest_of(str(new.ref))
     shared = len(published_head.layer_digests)
     assert published_new.layer_digests[:shared] == published_head.layer_digests
     assert len(published_new.layer_digests) == shared + 2  # its packages and its code
@@ -140,10 +141,10 @@ def test_publish_refuses_to_move_a_tag_and_force_overwrites_it(
     built = {b.app: b for b in Builder(config, engine, ca_bundle=_ca()).build(config.select(("hello",)))}
     hello, head = built["hello"], built[HEAD_KEY]
     # Another machine's image under hello's tag: the head image, pushed as hello.
-    engine.tag(head.ref, hello.ref)
-    engine.push(hello.ref)
-    engine.tag(hello.image_id, hello.ref)
-    taken = manifest_of(hello.ref)
+    engine.tag(str(head.ref), str(hello.ref))
+    engine.push(str(hello.ref))
+    engine.tag(hello.image_id, str(hello.ref))
+    taken = manifest_of(str(hello.ref))
 
     refused = run_main("--config", str(config.path), "publish", "hello")
     assert refused.exit_code == 1
@@ -152,10 +153,10 @@ def test_publish_refuses_to_move_a_tag_and_force_overwrites_it(
         f"(image {head.image_id}) in the registry, but image {hello.image_id} here"
     ) in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert manifest_of(hello.ref).digest == taken.digest
+    assert manifest_of(str(hello.ref)).digest == taken.digest
     assert not publish_record_path(config).exists()
 
     forced = run_main("--config", str(config.path), "publish", "hello", "--force")
     assert forced.exit_code == 0, forced.stderr
     assert f"warning: --force: overwriting {hello.ref} is {taken.digest}" in forced.stderr
-    assert manifest_of(hello.ref).config_digest == hello.image_id
+    assert manifest_of(str(hello.ref)).config_digest == hello.image_id

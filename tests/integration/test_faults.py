@@ -323,7 +323,7 @@ def test_a_dotenv_file_never_reaches_the_image(engine: Engine, tmp_path: Path) -
     (app / ".env.example").write_text(f"API_KEY={example}\n")
     (app / ".raybuildignore").write_text("!.env.example\n")
     build_hello(engine, config)
-    ref = load_build_record(config)["hello"].ref
+    ref = str(load_build_record(config)["hello"].ref)
     saved = tmp_path / "image.tar"
     engine.save(ref, saved)
     found = {secret: False, example: False}
@@ -418,7 +418,7 @@ def test_publish_to_a_stalling_or_failing_registry_ends_within_its_deadline(
     assert run.proc.returncode == 1
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, run.stderr
-    head = load_build_record(config)["_head"].ref.rsplit(":", 1)[1]
+    head = load_build_record(config)["_head"].ref.tag_or_latest
     if handler.mode == "stall":
         assert errors[0].startswith(f"error: registry {host}: push of {target}/ray-head:{head} stalled ")
         assert errors[0].endswith("stopped at the 20s deadline, nothing was recorded")

@@ -37,7 +37,7 @@ def hello_ref(engine: Engine, bundled: LoadedConfig) -> str:
     host_ca = Path("/etc/ssl/certs/ca-certificates.crt")
     ca = default_ca_bundle() or (host_ca if host_ca.is_file() else None)
     images = Builder(bundled, engine, ca_bundle=ca).build(bundled.select(("hello",)))
-    return next(image.ref for image in images if image.app == "hello")
+    return next(str(image.ref) for image in images if image.app == "hello")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_labels_name_the_last_commit_that_changed_the_inputs(engine: Engine, pro
             config.select(("hello",))
         )
         (hello,) = [i for i in image if i.app == "hello"]
-        return hello.ref, hello.image_id, hello.cached
+        return str(hello.ref), hello.image_id, hello.cached
 
     ref, image_id, _ = build()
     first = labels(engine, ref)

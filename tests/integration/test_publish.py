@@ -19,7 +19,8 @@ from raybuild.config import LoadedConfig, load_config
 from raybuild.engine import Engine
 from raybuild.image.build import Builder
 from raybuild.records import PublishRecord, load_build_record
-from raybuild.registry import OCI_MANIFEST, HttpRegistry, fallback_tag, split_reference
+from raybuild.reference import ImageRef
+from raybuild.registry import OCI_MANIFEST, HttpRegistry, fallback_tag
 from raybuild.ship.publish import Publisher
 from raybuild.ship.push import ZSTD_LAYER
 from raybuild.state import HEAD_KEY, publish_record_path
@@ -58,7 +59,7 @@ def test_publish_round_trip_then_skip(
     record = PublishRecord.load(publish_record_path(project))
     assert record is not None and set(record.images) == {HEAD_KEY, "hello"}
     for key, row in rows.items():
-        tag = built[key].ref.rsplit(":", 1)[1]
+        tag = built[key].ref.tag_or_latest
         assert row["reference"] == f"{namespace}/{repository_name(key)}:{tag}"
         assert record.images[key].pinned == row["pinned"]
         assert 0 < row["compressed_size"] < row["size"]
@@ -114,9 +115,9 @@ def test_zstd_layers_of_two_apps_keep_one_ray_layer_and_their_sboms(
     built, layers = load_build_record(config), {}
     for key, row in rows.items():
         # A tag of its own: the gzip tag of the same build is never moved.
-        assert row["reference"].rsplit(":", 1)[1] == published_tag(config, built[key].ref.rsplit(":", 1)[1])
-        assert row["reference"].rsplit(":", 1)[1] != built[key].ref.rsplit(":", 1)[1]
-        _, repository, _ = split_reference(row["reference"])
+        assert row["reference"].rsplit(":", 1)[1] == published_tag(config, built[key].ref.tag_or_latest)
+        assert row["reference"].rsplit(":", 1)[1] != built[key].ref.tag_or_latest
+        repository = ImageRef.parse(row["reference"]).path
         manifest = registry.manifest(repository, row["digest"])
         assert manifest is not None and manifest.media_type == OCI_MANIFEST
         assert set(manifest.layer_media_types) == {ZSTD_LAYER}

@@ -76,11 +76,13 @@ def test_the_sbom_matches_the_image_exactly(
     sbom = json.loads(text)
     image = load_build_record(project)["hello"]
 
-    python = json.loads(in_image(engine, image.ref, "python", "-c", PYTHON_DISTS).strip().splitlines()[-1])
+    python = json.loads(
+        in_image(engine, str(image.ref), "python", "-c", PYTHON_DISTS).strip().splitlines()[-1]
+    )
     assert {(normalize(n), v) for n, v in components(sbom, "pypi")} == {(normalize(n), v) for n, v in python}
     assert len(python) == row["components"]["python"]
 
-    listed = in_image(engine, image.ref, "dpkg-query", "-W").strip().splitlines()
+    listed = in_image(engine, str(image.ref), "dpkg-query", "-W").strip().splitlines()
     # dpkg-query -W names multi-arch packages with their architecture (libc6:amd64); the purl carries it.
     debian = {(line.split("\t")[0].split(":")[0], line.split("\t")[1]) for line in listed}
     assert components(sbom, "deb") == debian and len(debian) == row["components"]["debian"]
@@ -89,7 +91,7 @@ def test_the_sbom_matches_the_image_exactly(
     assert root["raybuild:image-id"] == image.image_id
     assert root["raybuild:ray-version"] == project.project.ray_version
     assert root["raybuild:python-version"].startswith(project.project.python + ".")
-    assert sbom["metadata"]["component"]["version"] == image.ref.rsplit(":", 1)[1]
+    assert sbom["metadata"]["component"]["version"] == image.ref.tag_or_latest
 
     again = raybuild("sbom", "hello", "--offline")
     assert again.exit_code == 0, again.stderr
@@ -126,8 +128,7 @@ def test_publish_attaches_the_sbom_found_by_the_image_digest_and_pushes_it_once(
     record = PublishRecord.load(publish_record_path(project))
     assert record is not None
     image = record.images["hello"]
-    host, _, rest = image.reference.partition("/")
-    repository = rest.rsplit(":", 1)[0]
+    host, repository = image.reference.host, image.reference.path
     api = f"http://{host}/v2/{repository}"
 
     # From nothing but the image digest: the referrers index under the fallback tag, its CycloneDX artifact.
