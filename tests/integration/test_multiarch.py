@@ -116,7 +116,7 @@ def test_hello_for_amd64_and_arm64_under_one_tag(
     assert result.exit_code == 0, result.stderr
     smoke = json.loads(result.stdout)
     assert (smoke["platform"], smoke["emulated"], smoke["status"]) == ("linux/arm64", True, 200)
-    assert smoke["image"] == arm64
+    assert smoke["image"] == str(arm64)
 
     # -- publish: each platform's image, then the index under the one tag ------------------------------
     result = raybuild("publish", "hello", "--registry", namespace, "--no-sbom", "--json")

@@ -30,15 +30,21 @@ def _fixed_uv_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bases, "uv_version", lambda: UV_VERSION)
 
 
+def _copy(root: Path, folders: tuple[str, ...] = ("apps", "lockfiles")) -> LoadedConfig:
+    """The bundled project's config and ``folders`` at ``root``, without this checkout's ``.raybuild/``
+    records (a build here writes them, and they would pin the built tags in the manifest)."""
+    root.mkdir()
+    shutil.copy(REPO_ROOT / "raybuild.toml", root / "raybuild.toml")
+    for folder in folders:
+        if (REPO_ROOT / folder).is_dir():
+            shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return load_config(root / "raybuild.toml")
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> LoadedConfig:
     """A copy of the bundled project's config, apps and lockfiles, without any template of its own."""
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO_ROOT / "raybuild.toml", root / "raybuild.toml")
-    for folder in ("apps", "lockfiles"):
-        shutil.copytree(REPO_ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    return load_config(root / "raybuild.toml")
+    return _copy(tmp_path / "project")
 
 
 def _overlay(root: Path, name: str, edit: str) -> Path:
@@ -59,16 +65,17 @@ def test_without_an_overlay_every_template_is_the_bundled_one(project: LoadedCon
     assert image_templates(project.root).path(APP_TEMPLATE) == BUNDLED_TEMPLATES / APP_TEMPLATE
 
 
-def _bundled_manifest() -> str:
-    """The bundled project's RayService, which the manifest goldens' fixture project does not render."""
-    return render_manifest(load_config(REPO_ROOT / "raybuild.toml"), None).text
+def _bundled_manifest(folder: Path) -> str:
+    """The bundled project's RayService, with whatever overlays it carries (images/, deploy/), rendered in
+    ``folder``: the manifest goldens' fixture project does not render it."""
+    return render_manifest(_copy(folder, ("apps", "lockfiles", "images", "deploy")), None).text
 
 
-def test_without_an_overlay_the_output_is_the_goldens(project: LoadedConfig) -> None:
+def test_without_an_overlay_the_output_is_the_goldens(project: LoadedConfig, tmp_path: Path) -> None:
     for app in project.apps:
         golden = GOLDEN_DIR / "dockerfiles" / f"{app.name}.Dockerfile"
         assert dockerfile_for(project, app) == golden.read_text(), app.name
-    assert render_manifest(project, None).text == _bundled_manifest()
+    assert render_manifest(project, None).text == _bundled_manifest(tmp_path / "bundled")
 
 
 def test_an_overlaid_dockerfile_template_wins_and_the_rest_fall_back(project: LoadedConfig) -> None:
@@ -88,12 +95,14 @@ def test_an_overlaid_dockerfile_template_wins_and_the_rest_fall_back(project: Lo
     assert dockerfile_for(project, hello) == expected
 
 
-def test_an_overlaid_manifest_template_wins_and_the_rest_fall_back(project: LoadedConfig) -> None:
+def test_an_overlaid_manifest_template_wins_and_the_rest_fall_back(
+    project: LoadedConfig, tmp_path: Path
+) -> None:
     overlay = _overlay(project.root, "deploy/rayservice.yaml.j2", "# the team's own RayService")
     templates = manifest_templates(project.root)
     assert templates.path("rayservice.yaml.j2") == overlay
     assert templates.path("_cluster.yaml.j2") == BUNDLED_TEMPLATES / "deploy" / "_cluster.yaml.j2"
-    bundled = _bundled_manifest()
+    bundled = _bundled_manifest(tmp_path / "bundled")
     head, rest = bundled.split("\n", 1)
     assert render_manifest(project, None).text == f"{head}\n# the team's own RayService\n{rest}"
 
