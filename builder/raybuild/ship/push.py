@@ -20,10 +20,10 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from raybuild.config import LoadedConfig
-from raybuild.engine import Result
+from raybuild.docker_verbs import ImagePush
 from raybuild.errors import PublishError
 from raybuild.progress import Progress
 from raybuild.reference import ImageRef
@@ -33,21 +33,8 @@ ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
 _PUSH_DIGEST = re.compile(r"digest: (sha256:[0-9a-f]{64}) size: \d+")
 
 
-class PushEngine(Protocol):
-    def image_exists(self, ref: str) -> bool: ...
-    def tag(self, source: str, target: str) -> None: ...
-    def push(self, ref: str, on_line: Progress | None = None, timeout: float | None = None) -> Result: ...
-    def copy_to_registry(
-        self,
-        ref: str,
-        target: str,
-        *,
-        compression: str,
-        level: int | None,
-        plain_http: bool,
-        on_line: Progress | None = None,
-        timeout: float | None = None,
-    ) -> str: ...
+# What a push needs of the engine: the verbs are declared once, with the rest of Docker's.
+PushEngine = ImagePush
 
 
 @dataclass(frozen=True)
